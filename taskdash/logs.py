@@ -1,0 +1,134 @@
+"""The one structlog pipeline: JSON lines for machines, colour-free console text for people.
+
+Both structlog loggers and the standard library loggers of our dependencies (pynsq, tornado,
+pymongo) flow through the same processors, so every line has the same stable keys:
+``ts`` (ISO-8601 UTC), ``level``, ``event``, ``logger`` plus bound context.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from taskdash.settings import LogSettings
+
+#: Keys whose values are never written out, whatever logger emits them.
+SECRET_KEYS = re.compile(r"pass(word|wd)?|secret|token|api_?key|cookie|authorization", re.I)
+_URI_CREDENTIALS = re.compile(r"(://[^/:@\s]+:)[^@\s/]+@")
+REDACTED = "***"
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Mask secret-looking keys and passwords embedded in URIs (``mongodb://u:p@h``)."""
+    for key, value in list(event_dict.items()):
+        if SECRET_KEYS.search(key):
+            event_dict[key] = REDACTED
+        elif isinstance(value, str) and "://" in value:
+            event_dict[key] = _URI_CREDENTIALS.sub(rf"\1{REDACTED}@", value)
+    return event_dict
+
+
+_FIRST = ("ts", "level", "logger", "event")
+
+
+def _order_keys(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Put the stable keys first so a line reads the same way every time."""
+    head = {key: event_dict.pop(key) for key in _FIRST if key in event_dict}
+    head["level"] = str(head.get("level", "info")).lower()
+    return {**head, **event_dict}
+
+
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+    redact_secrets,
+]
+
+
+class ReopenableFileHandler(logging.StreamHandler[TextIO]):
+    """Appends to a file; :meth:`reopen` (on SIGHUP) follows a file that logrotate moved away."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(self._open())
+
+    def _open(self) -> TextIO:
+        return open(self.path, "a", encoding="utf-8", buffering=1)
+
+    def reopen(self) -> None:
+        """Close the current file and open ``path`` again."""
+        self.acquire()
+        try:
+            old = self.stream
+            self.stream = self._open()
+            old.close()
+        finally:
+            self.release()
+
+
+def use_json(fmt: str, stream: TextIO) -> bool:
+    """``auto`` means JSON unless a person is watching a terminal."""
+    if fmt == "auto":
+        return not stream.isatty()
+    return fmt == "json"
+
+
+def configure(
+    settings: LogSettings, fmt: str | None = None, stream: TextIO | None = None
+) -> ReopenableFileHandler | None:
+    """Install the pipeline; returns the file handler (to reopen on SIGHUP) when one is used."""
+    stream = stream or sys.stdout
+    fmt = fmt or settings.format
+    renderer: Any
+    if use_json(fmt, stream):
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+        exc = [structlog.processors.dict_tracebacks]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        exc = []
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _order_keys,
+            *exc,
+            renderer,
+        ],
+    )
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
+    file_handler = ReopenableFileHandler(settings.file) if settings.file else None
+    if file_handler:
+        handlers.append(file_handler)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(settings.level.upper())
+    # pynsq logs every closed connection as an error with a traceback; keep it, but not at debug
+    logging.getLogger("nsq").setLevel(max(root.level, logging.INFO))
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_SHARED,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    return file_handler

@@ -1,0 +1,212 @@
+"""The one configuration object: a TOML file plus ``TASKDASH_<SECTION>__<KEY>`` overrides.
+
+Settings are loaded and validated once, at start, and passed down; no other module reads the
+environment. Every mistake (unknown key, wrong type, impossible value) is reported as one
+:class:`~taskdash.errors.ConfigError` line naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from taskdash.errors import ConfigError
+
+ENV_PREFIX = "TASKDASH_"
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every section: unknown keys are errors, never silently ignored."""
+
+
+class DaemonSettings(_Section):
+    """Process-wide settings."""
+
+    node_id: str = ""
+    data_dir: str = "var"
+    shutdown_timeout: Seconds = 10.0
+
+    def node_name(self) -> str:
+        """This daemon's id among several sharing one MongoDB: configured, else host:pid."""
+        return self.node_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LogSettings(_Section):
+    """Where and how structured logs are written."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    file: str = ""
+
+
+class MongoSettings(_Section):
+    """MongoDB: a real server when ``uri`` is set, else an embedded nx-27017 child."""
+
+    uri: str = ""
+    database: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,63}$")] = "taskdash"
+    server_selection_timeout: Seconds = 5.0
+    retry_initial: Seconds = 0.5
+    retry_max: Seconds = 30.0
+    probe_interval: Seconds = 1.0
+    embedded_host: str = "127.0.0.1"
+    embedded_port: Port = 27017
+    embedded_db_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.uri and not self.uri.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("uri must start with mongodb:// or mongodb+srv://")
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must be >= retry_initial")
+
+
+class WebSettings(_Section):
+    """The HTTP server (dashboard, API, health)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class NsqSettings(_Section):
+    """NSQ: real nsqd/nsqlookupd when addresses are given, else an embedded broker."""
+
+    nsqd_tcp_addresses: list[str] = []
+    lookupd_http_addresses: list[str] = []
+    nsqd_http_address: str = ""
+    service_topic: str = "taskdash.service"
+    heartbeat_topic: str = "taskdash.heartbeat"
+    status_topic: str = "taskdash.service_status"
+    channel: str = "taskdash"
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=2500)] = 500
+    requeue_delay: Seconds = 1.0
+    requeue_delay_max: Seconds = 60.0
+    max_message_size: Annotated[int, msgspec.Meta(ge=64, le=16 * 1024 * 1024)] = 65536
+    heartbeat_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 1000
+    heartbeat_flush_interval: Seconds = 0.25
+    embedded_host: str = "127.0.0.1"
+    embedded_tcp_port: Port = 4150
+    embedded_http_port: Port = 4151
+    embedded_lookupd_port: Port = 4161
+
+    def __post_init__(self) -> None:
+        for name in ("service_topic", "heartbeat_topic", "status_topic", "channel"):
+            if not re.fullmatch(r"[.a-zA-Z0-9_-]{1,64}", getattr(self, name)):
+                raise ValueError(f"{name} is not a valid NSQ name ([.a-zA-Z0-9_-], 1-64 chars)")
+        for address in self.nsqd_tcp_addresses:
+            if not re.fullmatch(r"[^\s:/]+:\d{1,5}", address):
+                raise ValueError(f"nsqd_tcp_addresses entry {address!r} is not host:port")
+        for url in self.lookupd_http_addresses:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError("lookupd_http_addresses entries must be http(s):// URLs")
+
+    @property
+    def embedded(self) -> bool:
+        """No external nsqd or nsqlookupd configured: run our own broker in-process."""
+        return not self.nsqd_tcp_addresses and not self.lookupd_http_addresses
+
+
+class CheckerSettings(_Section):
+    """The heartbeat checker: online -> stale -> offline, with damping and self-preservation."""
+
+    enabled: bool = True
+    check_interval: Seconds = 2.0
+    stale_after: Seconds = 15.0
+    offline_after: Seconds = 60.0
+    recover_beats: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
+    self_preservation: bool = True
+    self_preservation_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    self_preservation_min: Positive = 5
+    history_ttl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 30.0
+
+    def __post_init__(self) -> None:
+        if self.offline_after <= self.stale_after:
+            raise ValueError("offline_after must be greater than stale_after")
+
+
+class Settings(_Section):
+    """Every section; what :func:`load` returns."""
+
+    daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    mongodb: MongoSettings = msgspec.field(default_factory=MongoSettings)
+    web: WebSettings = msgspec.field(default_factory=WebSettings)
+    nsq: NsqSettings = msgspec.field(default_factory=NsqSettings)
+    checker: CheckerSettings = msgspec.field(default_factory=CheckerSettings)
+
+    def data_path(self, *parts: str) -> Path:
+        """A path under the daemon's data directory."""
+        return Path(self.daemon.data_dir).joinpath(*parts)
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Read an override as a TOML value (``8081``, ``true``, ``["a:1"]``), else as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Collect ``TASKDASH_SECTION__KEY`` variables; returns (overrides, key path -> var name)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    origins: dict[str, str] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not section or not key:
+            raise ConfigError(f"{name}: expected TASKDASH_<SECTION>__<KEY>")
+        overrides.setdefault(section, {})[key] = _parse_env_value(raw)
+        origins[f"{section}.{key}"] = name
+        origins.setdefault(section, name)
+    return overrides, origins
+
+
+def _describe(err: msgspec.ValidationError, source: str, origins: Mapping[str, str]) -> str:
+    """Turn msgspec's ``... - at `$.web.port``` into ``web.port: ... (in FILE)``."""
+    text = str(err)
+    message, found, where = text.rpartition(" - at `")
+    if not found:
+        message, where = text, ""
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+        message = "unknown key"
+    origin = origins.get(path) or source
+    return f"{path or '(top level)'}: {message} (in {origin})"
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``path`` (optional) and ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    overrides, origins = _env_overrides(env)
+    for section, values in overrides.items():
+        existing = data.get(section)
+        data[section] = {**existing, **values} if isinstance(existing, dict) else values
+    try:
+        return msgspec.convert(data, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc, source, origins)) from None

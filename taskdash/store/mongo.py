@@ -1,0 +1,140 @@
+"""The MongoDB connection, its collections and indexes: the only place that imports pymongo."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+from taskdash.errors import StoreError, StoreUnavailable
+
+log = structlog.get_logger("taskdash.store")
+
+Doc = dict[str, Any]
+
+#: Collection name -> the indexes it needs. Creating them is idempotent.
+INDEXES: dict[str, list[IndexModel]] = {
+    "services": [
+        IndexModel([("status", ASCENDING)], name="status"),
+        IndexModel([("last_heartbeat_at", ASCENDING)], name="last_heartbeat_at"),
+    ],
+    "tasks": [
+        IndexModel([("service_id", ASCENDING)], name="service_id"),
+        IndexModel([("status", ASCENDING)], name="status"),
+    ],
+    "assignments": [IndexModel([("user", ASCENDING)], name="user")],
+    "users": [IndexModel([("role", ASCENDING)], name="role")],
+    "audit": [IndexModel([("at", ASCENDING)], name="at")],
+    "dead_letters": [
+        IndexModel([("topic", ASCENDING), ("received_at", ASCENDING)], name="topic_received")
+    ],
+    "service_events": [
+        IndexModel([("service_id", ASCENDING), ("at", ASCENDING)], name="service_at")
+    ],
+    "nodes": [IndexModel([("seen_at", ASCENDING)], name="seen_at")],
+}
+
+
+@contextlib.asynccontextmanager
+async def translated(operation: str) -> AsyncIterator[None]:
+    """Re-raise driver errors as ours: unreachable -> StoreUnavailable, else StoreError."""
+    try:
+        yield
+    except ConnectionFailure as exc:
+        raise StoreUnavailable(f"{operation}: MongoDB unreachable: {exc}") from exc
+    except PyMongoError as exc:
+        raise StoreError(f"{operation}: {exc}") from exc
+
+
+class Store:
+    """Holds the client and names every collection TaskDash uses."""
+
+    def __init__(
+        self,
+        uri: str,
+        database: str,
+        *,
+        server_selection_timeout: float = 5.0,
+        history_ttl_days: float = 30.0,
+    ) -> None:
+        timeout_ms = int(server_selection_timeout * 1000)
+        self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(timeout_ms * 4, 10000),
+            tz_aware=True,
+            appname="taskdash",
+            retryWrites=True,
+        )
+        self.db = self.client[database]
+        self.history_ttl_seconds = int(history_ttl_days * 86400)
+        self.indexes_ready = False
+
+    def __getitem__(self, name: str) -> AsyncCollection[Doc]:
+        return self.db[name]
+
+    @property
+    def services(self) -> AsyncCollection[Doc]:
+        """TaskService registrations and their heartbeat state (``_id`` = service id)."""
+        return self.db["services"]
+
+    @property
+    def tasks(self) -> AsyncCollection[Doc]:
+        """TaskMetaData harvested from service URLs (``_id`` = task id)."""
+        return self.db["tasks"]
+
+    @property
+    def assignments(self) -> AsyncCollection[Doc]:
+        """The seed's TaskManager: task id -> user (``_id`` = task id)."""
+        return self.db["assignments"]
+
+    @property
+    def users(self) -> AsyncCollection[Doc]:
+        """Dashboard accounts (``_id`` = user name)."""
+        return self.db["users"]
+
+    @property
+    def audit(self) -> AsyncCollection[Doc]:
+        """Who did what, when (claims, assignments, logins)."""
+        return self.db["audit"]
+
+    @property
+    def dead_letters(self) -> AsyncCollection[Doc]:
+        """Messages that can never succeed, kept with the reason for inspection."""
+        return self.db["dead_letters"]
+
+    @property
+    def service_events(self) -> AsyncCollection[Doc]:
+        """Per-service state-change history (TTL)."""
+        return self.db["service_events"]
+
+    @property
+    def nodes(self) -> AsyncCollection[Doc]:
+        """One heartbeat document per running daemon."""
+        return self.db["nodes"]
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless MongoDB answers now."""
+        async with translated("ping"):
+            await self.client.admin.command("ping")
+
+    async def ensure_indexes(self) -> None:
+        """Create every index (idempotent; safe with several daemons starting at once)."""
+        async with translated("ensure_indexes"):
+            for name, models in INDEXES.items():
+                await self.db[name].create_indexes(models)
+            await self.service_events.create_index(
+                [("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0
+            )
+        self.indexes_ready = True
+        log.info("store_indexes_ready", collections=len(INDEXES))
+
+    async def close(self) -> None:
+        """Close the client. Idempotent."""
+        await self.client.close()

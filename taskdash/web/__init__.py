@@ -1,0 +1,1 @@
+"""The HTTP side: health endpoints, the JSON API and (later) the dashboard."""

@@ -1,0 +1,40 @@
+"""The read-only JSON API over stored services."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from taskdash.store import Store
+from taskdash.store.services import get_service, list_services
+from taskdash.web.base import JsonHandler
+
+STATUSES = ("online", "stale", "offline", "unknown")
+
+
+class ServicesHandler(JsonHandler):
+    """``GET /api/services?status=&limit=&skip=``."""
+
+    def initialize(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self) -> None:
+        status = self.get_query_argument("status", None)
+        if status is not None and status not in STATUSES:
+            raise tornado.web.HTTPError(400, "status must be one of %s", ", ".join(STATUSES))
+        limit = self.int_argument("limit", 100, 1, 1000)
+        skip = self.int_argument("skip", 0, 0, 10_000_000)
+        services = await list_services(self.store, status=status, limit=limit, skip=skip)
+        self.send_json({"services": services, "count": len(services)})
+
+
+class ServiceHandler(JsonHandler):
+    """``GET /api/services/<id>``."""
+
+    def initialize(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self, service_id: str) -> None:
+        service = await get_service(self.store, service_id)
+        if service is None:
+            raise tornado.web.HTTPError(404, "no service with this id")
+        self.send_json(service)

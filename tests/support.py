@@ -1,0 +1,225 @@
+"""Helpers shared by the tests: free ports, real servers started on loopback, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from taskdash.store.embedded import nx_command, port_open
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, every: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(every)
+
+
+async def async_wait_for(
+    predicate: Callable[[], Any], timeout: float = 15.0, every: float = 0.05
+) -> Any:
+    """Like :func:`wait_for` for async predicates (coroutine functions allowed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        await asyncio.sleep(every)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """GET a JSON endpoint with a real HTTP client; (status, parsed body or text)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    except OSError:
+        return 0, None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+class NxServer:
+    """One nx-27017 process on a free port, with its own data file, log and pid file."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                nx_command(),
+                "--db",
+                str(self.directory / "test.db"),
+                "-p",
+                str(self.port),
+                "--log-file",
+                str(self.directory / "nx.log"),
+                "--pid-file",
+                str(self.directory / "nx.pid"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_open("127.0.0.1", self.port), timeout=20)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@contextmanager
+def nx_server(directory: Path) -> Iterator[NxServer]:
+    """Run an nx-27017 server for the duration of the block."""
+    server = NxServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def daemon_env(tmp: Path, **overrides: str | int) -> dict[str, str]:
+    """Environment for a ``taskdash run`` subprocess on free ports, data under ``tmp``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
+    env.update(
+        TASKDASH_DAEMON__DATA_DIR=str(tmp / "var"),
+        TASKDASH_WEB__PORT=str(free_port()),
+        TASKDASH_MONGODB__EMBEDDED_PORT=str(free_port()),
+        TASKDASH_NSQ__EMBEDDED_TCP_PORT=str(free_port()),
+        TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(free_port()),
+        TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(free_port()),
+        TASKDASH_LOG__FORMAT="json",
+    )
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def pids_with_arg(fragment: str) -> list[int]:
+    """Processes whose command line contains ``fragment`` (e.g. a test's own data path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(") ", 1)[1][:1]
+        except OSError:
+            continue
+        if fragment in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+class DaemonProcess:
+    """``taskdash run`` as a user runs it: a subprocess with its own env, output to a file."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], config: Path | None = None) -> None:
+        self.tmp = tmp
+        self.env = env
+        self.config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = tmp / f"daemon-{time.monotonic_ns()}.log"
+
+    @property
+    def web(self) -> str:
+        return f"http://127.0.0.1:{self.env['TASKDASH_WEB__PORT']}"
+
+    def start(self) -> DaemonProcess:
+        args = [str(VENV_BIN / "taskdash"), "run"]
+        if self.config:
+            args += ["--config", str(self.config)]
+        with open(self.output, "wb") as out:
+            self.proc = subprocess.Popen(
+                args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        def ready() -> Any:
+            assert self.proc is not None and self.proc.poll() is None, self.logs()
+            status, body = http_get(f"{self.web}/readyz")
+            return body if status == 200 else None
+
+        return wait_for(ready, timeout=timeout, every=0.1)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon did not stop within {timeout}s\n{self.logs()}") from None
+
+    def logs(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.logs().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+
+@contextmanager
+def running_daemon(tmp: Path, env: dict[str, str], ready: bool = True) -> Iterator[DaemonProcess]:
+    """A started daemon (ready unless told otherwise), always stopped afterwards."""
+    daemon = DaemonProcess(tmp, env).start()
+    try:
+        if ready:
+            daemon.wait_ready()
+        yield daemon
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.stop()

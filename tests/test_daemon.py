@@ -1,0 +1,155 @@
+"""The daemon as a user runs it: a real subprocess, real HTTP, a real embedded MongoDB."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pymongo
+from support import (
+    NxServer,
+    daemon_env,
+    free_port,
+    http_get,
+    pids_with_arg,
+    running_daemon,
+    wait_for,
+)
+
+
+def embedded_client(env: dict[str, str]) -> pymongo.MongoClient:
+    port = env["TASKDASH_MONGODB__EMBEDDED_PORT"]
+    return pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true")
+
+
+def test_lifecycle_sigterm_restart_and_systemd_notify(tmp_path: Path) -> None:
+    sock_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(sock_path)
+    notify.settimeout(30)
+    env = daemon_env(tmp_path, NOTIFY_SOCKET=sock_path, TASKDASH_DAEMON__SHUTDOWN_TIMEOUT=8)
+    data_dir = env["TASKDASH_DAEMON__DATA_DIR"]
+    with running_daemon(tmp_path, env, ready=False) as daemon:
+        assert notify.recv(256).startswith(b"READY=1")
+        ready = daemon.wait_ready()
+        assert ready["components"]["store"] == {"ready": True, "indexes": True}
+        assert http_get(f"{daemon.web}/healthz") == (200, {"status": "ok", "version": "0.1.0"})
+        assert pids_with_arg(data_dir), "the embedded MongoDB runs as a child"
+        with embedded_client(env) as client:
+            client.taskdash.services.insert_one(
+                {"_id": "svc-1", "name": "kept", "status": "online"}
+            )
+        started = time.monotonic()
+        assert daemon.stop() == 0
+        assert time.monotonic() - started < 8
+        assert notify.recv(256) == b"STOPPING=1"
+        assert not pids_with_arg(data_dir), "no child process is left behind"
+        events = [e["event"] for e in daemon.events()]
+        assert events.index("component_stopped") > events.index("stop_requested")
+        assert events[-1] == "daemon_stopped"
+    notify.close()
+    env.pop("NOTIFY_SOCKET")
+    with running_daemon(tmp_path, env) as daemon:
+        status, body = http_get(f"{daemon.web}/api/services")
+        assert status == 200
+        assert [(s["id"], s["name"]) for s in body["services"]] == [("svc-1", "kept")]
+        assert http_get(f"{daemon.web}/api/services/svc-1")[1]["status"] == "online"
+        assert http_get(f"{daemon.web}/api/services/nope")[0] == 404
+        assert http_get(f"{daemon.web}/api/services?limit=0")[0] == 400
+        assert http_get(f"{daemon.web}/api/services?status=weird")[0] == 400
+        assert daemon.stop() == 0
+
+
+def test_killed_embedded_mongodb_turns_not_ready_then_ready(tmp_path: Path) -> None:
+    env = daemon_env(
+        tmp_path,
+        TASKDASH_MONGODB__PROBE_INTERVAL=0.2,
+        TASKDASH_MONGODB__RETRY_INITIAL=0.2,
+        TASKDASH_MONGODB__RETRY_MAX=0.5,
+        TASKDASH_MONGODB__SERVER_SELECTION_TIMEOUT=1,
+    )
+    with running_daemon(tmp_path, env) as daemon:
+        (first,) = pids_with_arg(env["TASKDASH_DAEMON__DATA_DIR"])
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: http_get(f"{daemon.web}/readyz")[0] == 503, timeout=15, every=0.05)
+        assert http_get(f"{daemon.web}/healthz")[0] == 200, "the daemon itself stays alive"
+        body = daemon.wait_ready(timeout=30)
+        assert body["status"] == "ready"
+        (second,) = pids_with_arg(env["TASKDASH_DAEMON__DATA_DIR"])
+        assert second != first
+        events = [e["event"] for e in daemon.events()]
+        assert "embedded_mongodb_died" in events and "embedded_mongodb_restarted" in events
+        assert daemon.stop() == 0
+
+
+def test_external_mongodb_down_at_start_then_up(tmp_path: Path) -> None:
+    port = free_port()
+    env = daemon_env(
+        tmp_path,
+        TASKDASH_MONGODB__URI=f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        TASKDASH_MONGODB__SERVER_SELECTION_TIMEOUT=0.5,
+        TASKDASH_MONGODB__RETRY_INITIAL=0.2,
+        TASKDASH_MONGODB__RETRY_MAX=0.5,
+    )
+    with running_daemon(tmp_path, env, ready=False) as daemon:
+        wait_for(lambda: http_get(f"{daemon.web}/healthz")[0] == 200, timeout=30)
+        status, body = http_get(f"{daemon.web}/readyz")
+        assert status == 503 and body["components"]["store"]["ready"] is False
+        assert "error" in body["components"]["store"]
+        assert not pids_with_arg(env["TASKDASH_DAEMON__DATA_DIR"]), "no embedded server with a uri"
+        server = NxServer(tmp_path / "late-mongo", port=port)
+        server.start()
+        try:
+            daemon.wait_ready(timeout=30)
+            assert daemon.stop() == 0
+        finally:
+            server.stop()
+    logs = daemon.logs()
+    assert "store_unreachable" in logs and "store_ready" in logs
+
+
+def test_credentials_never_reach_the_logs(tmp_path: Path) -> None:
+    uri = f"mongodb://admin:hunter2@127.0.0.1:{free_port()}/?directConnection=true&authSource=admin"
+    env = daemon_env(
+        tmp_path,
+        TASKDASH_MONGODB__URI=uri,
+        TASKDASH_MONGODB__SERVER_SELECTION_TIMEOUT=0.3,
+        TASKDASH_LOG__LEVEL="debug",
+    )
+    with running_daemon(tmp_path, env, ready=False) as daemon:
+        wait_for(lambda: "store_unreachable" in daemon.logs(), timeout=30)
+        assert daemon.stop() == 0
+    assert "hunter2" not in daemon.logs()
+
+
+def test_killed_daemon_takes_its_child_along(tmp_path: Path) -> None:
+    env = daemon_env(tmp_path)
+    with running_daemon(tmp_path, env) as daemon:
+        assert pids_with_arg(env["TASKDASH_DAEMON__DATA_DIR"])
+        assert daemon.proc is not None
+        daemon.proc.kill()
+        daemon.proc.wait()
+        wait_for(lambda: not pids_with_arg(env["TASKDASH_DAEMON__DATA_DIR"]), timeout=10)
+
+
+def test_port_in_use_fails_with_a_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = daemon_env(tmp_path, TASKDASH_MONGODB__EMBEDDED_PORT=busy.getsockname()[1])
+        with running_daemon(tmp_path, env, ready=False) as daemon:
+            assert daemon.proc is not None
+            assert daemon.proc.wait(30) == 1
+        start_failed = [e for e in daemon.events() if e["event"] == "start_failed"]
+        assert start_failed and "already in use" in start_failed[0]["error"]
+
+
+def test_bad_config_exits_2_before_starting_anything(tmp_path: Path) -> None:
+    env = daemon_env(tmp_path, TASKDASH_WEB__PORT="not-a-port")
+    with running_daemon(tmp_path, env, ready=False) as daemon:
+        assert daemon.proc is not None and daemon.proc.wait(30) == 2
+    assert "web.port: Expected `int`, got `str` (in TASKDASH_WEB__PORT)" in daemon.logs()
+    assert not (tmp_path / "var").exists()

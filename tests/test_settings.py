@@ -1,0 +1,156 @@
+"""Config: defaults, the file, environment overrides, and each kind of bad value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskdash.errors import ConfigError
+from taskdash.settings import Settings, load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "taskdash.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_file_or_env() -> None:
+    s = load(env={})
+    assert s.web.port == 8080
+    assert s.mongodb.uri == "" and s.mongodb.embedded_port == 27017
+    assert s.nsq.service_topic == "taskdash.service" and s.nsq.channel == "taskdash"
+    assert s.nsq.embedded
+    assert (s.checker.stale_after, s.checker.offline_after, s.checker.recover_beats) == (15, 60, 2)
+
+
+def test_shipped_config_equals_the_built_in_defaults() -> None:
+    """config/taskdash.toml documents every key with its default: it must not drift."""
+    assert load(ROOT / "config" / "taskdash.toml", env={}) == Settings()
+
+
+def test_shipped_config_names_every_key() -> None:
+    text = (ROOT / "config" / "taskdash.toml").read_text()
+    for section in Settings.__struct_fields__:
+        assert f"[{section}]" in text
+        for key in getattr(Settings(), section).__struct_fields__:
+            assert f"\n{key} = " in text, f"{section}.{key} is not documented"
+
+
+def test_production_example_is_valid_and_external() -> None:
+    s = load(ROOT / "config" / "production.example.toml", env={})
+    assert "replicaSet=rs0" in s.mongodb.uri
+    assert not s.nsq.embedded
+
+
+def test_file_values(tmp_path: Path) -> None:
+    path = write(tmp_path, '[web]\nport = 9000\n[nsq]\nnsqd_tcp_addresses = ["n1:4150"]\n')
+    s = load(path, env={})
+    assert s.web.port == 9000
+    assert s.nsq.nsqd_tcp_addresses == ["n1:4150"] and not s.nsq.embedded
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[web]\nport = 9000\nhost = '0.0.0.0'\n")
+    env = {
+        "TASKDASH_WEB__PORT": "9100",
+        "TASKDASH_MONGODB__URI": "mongodb://a,b/?replicaSet=rs0",
+        "TASKDASH_CHECKER__ENABLED": "false",
+        "TASKDASH_NSQ__LOOKUPD_HTTP_ADDRESSES": '["http://l1:4161"]',
+        "TASKDASH_TEST_MONGODB_URI": "ignored: not SECTION__KEY",
+        "OTHER": "x",
+    }
+    s = load(path, env=env)
+    assert s.web.port == 9100 and s.web.host == "0.0.0.0"
+    assert s.mongodb.uri == "mongodb://a,b/?replicaSet=rs0"
+    assert s.checker.enabled is False
+    assert s.nsq.lookupd_http_addresses == ["http://l1:4161"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[web]\nprot = 1\n", "web.prot: unknown key (in {file})"),
+        ("[wbe]\nport = 1\n", "wbe: unknown key (in {file})"),
+        ("[web]\nport = 'x'\n", "web.port: Expected `int`, got `str` (in {file})"),
+        ("[web]\nport = 70000\n", "web.port: Expected `int` <= 65535 (in {file})"),
+        ("[web]\nport = true\n", "web.port: Expected `int`, got `bool` (in {file})"),
+        ("[log]\nformat = 'xml'\n", "log.format: Invalid enum value 'xml' (in {file})"),
+        ("[daemon]\nshutdown_timeout = 0\n", "daemon.shutdown_timeout: Expected `float` > 0.0"),
+        (
+            "[checker]\nstale_after = 60\noffline_after = 30\n",
+            "checker: offline_after must be greater than stale_after (in {file})",
+        ),
+        ("[mongodb]\nuri = 'postgres://x'\n", "mongodb: uri must start with mongodb://"),
+        ("[nsq]\nchannel = 'bad name!'\n", "nsq: channel is not a valid NSQ name"),
+        (
+            "[nsq]\nnsqd_tcp_addresses = ['nohost']\n",
+            "nsq: nsqd_tcp_addresses entry 'nohost' is not host:port",
+        ),
+        ("[nsq]\nmax_in_flight = 0\n", "nsq.max_in_flight: Expected `int` >= 1"),
+        ("web = 3\n", "web: Expected `object`, got `int`"),
+        ("[web\n", "invalid TOML"),
+    ],
+)
+def test_bad_file_values_name_key_and_file(tmp_path: Path, toml: str, expected: str) -> None:
+    path = write(tmp_path, toml)
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert expected.format(file=path) in str(info.value)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"TASKDASH_WEB__PORT": "http"},
+            "web.port: Expected `int`, got `str` (in TASKDASH_WEB__PORT)",
+        ),
+        ({"TASKDASH_WEB__NOPE": "1"}, "web.nope: unknown key (in TASKDASH_WEB__NOPE)"),
+        ({"TASKDASH_NOPE__PORT": "1"}, "nope: unknown key (in TASKDASH_NOPE__PORT)"),
+        ({"TASKDASH___PORT": "1"}, "TASKDASH___PORT: expected TASKDASH_<SECTION>__<KEY>"),
+    ],
+)
+def test_bad_env_values_name_the_variable(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, env=env)
+    assert expected in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load(tmp_path / "absent.toml", env={})
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taskdash",
+            "check-config",
+            "-c",
+            str(ROOT / "config/taskdash.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert good.returncode == 0 and "config OK" in good.stdout
+    bad = write(tmp_path, "[web]\nport = -1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "taskdash", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0] == f"taskdash: config error: web.port: Expected `int` >= 0 (in {bad})"
