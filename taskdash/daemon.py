@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 import tornado.httpserver
 import tornado.netutil
 
+from taskdash.checker import Checker
 from taskdash.errors import TaskDashError
 from taskdash.health import Health
 from taskdash.logs import ReopenableFileHandler
-from taskdash.settings import Settings
+from taskdash.nsq.publisher import StatusPublisher
+from taskdash.nsq.readers import Ingestion
+from taskdash.settings import NsqSettings, Settings
 from taskdash.store import Store
 from taskdash.store.embedded import EmbeddedMongo
 from taskdash.store.monitor import StoreMonitor
@@ -27,6 +31,15 @@ from taskdash.web.app import make_app
 log = structlog.get_logger("taskdash.daemon")
 
 Stopper = Callable[[], Awaitable[None]]
+
+
+def nsqd_http_address(cfg: NsqSettings) -> str:
+    """Where to publish: configured, else the first nsqd's host on nsqd's default HTTP port."""
+    if cfg.nsqd_http_address:
+        return cfg.nsqd_http_address
+    if cfg.nsqd_tcp_addresses:
+        return f"http://{cfg.nsqd_tcp_addresses[0].rsplit(':', 1)[0]}:4151"
+    return ""
 
 
 class Daemon:
@@ -47,6 +60,8 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self._stoppers: list[tuple[str, Stopper]] = []
         self.store: Store | None = None
+        self.broker: Any = None
+        self.checker: Checker | None = None
         self.web_port: int | None = None
 
     def _started(self, name: str, stop: Stopper) -> None:
@@ -57,11 +72,11 @@ class Daemon:
         cfg = self.settings.mongodb
         uri = cfg.uri
         if not uri:
-            db_file = self.settings.data_path("mongodb", "taskdash.db")
-            if cfg.embedded_db_file:
-                db_file = type(db_file)(cfg.embedded_db_file)
+            data_dir = self.settings.data_path("mongodb")
+            if cfg.embedded_data_dir:
+                data_dir = type(data_dir)(cfg.embedded_data_dir)
             embedded = EmbeddedMongo(
-                host=cfg.embedded_host, port=cfg.embedded_port, db_file=db_file.absolute()
+                host=cfg.embedded_host, port=cfg.embedded_port, data_dir=data_dir.absolute()
             )
             await embedded.start()
             self._started("embedded_mongodb", embedded.stop)
@@ -101,10 +116,65 @@ class Daemon:
         self._started("web", stop)
         log.info("web_listening", host=cfg.host, port=self.web_port)
 
+    async def _start_nsq(self) -> tuple[list[str], list[str], str]:
+        """The embedded broker when no NSQ is configured; returns (nsqd tcp, lookupd, nsqd http)."""
+        cfg = self.settings.nsq
+        if not cfg.embedded:
+            return cfg.nsqd_tcp_addresses, cfg.lookupd_http_addresses, nsqd_http_address(cfg)
+        from taskdash.nsq.broker import Broker
+
+        broker = Broker(
+            host=cfg.embedded_host,
+            tcp_port=cfg.embedded_tcp_port,
+            http_port=cfg.embedded_http_port,
+            lookupd_http_port=cfg.embedded_lookupd_port,
+            data_dir=self.settings.data_path("nsq").absolute(),
+            broadcast_address=cfg.embedded_host,
+        )
+        await broker.start()
+        self._started("embedded_nsqd", broker.stop)
+        self.broker = broker
+        host = cfg.embedded_host
+        http = f"http://{host}:{broker.http_port}"
+        return [f"{host}:{broker.tcp_port}"], [], cfg.nsqd_http_address or http
+
+    async def _start_ingestion(self, store: Store) -> None:
+        """Status publisher, checker, then the readers (intake last, so nothing waits on us)."""
+        nsqd, lookupd, nsqd_http = await self._start_nsq()
+        cfg = self.settings.nsq
+        on_change = None
+        if nsqd_http:
+            publisher = StatusPublisher(store, nsqd_http=nsqd_http, topic=cfg.status_topic)
+            await publisher.start()
+            self.health.add("status_publisher", publisher.check)
+            self._started("status_publisher", publisher.stop)
+            on_change = publisher.kick
+        else:
+            log.warning("status_publishing_disabled", why="set [nsq] nsqd_http_address")
+        if self.settings.checker.enabled:
+            self.checker = Checker(
+                store, self.settings.checker, node_id=self.node_id, on_change=on_change
+            )
+            await self.checker.start()
+            self.health.add("checker", self.checker.check)
+            self._started("checker", self.checker.stop)
+        ingestion = Ingestion(
+            store,
+            cfg,
+            node_id=self.node_id,
+            nsqd_tcp_addresses=nsqd,
+            lookupd_http_addresses=lookupd,
+        )
+        for consumer in ingestion.consumers:
+            await consumer.start()
+            self.health.add(f"reader:{consumer.topic}", consumer.check)
+            self._started(f"reader:{consumer.topic}", consumer.stop)
+
     async def start(self) -> None:
         """Start every part; on failure, stop what already started and re-raise."""
         try:
             self.store = await self._start_store()
+            await self._start_ingestion(self.store)
             await self._start_web(self.store)
         except BaseException:
             await self.stop()

@@ -7,6 +7,7 @@ environment. Every mistake (unknown key, wrong type, impossible value) is report
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -61,7 +62,7 @@ class MongoSettings(_Section):
     probe_interval: Seconds = 1.0
     embedded_host: str = "127.0.0.1"
     embedded_port: Port = 27017
-    embedded_db_file: str = ""
+    embedded_data_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.uri and not self.uri.startswith(("mongodb://", "mongodb+srv://")):
@@ -133,6 +134,48 @@ class CheckerSettings(_Section):
             raise ValueError("offline_after must be greater than stale_after")
 
 
+class FetcherSettings(_Section):
+    """The metadata fetcher: GET/POST every service URL, with SSRF allow-rules."""
+
+    enabled: bool = True
+    fetch_interval: Seconds = 30.0
+    method: Literal["GET", "POST"] = "GET"
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
+    connect_timeout: Seconds = 5.0
+    request_timeout: Seconds = 10.0
+    max_body_size: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
+    backoff_initial: Seconds = 5.0
+    backoff_max: Seconds = 600.0
+    max_redirects: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+    allowed_schemes: list[Literal["http", "https"]] = msgspec.field(
+        default_factory=lambda: ["http", "https"]
+    )
+    allowed_hosts: list[str] = []
+    allowed_cidrs: list[str] = []
+    refused_cidrs: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "169.254.0.0/16",
+            "fe80::/10",
+            "100.100.100.200/32",
+            "fd00:ec2::254/128",
+        ]
+    )
+    node_heartbeat_interval: Seconds = 5.0
+    node_timeout: Seconds = 15.0
+
+    def __post_init__(self) -> None:
+        for name in ("allowed_cidrs", "refused_cidrs"):
+            for cidr in getattr(self, name):
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise ValueError(f"{name} entry {cidr!r} is not a CIDR") from None
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must be >= backoff_initial")
+        if self.node_timeout <= self.node_heartbeat_interval:
+            raise ValueError("node_timeout must be greater than node_heartbeat_interval")
+
+
 class Settings(_Section):
     """Every section; what :func:`load` returns."""
 
@@ -142,6 +185,7 @@ class Settings(_Section):
     web: WebSettings = msgspec.field(default_factory=WebSettings)
     nsq: NsqSettings = msgspec.field(default_factory=NsqSettings)
     checker: CheckerSettings = msgspec.field(default_factory=CheckerSettings)
+    fetcher: FetcherSettings = msgspec.field(default_factory=FetcherSettings)
 
     def data_path(self, *parts: str) -> Path:
         """A path under the daemon's data directory."""

@@ -88,8 +88,8 @@ class NxServer:
         self.proc = subprocess.Popen(
             [
                 nx_command(),
-                "--db",
-                str(self.directory / "test.db"),
+                "--data-dir",
+                str(self.directory),
                 "-p",
                 str(self.port),
                 "--log-file",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from taskdash.background import Background
 from taskdash.errors import EmbeddedServerError
 
 log = structlog.get_logger("taskdash.store.embedded")
@@ -55,15 +56,17 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
 class EmbeddedMongo:
     """Start, supervise and stop one nx-27017 server bound to ``host:port``."""
 
-    def __init__(self, *, host: str, port: int, db_file: Path, start_timeout: float = 20.0) -> None:
+    def __init__(
+        self, *, host: str, port: int, data_dir: Path, start_timeout: float = 20.0
+    ) -> None:
         self.host = host
         self.port = port
-        self.db_file = db_file
+        self.data_dir = data_dir
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._stopping = False
-        self._supervisor: asyncio.Task[None] | None = None
+        self._supervisor = Background("embedded_mongodb_supervisor", self._supervise)
 
     @property
     def uri(self) -> str:
@@ -71,15 +74,14 @@ class EmbeddedMongo:
         return f"mongodb://{self.host}:{self.port}/?directConnection=true"
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        self.db_file.parent.mkdir(parents=True, exist_ok=True)
-        base = self.db_file.with_suffix("")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             nx_command(),
-            "--db", str(self.db_file),
+            "--data-dir", str(self.data_dir),
             "--host", self.host,
             "-p", str(self.port),
-            "--log-file", f"{base}.log",
-            "--pid-file", f"{base}.pid",
+            "--log-file", str(self.data_dir / "nx-27017.log"),
+            "--pid-file", str(self.data_dir / "nx-27017.pid"),
         ]  # fmt: skip
         return subprocess.Popen(  # fixed argv, no shell
             cmd,
@@ -96,7 +98,7 @@ class EmbeddedMongo:
             if proc.poll() is not None:
                 raise EmbeddedServerError(
                     f"nx-27017 exited with {proc.returncode} at start "
-                    f"(is port {self.port} in use? see {self.db_file.with_suffix('.log')})"
+                    f"(is port {self.port} in use? see {self.data_dir / 'nx-27017.log'})"
                 )
             if await asyncio.to_thread(port_open, self.host, self.port):
                 return
@@ -113,7 +115,7 @@ class EmbeddedMongo:
         self.proc = self._spawn()
         await self._wait_listening(self.proc)
         log.info("embedded_mongodb_started", pid=self.proc.pid, port=self.port)
-        self._supervisor = asyncio.create_task(self._supervise())
+        await self._supervisor.start()
 
     async def _supervise(self) -> None:
         """Restart the child with backoff when it dies under us."""
@@ -141,11 +143,7 @@ class EmbeddedMongo:
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop supervising, SIGTERM the child, SIGKILL it if it lingers. Idempotent."""
         self._stopping = True
-        if self._supervisor:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-            self._supervisor = None
+        await self._supervisor.stop()
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return

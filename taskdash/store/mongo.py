@@ -20,8 +20,8 @@ Doc = dict[str, Any]
 #: Collection name -> the indexes it needs. Creating them is idempotent.
 INDEXES: dict[str, list[IndexModel]] = {
     "services": [
-        IndexModel([("status", ASCENDING)], name="status"),
-        IndexModel([("last_heartbeat_at", ASCENDING)], name="last_heartbeat_at"),
+        IndexModel([("status", ASCENDING), ("alive_at", ASCENDING)], name="status_alive_at"),
+        IndexModel([("transition", ASCENDING)], name="transition"),
     ],
     "tasks": [
         IndexModel([("service_id", ASCENDING)], name="service_id"),
@@ -34,7 +34,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("topic", ASCENDING), ("received_at", ASCENDING)], name="topic_received")
     ],
     "service_events": [
-        IndexModel([("service_id", ASCENDING), ("at", ASCENDING)], name="service_at")
+        IndexModel([("service_id", ASCENDING), ("at", ASCENDING)], name="service_at"),
+        IndexModel([("published", ASCENDING), ("claim_until", ASCENDING)], name="outbox"),
+        IndexModel([("claim", ASCENDING)], name="claim"),
     ],
     "nodes": [IndexModel([("seen_at", ASCENDING)], name="seen_at")],
 }

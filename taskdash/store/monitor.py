@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from taskdash.background import Background
 from taskdash.errors import StoreError
 from taskdash.store.mongo import Store
 
@@ -28,7 +29,7 @@ class StoreMonitor:
         self._became_ready = asyncio.Event()
         self.last_error = ""
         self.failures = 0
-        self._task: asyncio.Task[None] | None = None
+        self._loop_task = Background("store_monitor", self._loop)
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         """Readiness for the health registry."""
@@ -77,12 +78,8 @@ class StoreMonitor:
 
     async def start(self) -> None:
         """Start probing in the background (returns at once, even if MongoDB is down)."""
-        self._task = asyncio.create_task(self._loop())
+        await self._loop_task.start()
 
     async def stop(self) -> None:
         """Stop probing. Idempotent."""
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop_task.stop()

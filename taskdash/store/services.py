@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pymongo import UpdateOne
+
+from taskdash.models import TaskService
 from taskdash.store.mongo import Doc, Store, translated
+from taskdash.store.times import iso, to_ms
 
 #: Fields the API shows for a service, in order.
 PUBLIC_FIELDS = (
@@ -19,7 +23,7 @@ def public(doc: Doc) -> dict[str, Any]:
     out: dict[str, Any] = {"id": doc["_id"]}
     for key in PUBLIC_FIELDS[1:]:
         value = doc.get(key)
-        out[key] = value.isoformat() if isinstance(value, datetime) else value
+        out[key] = iso(value) if key.endswith("_at") else value
     return out
 
 
@@ -38,3 +42,69 @@ async def get_service(store: Store, service_id: str) -> dict[str, Any] | None:
     async with translated("get_service"):
         doc = await store.services.find_one({"_id": service_id})
     return public(doc) if doc else None
+
+
+async def register_services(store: Store, services: list[TaskService], now: datetime) -> int:
+    """Upsert registrations in one bulk write; the first ``registered_at`` is kept.
+
+    A later registration of the same id in the batch wins (NSQ order within one reader).
+    A registration is a sign of life, so ``alive_at`` moves too, but the status does not:
+    only heartbeats bring a service online.
+    """
+    latest = {svc.id: svc for svc in services}
+    at = to_ms(now)
+    ops = [
+        UpdateOne(
+            {"_id": svc.id},
+            {
+                "$set": {**_fields(svc), "updated_at": at},
+                "$setOnInsert": {"registered_at": at, "status": "unknown", "beats": 0},
+                "$max": {"alive_at": at},
+            },
+            upsert=True,
+        )
+        for svc in latest.values()
+    ]
+    async with translated("register_services"):
+        await store.services.bulk_write(ops, ordered=False)
+    return len(ops)
+
+
+def _fields(svc: TaskService) -> Doc:
+    fields = svc.to_dict()
+    del fields["id"]
+    return fields
+
+
+async def record_heartbeats(store: Store, beats: dict[str, tuple[int, datetime]]) -> list[str]:
+    """Apply coalesced heartbeats ``{service_id: (count, last receipt time)}``.
+
+    Services with the same beat count in the batch share one ``update_many`` (usually one or
+    two writes per batch, however many services), stamped with that group's latest receipt
+    time: at most one flush interval later than a service's own beat, which the checker's
+    thresholds (seconds) do not notice. Only registered services are touched (a heartbeat is
+    not a registration); the ids that are not registered are returned. ``$max`` keeps a
+    redelivered, older beat from moving a service's time backwards.
+    """
+    if not beats:
+        return []
+    groups: dict[int, tuple[list[str], int]] = {}
+    for sid, (count, at) in beats.items():
+        ids, latest = groups.get(count, ([], 0))
+        ids.append(sid)
+        groups[count] = (ids, max(latest, to_ms(at)))
+    async with translated("record_heartbeats"):
+        cursor = store.services.find({"_id": {"$in": list(beats)}}, {"_id": 1})
+        known = {doc["_id"] async for doc in cursor}
+        for count, (ids, latest) in groups.items():
+            mine = [sid for sid in ids if sid in known]
+            if not mine:
+                continue
+            await store.services.update_many(
+                {"_id": {"$in": mine}},
+                {
+                    "$max": {"last_heartbeat_at": latest, "alive_at": latest},
+                    "$inc": {"beats": count, "heartbeats_total": count},
+                },
+            )
+    return [sid for sid in beats if sid not in known]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import tornado.web
 
 from taskdash.store import Store
+from taskdash.store.deadletters import list_dead_letters
 from taskdash.store.services import get_service, list_services
+from taskdash.store.status import history
 from taskdash.web.base import JsonHandler
 
 STATUSES = ("online", "stale", "offline", "unknown")
@@ -38,3 +40,30 @@ class ServiceHandler(JsonHandler):
         if service is None:
             raise tornado.web.HTTPError(404, "no service with this id")
         self.send_json(service)
+
+
+class ServiceHistoryHandler(JsonHandler):
+    """``GET /api/services/<id>/history?limit=``: state changes, newest first."""
+
+    def initialize(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self, service_id: str) -> None:
+        limit = self.int_argument("limit", 100, 1, 1000)
+        if await get_service(self.store, service_id) is None:
+            raise tornado.web.HTTPError(404, "no service with this id")
+        events = await history(self.store, service_id, limit)
+        self.send_json({"id": service_id, "history": events})
+
+
+class DeadLettersHandler(JsonHandler):
+    """``GET /api/dead-letters?topic=&limit=``: messages that could never be applied."""
+
+    def initialize(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self) -> None:
+        topic = self.get_query_argument("topic", None)
+        limit = self.int_argument("limit", 100, 1, 1000)
+        letters = await list_dead_letters(self.store, topic=topic, limit=limit)
+        self.send_json({"dead_letters": letters, "count": len(letters)})

@@ -6,7 +6,12 @@ import tornado.web
 
 from taskdash.health import Health
 from taskdash.store import Store
-from taskdash.web.api import ServiceHandler, ServicesHandler
+from taskdash.web.api import (
+    DeadLettersHandler,
+    ServiceHandler,
+    ServiceHistoryHandler,
+    ServicesHandler,
+)
 from taskdash.web.base import JsonHandler
 from taskdash.web.health import HealthzHandler, ReadyzHandler
 
@@ -26,6 +31,8 @@ def make_app(*, health: Health, store: Store) -> tornado.web.Application:
             (r"/readyz", ReadyzHandler, {"health": health}),
             (r"/api/services", ServicesHandler, {"store": store}),
             (r"/api/services/([^/]{1,128})", ServiceHandler, {"store": store}),
+            (r"/api/services/([^/]{1,128})/history", ServiceHistoryHandler, {"store": store}),
+            (r"/api/dead-letters", DeadLettersHandler, {"store": store}),
         ],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,

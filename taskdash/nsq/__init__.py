@@ -1,0 +1,1 @@
+"""Everything NSQ: the embedded broker, the readers (the only pynsq users), publishing helpers."""

@@ -1,0 +1,142 @@
+"""The broker's live state shared by TCP and HTTP: topics, connected clients, message ids."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import structlog
+
+from taskdash.nsq.broker.message import IdFactory, Message
+from taskdash.nsq.broker.options import Options
+from taskdash.nsq.broker.persist import Snapshot, StoredMessage
+from taskdash.nsq.broker.topic import Topic
+
+log = structlog.get_logger("taskdash.nsq.broker")
+
+
+class Connection(Protocol):
+    """What the registry needs from a TCP client: stats, and a way to drop it."""
+
+    id: int
+
+    @property
+    def is_producer(self) -> bool:
+        """Has published at least once (nsqd lists those as producers)."""
+        ...
+
+    def stats(self, topic: str) -> dict[str, Any]:
+        """nsqd's ClientV2Stats as a JSON-ready dict."""
+        ...
+
+    def close(self) -> None:
+        """Drop the connection."""
+        ...
+
+
+class Registry:
+    """Topics and connections; the one place that creates and deletes topics."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.topics: dict[str, Topic] = {}
+        self.connections: dict[int, Connection] = {}
+        self.ids = IdFactory()
+        self.closing = False
+
+    def get_topic(self, name: str) -> Topic:
+        """The topic, created on first use (PUB, SUB, /pub, /topic/create)."""
+        topic = self.topics.get(name)
+        if topic is None:
+            topic = Topic(
+                name,
+                max_msg_timeout=self.options.max_msg_timeout_ms / 1000,
+                on_empty=self._topic_empty,
+            )
+            self.topics[name] = topic
+            log.info("topic_created", topic=name)
+        return topic
+
+    def publish(self, topic_name: str, bodies: list[bytes], defer_ms: int = 0) -> None:
+        """Stamp ids and timestamps, then hand the messages to the topic in one go."""
+        now = time.time_ns()
+        messages = [Message(self.ids.next(), body, now, defer_ms=defer_ms) for body in bodies]
+        self.get_topic(topic_name).publish(messages)
+
+    def delete_topic(self, name: str) -> bool:
+        """Remove a topic with its channels, messages and consumers' connections."""
+        topic = self.topics.pop(name, None)
+        if topic is None:
+            return False
+        topic.close()
+        for channel in topic.channels.values():
+            for client in list(channel.clients.values()):
+                client.close()
+        log.info("topic_deleted", topic=name)
+        return True
+
+    def close(self) -> None:
+        """Stop every timer; the messages stay for :meth:`snapshot`."""
+        self.closing = True
+        for topic in self.topics.values():
+            topic.close()
+
+    def snapshot(self) -> Snapshot:
+        """Durable topics/channels and their unfinished messages (ephemeral ones die, as nsqd)."""
+        # Deferred messages keep their due time; nsqd would make them deliverable at restart.
+        wall_ns = time.time_ns()
+        snap = Snapshot()
+        for topic in self.topics.values():
+            if topic.ephemeral:
+                continue
+            durable = [name for name, ch in topic.channels.items() if not ch.ephemeral]
+            snap.topics[topic.name] = durable
+            for msg in topic.backlog:
+                snap.messages.append(_stored(topic.name, None, msg, None, wall_ns))
+            for name in durable:
+                for msg, due_in in topic.channels[name].unfinished():
+                    snap.messages.append(_stored(topic.name, name, msg, due_in, wall_ns))
+        return snap
+
+    def restore(self, snap: Snapshot) -> int:
+        """Recreate durable topics/channels and re-queue their messages; returns the count."""
+        wall_ns = time.time_ns()
+        for topic_name, channels in snap.topics.items():
+            topic = self.get_topic(topic_name)
+            for name in channels:
+                topic.get_channel(name)
+        for stored in snap.messages:
+            self.ids.observe(stored.id)
+            msg = Message(stored.id, stored.body, stored.timestamp, stored.attempts)
+            topic = self.get_topic(stored.topic)
+            if stored.channel is None:
+                msg.defer_ms = stored.defer_ms
+                topic.restore_backlog(msg)
+                continue
+            due_in = None
+            if stored.due_ns is not None:
+                due_in = (stored.due_ns - wall_ns) / 1e9
+            topic.get_channel(stored.channel).restore(msg, due_in)
+        return len(snap.messages)
+
+    def _topic_empty(self, topic: Topic) -> None:
+        """An ephemeral topic lost its last channel: it goes away, as in nsqd."""
+        if self.topics.get(topic.name) is topic:
+            self.delete_topic(topic.name)
+
+
+def _stored(
+    topic: str, channel: str | None, msg: Message, due_in: float | None, wall_ns: int
+) -> StoredMessage:
+    """One message as persist.py writes it; deferral kept as a wall-clock due time."""
+    due_ns = None if due_in is None else wall_ns + int(due_in * 1e9)
+    return StoredMessage(
+        topic=topic,
+        channel=channel,
+        id=msg.id,
+        body=msg.body,
+        timestamp=msg.timestamp,
+        attempts=msg.attempts,
+        defer_ms=msg.defer_ms if channel is None else 0,
+        due_ns=due_ns,
+    )

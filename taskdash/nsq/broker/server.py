@@ -1,0 +1,155 @@
+"""The Broker: nsqd TCP + nsqd HTTP + nsqlookupd HTTP on the running loop, with persistence."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import time
+from pathlib import Path
+
+import structlog
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from taskdash.nsq.broker import persist
+from taskdash.nsq.broker.http import HttpContext, nsqd_app
+from taskdash.nsq.broker.lookupd import lookupd_app
+from taskdash.nsq.broker.options import Options
+from taskdash.nsq.broker.registry import Registry
+from taskdash.nsq.broker.tcp import TcpServer
+
+log = structlog.get_logger("taskdash.nsq.broker")
+
+
+class _Phase(enum.Enum):
+    """A broker runs once: new → running → stopped."""
+
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class Broker:
+    """A protocol-faithful stand-in for nsqd v1.3.0 (and nsqlookupd's read API)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        tcp_port: int = 4150,
+        http_port: int = 4151,
+        lookupd_http_port: int | None = 4161,
+        data_dir: Path | None = None,
+        broadcast_address: str = "127.0.0.1",
+        max_msg_size: int = 1048576,
+        max_body_size: int = 5242880,
+        msg_timeout_ms: int = 60000,
+        max_msg_timeout_ms: int = 900000,
+        max_rdy_count: int = 2500,
+        max_heartbeat_interval_ms: int = 60000,
+        heartbeat_interval_ms: int = 30000,
+        max_req_timeout_ms: int = 3600000,
+    ) -> None:
+        self.host = host
+        self.tcp_port = tcp_port
+        self.http_port = http_port
+        self.lookupd_http_port = lookupd_http_port
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.broadcast_address = broadcast_address
+        self.options = Options(
+            max_msg_size=max_msg_size,
+            max_body_size=max_body_size,
+            msg_timeout_ms=msg_timeout_ms,
+            max_msg_timeout_ms=max_msg_timeout_ms,
+            max_rdy_count=max_rdy_count,
+            max_heartbeat_interval_ms=max_heartbeat_interval_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            max_req_timeout_ms=max_req_timeout_ms,
+        )
+        self.registry = Registry(self.options)
+        self._phase = _Phase.NEW
+        self._tcp = TcpServer(self.registry)
+        self._http_servers: list[tornado.httpserver.HTTPServer] = []
+
+    @property
+    def running(self) -> bool:
+        """True between a successful start and stop."""
+        return self._phase is _Phase.RUNNING
+
+    async def start(self) -> None:
+        """Load persisted messages, then listen on all ports; afterwards the ports are real."""
+        if self._phase is not _Phase.NEW:
+            raise RuntimeError("a Broker starts once; build a new one to restart")
+        self._phase = _Phase.RUNNING
+        try:
+            self._load()
+            await self._listen()
+        except BaseException:
+            await self._shutdown(persist_state=False)
+            raise
+        log.info(
+            "broker_started",
+            host=self.host,
+            tcp_port=self.tcp_port,
+            http_port=self.http_port,
+            lookupd_http_port=self.lookupd_http_port,
+            data_dir=str(self.data_dir) if self.data_dir else None,
+        )
+
+    async def stop(self) -> None:
+        """Stop intake, close clients, persist every unfinished message; safe to call again."""
+        if self._phase is not _Phase.RUNNING:
+            return
+        await self._shutdown(persist_state=True)
+        log.info("broker_stopped", tcp_port=self.tcp_port)
+
+    def _load(self) -> None:
+        """Messages left by the last clean stop come back (attempts preserved)."""
+        if self.data_dir is None:
+            return
+        count = self.registry.restore(persist.load(self.data_dir))
+        log.info("messages_loaded", count=count, data_dir=str(self.data_dir))
+
+    async def _listen(self) -> None:
+        """TCP first (its port goes into lookupd answers), then the HTTP listeners."""
+        await self._tcp.start(self.host, self.tcp_port)
+        self.tcp_port = self._tcp.port
+        ctx = HttpContext(
+            registry=self.registry,
+            start_time=time.time(),
+            broadcast_address=self.broadcast_address,
+            host=self.host,
+            tcp_port=self.tcp_port,
+        )
+        self.http_port = self._serve_http(nsqd_app(ctx), self.http_port)
+        ctx.http_port = self.http_port
+        if self.lookupd_http_port is not None:
+            self.lookupd_http_port = self._serve_http(lookupd_app(ctx), self.lookupd_http_port)
+
+    def _serve_http(self, app: tornado.web.Application, port: int) -> int:
+        """Bind one tornado HTTP server; bodies above 4x max_body_size are cut off unread."""
+        server = tornado.httpserver.HTTPServer(
+            app,
+            max_body_size=4 * max(self.options.max_body_size, self.options.max_msg_size),
+        )
+        sockets = tornado.netutil.bind_sockets(port, address=self.host)
+        server.add_sockets(sockets)
+        self._http_servers.append(server)
+        return int(sockets[0].getsockname()[1])
+
+    async def _shutdown(self, *, persist_state: bool) -> None:
+        """Listeners, then clients, then timers, then the snapshot to disk."""
+        self._phase = _Phase.STOPPED
+        self.registry.closing = True
+        for server in self._http_servers:
+            server.stop()
+        await self._tcp.stop()
+        for server in self._http_servers:
+            with contextlib.suppress(Exception):
+                await server.close_all_connections()
+        self._http_servers.clear()
+        self.registry.close()
+        if persist_state and self.data_dir is not None:
+            snap = self.registry.snapshot()
+            path = persist.save(self.data_dir, snap)
+            log.info("messages_persisted", count=len(snap.messages), path=str(path))

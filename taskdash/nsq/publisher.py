@@ -1,0 +1,105 @@
+"""Publishes recorded service state changes to NSQ (``taskdash.service_status``).
+
+An outbox: events are stored first (by the checker), then claimed, sent with nsqd's HTTP
+``/mpub`` and marked published. A broker that is away delays events, never loses them; a daemon
+that dies after sending and before marking may send an event twice (at-least-once, like NSQ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import structlog
+import tornado.httpclient
+
+from taskdash.background import Background
+from taskdash.checker import utcnow
+from taskdash.errors import StoreError
+from taskdash.store import Store
+from taskdash.store.status import claim_unpublished, mark_published
+
+log = structlog.get_logger("taskdash.nsq.publisher")
+
+
+def status_message(event: dict[str, Any]) -> bytes:
+    """The JSON body other systems receive for one state change."""
+    return json.dumps(
+        {
+            "id": event["service_id"],
+            "from": event["from"],
+            "to": event["to"],
+            "at": event["at"].isoformat(),
+            "reason": event["reason"],
+            "node": event["node"],
+        },
+        ensure_ascii=False,
+    ).encode()
+
+
+class StatusPublisher:
+    """Drains the outbox on demand (:meth:`kick`) and every ``interval`` seconds."""
+
+    def __init__(
+        self, store: Store, *, nsqd_http: str, topic: str, interval: float = 2.0, batch: int = 500
+    ) -> None:
+        self.store = store
+        self.url = f"{nsqd_http.rstrip('/')}/mpub?topic={topic}"
+        self.interval = interval
+        self.batch = batch
+        self.published = 0
+        self.last_error = ""
+        self._kick = asyncio.Event()
+        self._loop_task = Background("status_publisher", self._loop)
+        self._client = tornado.httpclient.AsyncHTTPClient()
+
+    async def kick(self) -> None:
+        """New events were recorded: publish soon."""
+        self._kick.set()
+
+    async def publish_pending(self) -> int:
+        """Publish what is waiting; returns how many events went out."""
+        sent = 0
+        while True:
+            events = await claim_unpublished(self.store, utcnow(), lease=30.0, limit=self.batch)
+            if not events:
+                return sent
+            body = b"\n".join(status_message(e) for e in events)
+            await self._client.fetch(
+                self.url, method="POST", body=body, request_timeout=10, connect_timeout=5
+            )
+            await mark_published(self.store, [e["_id"] for e in events])
+            sent += len(events)
+            self.published += len(events)
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.interval)
+            self._kick.clear()
+            try:
+                await self.publish_pending()
+                if self.last_error:
+                    log.info("status_publishing_resumed")
+                self.last_error = ""
+            except (StoreError, OSError, tornado.httpclient.HTTPError) as exc:
+                if not self.last_error:
+                    log.error("status_publish_failed", error=str(exc), url=self.url)
+                self.last_error = str(exc)
+
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness details; a broker outage delays events but does not make us unready."""
+        details: dict[str, Any] = {"published": self.published}
+        if self.last_error:
+            details["error"] = self.last_error
+        return True, details
+
+    async def start(self) -> None:
+        """Start draining in the background."""
+        await self._loop_task.start()
+
+    async def stop(self) -> None:
+        """Stop. Idempotent; unpublished events stay in the outbox for the next start."""
+        await self._loop_task.stop()

@@ -1,0 +1,113 @@
+"""The two ingestion readers: ``taskdash.service`` registrations and ``taskdash.heartbeat``."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import nsq
+import structlog
+
+from taskdash.models import HeartBeat, TaskService
+from taskdash.nsq.consumer import Consumer, Received
+from taskdash.settings import NsqSettings
+from taskdash.store import Store
+from taskdash.store.deadletters import add_dead_letter
+from taskdash.store.services import record_heartbeats, register_services
+
+log = structlog.get_logger("taskdash.nsq.readers")
+
+
+class RateLimitedLog:
+    """Logs an event at most once per ``every`` seconds, with how many were suppressed."""
+
+    def __init__(self, event: str, every: float = 10.0) -> None:
+        self.event = event
+        self.every = every
+        self._last = 0.0
+        self._suppressed = 0
+
+    def __call__(self, **context: Any) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._suppressed += 1
+            return False
+        log.warning(self.event, suppressed=self._suppressed, **context)
+        self._last, self._suppressed = now, 0
+        return True
+
+
+class Ingestion:
+    """Builds the consumers and holds the behaviour behind them (what a batch writes)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: NsqSettings,
+        *,
+        node_id: str,
+        nsqd_tcp_addresses: list[str],
+        lookupd_http_addresses: list[str],
+    ) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.unknown_heartbeats = 0
+        self._unknown_log = RateLimitedLog("heartbeat_from_unknown_service")
+        common: dict[str, Any] = {
+            "channel": settings.channel,
+            "dead_letter": self._dead_letter,
+            "nsqd_tcp_addresses": nsqd_tcp_addresses,
+            "lookupd_http_addresses": lookupd_http_addresses,
+            "max_in_flight": settings.max_in_flight,
+            "max_message_size": settings.max_message_size,
+            "requeue_delay": settings.requeue_delay,
+            "requeue_delay_max": settings.requeue_delay_max,
+            "flush_interval": settings.heartbeat_flush_interval,
+            "batch_size": settings.heartbeat_batch_size,
+        }
+        self.services: Consumer[TaskService] = Consumer(
+            topic=settings.service_topic, model=TaskService, apply=self._register, **common
+        )
+        self.heartbeats: Consumer[HeartBeat] = Consumer(
+            topic=settings.heartbeat_topic, model=HeartBeat, apply=self._beat, **common
+        )
+
+    @property
+    def consumers(self) -> tuple[Consumer[TaskService], Consumer[HeartBeat]]:
+        """Both consumers, in start order."""
+        return (self.services, self.heartbeats)
+
+    async def _register(self, batch: list[Received[TaskService]]) -> None:
+        now = datetime.now(UTC)
+        await register_services(self.store, [r.item for r in batch], now)
+        for received in batch:
+            log.info("service_registered", service_id=received.item.id, url=received.item.url)
+
+    async def _beat(self, batch: list[Received[HeartBeat]]) -> None:
+        """Coalesce the batch per service (many beats -> one write), then apply."""
+        beats: dict[str, tuple[int, datetime]] = {}
+        for received in batch:
+            count, _ = beats.get(received.item.id, (0, received.at))
+            beats[received.item.id] = (count + 1, received.at)
+        unknown = await record_heartbeats(self.store, beats)
+        if unknown:
+            self.unknown_heartbeats += sum(beats[sid][0] for sid in unknown)
+            self.heartbeats.counters.extra["unknown_heartbeats"] = self.unknown_heartbeats
+            self._unknown_log(service_ids=unknown[:10], count=len(unknown))
+
+    async def _dead_letter(
+        self, topic: str, message: nsq.Message, reason: str, field: str | None
+    ) -> None:
+        msg_id = message.id.decode() if isinstance(message.id, bytes) else str(message.id)
+        await add_dead_letter(
+            self.store,
+            topic=topic,
+            msg_id=msg_id,
+            body=message.body,
+            reason=reason,
+            field=field,
+            attempts=message.attempts,
+            node=self.node_id,
+            now=datetime.now(UTC),
+        )

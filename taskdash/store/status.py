@@ -1,0 +1,101 @@
+"""Heartbeat states in MongoDB: conditional transitions that several daemons can run at once.
+
+A transition is claimed with one ``update_many`` that matches only documents still in the old
+state and stamps them with a fresh token; the daemon then reads back what carries its token.
+MongoDB updates each document atomically, so each state change is won by exactly one daemon
+and recorded exactly once, however many checkers run against the same database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from taskdash.store.mongo import Doc, Store, translated
+from taskdash.store.times import to_ms
+
+ONLINE, STALE, OFFLINE, UNKNOWN = "online", "stale", "offline", "unknown"
+
+
+async def count(store: Store, query: Doc) -> int:
+    """How many services match."""
+    async with translated("count_services"):
+        return await store.services.count_documents(query)
+
+
+async def transition(
+    store: Store, query: Doc, *, to: str, now: datetime, node: str, reason: str
+) -> list[dict[str, Any]]:
+    """Move every service matching ``query`` (which must pin the old ``status``) to ``to``.
+
+    Returns the events this call won, already recorded in ``service_events``.
+    """
+    from_status = query["status"]
+    token = uuid.uuid4().hex
+    changes: Doc = {"status": to, "status_changed_at": to_ms(now), "transition": token}
+    if to != ONLINE:
+        changes["beats"] = 0  # flap damping counts consecutive beats from here
+    async with translated("transition"):
+        result = await store.services.update_many(
+            query, {"$set": changes, "$inc": {"status_version": 1}}
+        )
+        if not result.modified_count:
+            return []
+        won = [doc async for doc in store.services.find({"transition": token}, {"_id": 1})]
+        expires = now + timedelta(seconds=store.history_ttl_seconds)
+        events = [
+            {
+                "service_id": doc["_id"],
+                "from": from_status,
+                "to": to,
+                "at": now,
+                "node": node,
+                "reason": reason,
+                "published": False,
+                "claim_until": 0,
+                "expires_at": expires,
+            }
+            for doc in won
+        ]
+        if events:
+            await store.service_events.insert_many(events)
+    return events
+
+
+async def reset_damping(store: Store, query: Doc) -> int:
+    """Forget beats that were not consecutive (a gap longer than ``stale_after``)."""
+    async with translated("reset_damping"):
+        result = await store.services.update_many(query, {"$set": {"beats": 0}})
+    return result.modified_count
+
+
+async def history(store: Store, service_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    """A service's state changes, newest first."""
+    async with translated("history"):
+        cursor = store.service_events.find({"service_id": service_id}).sort("at", -1).limit(limit)
+        return [
+            {"from": e["from"], "to": e["to"], "at": e["at"].isoformat(), "reason": e["reason"]}
+            async for e in cursor
+        ]
+
+
+async def claim_unpublished(store: Store, now: datetime, lease: float, limit: int) -> list[Doc]:
+    """Claim up to ``limit`` events not yet published (or whose claim expired)."""
+    token = uuid.uuid4().hex
+    free: Doc = {"published": False, "claim_until": {"$lt": to_ms(now)}}
+    async with translated("claim_unpublished"):
+        ids = [doc["_id"] async for doc in store.service_events.find(free, {"_id": 1}).limit(limit)]
+        if not ids:
+            return []
+        await store.service_events.update_many(
+            {"_id": {"$in": ids}, **free},
+            {"$set": {"claim": token, "claim_until": to_ms(now) + int(lease * 1000)}},
+        )
+        return [doc async for doc in store.service_events.find({"claim": token}).sort("at", 1)]
+
+
+async def mark_published(store: Store, ids: list[Any]) -> None:
+    """The events reached NSQ."""
+    async with translated("mark_published"):
+        await store.service_events.update_many({"_id": {"$in": ids}}, {"$set": {"published": True}})

@@ -1,0 +1,154 @@
+"""Unfinished messages survive stop/start with the same data_dir; the file is safe to trust."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from broker_helpers import RawClient, channel_stats, stats
+
+from taskdash.nsq.broker import Broker
+from taskdash.nsq.broker.persist import FILENAME
+
+Connect = Callable[..., Awaitable[RawClient]]
+
+
+@asynccontextmanager
+async def running(data_dir: Path) -> AsyncIterator[tuple[Broker, list[RawClient]]]:
+    """A broker on ``data_dir`` plus a list whose clients are closed before it stops."""
+    broker = Broker(tcp_port=0, http_port=0, lookupd_http_port=None, data_dir=data_dir)
+    await broker.start()
+    clients: list[RawClient] = []
+    try:
+        yield broker, clients
+    finally:
+        for client in clients:
+            await client.close()
+        await broker.stop()
+
+
+def file_names(directory: Path) -> list[str]:
+    """Sorted names in a directory (sync: tiny local reads)."""
+    return sorted(p.name for p in directory.iterdir())
+
+
+def read_file(path: Path) -> str:
+    """Whole text file."""
+    return path.read_text()
+
+
+def write_file(path: Path, text: str) -> None:
+    """Whole text file, parents created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+async def connect(broker: Broker, clients: list[RawClient]) -> RawClient:
+    client = await RawClient.connect(broker.tcp_port)
+    clients.append(client)
+    return client
+
+
+async def test_unfinished_messages_survive_restart(data_dir: Path) -> None:
+    async with running(data_dir) as (broker, clients):
+        consumer, producer = await connect(broker, clients), await connect(broker, clients)
+        await consumer.subscribe("durable", "ch", rdy=1)
+        await producer.pub("durable", b"done")
+        done = await consumer.message()
+        await consumer.command(b"FIN " + done.id)
+        for body in (b"in flight", b"queued 1", b"queued 2"):
+            await producer.pub("durable", body)
+        held = await consumer.message()  # stays in flight through the stop
+        assert (held.body, held.attempts) == (b"in flight", 1)
+        await producer.command("DPUB durable 3600000", b"deferred")
+        assert await producer.response() == b"OK"
+        await producer.pub("nochannel", b"backlog")
+        await broker.stop()
+        await broker.stop()  # idempotent
+
+    async with running(data_dir) as (broker, clients):
+        doc = await stats(broker.http_port)
+        ch = channel_stats(doc, "durable", "ch")
+        assert (ch["depth"], ch["in_flight_count"], ch["deferred_count"]) == (3, 0, 1)
+        backlog = next(t for t in doc["topics"] if t["topic_name"] == "nochannel")
+        assert backlog["depth"] == 1
+        consumer = await connect(broker, clients)
+        await consumer.subscribe("durable", "ch", rdy=10)
+        got = [await consumer.message() for _ in range(3)]
+        assert sorted((m.body, m.attempts) for m in got) == [
+            (b"in flight", 2),  # attempts preserved: one before the restart, one now
+            (b"queued 1", 1),
+            (b"queued 2", 1),
+        ]
+        assert next(m for m in got if m.body == b"in flight").id == held.id
+        await consumer.no_frame()  # neither the FINished nor the deferred message comes
+        other = await connect(broker, clients)
+        await other.subscribe("nochannel", "first", rdy=1)
+        assert (await other.message()).body == b"backlog"
+
+
+async def test_channels_survive_restart_and_keep_collecting(data_dir: Path) -> None:
+    async with running(data_dir) as (broker, clients):
+        consumer = await connect(broker, clients)
+        await consumer.subscribe("meta", "kept")
+    async with running(data_dir) as (broker, clients):
+        producer = await connect(broker, clients)
+        await producer.pub("meta", b"for kept")
+        assert channel_stats(await stats(broker.http_port), "meta", "kept")["depth"] == 1
+
+
+async def test_ephemeral_state_is_not_persisted(data_dir: Path) -> None:
+    async with running(data_dir) as (broker, clients):
+        producer = await connect(broker, clients)
+        await producer.pub("gone#ephemeral", b"x")
+    async with running(data_dir) as (broker, _):
+        assert "gone#ephemeral" not in broker.registry.topics
+
+
+async def test_file_is_json_lines_with_base64_bodies(data_dir: Path) -> None:
+    async with running(data_dir) as (broker, clients):
+        producer = await connect(broker, clients)
+        await producer.pub("format", b"\x00binary\xff")
+    path = data_dir / FILENAME
+    lines = [json.loads(line) for line in read_file(path).splitlines()]
+    assert lines[0]["format"] == "taskdash-nsq-broker"
+    [message] = [line for line in lines if line["type"] == "message"]
+    assert base64.b64decode(message["body"]) == b"\x00binary\xff"
+    assert message["topic"] == "format" and message["channel"] is None
+    assert file_names(data_dir) == [FILENAME]  # no temp file left
+
+
+async def test_damaged_lines_are_skipped_and_file_kept_aside(data_dir: Path) -> None:
+    async with running(data_dir) as (broker, clients):
+        producer = await connect(broker, clients)
+        await producer.pub("damaged", b"one")
+        await producer.pub("damaged", b"two")
+    path = data_dir / FILENAME
+    lines = read_file(path).splitlines()
+    lines[-1] = lines[-1][:20]  # truncate the last message
+    write_file(path, "\n".join(lines) + "\n")
+    async with running(data_dir) as (broker, _):
+        topic = broker.registry.topics["damaged"]
+        assert [m.body for m in topic.backlog] == [b"one"]
+    assert any(name.startswith(f"{FILENAME}.damaged-") for name in file_names(data_dir))
+
+
+async def test_unreadable_file_starts_empty(data_dir: Path) -> None:
+    write_file(data_dir / FILENAME, "not our format\n")
+    async with running(data_dir) as (broker, _):
+        assert broker.registry.topics == {}
+
+
+async def test_memory_only_broker_and_restart_rules(tmp_path: Path) -> None:
+    broker = Broker(tcp_port=0, http_port=0, lookupd_http_port=None)
+    await broker.stop()  # before start: nothing to do
+    await broker.start()
+    assert broker.tcp_port and broker.http_port and broker.lookupd_http_port is None
+    with pytest.raises(RuntimeError):
+        await broker.start()
+    await broker.stop()
+    assert file_names(tmp_path) == []

@@ -1,0 +1,215 @@
+"""The heartbeat checker's state machine against a real MongoDB, on a controlled clock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from taskdash.checker import Checker
+from taskdash.models import TaskService
+from taskdash.settings import CheckerSettings
+from taskdash.store import Store
+from taskdash.store.services import get_service, record_heartbeats, register_services
+from taskdash.store.status import history
+from taskdash.store.times import to_ms
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """The daemon's clock, moved by the test instead of by waiting."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def settings(**overrides: object) -> CheckerSettings:
+    values = {"stale_after": 15.0, "offline_after": 60.0, "recover_beats": 2, **overrides}
+    return CheckerSettings(**values)  # type: ignore[arg-type]
+
+
+async def status(store: Store, sid: str) -> str:
+    return (await get_service(store, sid))["status"]
+
+
+async def beat(store: Store, clock: Clock, *ids: str) -> None:
+    await record_heartbeats(store, {sid: (1, clock.now) for sid in ids})
+
+
+async def setup(store: Store, clock: Clock, n: int) -> list[str]:
+    ids = [f"s{i}" for i in range(n)]
+    await register_services(store, [TaskService(id=i, url=f"http://h/{i}") for i in ids], clock.now)
+    return ids
+
+
+async def test_registration_is_unknown_until_the_first_heartbeat(store: Store) -> None:
+    clock = Clock()
+    checker = Checker(store, settings(), node_id="n1", clock=clock)
+    await setup(store, clock, 1)
+    await checker.check_once()
+    assert await status(store, "s0") == "unknown"
+    clock.advance(1)
+    await beat(store, clock, "s0")
+    result = await checker.check_once()
+    assert await status(store, "s0") == "online"
+    assert [(c["service_id"], c["from"], c["to"]) for c in result.changes] == [
+        ("s0", "unknown", "online")
+    ]
+
+
+async def test_silence_goes_stale_then_offline_at_the_configured_times(store: Store) -> None:
+    clock = Clock()
+    checker = Checker(store, settings(), node_id="n1", clock=clock)
+    await setup(store, clock, 1)
+    await beat(store, clock, "s0")
+    await checker.check_once()
+    clock.advance(14.9)
+    await checker.check_once()
+    assert await status(store, "s0") == "online"
+    clock.advance(0.2)  # 15.1 s of silence
+    await checker.check_once()
+    assert await status(store, "s0") == "stale"
+    clock.advance(44.8)  # 59.9 s
+    await checker.check_once()
+    assert await status(store, "s0") == "stale"
+    clock.advance(0.2)  # 60.1 s
+    await checker.check_once()
+    assert await status(store, "s0") == "offline"
+    events = await history(store, "s0")
+    assert [(e["from"], e["to"]) for e in events] == [
+        ("stale", "offline"),
+        ("online", "stale"),
+        ("unknown", "online"),
+    ]
+
+
+async def test_recovery_needs_consecutive_beats(store: Store) -> None:
+    clock = Clock()
+    checker = Checker(store, settings(recover_beats=3), node_id="n1", clock=clock)
+    await setup(store, clock, 1)
+    await beat(store, clock, "s0")
+    await checker.check_once()
+    clock.advance(70)
+    await checker.check_once()
+    await checker.check_once()
+    assert await status(store, "s0") == "offline"
+    # two beats, then a long gap: they are not consecutive with the next one
+    await beat(store, clock, "s0")
+    await beat(store, clock, "s0")
+    await checker.check_once()
+    assert await status(store, "s0") == "offline", "2 beats < recover_beats=3"
+    clock.advance(20)
+    await checker.check_once()  # the gap resets the count
+    await beat(store, clock, "s0")
+    await checker.check_once()
+    assert await status(store, "s0") == "offline"
+    clock.advance(1)
+    await beat(store, clock, "s0")
+    clock.advance(1)
+    await beat(store, clock, "s0")
+    result = await checker.check_once()
+    assert await status(store, "s0") == "online"
+    assert result.changes[0]["reason"] == "3 consecutive heartbeats"
+
+
+async def test_self_preservation_holds_a_mass_silence(store: Store) -> None:
+    clock = Clock()
+    checker = Checker(store, settings(), node_id="n1", clock=clock)
+    ids = await setup(store, clock, 10)
+    await beat(store, clock, *ids)
+    await checker.check_once()
+    clock.advance(20)
+    await beat(store, clock, *ids[:3])  # 7 of 10 went quiet: 70 % > 50 %, >= 5
+    result = await checker.check_once()
+    assert result.self_preservation and result.quiet == 7 and result.changes == []
+    assert all([await status(store, i) == "online" for i in ids])
+    ready, details = checker.check()
+    assert ready and details["mode"] == "self_preservation" and "7 of 10" in details["reason"]
+    # heartbeats come back for most: the mode ends and the truly quiet one is flagged
+    clock.advance(1)
+    await beat(store, clock, *ids[:9])
+    result = await checker.check_once()
+    assert not result.self_preservation
+    assert [(c["service_id"], c["to"]) for c in result.changes] == [("s9", "stale")]
+    assert checker.check()[1]["mode"] == "normal"
+
+
+async def test_small_silences_are_flagged_normally(store: Store) -> None:
+    clock = Clock()
+    checker = Checker(store, settings(self_preservation_min=5), node_id="n1", clock=clock)
+    ids = await setup(store, clock, 4)
+    await beat(store, clock, *ids)
+    await checker.check_once()
+    clock.advance(20)  # all 4 quiet: 100 % but fewer than 5 services
+    result = await checker.check_once()
+    assert not result.self_preservation and len(result.changes) == 4
+
+
+async def test_two_checkers_record_each_change_once(store: Store) -> None:
+    clock = Clock()
+    checkers = [Checker(store, settings(), node_id=f"n{i}", clock=clock) for i in range(2)]
+    ids = await setup(store, clock, 40)
+    await beat(store, clock, *ids)
+    await asyncio.gather(*(c.check_once() for c in checkers))
+    clock.advance(16)
+    await beat(store, clock, *ids[:30])  # 10 of 40 go quiet: 25 %, no self-preservation
+    results = await asyncio.gather(
+        *(c.check_once() for c in checkers), *(c.check_once() for c in checkers)
+    )
+    won = [c["service_id"] for r in results for c in r.changes]
+    assert sorted(won) == sorted(ids[30:])
+    assert await store.service_events.count_documents({"to": "stale"}) == 10
+    assert await store.service_events.count_documents({"to": "online"}) == 40
+
+
+async def test_unknown_heartbeats_register_nothing(store: Store) -> None:
+    clock = Clock()
+    await setup(store, clock, 1)
+    unknown = await record_heartbeats(store, {"s0": (2, clock.now), "ghost": (3, clock.now)})
+    assert unknown == ["ghost"]
+    assert await store.services.count_documents({}) == 1
+    doc = await store.services.find_one({"_id": "s0"})
+    assert doc["beats"] == 2 and doc["heartbeats_total"] == 2
+
+
+async def test_an_older_redelivered_beat_never_moves_time_back(store: Store) -> None:
+    clock = Clock()
+    await setup(store, clock, 1)
+    clock.advance(10)
+    await beat(store, clock, "s0")
+    await record_heartbeats(store, {"s0": (1, T0)})
+    doc = await store.services.find_one({"_id": "s0"})
+    assert doc["last_heartbeat_at"] == to_ms(clock.now)
+
+
+async def test_reregistration_keeps_first_registered_at_and_status(store: Store) -> None:
+    clock = Clock()
+    await setup(store, clock, 1)
+    await beat(store, clock, "s0")
+    await Checker(store, settings(), node_id="n", clock=clock).check_once()
+    clock.advance(5)
+    await register_services(store, [TaskService(id="s0", name="renamed")], clock.now)
+    doc = await store.services.find_one({"_id": "s0"})
+    assert doc["registered_at"] == to_ms(T0) and doc["updated_at"] == to_ms(clock.now)
+    assert doc["name"] == "renamed" and doc["status"] == "online"
+
+
+async def test_last_registration_in_a_batch_wins(store: Store) -> None:
+    batch = [TaskService(id="a", name="first"), TaskService(id="a", name="second")]
+    assert await register_services(store, batch, T0) == 1
+    assert (await get_service(store, "a"))["name"] == "second"
+
+
+@pytest.mark.parametrize("bad", [{"stale_after": 60.0, "offline_after": 60.0}])
+def test_offline_must_exceed_stale(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="offline_after must be greater"):
+        CheckerSettings(**bad)

@@ -1,0 +1,272 @@
+"""NSQ ingestion end to end: our broker, the real pynsq readers, a real MongoDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from support import NxServer, async_wait_for
+
+from taskdash.nsq.announce import publish
+from taskdash.nsq.broker import Broker
+from taskdash.nsq.readers import Ingestion
+from taskdash.settings import NsqSettings
+from taskdash.store import Store
+
+pytestmark = pytest.mark.timeout(90)
+
+NSQ = NsqSettings(
+    heartbeat_flush_interval=0.05,
+    requeue_delay=0.1,
+    requeue_delay_max=0.5,
+    max_message_size=4096,
+)
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    broker = Broker(
+        host="127.0.0.1", tcp_port=0, http_port=0, lookupd_http_port=0, data_dir=tmp_path / "nsq"
+    )
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+def http(broker: Broker) -> str:
+    return f"http://127.0.0.1:{broker.http_port}"
+
+
+async def pub(broker: Broker, topic: str, body: bytes) -> None:
+    await asyncio.to_thread(publish, http(broker), topic, body)
+
+
+async def mpub(broker: Broker, topic: str, bodies: list[bytes]) -> None:
+    def send() -> None:
+        resp = requests.post(
+            f"{http(broker)}/mpub", params={"topic": topic}, data=b"\n".join(bodies), timeout=10
+        )
+        assert resp.status_code == 200, resp.text
+
+    await asyncio.to_thread(send)
+
+
+async def channel_stats(broker: Broker, topic: str) -> dict[str, Any]:
+    def get() -> dict[str, Any]:
+        return requests.get(f"{http(broker)}/stats?format=json", timeout=5).json()
+
+    stats = await asyncio.to_thread(get)
+    (t,) = [t for t in stats["topics"] if t["topic_name"] == topic]
+    (c,) = [c for c in t["channels"] if c["channel_name"] == "taskdash"]
+    return c
+
+
+async def start_ingestion(store: Store, broker: Broker, node: str = "n1") -> Ingestion:
+    ingestion = Ingestion(
+        store,
+        NSQ,
+        node_id=node,
+        nsqd_tcp_addresses=[f"127.0.0.1:{broker.tcp_port}"],
+        lookupd_http_addresses=[],
+    )
+    for consumer in ingestion.consumers:
+        await consumer.start()
+    return ingestion
+
+
+async def stop_ingestion(ingestion: Ingestion) -> None:
+    for consumer in reversed(ingestion.consumers):
+        await consumer.stop()
+
+
+@pytest.fixture
+async def ingestion(store: Store, broker: Broker) -> AsyncIterator[Ingestion]:
+    ingestion = await start_ingestion(store, broker)
+    try:
+        yield ingestion
+    finally:
+        await stop_ingestion(ingestion)
+
+
+def service(i: int | str, **extra: str) -> bytes:
+    return json.dumps(
+        {"id": f"svc-{i}", "name": f"n{i}", "type": "t", "url": f"http://127.0.0.1:1/{i}",
+         "description": "", "reserved": "", **extra}
+    ).encode()  # fmt: skip
+
+
+def beat(i: int | str) -> bytes:
+    return json.dumps({"id": f"svc-{i}", "reserved": ""}).encode()
+
+
+async def test_registration_is_stored(store: Store, broker: Broker, ingestion: Ingestion) -> None:
+    await pub(broker, NSQ.service_topic, service(1, description="爬虫"))
+    doc = await async_wait_for(lambda: store.services.find_one({"_id": "svc-1"}))
+    assert doc["name"] == "n1" and doc["description"] == "爬虫" and doc["status"] == "unknown"
+    assert doc["registered_at"] == doc["updated_at"]
+    await async_wait_for(lambda: ingestion.services.counters.stored == 1)
+    stats = await channel_stats(broker, NSQ.service_topic)
+    assert stats["depth"] == 0 and stats["in_flight_count"] == 0
+
+
+async def test_heartbeats_are_coalesced(store: Store, broker: Broker, ingestion: Ingestion) -> None:
+    await pub(broker, NSQ.service_topic, service(1))
+    await async_wait_for(lambda: store.services.find_one({"_id": "svc-1"}))
+    await mpub(broker, NSQ.heartbeat_topic, [beat(1)] * 300)
+
+    async def all_counted() -> bool:
+        doc = await store.services.find_one({"_id": "svc-1"})
+        return doc.get("heartbeats_total") == 300
+
+    await async_wait_for(all_counted)
+    counters = ingestion.heartbeats.counters
+    assert counters.stored == 300
+    assert counters.batches < 300 / 5, "many beats are written together"
+    doc = await store.services.find_one({"_id": "svc-1"})
+    assert doc["last_heartbeat_at"] >= doc["registered_at"]
+
+
+async def test_unknown_heartbeats_are_counted_not_registered(
+    store: Store, broker: Broker, ingestion: Ingestion
+) -> None:
+    await mpub(broker, NSQ.heartbeat_topic, [beat("ghost")] * 5)
+    await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 5)
+    assert ingestion.unknown_heartbeats == 5
+    assert await store.services.count_documents({}) == 0
+    assert ingestion.heartbeats.check()[1]["unknown_heartbeats"] == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "field"),
+    [
+        (b"not json", "not valid JSON", None),
+        (b'{"id": 42, "name": "x"}', "Expected `str`, got `int`", "id"),
+        (b'{"name": "no id"}', "missing required field `id`", "id"),
+        (b'{"id": "a", "url": ["x"]}', "Expected `str`, got `array`", "url"),
+        (b'["id"]', "Expected `object`", None),
+        (b'{"id": "' + b"x" * 5000 + b'"}', "over the limit of 4096", None),
+        (b'{"id": "a", "description": "' + b"d" * 4090 + b'"}', "over the limit", None),
+    ],
+)
+async def test_poison_messages_are_dead_lettered_and_finished(
+    store: Store, broker: Broker, ingestion: Ingestion, body: bytes, reason: str, field: str | None
+) -> None:
+    await pub(broker, NSQ.service_topic, service("kept"))
+    await async_wait_for(lambda: store.services.find_one({"_id": "svc-kept"}))
+    before = await store.services.find_one({"_id": "svc-kept"})
+    await pub(broker, NSQ.service_topic, body)
+    letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+    assert reason in letter["reason"] and letter["field"] == field
+    assert letter["topic"] == NSQ.service_topic and letter["size"] == len(body)
+    assert bytes(letter["body"]) == body[: len(letter["body"])]
+    await async_wait_for(lambda: ingestion.services.counters.dead_lettered == 1)
+    stats = await channel_stats(broker, NSQ.service_topic)
+    assert stats["depth"] == 0 and stats["in_flight_count"] == 0, "finished, not requeued"
+    assert await store.services.find_one({"_id": "svc-kept"}) == before
+    assert await store.services.count_documents({}) == 1
+
+
+async def test_mongodb_outage_loses_nothing(tmp_path: Path, broker: Broker) -> None:
+    server = NxServer(tmp_path / "mongo")
+    server.start()
+    store = Store(server.uri, "taskdash", server_selection_timeout=0.5)
+    await store.ensure_indexes()
+    ingestion = await start_ingestion(store, broker)
+    try:
+        await mpub(broker, NSQ.service_topic, [service(i) for i in range(20)])
+        await async_wait_for(lambda: ingestion.services.counters.stored == 20)
+        server.stop()
+        await mpub(broker, NSQ.service_topic, [service(i) for i in range(20, 60)])
+        await mpub(broker, NSQ.heartbeat_topic, [beat(i) for i in range(20)] * 3)
+        await async_wait_for(lambda: ingestion.services.counters.requeued > 0, timeout=30)
+        server.start()  # same port, same data directory
+
+        async def all_registered() -> bool:
+            return await store.services.count_documents({}) == 60
+
+        await async_wait_for(all_registered, timeout=60, every=0.2)
+
+        async def beats_applied() -> bool:
+            docs = [d async for d in store.services.find({"heartbeats_total": {"$gte": 1}})]
+            return len(docs) == 20 and all(d["heartbeats_total"] >= 3 for d in docs)
+
+        await async_wait_for(beats_applied, timeout=60, every=0.2)
+        for topic in (NSQ.service_topic, NSQ.heartbeat_topic):
+            stats = await channel_stats(broker, topic)
+            await async_wait_for(lambda t=topic: _drained(broker, t), timeout=30)
+            assert stats["requeue_count"] > 0 or topic == NSQ.heartbeat_topic
+        assert await store.dead_letters.count_documents({}) == 0
+    finally:
+        await stop_ingestion(ingestion)
+        await store.close()
+        server.stop()
+
+
+async def _drained(broker: Broker, topic: str) -> bool:
+    stats = await channel_stats(broker, topic)
+    return stats["depth"] == 0 and stats["in_flight_count"] == 0 and stats["deferred_count"] == 0
+
+
+async def test_two_readers_on_one_channel_apply_each_message_once(
+    store: Store, broker: Broker
+) -> None:
+    first = await start_ingestion(store, broker, "n1")
+    second = await start_ingestion(store, broker, "n2")
+    try:
+        await async_wait_for(lambda: first.services.check()[1]["connections"] == 1)
+        await async_wait_for(lambda: second.services.check()[1]["connections"] == 1)
+        await mpub(broker, NSQ.service_topic, [service(i) for i in range(400)])
+        await async_wait_for(
+            lambda: first.services.counters.stored + second.services.counters.stored == 400
+        )
+        assert await store.services.count_documents({}) == 400
+        assert first.services.counters.stored > 0 and second.services.counters.stored > 0
+        await asyncio.sleep(0.3)
+        assert first.services.counters.stored + second.services.counters.stored == 400
+    finally:
+        await stop_ingestion(second)
+        await stop_ingestion(first)
+
+
+async def test_unfinished_messages_survive_a_broker_restart(store: Store, tmp_path: Path) -> None:
+    data = tmp_path / "nsq-restart"
+    broker = Broker(
+        host="127.0.0.1", tcp_port=0, http_port=0, lookupd_http_port=None, data_dir=data
+    )
+    await broker.start()
+    await mpub(broker, NSQ.service_topic, [service(i) for i in range(10)])
+    await broker.stop()
+    broker = Broker(
+        host="127.0.0.1", tcp_port=0, http_port=0, lookupd_http_port=None, data_dir=data
+    )
+    await broker.start()
+    ingestion = await start_ingestion(store, broker)
+    try:
+        await async_wait_for(lambda: ingestion.services.counters.stored == 10)
+        assert await store.services.count_documents({}) == 10
+    finally:
+        await stop_ingestion(ingestion)
+        await broker.stop()
+
+
+async def test_pynsq_writer_messages_are_ingested(
+    store: Store, broker: Broker, ingestion: Ingestion
+) -> None:
+    import nsq
+
+    writer = nsq.Writer([f"127.0.0.1:{broker.tcp_port}"])
+    results: list[Any] = []
+    await async_wait_for(lambda: writer.conns)
+    writer.pub(NSQ.service_topic, service("w"), callback=lambda conn, data: results.append(data))
+    await async_wait_for(lambda: results)
+    assert results == [b"OK"]
+    await async_wait_for(lambda: store.services.find_one({"_id": "svc-w"}))
+    for conn in list(writer.conns.values()):
+        conn.close()
