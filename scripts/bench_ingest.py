@@ -37,11 +37,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support import NxServer  # noqa: E402
 
+from taskdash import logs  # noqa: E402
 from taskdash.checker import Checker  # noqa: E402
 from taskdash.models import TaskService  # noqa: E402
 from taskdash.nsq.broker import Broker  # noqa: E402
 from taskdash.nsq.readers import Ingestion  # noqa: E402
-from taskdash.settings import CheckerSettings, NsqSettings  # noqa: E402
+from taskdash.settings import CheckerSettings, LogSettings, NsqSettings  # noqa: E402
 from taskdash.store import Store  # noqa: E402
 from taskdash.store.services import record_heartbeats, register_services  # noqa: E402
 from taskdash.store.times import to_ms  # noqa: E402
@@ -174,7 +175,7 @@ def naive_handler(store: Store) -> Any:
     return factory
 
 
-async def checker_figures(store: Store, services: int) -> dict[str, float]:
+async def checker_figures(store: Store, latency_store: Store, services: int) -> dict[str, float]:
     """One checker pass over ``services`` services, and the stale-detection latency."""
     now = datetime.now(UTC)
     batch = 5000
@@ -182,15 +183,17 @@ async def checker_figures(store: Store, services: int) -> dict[str, float]:
         svcs = [TaskService(id=f"c-{i}") for i in range(start, min(services, start + batch))]
         await register_services(store, svcs, now)
         await record_heartbeats(store, {s.id: (1, now) for s in svcs})
+    await store.services.update_many({}, {"$set": {"status": "online"}})
     settings = CheckerSettings(stale_after=15, offline_after=60, check_interval=0.1)
-    checker = Checker(store, settings, node_id="bench")
-    await checker.check_once()  # unknown -> online for every service (a big, one-off pass)
+    # the clock stays at the beat time: a steady state, in which no service changes
+    checker = Checker(store, settings, node_id="bench", clock=lambda: now)
     passes = []
     for _ in range(5):
         result = await checker.check_once()
         assert not result.changes
         passes.append(result.seconds)
     # stale-detection latency: one service goes quiet; how long past stale_after until flagged
+    store = latency_store
     fast = CheckerSettings(stale_after=1.0, offline_after=30, check_interval=0.1)
     await register_services(store, [TaskService(id="quiet")], datetime.now(UTC))
     beat_at = datetime.now(UTC)
@@ -213,6 +216,7 @@ async def checker_figures(store: Store, services: int) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    logs.configure(LogSettings(level="error"), "console")
     logging.disable(logging.WARNING)
     regs, beats = messages(args.services, args.heartbeat_services, args.heartbeats)
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,7 +227,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         await broker.start()
         tcp, http = f"127.0.0.1:{broker.tcp_port}", f"http://127.0.0.1:{broker.http_port}"
-        stores = [Store(mongo.uri, name) for name in ("bench_a", "bench_c", "bench_checker")]
+        names = ("bench_a", "bench_c", "bench_checker", "bench_latency")
+        stores = [Store(mongo.uri, name) for name in names]
         try:
             for store in stores:
                 await store.ensure_indexes()
@@ -238,7 +243,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             c = await run_pynsq(tcp, http, "bench.c", naive, naive_handler(stores[1]))
             print(f"    {c['rate']:,.0f} msg/s", flush=True)
             print(f"checker pass over {args.checker_services:,} services ...", flush=True)
-            checker = await checker_figures(stores[2], args.checker_services)
+            checker = await checker_figures(stores[2], stores[3], args.checker_services)
         finally:
             for store in stores:
                 await store.close()

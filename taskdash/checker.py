@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,16 @@ from taskdash.background import Background
 from taskdash.errors import StoreError
 from taskdash.settings import CheckerSettings
 from taskdash.store import Store
-from taskdash.store.status import OFFLINE, ONLINE, STALE, UNKNOWN, count, reset_damping, transition
+from taskdash.store.status import (
+    OFFLINE,
+    ONLINE,
+    STALE,
+    UNKNOWN,
+    candidates,
+    count,
+    reset_damping,
+    transition,
+)
 from taskdash.store.times import ms_before
 
 log = structlog.get_logger("taskdash.checker")
@@ -31,6 +40,15 @@ Clock = Callable[[], datetime]
 def utcnow() -> datetime:
     """The daemon's own clock (receipt times are ours, never a sender's)."""
     return datetime.now(UTC)
+
+
+@dataclass
+class Plan:
+    """What one pass intends: state moves by (old, new), beat counts to reset, quiet count."""
+
+    moves: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    reset: list[str] = field(default_factory=list)
+    quiet: int = 0
 
 
 @dataclass
@@ -80,49 +98,61 @@ class Checker:
             f"(> {s.self_preservation_ratio:.0%}); more likely our NSQ path than the services"
         )
 
+    def plan(self, docs: list[dict[str, Any]], stale_cut: int, offline_cut: int) -> Plan:
+        """Decide from the candidates what this pass should do (no I/O)."""
+        s = self.settings
+        plan = Plan()
+        for doc in docs:
+            status, alive, beats = doc["status"], doc.get("alive_at", 0), doc.get("beats", 0)
+            quiet = alive < stale_cut
+            if quiet and status in (ONLINE, UNKNOWN):
+                plan.moves.setdefault((status, STALE), []).append(doc["_id"])
+                plan.quiet += status == ONLINE
+            elif quiet and status == STALE and alive < offline_cut:
+                plan.moves.setdefault((STALE, OFFLINE), []).append(doc["_id"])
+            if quiet and status in (STALE, OFFLINE) and beats > 0:
+                plan.reset.append(doc["_id"])
+            needed = 1 if status == UNKNOWN else s.recover_beats
+            if not quiet and status != ONLINE and beats >= needed:
+                plan.moves.setdefault((status, ONLINE), []).append(doc["_id"])
+        return plan
+
     async def check_once(self) -> PassResult:
-        """One pass over every service state."""
+        """One pass: read the few candidates, decide, apply with conditional updates."""
         started = time.perf_counter()
         s = self.settings
         now = self.clock()
         stale_cut = ms_before(now, s.stale_after)
         offline_cut = ms_before(now, s.offline_after)
-        quiet = await count(self.store, {"status": ONLINE, "alive_at": {"$lt": stale_cut}})
-        online = await count(self.store, {"status": ONLINE}) if quiet else 0
-        reason = self._quiet_decision(quiet, online)
+        plan = self.plan(
+            await candidates(self.store, stale_cut, offline_cut), stale_cut, offline_cut
+        )
+        needs_total = s.self_preservation and plan.quiet >= s.self_preservation_min
+        online = await count(self.store, {"status": ONLINE}) if needs_total else 0
+        reason = self._quiet_decision(plan.quiet, online)
         self._set_mode(reason)
+        if plan.reset:
+            await reset_damping(
+                self.store, {"_id": {"$in": plan.reset}, "alive_at": {"$lt": stale_cut}}
+            )
         changes: list[dict[str, Any]] = []
-
-        async def move(query: dict[str, Any], to: str, why: str) -> None:
-            changes.extend(
-                await transition(self.store, query, to=to, now=now, node=self.node_id, reason=why)
-            )
-
-        if not reason:
-            silent_long = {"$lt": offline_cut}
-            await move({"status": STALE, "alive_at": silent_long}, OFFLINE, "no heartbeat")
-            for status in (ONLINE, UNKNOWN):
-                await move(
-                    {"status": status, "alive_at": {"$lt": stale_cut}}, STALE, "no heartbeat"
+        for (old, new), ids in plan.moves.items():
+            if new != ONLINE and reason:
+                continue  # self-preservation: silence is not trusted this pass
+            query: dict[str, Any] = {"_id": {"$in": ids}, "status": old}
+            if new == ONLINE:
+                query["alive_at"] = {"$gte": stale_cut}
+                why = (
+                    "first heartbeat"
+                    if old == UNKNOWN
+                    else f"{s.recover_beats} consecutive heartbeats"
                 )
-        fresh = {"$gte": stale_cut}
-        await reset_damping(
-            self.store,
-            {
-                "status": {"$in": [STALE, OFFLINE]},
-                "alive_at": {"$lt": stale_cut},
-                "beats": {"$gt": 0},
-            },
-        )
-        for status in (STALE, OFFLINE):
-            await move(
-                {"status": status, "alive_at": fresh, "beats": {"$gte": s.recover_beats}},
-                ONLINE,
-                f"{s.recover_beats} consecutive heartbeats",
+            else:
+                query["alive_at"] = {"$lt": offline_cut if new == OFFLINE else stale_cut}
+                why = "no heartbeat"
+            changes.extend(
+                await transition(self.store, query, to=new, now=now, node=self.node_id, reason=why)
             )
-        await move(
-            {"status": UNKNOWN, "alive_at": fresh, "beats": {"$gte": 1}}, ONLINE, "first heartbeat"
-        )
         for change in changes:
             log.info(
                 "service_status_changed",
@@ -136,7 +166,7 @@ class Checker:
         self.last_pass_ms = round(seconds * 1000, 3)
         if changes and self.on_change is not None:
             await self.on_change()
-        return PassResult(changes, bool(reason), quiet, online, seconds)
+        return PassResult(changes, bool(reason), plan.quiet, online, seconds)
 
     def _set_mode(self, reason: str) -> None:
         if reason and not self.self_preservation:

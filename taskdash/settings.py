@@ -94,6 +94,7 @@ class NsqSettings(_Section):
     max_message_size: Annotated[int, msgspec.Meta(ge=64, le=16 * 1024 * 1024)] = 65536
     heartbeat_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 1000
     heartbeat_flush_interval: Seconds = 0.25
+    heartbeat_resolution: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
     embedded_host: str = "127.0.0.1"
     embedded_tcp_port: Port = 4150
     embedded_http_port: Port = 4151

@@ -25,6 +25,7 @@ NSQ = NsqSettings(
     requeue_delay=0.1,
     requeue_delay_max=0.5,
     max_message_size=4096,
+    heartbeat_resolution=0.0,
 )
 
 
@@ -68,10 +69,12 @@ async def channel_stats(broker: Broker, topic: str) -> dict[str, Any]:
     return c
 
 
-async def start_ingestion(store: Store, broker: Broker, node: str = "n1") -> Ingestion:
+async def start_ingestion(
+    store: Store, broker: Broker, node: str = "n1", settings: NsqSettings = NSQ
+) -> Ingestion:
     ingestion = Ingestion(
         store,
-        NSQ,
+        settings,
         node_id=node,
         nsqd_tcp_addresses=[f"127.0.0.1:{broker.tcp_port}"],
         lookupd_http_addresses=[],
@@ -131,6 +134,37 @@ async def test_heartbeats_are_coalesced(store: Store, broker: Broker, ingestion:
     assert counters.batches < 300 / 5, "many beats are written together"
     doc = await store.services.find_one({"_id": "svc-1"})
     assert doc["last_heartbeat_at"] >= doc["registered_at"]
+
+
+async def test_beats_within_the_resolution_ride_on_a_stored_one(
+    store: Store, broker: Broker
+) -> None:
+    settings = NsqSettings(heartbeat_flush_interval=0.05, heartbeat_resolution=30.0)
+    ingestion = await start_ingestion(store, broker, settings=settings)
+    try:
+        await pub(broker, NSQ.service_topic, service(1))
+        await async_wait_for(lambda: store.services.find_one({"_id": "svc-1"}))
+        await pub(broker, NSQ.heartbeat_topic, beat(1))
+        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 1)
+        first = await store.services.find_one({"_id": "svc-1"})
+        await mpub(broker, NSQ.heartbeat_topic, [beat(1)] * 50)
+        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 51)
+        assert ingestion.absorbed_heartbeats == 50
+        assert await store.services.find_one({"_id": "svc-1"}) == first, "no write for them"
+        stats = await channel_stats(broker, NSQ.heartbeat_topic)
+        assert stats["depth"] == 0 and stats["in_flight_count"] == 0, "all finished"
+    finally:
+        await stop_ingestion(ingestion)
+    # the next daemon has no memory of the stored beat: it writes, carrying nothing lost
+    ingestion = await start_ingestion(store, broker, settings=settings)
+    try:
+        await pub(broker, NSQ.heartbeat_topic, beat(1))
+        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 1)
+        doc = await store.services.find_one({"_id": "svc-1"})
+        assert doc["last_heartbeat_at"] > first["last_heartbeat_at"]
+        assert doc["heartbeats_total"] == 2
+    finally:
+        await stop_ingestion(ingestion)
 
 
 async def test_unknown_heartbeats_are_counted_not_registered(

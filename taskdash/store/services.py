@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -76,15 +77,18 @@ def _fields(svc: TaskService) -> Doc:
     return fields
 
 
-async def record_heartbeats(store: Store, beats: dict[str, tuple[int, datetime]]) -> list[str]:
+async def record_heartbeats(
+    store: Store, beats: dict[str, tuple[int, datetime]], known: Collection[str] = ()
+) -> list[str]:
     """Apply coalesced heartbeats ``{service_id: (count, last receipt time)}``.
 
     Services with the same beat count in the batch share one ``update_many`` (usually one or
     two writes per batch, however many services), stamped with that group's latest receipt
     time: at most one flush interval later than a service's own beat, which the checker's
     thresholds (seconds) do not notice. Only registered services are touched (a heartbeat is
-    not a registration); the ids that are not registered are returned. ``$max`` keeps a
-    redelivered, older beat from moving a service's time backwards.
+    not a registration); the ids that are not registered are returned. ``known`` names ids the
+    caller already saw registered, which are not looked up again. ``$max`` keeps a redelivered,
+    older beat from moving a service's time backwards.
     """
     if not beats:
         return []
@@ -94,10 +98,14 @@ async def record_heartbeats(store: Store, beats: dict[str, tuple[int, datetime]]
         ids.append(sid)
         groups[count] = (ids, max(latest, to_ms(at)))
     async with translated("record_heartbeats"):
-        cursor = store.services.find({"_id": {"$in": list(beats)}}, {"_id": 1})
-        known = {doc["_id"] async for doc in cursor}
+        ask = [sid for sid in beats if sid not in known]
+        found: set[str] = set()
+        if ask:
+            cursor = store.services.find({"_id": {"$in": ask}}, {"_id": 1})
+            found = {doc["_id"] async for doc in cursor}
+        registered = set(beats) - set(ask) | found
         for count, (ids, latest) in groups.items():
-            mine = [sid for sid in ids if sid in known]
+            mine = [sid for sid in ids if sid in registered]
             if not mine:
                 continue
             await store.services.update_many(
@@ -107,4 +115,4 @@ async def record_heartbeats(store: Store, beats: dict[str, tuple[int, datetime]]
                     "$inc": {"beats": count, "heartbeats_total": count},
                 },
             )
-    return [sid for sid in beats if sid not in known]
+    return [sid for sid in beats if sid not in registered]

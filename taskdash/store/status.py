@@ -18,6 +18,30 @@ from taskdash.store.times import to_ms
 ONLINE, STALE, OFFLINE, UNKNOWN = "online", "stale", "offline", "unknown"
 
 
+async def candidates(store: Store, stale_cut: int, offline_cut: int) -> list[Doc]:
+    """The only services a checker pass may change; in a steady state, none.
+
+    Four narrow queries, each answerable from the ``status_alive_at`` index: services that went
+    quiet, stale ones silent long enough to go offline, beat counts to reset after a gap, and
+    services with recent beats that are not online yet. (One ``$or`` would say the same, but
+    nx-27017 answers an ``$or`` with a full scan.)
+    """
+    quiet, fresh = {"$lt": stale_cut}, {"$gte": stale_cut}
+    queries: list[Doc] = [
+        {"status": {"$in": [ONLINE, UNKNOWN]}, "alive_at": quiet},
+        {"status": STALE, "alive_at": {"$lt": offline_cut}},
+        {"status": {"$in": [STALE, OFFLINE]}, "alive_at": quiet, "beats": {"$gt": 0}},
+        {"status": {"$in": [STALE, OFFLINE, UNKNOWN]}, "alive_at": fresh, "beats": {"$gte": 1}},
+    ]
+    projection = {"status": 1, "alive_at": 1, "beats": 1}
+    found: dict[str, Doc] = {}
+    async with translated("candidates"):
+        for query in queries:
+            async for doc in store.services.find(query, projection):
+                found[doc["_id"]] = doc
+    return list(found.values())
+
+
 async def count(store: Store, query: Doc) -> int:
     """How many services match."""
     async with translated("count_services"):
