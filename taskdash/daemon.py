@@ -17,6 +17,7 @@ import tornado.netutil
 
 from taskdash.checker import Checker
 from taskdash.errors import TaskDashError
+from taskdash.fetcher import Fetcher
 from taskdash.health import Health
 from taskdash.logs import ReopenableFileHandler
 from taskdash.nsq.publisher import StatusPublisher
@@ -170,11 +171,21 @@ class Daemon:
             self.health.add(f"reader:{consumer.topic}", consumer.check)
             self._started(f"reader:{consumer.topic}", consumer.stop)
 
+    async def _start_fetcher(self, store: Store) -> None:
+        """The metadata fetcher: services come from the readers, so it starts after them."""
+        if not self.settings.fetcher.enabled:
+            return
+        fetcher = Fetcher(store, self.settings.fetcher, node_id=self.node_id)
+        await fetcher.start()
+        self.health.add("fetcher", fetcher.check)
+        self._started("fetcher", fetcher.stop)
+
     async def start(self) -> None:
         """Start every part; on failure, stop what already started and re-raise."""
         try:
             self.store = await self._start_store()
             await self._start_ingestion(self.store)
+            await self._start_fetcher(self.store)
             await self._start_web(self.store)
         except BaseException:
             await self.stop()

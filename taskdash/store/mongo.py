@@ -27,6 +27,16 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("service_id", ASCENDING)], name="service_id"),
         IndexModel([("status", ASCENDING)], name="status"),
     ],
+    "fetch_results": [
+        IndexModel([("claim", ASCENDING)], name="claim"),
+        IndexModel([("due_at", ASCENDING)], name="due_at"),
+    ],
+    "task_conflicts": [
+        IndexModel(
+            [("task_id", ASCENDING), ("service_id", ASCENDING)], name="task_service", unique=True
+        ),
+        IndexModel([("service_id", ASCENDING)], name="service_id"),
+    ],
     "assignments": [IndexModel([("user", ASCENDING)], name="user")],
     "users": [IndexModel([("role", ASCENDING)], name="role")],
     "audit": [IndexModel([("at", ASCENDING)], name="at")],

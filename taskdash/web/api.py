@@ -8,6 +8,7 @@ from taskdash.store import Store
 from taskdash.store.deadletters import list_dead_letters
 from taskdash.store.services import get_service, list_services
 from taskdash.store.status import history
+from taskdash.store.tasks import get_fetch_result, list_tasks
 from taskdash.web.base import JsonHandler
 
 STATUSES = ("online", "stale", "offline", "unknown")
@@ -67,3 +68,39 @@ class DeadLettersHandler(JsonHandler):
         limit = self.int_argument("limit", 100, 1, 1000)
         letters = await list_dead_letters(self.store, topic=topic, limit=limit)
         self.send_json({"dead_letters": letters, "count": len(letters)})
+
+
+class TasksHandler(JsonHandler):
+    """``GET /api/tasks?service_id=&status=&include_gone=&limit=&skip=``: harvested metadata."""
+
+    def initialize(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self) -> None:
+        include_gone = self.get_query_argument("include_gone", "false")
+        if include_gone not in ("true", "false"):
+            raise tornado.web.HTTPError(400, "include_gone must be true or false")
+        tasks = await list_tasks(
+            self.store,
+            service_id=self.get_query_argument("service_id", None),
+            status=self.get_query_argument("status", None),
+            include_gone=include_gone == "true",
+            limit=self.int_argument("limit", 100, 1, 1000),
+            skip=self.int_argument("skip", 0, 0, 10_000_000),
+        )
+        self.send_json({"tasks": tasks, "count": len(tasks)})
+
+
+class FetchResultHandler(JsonHandler):
+    """``GET /api/services/<id>/fetch``: the last metadata fetch of one service."""
+
+    def initialize(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self, service_id: str) -> None:
+        if await get_service(self.store, service_id) is None:
+            raise tornado.web.HTTPError(404, "no service with this id")
+        result = await get_fetch_result(self.store, service_id)
+        if result is None:
+            raise tornado.web.HTTPError(404, "this service was not fetched yet")
+        self.send_json(result)

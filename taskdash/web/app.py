@@ -8,9 +8,11 @@ from taskdash.health import Health
 from taskdash.store import Store
 from taskdash.web.api import (
     DeadLettersHandler,
+    FetchResultHandler,
     ServiceHandler,
     ServiceHistoryHandler,
     ServicesHandler,
+    TasksHandler,
 )
 from taskdash.web.base import JsonHandler
 from taskdash.web.health import HealthzHandler, ReadyzHandler
@@ -32,6 +34,8 @@ def make_app(*, health: Health, store: Store) -> tornado.web.Application:
             (r"/api/services", ServicesHandler, {"store": store}),
             (r"/api/services/([^/]{1,128})", ServiceHandler, {"store": store}),
             (r"/api/services/([^/]{1,128})/history", ServiceHistoryHandler, {"store": store}),
+            (r"/api/services/([^/]{1,128})/fetch", FetchResultHandler, {"store": store}),
+            (r"/api/tasks", TasksHandler, {"store": store}),
             (r"/api/dead-letters", DeadLettersHandler, {"store": store}),
         ],
         default_handler_class=NotFoundHandler,

@@ -1,0 +1,10 @@
+"""Metadata harvest: fetch TaskMetaData from every service URL (issue 4).
+
+``rules`` (SSRF allow-rules) and ``parse`` (body -> records) are pure; ``client`` is the only
+HTTP code; ``sharding`` splits services among daemons; ``fetcher`` is the long-lived part.
+"""
+
+from taskdash.fetcher.errors import FetchError, ParseError, Refused
+from taskdash.fetcher.fetcher import Fetcher, SweepResult
+
+__all__ = ["FetchError", "Fetcher", "ParseError", "Refused", "SweepResult"]

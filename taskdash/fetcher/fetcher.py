@@ -1,0 +1,504 @@
+"""The metadata fetcher: every interval, fetch this node's share of services and store tasks.
+
+One sweep: heartbeat, read the services that are not offline, keep this node's rendezvous share,
+claim those that are due (one conditional update: exactly one daemon per service per interval),
+fetch them with at most ``concurrency`` requests in flight, and hand the answers to one writer
+that stores them in batches. Per-service failures back off exponentially, with jitter; the
+backoff lives in ``fetch_results`` so it survives a change of daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from taskdash.background import Background
+from taskdash.errors import StoreError
+from taskdash.fetcher.client import HttpClient, Response
+from taskdash.fetcher.errors import FetchError
+from taskdash.fetcher.parse import Listing, parse_listing
+from taskdash.fetcher.sharding import share
+from taskdash.settings import FetcherSettings
+from taskdash.store import Store, nodes
+from taskdash.store.mongo import Doc
+from taskdash.store.tasks import (
+    ApplyResult,
+    Known,
+    ServiceListing,
+    apply_listings,
+    claim_due,
+    fetchable_services,
+    load_known,
+    record_conflicts,
+    release,
+    write_fetch_results,
+)
+from taskdash.store.times import to_ms
+
+log = structlog.get_logger("taskdash.fetcher")
+
+Clock = Callable[[], datetime]
+
+#: Most answers stored in one batch of writes.
+WRITE_BATCH = 500
+#: Dead nodes' documents are deleted after this many node timeouts (and at least an hour).
+PRUNE_AFTER_TIMEOUTS = 10
+
+
+def utcnow() -> datetime:
+    """The daemon's own clock."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class SweepResult:
+    """What one sweep did (counts are services unless named otherwise)."""
+
+    started_at: datetime
+    seconds: float = 0.0
+    live_nodes: int = 0
+    share: int = 0
+    no_url: int = 0
+    claimed: int = 0
+    fetched: int = 0
+    ok: int = 0
+    not_modified: int = 0
+    failed: int = 0
+    tasks: int = 0
+    inserted: int = 0
+    changed: int = 0
+    gone: int = 0
+    bad: int = 0
+    conflicts: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def summary(self, max_errors: int = 5) -> dict[str, Any]:
+        """A JSON-friendly digest (for /readyz and logs)."""
+        out = asdict(self)
+        out["started_at"] = self.started_at.isoformat()
+        out["seconds"] = round(self.seconds, 3)
+        out["errors"] = dict(list(self.errors.items())[:max_errors])
+        return out
+
+
+@dataclass
+class _Outcome:
+    """One service's fetch, on its way to the writer."""
+
+    service_id: str
+    url: str
+    state: Doc
+    at_ms: int
+    duration_ms: float = 0.0
+    response: Response | None = None
+    listing: Listing | None = None
+    error: FetchError | None = None
+    store_error: str = ""
+
+
+class Fetcher:
+    """Harvests TaskMetaData from every service URL; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: FetcherSettings,
+        *,
+        node_id: str,
+        clock: Clock = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.node_id = node_id
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.http = HttpClient(settings)
+        self.live: list[str] = []
+        self.my_share = 0
+        self.sweeps = 0
+        self.last_sweep: SweepResult | None = None
+        self.last_error = ""
+        self._known: dict[str, tuple[str, Known]] = {}  # service -> (listing token, stored)
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = False
+        self._sweeper = Background("fetcher", self._sweep_loop)
+        self._beater = Background("fetcher_heartbeat", self._heartbeat_loop)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start sweeping in the background (returns at once)."""
+        if not self.settings.enabled:
+            log.info("fetcher_disabled", node_id=self.node_id)
+            return
+        if self.settings.node_timeout > self.settings.fetch_interval:
+            log.warning(
+                "fetcher_node_timeout_long",
+                note="a dead daemon's services move after node_timeout + one fetch_interval",
+                node_timeout=self.settings.node_timeout,
+                fetch_interval=self.settings.fetch_interval,
+            )
+        await self._beater.start()
+        await self._sweeper.start()
+        log.info("fetcher_started", node_id=self.node_id, interval=self.settings.fetch_interval)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop intake, let in-flight fetches finish briefly, cancel, leave the node set."""
+        if self._stopped:
+            return
+        self._stopped = self._stopping = True
+        self._wake.set()
+        await self._beater.stop()
+        if grace is None:
+            grace = min(self.settings.request_timeout, 5.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._lock.acquire(), grace)
+            self._lock.release()
+        await self._sweeper.stop()
+        try:
+            await nodes.remove(self.store, self.node_id)
+        except StoreError as exc:
+            log.warning("fetcher_node_not_removed", node_id=self.node_id, error=str(exc))
+        self.http.close()
+        log.info("fetcher_stopped", node_id=self.node_id)
+
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness details; the fetcher never blocks readiness (failures are per service)."""
+        details: dict[str, Any] = {
+            "node_id": self.node_id,
+            "live_nodes": len(self.live),
+            "my_share": self.my_share,
+            "sweeps": self.sweeps,
+        }
+        if self.last_sweep is not None:
+            details["last_sweep"] = self.last_sweep.summary()
+        if self.last_error:
+            details["error"] = self.last_error
+        return True, details
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            previous = self.last_error
+            try:
+                await self.sweep()
+            except StoreError as exc:
+                if str(exc) != previous:  # once per outage, not once per interval
+                    log.error("fetch_sweep_failed", error=str(exc))
+                self.last_error = str(exc)
+            except Exception as exc:
+                log.exception("fetch_sweep_crashed")
+                self.last_error = repr(exc)
+            interval = self.settings.fetch_interval
+            delay = interval - self.clock().timestamp() % interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _heartbeat_loop(self) -> None:
+        timeout = self.settings.node_timeout
+        keep_ms = int(max(3600.0, timeout * PRUNE_AFTER_TIMEOUTS) * 1000)
+        while True:
+            await asyncio.sleep(self.settings.node_heartbeat_interval)
+            try:
+                if await self.heartbeat():
+                    self._wake.set()  # the share may have grown: sweep what is still due
+                await nodes.prune(self.store, to_ms(self.clock()) - keep_ms)
+            except StoreError as exc:
+                log.warning("fetcher_heartbeat_failed", node_id=self.node_id, error=str(exc))
+
+    async def heartbeat(self) -> bool:
+        """Refresh this node's document and the live node list; True if the list changed."""
+        now_ms = to_ms(self.clock())
+        await nodes.heartbeat(self.store, self.node_id, now_ms)
+        found = await nodes.live_nodes(self.store, now_ms, int(self.settings.node_timeout * 1000))
+        live = sorted({*found, self.node_id})
+        changed, self.live = live != self.live, live
+        if changed:
+            log.info("fetch_nodes_changed", node_id=self.node_id, live_nodes=live)
+        return changed
+
+    # -- one sweep ------------------------------------------------------------------------
+
+    async def sweep(self) -> SweepResult:
+        """Fetch every due service of this node's share once and store the answers."""
+        async with self._lock:
+            started = time.perf_counter()
+            result = SweepResult(started_at=self.clock())
+            await self._sweep(result)
+            result.seconds = time.perf_counter() - started
+            self.sweeps += 1
+            self.last_sweep = result
+            log.debug("fetch_sweep_done", **result.summary())
+            return result
+
+    async def _sweep(self, result: SweepResult) -> None:
+        self.last_error = ""  # set again below by whatever fails during this sweep
+        await self.heartbeat()
+        now_ms = to_ms(result.started_at)
+        services = dict(await fetchable_services(self.store))
+        mine = share(sorted(services), self.live, self.node_id)
+        if len(mine) != self.my_share:
+            log.info("fetch_share_changed", node_id=self.node_id, my_share=len(mine))
+        self.my_share = len(mine)
+        result.live_nodes, result.share = len(self.live), len(mine)
+        keep = set(mine)
+        self._known = {sid: entry for sid, entry in self._known.items() if sid in keep}
+        with_url = [sid for sid in mine if services[sid]]
+        result.no_url = len(mine) - len(with_url)
+        interval_ms = int(self.settings.fetch_interval * 1000)
+        until_ms = (now_ms // interval_ms + 1) * interval_ms
+        token = uuid.uuid4().hex
+        claimed = await claim_due(
+            self.store, with_url, now_ms=now_ms, until_ms=until_ms, token=token
+        )
+        result.claimed = len(claimed)
+        if claimed:
+            await self._run(claimed, services, token, until_ms, result)
+
+    async def _run(
+        self,
+        claimed: dict[str, Doc],
+        urls: dict[str, str],
+        token: str,
+        until_ms: int,
+        result: SweepResult,
+    ) -> None:
+        """Fetch with a bounded pool of workers; one writer stores what they bring."""
+        pending = deque(claimed.items())
+        queue: asyncio.Queue[_Outcome | None] = asyncio.Queue(maxsize=WRITE_BATCH * 2)
+
+        async def worker() -> None:
+            while pending and not self._stopping:
+                sid, state = pending.popleft()
+                await queue.put(await self._fetch_one(sid, urls[sid], state))
+
+        size = min(self.settings.concurrency, len(pending))
+        workers = [asyncio.create_task(worker()) for _ in range(size)]
+        writer = asyncio.create_task(self._writer(queue, token, until_ms, result))
+        try:
+            await asyncio.gather(*workers)
+            await queue.put(None)
+            await writer
+        finally:
+            for task in (*workers, writer):
+                task.cancel()
+        if pending:  # stopping: give back what was claimed but not fetched
+            await release(self.store, [sid for sid, _ in pending], token)
+
+    async def _fetch_one(self, service_id: str, url: str, state: Doc) -> _Outcome:
+        """Fetch and parse one service; every failure ends up in the outcome, never raised."""
+        outcome = _Outcome(service_id, url, state, to_ms(self.clock()))
+        started = time.perf_counter()
+        same_url = state.get("validator_url") == url
+        try:
+            outcome.response = await self.http.fetch(
+                url,
+                service_id=service_id,
+                etag=state.get("etag", "") if same_url else "",
+                last_modified=state.get("last_modified", "") if same_url else "",
+            )
+            if outcome.response.status != 304:
+                outcome.listing = parse_listing(outcome.response.body)
+        except FetchError as exc:
+            if exc.status is None and outcome.response is not None:
+                exc.status = outcome.response.status
+            outcome.error = exc
+        except Exception as exc:  # a bug must cost one service its fetch, not the sweep
+            log.exception("fetch_crashed", service_id=service_id, url=url)
+            outcome.error = FetchError(f"internal error: {exc!r}")
+        outcome.duration_ms = (time.perf_counter() - started) * 1000
+        return outcome
+
+    # -- storing --------------------------------------------------------------------------
+
+    async def _writer(
+        self, queue: asyncio.Queue[_Outcome | None], token: str, until_ms: int, result: SweepResult
+    ) -> None:
+        """Store outcomes in batches of whatever has arrived, until the end marker."""
+        while True:
+            item = await queue.get()
+            batch: list[_Outcome] = []
+            while item is not None:
+                batch.append(item)
+                if queue.empty() or len(batch) >= WRITE_BATCH:
+                    break
+                item = queue.get_nowait()
+            if batch:
+                try:
+                    await self._write(batch, token, until_ms, result)
+                except Exception as exc:  # keep consuming, or the workers would block forever
+                    if isinstance(exc, StoreError):
+                        log.error("fetch_results_not_stored", services=len(batch), error=str(exc))
+                    else:
+                        log.exception("fetch_results_crashed", services=len(batch))
+                    self.last_error = str(exc)
+                    for outcome in batch:
+                        self._known.pop(outcome.service_id, None)
+            if item is None:
+                return
+
+    async def _write(
+        self, batch: list[_Outcome], token: str, until_ms: int, result: SweepResult
+    ) -> None:
+        now_ms = to_ms(self.clock())
+        listed = [o for o in batch if o.listing is not None and o.error is None]
+        applied = ApplyResult()
+        if listed:
+            try:
+                applied = await self._apply(listed, token, now_ms)
+            except StoreError as exc:
+                log.error("fetch_tasks_not_stored", services=len(listed), error=str(exc))
+                self.last_error = str(exc)
+                for outcome in listed:
+                    outcome.store_error = f"store failed: {exc}"
+                    self._known.pop(outcome.service_id, None)
+        conflicts = Counter(c.service_id for c in applied.conflicts)
+        fields = {
+            o.service_id: self._result_fields(o, conflicts[o.service_id], token, now_ms, until_ms)
+            for o in batch
+        }
+        try:
+            await write_fetch_results(self.store, fields)
+        except StoreError:
+            for outcome in listed:
+                self._known.pop(outcome.service_id, None)
+            raise
+        for sid, known in applied.known.items():
+            if sid in applied.stale:
+                self._known.pop(sid, None)
+            else:
+                self._known[sid] = (token, known)
+        self._count(batch, applied, result)
+
+    async def _apply(self, listed: list[_Outcome], token: str, now_ms: int) -> ApplyResult:
+        """Diff against what is stored (cache, else MongoDB), write, record conflicts."""
+        cold = [o.service_id for o in listed if not self._cache_valid(o)]
+        loaded = await load_known(self.store, cold) if cold else {}
+        listings = []
+        for o in listed:
+            assert o.listing is not None
+            known = loaded[o.service_id] if o.service_id in loaded else self._known[o.service_id][1]
+            listings.append(
+                ServiceListing(o.service_id, o.listing.tasks, known, o.listing.still_listed)
+            )
+        applied = await apply_listings(self.store, listings, now_ms)
+        listed_ids = [o.service_id for o in listed]
+        for c in await record_conflicts(self.store, applied.conflicts, listed_ids, now_ms, token):
+            log.error(
+                "task_id_conflict",
+                task_id=c.task_id,
+                service_id=c.service_id,
+                owner_service_id=c.owner_service_id,
+                note="the task keeps its owner; the other service's record is ignored",
+            )
+        return applied
+
+    def _cache_valid(self, outcome: _Outcome) -> bool:
+        """Our cache holds what is stored iff the last listing stored was ours."""
+        entry = self._known.get(outcome.service_id)
+        return entry is not None and entry[0] == outcome.state.get("listing")
+
+    def _backoff_ms(self, failures: int) -> int:
+        """Exponential backoff with "equal jitter": between half and all of the delay."""
+        s = self.settings
+        delay = min(s.backoff_max, s.backoff_initial * 2 ** min(failures - 1, 32))
+        return int(delay * (0.5 + 0.5 * self.rng.random()) * 1000)
+
+    def _result_fields(
+        self, o: _Outcome, conflicts: int, token: str, now_ms: int, until_ms: int
+    ) -> Doc:
+        """The ``fetch_results`` fields for one outcome (logging what ops should see)."""
+        response = o.response
+        fields: Doc = {
+            "url": o.url,
+            "node": self.node_id,
+            "at": o.at_ms,
+            "duration_ms": round(o.duration_ms, 3),
+            "http_status": response.status if response else None,
+            "not_modified": bool(response and response.status == 304 and not o.error),
+        }
+        failures = int(o.state.get("failures") or 0)
+        if o.error is not None:
+            return {**fields, **self._failure_fields(o, o.error, failures, until_ms)}
+        fields["error"] = o.store_error
+        fields["failures"] = 0
+        if failures:
+            log.info("fetch_recovered", service_id=o.service_id, url=o.url, failures=failures)
+        if response is not None and response.etag:
+            fields["etag"] = response.etag
+        if response is not None and response.status == 304:
+            return fields
+        assert o.listing is not None and response is not None
+        if o.listing.bad:
+            log.warning(
+                "fetch_bad_records",
+                service_id=o.service_id,
+                url=o.url,
+                bad=o.listing.bad,
+                first_error=o.listing.errors[0],
+            )
+        fields.update(
+            task_count=len(o.listing.tasks),
+            bad_count=o.listing.bad,
+            bad_errors=o.listing.errors,
+            conflict_count=conflicts,
+        )
+        if not o.store_error:
+            fields.update(
+                listing=token,
+                listed_at=now_ms,
+                etag=response.etag,
+                last_modified=response.last_modified,
+                validator_url=o.url,
+            )
+        return fields
+
+    def _failure_fields(self, o: _Outcome, error: FetchError, failures: int, until_ms: int) -> Doc:
+        failures += 1
+        retry_ms = max(until_ms, o.at_ms + self._backoff_ms(failures))
+        log.warning(
+            "fetch_failed",
+            service_id=o.service_id,
+            url=o.url,
+            http_status=error.status,
+            error=str(error),
+            failures=failures,
+            retry_in_s=round((retry_ms - o.at_ms) / 1000, 1),
+        )
+        return {
+            "http_status": error.status,
+            "error": str(error),
+            "not_modified": False,
+            "failures": failures,
+            "due_at": retry_ms,
+        }
+
+    def _count(self, batch: list[_Outcome], applied: ApplyResult, result: SweepResult) -> None:
+        for o in batch:
+            result.fetched += 1
+            if o.error is not None or o.store_error:
+                result.failed += 1
+                result.errors[o.service_id] = str(o.error) if o.error else o.store_error
+            elif o.listing is None:
+                result.not_modified += 1
+            else:
+                result.ok += 1
+                result.tasks += len(o.listing.tasks)
+                result.bad += o.listing.bad
+        result.inserted += applied.inserted
+        result.changed += applied.changed
+        result.gone += applied.gone
+        result.conflicts += len(applied.conflicts)

@@ -1,0 +1,411 @@
+"""Harvested tasks, ownership conflicts and each service's last fetch.
+
+Collections:
+
+* ``tasks`` (``_id`` = task id): the TaskMetaData fields, ``service_id`` (the owner, never
+  changed once set), ``h`` (a content hash), ``first_seen_at``, ``last_seen_at``, ``gone``,
+  ``gone_at``. Times are epoch ms. A task its service stops listing is marked gone, never deleted.
+* ``task_conflicts``: a task id listed by a service that does not own it (one document per
+  task id and claimant), kept while the claimant keeps listing it.
+* ``fetch_results`` (``_id`` = service id): the last fetch of each service, plus the state the
+  fetchers share: ``due_at`` (claim / backoff), ``claim``, ``failures``, validators, ``listing``.
+
+Writes are batched over many services (a handful of round trips per batch, not per task), and
+only what changed is rewritten: the caller passes what it knows is stored (``Known``: task id ->
+content hash, None for gone), from its cache or from :func:`load_known`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from pymongo import InsertOne, UpdateOne
+from pymongo.errors import BulkWriteError
+
+from taskdash.models import TaskMetaData
+from taskdash.store.mongo import Doc, Store, translated
+from taskdash.store.times import iso
+
+DUPLICATE_KEY = 11000
+#: Ids per ``$in`` list, to stay far below MongoDB's 16 MB command size.
+CHUNK = 5000
+
+Known = dict[str, int | None]
+"""Task id -> content hash of what is stored for one service; None = stored but gone."""
+
+_FIELDS = ("name", "url", "description", "status", "reserved")
+_encoder = msgspec.json.Encoder()
+_ABSENT = object()
+
+
+def content_hash(task: TaskMetaData) -> int:
+    """A stable 64-bit hash of a record's content (fits a BSON int64)."""
+    digest = hashlib.blake2b(_encoder.encode(task), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), CHUNK):
+        yield list(ids[start : start + CHUNK])
+
+
+def _duplicates_only(exc: BulkWriteError) -> list[Doc]:
+    """The write errors of a bulk write; re-raise unless every one is a duplicate key."""
+    errors: list[Doc] = exc.details.get("writeErrors", [])
+    if any(err.get("code") != DUPLICATE_KEY for err in errors):
+        raise exc
+    return errors
+
+
+@dataclass
+class ServiceListing:
+    """A service's fresh listing, and what the caller knows is stored for it."""
+
+    service_id: str
+    tasks: list[TaskMetaData]
+    known: Known
+    still_listed: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """``service_id`` lists ``task_id``, which ``owner_service_id`` owns."""
+
+    task_id: str
+    service_id: str
+    owner_service_id: str
+
+
+@dataclass
+class ApplyResult:
+    """What :func:`apply_listings` wrote, and what is stored now per service."""
+
+    inserted: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    gone: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+    known: dict[str, Known] = field(default_factory=dict)
+    stale: set[str] = field(default_factory=set)
+    """Services whose ``known`` may be wrong (someone else wrote): reload them next time."""
+
+
+async def load_known(store: Store, service_ids: Sequence[str]) -> dict[str, Known]:
+    """What is stored for these services (for a cold cache)."""
+    known: dict[str, Known] = {sid: {} for sid in service_ids}
+    async with translated("load_known"):
+        for chunk in _chunks(service_ids):
+            cursor = store.tasks.find(
+                {"service_id": {"$in": chunk}}, {"service_id": 1, "h": 1, "gone": 1}
+            )
+            async for doc in cursor:
+                known[doc["service_id"]][doc["_id"]] = None if doc.get("gone") else doc.get("h")
+    return known
+
+
+def _new_doc(task: TaskMetaData, service_id: str, digest: int, now_ms: int) -> Doc:
+    return {
+        "_id": task.id,
+        **{name: getattr(task, name) for name in _FIELDS},
+        "service_id": service_id,
+        "h": digest,
+        "first_seen_at": now_ms,
+        "last_seen_at": now_ms,
+        "gone": False,
+        "gone_at": None,
+    }
+
+
+def _changed(task: TaskMetaData, service_id: str, digest: int, now_ms: int) -> UpdateOne:
+    fields = {name: getattr(task, name) for name in _FIELDS}
+    return UpdateOne(
+        {"_id": task.id, "service_id": service_id},
+        {
+            "$set": {**fields, "h": digest, "gone": False, "gone_at": None},
+            "$max": {"last_seen_at": now_ms},
+        },
+    )
+
+
+@dataclass
+class _Plan:
+    ops: list[InsertOne[Doc] | UpdateOne] = field(default_factory=list)
+    where: list[tuple[str, str]] = field(default_factory=list)  # (service, task) per op
+    updates: int = 0
+    bump: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+
+
+def _plan(listings: Sequence[ServiceListing], now_ms: int, result: ApplyResult) -> _Plan:
+    """Diff every listing against what is stored: insert, update, bump or mark gone."""
+    plan = _Plan()
+    for listing in listings:
+        sid = listing.service_id
+        after: Known = {}
+        for task in listing.tasks:
+            digest = content_hash(task)
+            before = listing.known.get(task.id, _ABSENT)
+            after[task.id] = digest
+            if before == digest:
+                plan.bump.append(task.id)
+                continue
+            if before is _ABSENT:
+                plan.ops.append(InsertOne(_new_doc(task, sid, digest, now_ms)))
+            else:
+                plan.ops.append(_changed(task, sid, digest, now_ms))
+                plan.updates += 1
+            plan.where.append((sid, task.id))
+        for task_id, digest in listing.known.items():
+            if task_id in after:
+                continue
+            if digest is not None and task_id not in listing.still_listed:
+                plan.vanished.append(task_id)
+                after[task_id] = None
+            else:
+                after[task_id] = digest
+        result.known[sid] = after
+    return plan
+
+
+async def apply_listings(
+    store: Store, listings: Sequence[ServiceListing], now_ms: int
+) -> ApplyResult:
+    """Store fresh listings: new tasks inserted, changed ones updated, the rest stamped seen.
+
+    A task id owned by another service is never touched: the insert fails on the unique
+    ``_id`` (atomic, also between daemons) and the pair is returned as a conflict.
+    """
+    result = ApplyResult()
+    plan = _plan(listings, now_ms, result)
+    duplicates: list[tuple[str, str]] = []
+    everyone = {listing.service_id for listing in listings}
+    async with translated("apply_listings"):
+        if plan.ops:
+            try:
+                written = await store.tasks.bulk_write(plan.ops, ordered=False)
+                matched = written.matched_count
+            except BulkWriteError as exc:
+                duplicates = [plan.where[err["index"]] for err in _duplicates_only(exc)]
+                matched = exc.details.get("nMatched", 0)
+            if matched < plan.updates:
+                result.stale |= everyone
+        for chunk in _chunks(plan.bump):
+            bumped = await store.tasks.update_many(
+                {"_id": {"$in": chunk}}, {"$max": {"last_seen_at": now_ms}}
+            )
+            if bumped.matched_count < len(chunk):
+                result.stale |= everyone
+        for chunk in _chunks(plan.vanished):
+            await store.tasks.update_many(
+                {"_id": {"$in": chunk}, "gone": False},
+                {"$set": {"gone": True, "gone_at": now_ms}},
+            )
+        if duplicates:
+            await _sort_duplicates(store, duplicates, result)
+    result.inserted = len(plan.ops) - plan.updates - len(duplicates)
+    result.changed = plan.updates
+    result.unchanged = len(plan.bump)
+    result.gone = len(plan.vanished)
+    return result
+
+
+async def _sort_duplicates(
+    store: Store, duplicates: list[tuple[str, str]], result: ApplyResult
+) -> None:
+    """A refused insert is a conflict unless the task turned out to be the service's own."""
+    ids = list({task_id for _, task_id in duplicates})
+    owners: dict[str, str] = {}
+    for chunk in _chunks(ids):
+        async for doc in store.tasks.find({"_id": {"$in": chunk}}, {"service_id": 1}):
+            owners[doc["_id"]] = doc.get("service_id", "")
+    for sid, task_id in duplicates:
+        result.known[sid].pop(task_id, None)
+        owner = owners.get(task_id)
+        if owner is None or owner == sid:
+            result.stale.add(sid)  # written meanwhile by someone else: reload, retry next time
+        else:
+            result.conflicts.append(Conflict(task_id, sid, owner))
+
+
+async def record_conflicts(
+    store: Store, conflicts: Sequence[Conflict], listed: Sequence[str], now_ms: int, token: str
+) -> list[Conflict]:
+    """Upsert current conflicts, drop those the ``listed`` services no longer list.
+
+    Returns the conflicts seen for the first time (worth an error in the log).
+    """
+    coll = store["task_conflicts"]
+    ops = [
+        UpdateOne(
+            {"task_id": c.task_id, "service_id": c.service_id},
+            {
+                "$set": {"owner_service_id": c.owner_service_id, "last_at": now_ms, "seen": token},
+                "$setOnInsert": {"first_at": now_ms},
+                "$inc": {"count": 1},
+            },
+            upsert=True,
+        )
+        for c in conflicts
+    ]
+    upserted: dict[int, Any] = {}
+    async with translated("record_conflicts"):
+        if ops:
+            try:
+                upserted = (await coll.bulk_write(ops, ordered=False)).upserted_ids or {}
+            except BulkWriteError as exc:  # two daemons recording the same new conflict
+                _duplicates_only(exc)
+                upserted = {u["index"]: u["_id"] for u in exc.details.get("upserted", [])}
+        for chunk in _chunks(listed):
+            await coll.delete_many({"service_id": {"$in": chunk}, "seen": {"$ne": token}})
+    return [conflicts[index] for index in sorted(upserted)]
+
+
+# -- fetch state ------------------------------------------------------------------------------
+
+
+async def fetchable_services(store: Store) -> list[tuple[str, str]]:
+    """(service id, url) of every registered service that is not offline."""
+    async with translated("fetchable_services"):
+        cursor = store.services.find({"status": {"$ne": "offline"}}, {"url": 1})
+        return [(doc["_id"], doc.get("url") or "") async for doc in cursor]
+
+
+async def claim_due(
+    store: Store, service_ids: Sequence[str], *, now_ms: int, until_ms: int, token: str
+) -> dict[str, Doc]:
+    """Claim the services that are due (``due_at <= now``) until ``until_ms``.
+
+    One conditional ``update_many`` stamps ``token``; each document is updated atomically, so
+    of several daemons claiming the same service in one interval exactly one wins. Returns the
+    claimed services' state documents (validators, failures, cache token).
+    """
+    coll = store["fetch_results"]
+    claimed: dict[str, Doc] = {}
+    stamp = {"due_at": until_ms, "claim": token}
+    async with translated("claim_due"):
+        for chunk in _chunks(service_ids):
+            await coll.update_many(
+                {"_id": {"$in": chunk}, "due_at": {"$lte": now_ms}}, {"$set": stamp}
+            )
+        async for doc in coll.find({"claim": token}):
+            claimed[doc["_id"]] = doc
+        rest = [sid for sid in service_ids if sid not in claimed]
+        existing: set[str] = set()
+        for chunk in _chunks(rest):
+            existing.update([doc["_id"] async for doc in coll.find({"_id": {"$in": chunk}}, {})])
+        fresh = [{"_id": sid, **stamp, "failures": 0} for sid in rest if sid not in existing]
+        if fresh:
+            lost: set[int] = set()
+            try:
+                await coll.insert_many(fresh, ordered=False)
+            except BulkWriteError as exc:  # another daemon created it first: theirs
+                lost = {err["index"] for err in _duplicates_only(exc)}
+            claimed.update({doc["_id"]: doc for i, doc in enumerate(fresh) if i not in lost})
+    return claimed
+
+
+async def release(store: Store, service_ids: Sequence[str], token: str) -> None:
+    """Give back claimed services that were not fetched (stopping), so others may."""
+    async with translated("release_claims"):
+        for chunk in _chunks(service_ids):
+            await store["fetch_results"].update_many(
+                {"_id": {"$in": chunk}, "claim": token}, {"$set": {"due_at": 0}}
+            )
+
+
+async def write_fetch_results(store: Store, results: dict[str, Doc]) -> None:
+    """Record each service's latest fetch (``service_id -> fields to set``)."""
+    if not results:
+        return
+    ops = [UpdateOne({"_id": sid}, {"$set": doc}, upsert=True) for sid, doc in results.items()]
+    async with translated("write_fetch_results"):
+        await store["fetch_results"].bulk_write(ops, ordered=False)
+
+
+# -- reads for the API ------------------------------------------------------------------------
+
+
+def public_task(doc: Doc) -> dict[str, Any]:
+    """A stored task as the API shows it."""
+    out: dict[str, Any] = {"id": doc["_id"]}
+    for key in _FIELDS:
+        out[key] = doc.get(key, "")
+    out["service_id"] = doc.get("service_id")
+    out["first_seen_at"] = iso(doc.get("first_seen_at"))
+    out["last_seen_at"] = iso(doc.get("last_seen_at"))
+    out["gone"] = bool(doc.get("gone"))  # nx-27017 returns a bool set by an update as 0/1
+    return out
+
+
+async def list_tasks(
+    store: Store,
+    *,
+    service_id: str | None = None,
+    status: str | None = None,
+    include_gone: bool = False,
+    limit: int = 100,
+    skip: int = 0,
+) -> list[dict[str, Any]]:
+    """Tasks ordered by id; gone ones only when asked."""
+    query: Doc = {}
+    if service_id is not None:
+        query["service_id"] = service_id
+    if status is not None:
+        query["status"] = status
+    if not include_gone:
+        query["gone"] = False
+    async with translated("list_tasks"):
+        cursor = store.tasks.find(query).sort("_id", 1).skip(skip).limit(limit)
+        return [public_task(doc) async for doc in cursor]
+
+
+async def get_fetch_result(store: Store, service_id: str) -> dict[str, Any] | None:
+    """The last fetch of a service, or None if it was never fetched."""
+    async with translated("get_fetch_result"):
+        doc = await store["fetch_results"].find_one({"_id": service_id})
+    if not doc or "at" not in doc:
+        return None
+    failures = int(doc.get("failures") or 0)
+    return {
+        "service_id": service_id,
+        "url": doc.get("url", ""),
+        "node": doc.get("node", ""),
+        "at": iso(doc.get("at")),
+        "duration_ms": doc.get("duration_ms"),
+        "http_status": doc.get("http_status"),
+        "error": doc.get("error", ""),
+        "not_modified": bool(doc.get("not_modified")),
+        "task_count": doc.get("task_count", 0),
+        "bad_count": doc.get("bad_count", 0),
+        "bad_errors": doc.get("bad_errors", []),
+        "conflict_count": doc.get("conflict_count", 0),
+        "failures": failures,
+        "retry_at": iso(doc.get("due_at")) if failures else None,
+        "listed_at": iso(doc.get("listed_at")),
+        "etag": doc.get("etag", ""),
+        "last_modified": doc.get("last_modified", ""),
+    }
+
+
+async def list_conflicts(
+    store: Store, *, service_id: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Current conflicts (a task id listed by a service that does not own it)."""
+    query: Doc = {"service_id": service_id} if service_id else {}
+    async with translated("list_conflicts"):
+        cursor = store["task_conflicts"].find(query).sort("task_id", 1).limit(limit)
+        return [
+            {
+                "task_id": doc["task_id"],
+                "service_id": doc["service_id"],
+                "owner_service_id": doc.get("owner_service_id"),
+                "first_at": iso(doc.get("first_at")),
+                "last_at": iso(doc.get("last_at")),
+                "count": doc.get("count", 0),
+            }
+            async for doc in cursor
+        ]
