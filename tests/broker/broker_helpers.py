@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import json
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import nsq
 import tornado.httpclient
+from support import async_wait_for
 
 from taskdash.nsq.broker.protocol import (
     FRAME_ERROR,
@@ -27,14 +27,7 @@ WAIT = 10.0  # upper bound for anything the tests wait for; never asserted as a 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = WAIT) -> Any:
     """Poll until ``predicate()`` is truthy; fail the test if it never is."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
+    return await async_wait_for(predicate, timeout=timeout, every=0.02)
 
 
 @dataclass
