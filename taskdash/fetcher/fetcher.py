@@ -16,7 +16,6 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,9 +23,10 @@ import structlog
 
 from taskdash.background import Background
 from taskdash.errors import StoreError
-from taskdash.fetcher.client import HttpClient, Response
+from taskdash.fetcher.client import HttpClient
 from taskdash.fetcher.errors import FetchError
-from taskdash.fetcher.parse import Listing, parse_listing
+from taskdash.fetcher.outcome import Outcome, SweepResult, backoff_ms, result_fields
+from taskdash.fetcher.parse import parse_listing
 from taskdash.fetcher.sharding import share
 from taskdash.settings import FetcherSettings
 from taskdash.store import Store, nodes
@@ -58,52 +58,6 @@ PRUNE_AFTER_TIMEOUTS = 10
 def utcnow() -> datetime:
     """The daemon's own clock."""
     return datetime.now(UTC)
-
-
-@dataclass
-class SweepResult:
-    """What one sweep did (counts are services unless named otherwise)."""
-
-    started_at: datetime
-    seconds: float = 0.0
-    live_nodes: int = 0
-    share: int = 0
-    no_url: int = 0
-    claimed: int = 0
-    fetched: int = 0
-    ok: int = 0
-    not_modified: int = 0
-    failed: int = 0
-    tasks: int = 0
-    inserted: int = 0
-    changed: int = 0
-    gone: int = 0
-    bad: int = 0
-    conflicts: int = 0
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def summary(self, max_errors: int = 5) -> dict[str, Any]:
-        """A JSON-friendly digest (for /readyz and logs)."""
-        out = asdict(self)
-        out["started_at"] = self.started_at.isoformat()
-        out["seconds"] = round(self.seconds, 3)
-        out["errors"] = dict(list(self.errors.items())[:max_errors])
-        return out
-
-
-@dataclass
-class _Outcome:
-    """One service's fetch, on its way to the writer."""
-
-    service_id: str
-    url: str
-    state: Doc
-    at_ms: int
-    duration_ms: float = 0.0
-    response: Response | None = None
-    listing: Listing | None = None
-    error: FetchError | None = None
-    store_error: str = ""
 
 
 class Fetcher:
@@ -278,7 +232,7 @@ class Fetcher:
     ) -> None:
         """Fetch with a bounded pool of workers; one writer stores what they bring."""
         pending = deque(claimed.items())
-        queue: asyncio.Queue[_Outcome | None] = asyncio.Queue(maxsize=WRITE_BATCH * 2)
+        queue: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=WRITE_BATCH * 2)
 
         async def worker() -> None:
             while pending and not self._stopping:
@@ -298,9 +252,9 @@ class Fetcher:
         if pending:  # stopping: give back what was claimed but not fetched
             await release(self.store, [sid for sid, _ in pending], token)
 
-    async def _fetch_one(self, service_id: str, url: str, state: Doc) -> _Outcome:
+    async def _fetch_one(self, service_id: str, url: str, state: Doc) -> Outcome:
         """Fetch and parse one service; every failure ends up in the outcome, never raised."""
-        outcome = _Outcome(service_id, url, state, to_ms(self.clock()))
+        outcome = Outcome(service_id, url, state, to_ms(self.clock()))
         started = time.perf_counter()
         same_url = state.get("validator_url") == url
         try:
@@ -325,12 +279,12 @@ class Fetcher:
     # -- storing --------------------------------------------------------------------------
 
     async def _writer(
-        self, queue: asyncio.Queue[_Outcome | None], token: str, until_ms: int, result: SweepResult
+        self, queue: asyncio.Queue[Outcome | None], token: str, until_ms: int, result: SweepResult
     ) -> None:
         """Store outcomes in batches of whatever has arrived, until the end marker."""
         while True:
             item = await queue.get()
-            batch: list[_Outcome] = []
+            batch: list[Outcome] = []
             while item is not None:
                 batch.append(item)
                 if queue.empty() or len(batch) >= WRITE_BATCH:
@@ -351,7 +305,7 @@ class Fetcher:
                 return
 
     async def _write(
-        self, batch: list[_Outcome], token: str, until_ms: int, result: SweepResult
+        self, batch: list[Outcome], token: str, until_ms: int, result: SweepResult
     ) -> None:
         now_ms = to_ms(self.clock())
         listed = [o for o in batch if o.listing is not None and o.error is None]
@@ -366,10 +320,20 @@ class Fetcher:
                     outcome.store_error = f"store failed: {exc}"
                     self._known.pop(outcome.service_id, None)
         conflicts = Counter(c.service_id for c in applied.conflicts)
-        fields = {
-            o.service_id: self._result_fields(o, conflicts[o.service_id], token, now_ms, until_ms)
-            for o in batch
-        }
+        fields: dict[str, Doc] = {}
+        for o in batch:
+            retry_ms = until_ms
+            if o.error is not None:
+                failures = int(o.state.get("failures") or 0) + 1
+                retry_ms = max(until_ms, o.at_ms + backoff_ms(self.settings, failures, self.rng))
+            fields[o.service_id] = result_fields(
+                o,
+                node_id=self.node_id,
+                conflicts=conflicts[o.service_id],
+                token=token,
+                now_ms=now_ms,
+                retry_ms=retry_ms,
+            )
         try:
             await write_fetch_results(self.store, fields)
         except StoreError:
@@ -381,9 +345,9 @@ class Fetcher:
                 self._known.pop(sid, None)
             else:
                 self._known[sid] = (token, known)
-        self._count(batch, applied, result)
+        result.add(batch, applied)
 
-    async def _apply(self, listed: list[_Outcome], token: str, now_ms: int) -> ApplyResult:
+    async def _apply(self, listed: list[Outcome], token: str, now_ms: int) -> ApplyResult:
         """Diff against what is stored (cache, else MongoDB), write, record conflicts."""
         cold = [o.service_id for o in listed if not self._cache_valid(o)]
         loaded = await load_known(self.store, cold) if cold else {}
@@ -406,99 +370,7 @@ class Fetcher:
             )
         return applied
 
-    def _cache_valid(self, outcome: _Outcome) -> bool:
+    def _cache_valid(self, outcome: Outcome) -> bool:
         """Our cache holds what is stored iff the last listing stored was ours."""
         entry = self._known.get(outcome.service_id)
         return entry is not None and entry[0] == outcome.state.get("listing")
-
-    def _backoff_ms(self, failures: int) -> int:
-        """Exponential backoff with "equal jitter": between half and all of the delay."""
-        s = self.settings
-        delay = min(s.backoff_max, s.backoff_initial * 2 ** min(failures - 1, 32))
-        return int(delay * (0.5 + 0.5 * self.rng.random()) * 1000)
-
-    def _result_fields(
-        self, o: _Outcome, conflicts: int, token: str, now_ms: int, until_ms: int
-    ) -> Doc:
-        """The ``fetch_results`` fields for one outcome (logging what ops should see)."""
-        response = o.response
-        fields: Doc = {
-            "url": o.url,
-            "node": self.node_id,
-            "at": o.at_ms,
-            "duration_ms": round(o.duration_ms, 3),
-            "http_status": response.status if response else None,
-            "not_modified": bool(response and response.status == 304 and not o.error),
-        }
-        failures = int(o.state.get("failures") or 0)
-        if o.error is not None:
-            return {**fields, **self._failure_fields(o, o.error, failures, until_ms)}
-        fields["error"] = o.store_error
-        fields["failures"] = 0
-        if failures:
-            log.info("fetch_recovered", service_id=o.service_id, url=o.url, failures=failures)
-        if response is not None and response.etag:
-            fields["etag"] = response.etag
-        if response is not None and response.status == 304:
-            return fields
-        assert o.listing is not None and response is not None
-        if o.listing.bad:
-            log.warning(
-                "fetch_bad_records",
-                service_id=o.service_id,
-                url=o.url,
-                bad=o.listing.bad,
-                first_error=o.listing.errors[0],
-            )
-        fields.update(
-            task_count=len(o.listing.tasks),
-            bad_count=o.listing.bad,
-            bad_errors=o.listing.errors,
-            conflict_count=conflicts,
-        )
-        if not o.store_error:
-            fields.update(
-                listing=token,
-                listed_at=now_ms,
-                etag=response.etag,
-                last_modified=response.last_modified,
-                validator_url=o.url,
-            )
-        return fields
-
-    def _failure_fields(self, o: _Outcome, error: FetchError, failures: int, until_ms: int) -> Doc:
-        failures += 1
-        retry_ms = max(until_ms, o.at_ms + self._backoff_ms(failures))
-        log.warning(
-            "fetch_failed",
-            service_id=o.service_id,
-            url=o.url,
-            http_status=error.status,
-            error=str(error),
-            failures=failures,
-            retry_in_s=round((retry_ms - o.at_ms) / 1000, 1),
-        )
-        return {
-            "http_status": error.status,
-            "error": str(error),
-            "not_modified": False,
-            "failures": failures,
-            "due_at": retry_ms,
-        }
-
-    def _count(self, batch: list[_Outcome], applied: ApplyResult, result: SweepResult) -> None:
-        for o in batch:
-            result.fetched += 1
-            if o.error is not None or o.store_error:
-                result.failed += 1
-                result.errors[o.service_id] = str(o.error) if o.error else o.store_error
-            elif o.listing is None:
-                result.not_modified += 1
-            else:
-                result.ok += 1
-                result.tasks += len(o.listing.tasks)
-                result.bad += o.listing.bad
-        result.inserted += applied.inserted
-        result.changed += applied.changed
-        result.gone += applied.gone
-        result.conflicts += len(applied.conflicts)
