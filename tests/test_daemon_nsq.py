@@ -27,8 +27,13 @@ def test_publish_register_heartbeat_stale_offline_recover(tmp_path: Path) -> Non
         ready = daemon.wait_ready()
         components = ready["components"]
         assert components["checker"]["mode"] == "normal"
-        assert components["reader:taskdash.service"]["connections"] == 1
-        assert components["reader:taskdash.heartbeat"]["connections"] == 1
+
+        def connected() -> bool:
+            parts = http_get(f"{daemon.web}/readyz")[1]["components"]
+            return all(parts[f"reader:taskdash.{t}"]["connections"] == 1 for t in topics)
+
+        topics = ("service", "heartbeat")
+        wait_for(connected)  # pynsq connects in the background, after the daemon is ready
 
         out = cli(env, "publish", "service", "--id", "svc-e2e", "--name", "crawler",
                   "--type", "batch", "--url", "http://127.0.0.1:9/tasks")  # fmt: skip

@@ -128,9 +128,9 @@ async def test_a_dead_daemons_share_moves_within_two_intervals(
 async def test_a_stopped_daemons_services_are_picked_up(store: Store, site: Site) -> None:
     """Real loops on a real clock: start both, stop one, the other takes everything."""
     fast: dict[str, Any] = {
-        "fetch_interval": 0.3,
-        "node_heartbeat_interval": 0.05,
-        "node_timeout": 0.25,
+        "fetch_interval": 1.0,
+        "node_heartbeat_interval": 0.2,
+        "node_timeout": 0.8,
     }
     a = Fetcher(store, settings(**fast), node_id="node-a")
     b = Fetcher(store, settings(**fast), node_id="node-b")
