@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -30,16 +29,9 @@ from taskdash.store.status import (
     reset_damping,
     transition,
 )
-from taskdash.store.times import ms_before
+from taskdash.store.times import Clock, ms_before, utcnow
 
 log = structlog.get_logger("taskdash.checker")
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    """The daemon's own clock (receipt times are ours, never a sender's)."""
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -15,8 +15,6 @@ import random
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -43,21 +41,14 @@ from taskdash.store.tasks import (
     release,
     write_fetch_results,
 )
-from taskdash.store.times import to_ms
+from taskdash.store.times import Clock, to_ms, utcnow
 
 log = structlog.get_logger("taskdash.fetcher")
-
-Clock = Callable[[], datetime]
 
 #: Most answers stored in one batch of writes.
 WRITE_BATCH = 500
 #: Dead nodes' documents are deleted after this many node timeouts (and at least an hour).
 PRUNE_AFTER_TIMEOUTS = 10
-
-
-def utcnow() -> datetime:
-    """The daemon's own clock."""
-    return datetime.now(UTC)
 
 
 class Fetcher:

@@ -16,10 +16,10 @@ import structlog
 import tornado.httpclient
 
 from taskdash.background import Background
-from taskdash.checker import utcnow
 from taskdash.errors import StoreError
 from taskdash.store import Store
 from taskdash.store.status import claim_unpublished, mark_published
+from taskdash.store.times import utcnow
 
 log = structlog.get_logger("taskdash.nsq.publisher")
 

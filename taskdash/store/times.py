@@ -8,7 +8,15 @@ a string. Fields written only at insert and read by TTL indexes stay BSON dates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The daemon's own clock (receipt times are ours, never a sender's); tests pass another."""
+    return datetime.now(UTC)
 
 
 def to_ms(when: datetime) -> int:
