@@ -10,8 +10,9 @@ server, and three consumers reading the same messages from their own topics:
 
 Messages are published before each consumer starts, so only consumption is timed. The naive
 consumer is timed on the first ``--naive-limit`` messages (its rate does not depend on volume;
-running all 205,000 would take minutes). Then one checker pass over ``--checker-services``
-services is timed, and the stale-detection latency measured.
+running all 205,000 would take minutes). Then checker passes over ``--checker-services``
+services (90 % online, 10 % long offline) are timed: steady passes that change nothing, and
+one pass in which 1 % of them went quiet; and the stale-detection latency is measured.
 
 The last line printed is one JSON object with every figure and ratio.
 """
@@ -175,15 +176,31 @@ def naive_handler(store: Store) -> Any:
     return factory
 
 
+async def seed_services(store: Store, services: int, now: datetime) -> None:
+    """``services`` services as the readers leave them (registered, one beat), 10 % long gone.
+
+    One service goes through the real registration and heartbeat writes; the rest are copies
+    of it inserted in bulk (100,000 upserts one by one would take minutes to set up).
+    """
+    await register_services(store, [TaskService(id="template")], now)
+    await record_heartbeats(store, {"template": (1, now)})
+    template = await store.services.find_one({"_id": "template"})
+    await store.services.delete_one({"_id": "template"})
+    gone = to_ms(now - timedelta(days=1))
+    for start in range(0, services, 10_000):
+        docs = []
+        for i in range(start, min(services, start + 10_000)):
+            doc = {**template, "_id": f"c-{i}", "status": "online"}
+            if i % 10 == 0:
+                doc.update(status="offline", alive_at=gone, last_heartbeat_at=gone, beats=0)
+            docs.append(doc)
+        await store.services.insert_many(docs)
+
+
 async def checker_figures(store: Store, latency_store: Store, services: int) -> dict[str, float]:
-    """One checker pass over ``services`` services, and the stale-detection latency."""
+    """Checker passes over ``services`` services, and the stale-detection latency."""
     now = datetime.now(UTC)
-    batch = 5000
-    for start in range(0, services, batch):
-        svcs = [TaskService(id=f"c-{i}") for i in range(start, min(services, start + batch))]
-        await register_services(store, svcs, now)
-        await record_heartbeats(store, {s.id: (1, now) for s in svcs})
-    await store.services.update_many({}, {"$set": {"status": "online"}})
+    await seed_services(store, services, now)
     settings = CheckerSettings(stale_after=15, offline_after=60, check_interval=0.1)
     # the clock stays at the beat time: a steady state, in which no service changes
     checker = Checker(store, settings, node_id="bench", clock=lambda: now)
@@ -192,6 +209,13 @@ async def checker_figures(store: Store, latency_store: Store, services: int) -> 
         result = await checker.check_once()
         assert not result.changes
         passes.append(result.seconds)
+    # then 1 % of the online services go quiet: one pass flags them (and counts who is online)
+    quiet = [f"c-{i}" for i in range(1, services, 100)]
+    await store.services.update_many(
+        {"_id": {"$in": quiet}}, {"$set": {"alive_at": to_ms(now - timedelta(seconds=20))}}
+    )
+    flagged = await checker.check_once()
+    assert len(flagged.changes) == len(quiet), (len(flagged.changes), len(quiet))
     # stale-detection latency: one service goes quiet; how long past stale_after until flagged
     store = latency_store
     fast = CheckerSettings(stale_after=1.0, offline_after=30, check_interval=0.1)
@@ -210,6 +234,8 @@ async def checker_figures(store: Store, latency_store: Store, services: int) -> 
         "checker_services": services,
         "checker_pass_ms_median": sorted(passes)[len(passes) // 2] * 1000,
         "checker_pass_ms_max": max(passes) * 1000,
+        "checker_changes": len(flagged.changes),
+        "checker_pass_with_changes_ms": flagged.seconds * 1000,
         "stale_detection_latency_ms": latency.total_seconds() * 1000,
         "stale_detection_check_interval_ms": fast.check_interval * 1000,
     }
@@ -218,6 +244,8 @@ async def checker_figures(store: Store, latency_store: Store, services: int) -> 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     logs.configure(LogSettings(level="error"), "console")
     logging.disable(logging.WARNING)
+    # closing a plain pynsq Reader's sockets makes pynsq log "failed to unpack size"
+    logging.getLogger("nsq").setLevel(logging.CRITICAL)
     regs, beats = messages(args.services, args.heartbeat_services, args.heartbeats)
     with tempfile.TemporaryDirectory() as tmp:
         mongo = NxServer(Path(tmp) / "mongo")

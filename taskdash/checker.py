@@ -120,7 +120,7 @@ class Checker:
             await candidates(self.store, stale_cut, offline_cut), stale_cut, offline_cut
         )
         needs_total = s.self_preservation and plan.quiet >= s.self_preservation_min
-        online = await count(self.store, {"status": ONLINE}) if needs_total else 0
+        online = await count(self.store, ONLINE) if needs_total else 0
         reason = self._quiet_decision(plan.quiet, online)
         self._set_mode(reason)
         if plan.reset:

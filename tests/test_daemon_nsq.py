@@ -80,6 +80,9 @@ def test_publish_register_heartbeat_stale_offline_recover(tmp_path: Path) -> Non
         assert daemon.stop() == 0
     events = [e["event"] for e in daemon.events()]
     assert "service_registered" in events and "service_status_changed" in events
+    # a clean stop closes the NSQ connections without pynsq's "failed to unpack size" errors
+    errors = [e for e in daemon.events() if e["level"] in ("error", "critical")]
+    assert not errors, errors
 
 
 def test_poison_message_shows_in_the_dead_letter_api(tmp_path: Path) -> None:

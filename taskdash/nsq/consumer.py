@@ -75,6 +75,12 @@ class _Reader(nsq.Reader):  # type: ignore[misc]
             return super().query_lookupd()
         return None
 
+    def _on_connection_error(self, conn: Any, error: Exception, **kwargs: Any) -> None:
+        # Closing our own socket makes pynsq report "failed to unpack size" at ERROR level:
+        # not an error on a clean stop.
+        if not self.closing:
+            super()._on_connection_error(conn, error, **kwargs)
+
     def shut(self) -> None:
         """Close every connection and periodic callback; safe before the reader has started."""
         self.closing = True

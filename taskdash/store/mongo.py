@@ -17,10 +17,24 @@ log = structlog.get_logger("taskdash.store")
 
 Doc = dict[str, Any]
 
+
+def eq(value: Any) -> Doc:
+    """An equality condition an index can answer on nx-27017 as on MongoDB.
+
+    MongoDB treats ``{"f": v}`` and ``{"f": {"$eq": v}}`` alike. nx-27017 does not: a bare
+    value on a field without a single-field index becomes SQL that also looks inside arrays,
+    which no index answers, so the query scans the collection (30 ms at 20,000 services);
+    ``$eq`` becomes a plain comparison and an index seek (0.1 ms). ``$in`` scans too. Use it
+    on hot queries.
+    """
+    return {"$eq": value}
+
+
 #: Collection name -> the indexes it needs. Creating them is idempotent.
 INDEXES: dict[str, list[IndexModel]] = {
     "services": [
         IndexModel([("status", ASCENDING), ("alive_at", ASCENDING)], name="status_alive_at"),
+        IndexModel([("status", ASCENDING), ("beats", ASCENDING)], name="status_beats"),
         IndexModel([("transition", ASCENDING)], name="transition"),
     ],
     "tasks": [

@@ -9,7 +9,7 @@ from typing import Any
 from pymongo import UpdateOne
 
 from taskdash.models import TaskService
-from taskdash.store.mongo import Doc, Store, translated
+from taskdash.store.mongo import Doc, Store, eq, translated
 from taskdash.store.times import iso, to_ms
 
 #: Fields the API shows for a service, in order.
@@ -32,7 +32,7 @@ async def list_services(
     store: Store, *, status: str | None = None, limit: int = 100, skip: int = 0
 ) -> list[dict[str, Any]]:
     """Services ordered by id, optionally only those in one state."""
-    query: Doc = {"status": status} if status else {}
+    query: Doc = {"status": eq(status)} if status else {}
     async with translated("list_services"):
         cursor = store.services.find(query).sort("_id", 1).skip(skip).limit(limit)
         return [public(doc) async for doc in cursor]
