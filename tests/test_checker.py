@@ -12,7 +12,7 @@ from taskdash.models import TaskService
 from taskdash.settings import CheckerSettings
 from taskdash.store import Store
 from taskdash.store.services import get_service, record_heartbeats, register_services
-from taskdash.store.status import history
+from taskdash.store.status import candidates, history
 from taskdash.store.times import to_ms
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -213,3 +213,29 @@ async def test_last_registration_in_a_batch_wins(store: Store) -> None:
 def test_offline_must_exceed_stale(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="offline_after must be greater"):
         CheckerSettings(**bad)
+
+
+async def test_settled_services_are_not_read_by_a_pass(store: Store) -> None:
+    """Online, stale and long-offline services with nothing to do are no candidates at all."""
+    clock = Clock()
+    checker = Checker(store, settings(), node_id="n1", clock=clock)
+    ids = await setup(store, clock, 6)
+    await beat(store, clock, *ids)
+    await checker.check_once()
+    clock.advance(20)
+    await beat(store, clock, *ids[:2])  # s0, s1 stay online; the rest go stale
+    await checker.check_once()
+    clock.advance(50)
+    await beat(store, clock, *ids[:2])
+    await checker.check_once()  # s2..s5 offline now
+    clock.advance(10)
+    await beat(store, clock, *ids[:2])
+    await register_services(store, [TaskService(id="s5", url="http://h/s5")], clock.now)
+    await checker.check_once()  # s5 re-registered: alive, but still offline (no beat)
+    states = {i: await status(store, i) for i in ids}
+    assert states == {"s0": "online", "s1": "online", **{f"s{i}": "offline" for i in range(2, 6)}}
+    now = clock.now
+    stale_cut = to_ms(now - timedelta(seconds=15))
+    assert await candidates(store, stale_cut, to_ms(now - timedelta(seconds=60))) == []
+    result = await checker.check_once()
+    assert result.changes == [] and result.quiet == 0
