@@ -81,6 +81,17 @@ class _Reader(nsq.Reader):  # type: ignore[misc]
         if not self.closing:
             super()._on_connection_error(conn, error, **kwargs)
 
+    def _on_connection_close(self, conn: Any, **kwargs: Any) -> None:
+        # pynsq warns "connection closed" and plans a reconnect; on a clean stop neither applies.
+        if not self.closing:
+            super()._on_connection_close(conn, **kwargs)
+            return
+        self.conns.pop(conn.id, None)
+        self.total_rdy = max(self.total_rdy - conn.rdy, 0)
+        if conn.rdy_timeout:
+            self.io_loop.remove_timeout(conn.rdy_timeout)
+            conn.rdy_timeout = None
+
     def shut(self) -> None:
         """Close every connection and periodic callback; safe before the reader has started."""
         self.closing = True
