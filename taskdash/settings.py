@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -90,10 +91,12 @@ class NsqSettings(_Section):
     channel: str = "taskdash"
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=2500)] = 500
     requeue_delay: Seconds = 1.0
-    requeue_delay_max: Seconds = 60.0
+    # nsqd refuses a REQ delay above its --max-req-timeout (1 h)
+    requeue_delay_max: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     max_message_size: Annotated[int, msgspec.Meta(ge=64, le=16 * 1024 * 1024)] = 65536
     heartbeat_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 1000
-    heartbeat_flush_interval: Seconds = 0.25
+    # well under nsqd's message timeout (60 s), or batched messages would be redelivered
+    heartbeat_flush_interval: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.25
     heartbeat_resolution: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
     embedded_host: str = "127.0.0.1"
     embedded_tcp_port: Port = 4150
@@ -110,6 +113,12 @@ class NsqSettings(_Section):
         for url in self.lookupd_http_addresses:
             if not url.startswith(("http://", "https://")):
                 raise ValueError("lookupd_http_addresses entries must be http(s):// URLs")
+        if self.nsqd_http_address and not self.nsqd_http_address.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("nsqd_http_address must be an http(s):// URL")
+        if self.requeue_delay_max < self.requeue_delay:
+            raise ValueError("requeue_delay_max must be >= requeue_delay")
 
     @property
     def embedded(self) -> bool:
@@ -188,6 +197,12 @@ class Settings(_Section):
     checker: CheckerSettings = msgspec.field(default_factory=CheckerSettings)
     fetcher: FetcherSettings = msgspec.field(default_factory=FetcherSettings)
 
+    def __post_init__(self) -> None:
+        # A beat absorbed by the resolution is not stored: with a resolution near stale_after,
+        # a service beating steadily would look quiet between stored beats and flap.
+        if self.nsq.heartbeat_resolution * 2 > self.checker.stale_after:
+            raise ValueError("nsq.heartbeat_resolution must be at most half of checker.stale_after")
+
     def data_path(self, *parts: str) -> Path:
         """A path under the daemon's data directory."""
         return Path(self.daemon.data_dir).joinpath(*parts)
@@ -217,6 +232,26 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
     return overrides, origins
 
 
+def _is_text(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation is str
+
+
+def _keep_text_for_string_fields(
+    overrides: dict[str, dict[str, Any]], env: Mapping[str, str], origins: Mapping[str, str]
+) -> None:
+    """``TASKDASH_DAEMON__NODE_ID=42`` means the text "42", not a number a text key refuses."""
+    sections = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+    for section, values in overrides.items():
+        cls = sections.get(section)
+        if not (isinstance(cls, type) and issubclass(cls, msgspec.Struct)):
+            continue
+        text_keys = {f.name for f in msgspec.structs.fields(cls) if _is_text(f.type)}
+        for key in values.keys() & text_keys:
+            values[key] = env[origins[f"{section}.{key}"]]
+
+
 def _describe(err: msgspec.ValidationError, source: str, origins: Mapping[str, str]) -> str:
     """Turn msgspec's ``... - at `$.web.port``` into ``web.port: ... (in FILE)``."""
     text = str(err)
@@ -228,6 +263,10 @@ def _describe(err: msgspec.ValidationError, source: str, origins: Mapping[str, s
     if unknown:
         path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
         message = "unknown key"
+    if not path:  # a check across sections names its keys in the message
+        named = [k for k in re.findall(r"\b[a-z]+\.[a-z_]+\b", message) if k in origins]
+        origin = ", ".join(origins[k] for k in named) or source
+        return f"{message} (in {origin})"
     origin = origins.get(path) or source
     return f"{path or '(top level)'}: {message} (in {origin})"
 
@@ -248,6 +287,7 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     overrides, origins = _env_overrides(env)
+    _keep_text_for_string_fields(overrides, env, origins)
     for section, values in overrides.items():
         existing = data.get(section)
         data[section] = {**existing, **values} if isinstance(existing, dict) else values

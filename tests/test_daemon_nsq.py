@@ -18,6 +18,7 @@ def test_publish_register_heartbeat_stale_offline_recover(tmp_path: Path) -> Non
     env = daemon_env(
         tmp_path,
         TASKDASH_CHECKER__STALE_AFTER=1.5,
+        TASKDASH_NSQ__HEARTBEAT_RESOLUTION=0.5,
         TASKDASH_CHECKER__OFFLINE_AFTER=3,
         TASKDASH_CHECKER__CHECK_INTERVAL=0.2,
         TASKDASH_CHECKER__RECOVER_BEATS=2,

@@ -243,6 +243,43 @@ async def test_mongodb_outage_loses_nothing(tmp_path: Path, broker: Broker) -> N
         server.stop()
 
 
+async def test_after_an_outage_intake_is_not_throttled(tmp_path: Path, broker: Broker) -> None:
+    """Retries are spaced per message; the reader itself is never throttled.
+
+    (pynsq's backoff, which REQ with ``backoff=True`` triggers, would after the outage let one
+    message through per pause: new messages would wait behind the retries for minutes.)
+    """
+    settings = NsqSettings(requeue_delay=0.5, requeue_delay_max=8.0, max_message_size=4096)
+    server = NxServer(tmp_path / "mongo")
+    server.start()
+    store = Store(server.uri, "taskdash", server_selection_timeout=0.3)
+    await store.ensure_indexes()
+    ingestion = await start_ingestion(store, broker, settings=settings)
+    try:
+        await async_wait_for(lambda: ingestion.services.check()[1]["connections"] == 1)
+        server.stop()
+        await mpub(broker, NSQ.service_topic, [service(i) for i in range(300)])
+        await async_wait_for(lambda: ingestion.services.counters.requeued >= 300, timeout=30)
+        await asyncio.sleep(6)  # an outage long enough for the retries to space out
+        server.start()
+        await mpub(broker, NSQ.service_topic, [service(f"new-{i}") for i in range(50)])
+
+        async def registered(query: dict[str, Any], n: int) -> bool:
+            return await store.services.count_documents(query) == n
+
+        # the new messages go straight through, before any retry timer released the old ones
+        new = {"_id": {"$regex": "^svc-new-"}}
+        await async_wait_for(lambda: registered(new, 50), timeout=settings.requeue_delay_max / 2)
+        # and every old one is back within one requeue_delay_max
+        await async_wait_for(
+            lambda: registered({}, 350), timeout=settings.requeue_delay_max + 5, every=0.2
+        )
+    finally:
+        await stop_ingestion(ingestion)
+        await store.close()
+        server.stop()
+
+
 async def _drained(broker: Broker, topic: str) -> bool:
     stats = await channel_stats(broker, topic)
     return stats["depth"] == 0 and stats["in_flight_count"] == 0 and stats["deferred_count"] == 0

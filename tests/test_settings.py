@@ -93,6 +93,23 @@ def test_env_overrides_file(tmp_path: Path) -> None:
             "nsq: nsqd_tcp_addresses entry 'nohost' is not host:port",
         ),
         ("[nsq]\nmax_in_flight = 0\n", "nsq.max_in_flight: Expected `int` >= 1"),
+        (
+            "[nsq]\nnsqd_http_address = 'nsqd-1:4151'\n",
+            "nsq: nsqd_http_address must be an http(s):// URL (in {file})",
+        ),
+        (
+            "[nsq]\nrequeue_delay = 5\nrequeue_delay_max = 1\n",
+            "nsq: requeue_delay_max must be >= requeue_delay",
+        ),
+        ("[nsq]\nrequeue_delay_max = 7200\n", "nsq.requeue_delay_max: Expected `float` <= 3600"),
+        (
+            "[nsq]\nheartbeat_flush_interval = 120\n",
+            "nsq.heartbeat_flush_interval: Expected `float` <= 10",
+        ),
+        (
+            "[nsq]\nheartbeat_resolution = 10\n",
+            "nsq.heartbeat_resolution must be at most half of checker.stale_after (in {file})",
+        ),
         ("web = 3\n", "web: Expected `object`, got `int`"),
         ("[web\n", "invalid TOML"),
     ],
@@ -115,12 +132,32 @@ def test_bad_file_values_name_key_and_file(tmp_path: Path, toml: str, expected: 
         ({"TASKDASH_WEB__NOPE": "1"}, "web.nope: unknown key (in TASKDASH_WEB__NOPE)"),
         ({"TASKDASH_NOPE__PORT": "1"}, "nope: unknown key (in TASKDASH_NOPE__PORT)"),
         ({"TASKDASH___PORT": "1"}, "TASKDASH___PORT: expected TASKDASH_<SECTION>__<KEY>"),
+        (
+            {"TASKDASH_NSQ__HEARTBEAT_RESOLUTION": "5", "TASKDASH_CHECKER__STALE_AFTER": "8"},
+            "at most half of checker.stale_after "
+            "(in TASKDASH_NSQ__HEARTBEAT_RESOLUTION, TASKDASH_CHECKER__STALE_AFTER)",
+        ),
     ],
 )
 def test_bad_env_values_name_the_variable(env: dict[str, str], expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(None, env=env)
     assert expected in str(info.value)
+
+
+def test_env_values_for_text_keys_stay_text() -> None:
+    """A node id or a database name that looks like a number is still that text."""
+    settings = load(
+        None,
+        env={
+            "TASKDASH_DAEMON__NODE_ID": "42",
+            "TASKDASH_MONGODB__DATABASE": "2026",
+            "TASKDASH_WEB__PORT": "9000",
+            "TASKDASH_NSQ__NSQD_TCP_ADDRESSES": '["a:4150"]',
+        },
+    )
+    assert settings.daemon.node_id == "42" and settings.mongodb.database == "2026"
+    assert settings.web.port == 9000 and settings.nsq.nsqd_tcp_addresses == ["a:4150"]
 
 
 def test_missing_file(tmp_path: Path) -> None:

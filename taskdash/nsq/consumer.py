@@ -281,5 +281,7 @@ class Consumer(Generic[M]):
         for message in messages:
             exponent = min(max(message.attempts - 1, 0), 30)
             delay = min(self.requeue_delay * 2**exponent, self.requeue_delay_max)
-            message.requeue(time_ms=int(delay * 1000), backoff=True)
+            # backoff=False: pynsq's reader-wide backoff would throttle intake to one message
+            # per pause long after the store is back; the per-message delay spaces retries.
+            message.requeue(time_ms=int(delay * 1000), backoff=False)
         self.counters.requeued += len(messages)

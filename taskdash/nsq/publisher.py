@@ -88,6 +88,9 @@ class StatusPublisher:
                 if not self.last_error:
                     log.error("status_publish_failed", error=str(exc), url=self.url)
                 self.last_error = str(exc)
+            except Exception as exc:  # a bug must not end publishing for the daemon's lifetime
+                log.exception("status_publish_crashed", url=self.url)
+                self.last_error = repr(exc)
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         """Readiness details; a broker outage delays events but does not make us unready."""
