@@ -26,6 +26,7 @@ from taskdash.store.status import (
     UNKNOWN,
     candidates,
     count,
+    record_events,
     reset_damping,
     transition,
 )
@@ -127,7 +128,6 @@ class Checker:
             await reset_damping(
                 self.store, {"_id": {"$in": plan.reset}, "alive_at": {"$lt": stale_cut}}
             )
-        changes: list[dict[str, Any]] = []
         for (old, new), ids in plan.moves.items():
             if new != ONLINE and reason:
                 continue  # self-preservation: silence is not trusted this pass
@@ -142,9 +142,9 @@ class Checker:
             else:
                 query["alive_at"] = {"$lt": offline_cut if new == OFFLINE else stale_cut}
                 why = "no heartbeat"
-            changes.extend(
-                await transition(self.store, query, to=new, now=now, node=self.node_id, reason=why)
-            )
+            await transition(self.store, query, to=new, now=now, node=self.node_id, reason=why)
+        # also events left waiting by an earlier pass cut short (crash, stop, store error)
+        changes = await record_events(self.store)
         for change in changes:
             log.info(
                 "service_status_changed",

@@ -12,7 +12,7 @@ from taskdash.models import TaskService
 from taskdash.settings import CheckerSettings
 from taskdash.store import Store
 from taskdash.store.services import get_service, record_heartbeats, register_services
-from taskdash.store.status import candidates, history
+from taskdash.store.status import candidates, history, record_events, transition
 from taskdash.store.times import to_ms
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -239,3 +239,72 @@ async def test_settled_services_are_not_read_by_a_pass(store: Store) -> None:
     assert await candidates(store, stale_cut, to_ms(now - timedelta(seconds=60))) == []
     result = await checker.check_once()
     assert result.changes == [] and result.quiet == 0
+
+
+async def test_a_change_cut_short_before_recording_is_recorded_by_the_next_pass(
+    store: Store,
+) -> None:
+    """A crash between the state change and its history write loses neither."""
+    clock = Clock()
+    await setup(store, clock, 2)
+    await beat(store, clock, "s0", "s1")
+    # what a pass does first, then the process dies before recording the events
+    moved = await transition(
+        store, {"_id": {"$in": ["s0", "s1"]}, "status": "unknown"},
+        to="online", now=clock.now, node="crashed", reason="first heartbeat",
+    )  # fmt: skip
+    assert moved == 2 and await status(store, "s0") == "online"
+    assert await history(store, "s0") == []
+    # any daemon's next pass records them, once, with the winner's node and time
+    result = await Checker(store, settings(), node_id="n2", clock=clock).check_once()
+    assert sorted(c["service_id"] for c in result.changes) == ["s0", "s1"]
+    assert {c["node"] for c in result.changes} == {"crashed"}
+    events = [e async for e in store.service_events.find({"service_id": "s0"})]
+    assert [(e["from"], e["to"], e["at"].replace(tzinfo=UTC)) for e in events] == [
+        ("unknown", "online", clock.now)
+    ]
+    again = await Checker(store, settings(), node_id="n3", clock=clock).check_once()
+    assert again.changes == []
+    assert await store.service_events.count_documents({}) == 2
+
+
+async def test_events_moved_by_two_daemons_at_once_are_recorded_once(store: Store) -> None:
+    clock = Clock()
+    ids = await setup(store, clock, 20)
+    await beat(store, clock, *ids)
+    await transition(
+        store, {"_id": {"$in": ids}, "status": "unknown"},
+        to="online", now=clock.now, node="n1", reason="first heartbeat",
+    )  # fmt: skip
+    first, second = await asyncio.gather(record_events(store), record_events(store))
+    assert len(first) + len(second) == 20
+    assert {e["service_id"] for e in first + second} == set(ids)
+    assert await store.service_events.count_documents({}) == 20
+    assert await record_events(store) == []
+    assert await store.services.count_documents({"outbox_pending": {"$gt": 0}}) == 0
+
+
+async def test_a_later_change_is_not_lost_while_an_outbox_is_being_moved(store: Store) -> None:
+    """The outbox is emptied only if nothing moved the service since it was read."""
+    clock = Clock()
+    await setup(store, clock, 1)
+    await beat(store, clock, "s0")
+    query = {"_id": {"$in": ["s0"]}, "status": "unknown"}
+    await transition(store, query, to="online", now=clock.now, node="n1", reason="first")
+    read = await store.services.find_one({"_id": "s0"})
+    clock.advance(20)
+    await transition(
+        store, {"_id": {"$in": ["s0"]}, "status": "online"},
+        to="stale", now=clock.now, node="n2", reason="no heartbeat",
+    )  # fmt: skip
+    # a mover that read the outbox before the second change clears nothing
+    stale_clear = await store.services.update_one(
+        {"_id": "s0", "status_version": read["status_version"]},
+        {"$set": {"outbox": [], "outbox_pending": 0}},
+    )
+    assert stale_clear.modified_count == 0
+    recorded = await record_events(store)
+    assert [(e["from"], e["to"]) for e in sorted(recorded, key=lambda e: e["at"])] == [
+        ("unknown", "online"),
+        ("online", "stale"),
+    ]

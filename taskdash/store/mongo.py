@@ -35,7 +35,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     "services": [
         IndexModel([("status", ASCENDING), ("alive_at", ASCENDING)], name="status_alive_at"),
         IndexModel([("status", ASCENDING), ("beats", ASCENDING)], name="status_beats"),
-        IndexModel([("transition", ASCENDING)], name="transition"),
+        IndexModel([("outbox_pending", ASCENDING)], name="outbox_pending"),
     ],
     "tasks": [
         IndexModel([("service_id", ASCENDING)], name="service_id"),

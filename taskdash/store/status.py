@@ -1,19 +1,27 @@
 """Heartbeat states in MongoDB: conditional transitions that several daemons can run at once.
 
-A transition is claimed with one ``update_many`` that matches only documents still in the old
-state and stamps them with a fresh token; the daemon then reads back what carries its token.
-MongoDB updates each document atomically, so each state change is won by exactly one daemon
-and recorded exactly once, however many checkers run against the same database.
+A transition is one ``update_many`` that matches only documents still in the old state. The
+same update pushes the event into the document's ``outbox``: MongoDB updates each document
+atomically, so a state change and its event are written together or not at all, and each
+change is won by exactly one daemon. :func:`record_events` then moves outboxes into
+``service_events`` under ids derived from the event, so an event moved twice (two daemons, or a
+retry after a crash between the two steps) is still recorded once.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
+
 from taskdash.store.mongo import Doc, Store, eq, translated
-from taskdash.store.times import to_ms
+from taskdash.store.times import from_ms, to_ms
+
+DUPLICATE_KEY = 11000
 
 ONLINE, STALE, OFFLINE, UNKNOWN = "online", "stale", "offline", "unknown"
 
@@ -56,41 +64,78 @@ async def count(store: Store, status: str) -> int:
 
 async def transition(
     store: Store, query: Doc, *, to: str, now: datetime, node: str, reason: str
-) -> list[dict[str, Any]]:
+) -> int:
     """Move every service matching ``query`` (which must pin the old ``status``) to ``to``.
 
-    Returns the events this call won, already recorded in ``service_events``.
+    Returns how many this call moved; their events wait in the documents' outboxes for
+    :func:`record_events`. (An outbox entry is JSON text: nx-27017 would store a pushed
+    sub-document as text anyway, so both servers hold the same thing.)
     """
-    from_status = query["status"]
-    token = uuid.uuid4().hex
-    changes: Doc = {"status": to, "status_changed_at": to_ms(now), "transition": token}
+    entry = {"token": uuid.uuid4().hex, "from": query["status"], "to": to}
+    entry |= {"at": to_ms(now), "node": node, "reason": reason}
+    changes: Doc = {"status": to, "status_changed_at": to_ms(now), "outbox_pending": 1}
     if to != ONLINE:
         changes["beats"] = 0  # flap damping counts consecutive beats from here
     async with translated("transition"):
         result = await store.services.update_many(
-            query, {"$set": changes, "$inc": {"status_version": 1}}
-        )
-        if not result.modified_count:
-            return []
-        won = [doc async for doc in store.services.find({"transition": token}, {"_id": 1})]
-        expires = now + timedelta(seconds=store.history_ttl_seconds)
-        events = [
+            query,
             {
-                "service_id": doc["_id"],
-                "from": from_status,
-                "to": to,
-                "at": now,
-                "node": node,
-                "reason": reason,
-                "published": False,
-                "claim_until": 0,
-                "expires_at": expires,
-            }
-            for doc in won
-        ]
+                "$set": changes,
+                "$inc": {"status_version": 1},
+                "$push": {"outbox": json.dumps(entry, separators=(",", ":"))},
+            },
+        )
+    return result.modified_count
+
+
+async def record_events(store: Store, limit: int = 10_000) -> list[dict[str, Any]]:
+    """Move waiting events from service outboxes into ``service_events``.
+
+    Returns the events this call recorded first (an event another daemon recorded already is
+    not returned again). An outbox is emptied only if no transition came after it was read
+    (``status_version`` unchanged); otherwise the next call moves the rest.
+    """
+    async with translated("record_events"):
+        cursor = store.services.find(
+            {"outbox_pending": {"$gt": 0}}, {"outbox": 1, "status_version": 1}
+        ).limit(limit)
+        docs = [doc async for doc in cursor]
+        events = [_event(store, doc["_id"], raw) for doc in docs for raw in doc.get("outbox", [])]
+        recorded = events
         if events:
-            await store.service_events.insert_many(events)
-    return events
+            try:
+                await store.service_events.insert_many(events, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    raise
+                already = {e["index"] for e in errors}
+                recorded = [e for i, e in enumerate(events) if i not in already]
+        if docs:
+            clear = {"$set": {"outbox": [], "outbox_pending": 0}}
+            await store.services.bulk_write(
+                [UpdateOne({"_id": d["_id"], "status_version": d["status_version"]}, clear)
+                 for d in docs],
+                ordered=False,
+            )  # fmt: skip
+    return recorded
+
+
+def _event(store: Store, service_id: str, raw: str) -> dict[str, Any]:
+    entry = json.loads(raw)
+    at = from_ms(entry["at"])
+    return {
+        "_id": f"{service_id}:{entry['token']}",
+        "service_id": service_id,
+        "from": entry["from"],
+        "to": entry["to"],
+        "at": at,
+        "node": entry["node"],
+        "reason": entry["reason"],
+        "published": False,
+        "claim_until": 0,
+        "expires_at": at + timedelta(seconds=store.history_ttl_seconds),
+    }
 
 
 async def reset_damping(store: Store, query: Doc) -> int:
