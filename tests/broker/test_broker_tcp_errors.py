@@ -222,3 +222,24 @@ async def test_sub_needs_heartbeats(raw: Connect) -> None:
     await client.command("SUB topic ch")
     assert await client.error() == b"E_INVALID cannot SUB with heartbeats disabled"
     assert await client.closed()
+
+
+async def test_a_consumer_that_failed_fatally_gets_no_more_messages(raw: Connect) -> None:
+    """nsqd drops a client the moment it fails: its share goes to the healthy consumers at once.
+
+    (While the broker lingers to let the error frame reach the client, that client must not
+    be handed messages it will never see, nor break delivery to the others.)
+    """
+    healthy, failing, producer = await raw(), await raw(), await raw()
+    await healthy.subscribe("linger", "ch", rdy=5)
+    await failing.subscribe("linger", "ch", rdy=5)
+    await failing.command("FIN short")  # fatal E_INVALID
+    assert error_code(await failing.error()) == "E_INVALID"
+    for i in range(4):
+        await producer.pub("linger", f"m{i}".encode())
+    received = [await healthy.message(timeout=2) for _ in range(4)]
+    assert sorted(m.body for m in received) == [b"m0", b"m1", b"m2", b"m3"]
+    for msg in received:
+        await healthy.command(b"FIN " + msg.id)
+    assert await healthy.alive()
+    assert await failing.closed()

@@ -104,8 +104,8 @@ class Client:
         return bool(self.pub_counts)
 
     def write(self, frame_type: int, data: bytes) -> None:
-        """Queue one frame on the socket (dropped once the connection is closing)."""
-        if not self._writer.is_closing():
+        """Queue one frame on the socket (dropped once the client is detached or closing)."""
+        if not self.disconnected and not self._writer.is_closing():
             self._writer.write(encode_frame(frame_type, data))
 
     def stats(self, topic: str = "") -> dict[str, Any]:

@@ -125,7 +125,12 @@ class Connection:
             self.client.write(FRAME_RESPONSE, HEARTBEAT)
 
     async def _linger(self) -> None:
-        """Half-close and drain briefly so the client reads the error frame before the close."""
+        """Half-close and drain briefly so the client reads the error frame before the close.
+
+        The client is detached first, as nsqd drops a failed client at once: messages go to
+        the healthy consumers, and nothing is written after the half-close.
+        """
+        self._detach()
         with contextlib.suppress(OSError, RuntimeError):
             if self.writer.can_write_eof():
                 self.writer.write_eof()
@@ -149,8 +154,8 @@ class Connection:
             fatal=err.fatal,
         )
 
-    def _cleanup(self) -> None:
-        """Leave the channel (in-flight messages wait for their timeout) and close the socket."""
+    def _detach(self) -> None:
+        """Stop being a consumer: no more messages or heartbeats (in-flight ones time out)."""
         client = self.client
         client.disconnected = True
         client.ready_count = 0
@@ -159,8 +164,12 @@ class Connection:
         if client.channel is not None:
             client.channel.remove_client(client.id)
         self.registry.connections.pop(client.id, None)
+
+    def _cleanup(self) -> None:
+        """Detach (idempotent) and close the socket."""
+        self._detach()
         self.writer.close()
-        log.info("client_closed", client=client.remote_address)
+        log.info("client_closed", client=self.client.remote_address)
 
 
 class TcpServer:
