@@ -203,13 +203,16 @@ async def checker_figures(store: Store, latency_store: Store, services: int) -> 
     await seed_services(store, services, now)
     settings = CheckerSettings(stale_after=15, offline_after=60, check_interval=0.1)
     # the clock stays at the beat time: a steady state, in which no service changes
-    checker = Checker(store, settings, node_id="bench", clock=lambda: now)
+    clock = [now]
+    checker = Checker(store, settings, node_id="bench", clock=lambda: clock[0])
     passes = []
     for _ in range(5):
         result = await checker.check_once()
         assert not result.changes
         passes.append(result.seconds)
-    # then 1 % of the online services go quiet: one pass flags them (and counts who is online)
+    # then 1 % of the online services go quiet: one pass flags them (and counts who is online),
+    # stale_after later (the checker's grace: it has watched long enough to trust silence)
+    clock[0] = now + timedelta(seconds=settings.stale_after)
     quiet = [f"c-{i}" for i in range(1, services, 100)]
     await store.services.update_many(
         {"_id": {"$in": quiet}}, {"$set": {"alive_at": to_ms(now - timedelta(seconds=20))}}

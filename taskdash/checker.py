@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -53,6 +54,7 @@ class PassResult:
     quiet: int
     online: int
     seconds: float
+    grace: str = ""  # why quiet services were not flagged yet ("" = they were)
 
 
 class Checker:
@@ -74,21 +76,51 @@ class Checker:
         self.clock = clock
         self.self_preservation = False
         self.self_preservation_reason = ""
+        self._preserving_since: datetime | None = None
+        # silence is only evidence once we have been watching for stale_after (see check_once)
+        self.watching_since: datetime | None = None
         self.passes = 0
         self.last_pass_ms: float | None = None
         self.last_error = ""
         self._loop_task = Background("checker", self._loop)
 
-    def _quiet_decision(self, quiet: int, online: int) -> str:
+    def _quiet_decision(self, quiet: int, online: int, now: datetime) -> str:
         """Why silence should not be trusted this pass ("" = trust it)."""
         s = self.settings
         if not s.self_preservation or quiet < s.self_preservation_min or online == 0:
             return ""
         if quiet / online <= s.self_preservation_ratio:
             return ""
+        since = self._preserving_since or now
+        if s.self_preservation_max and (now - since).total_seconds() >= s.self_preservation_max:
+            if self.self_preservation:
+                log.warning(
+                    "self_preservation_expired",
+                    quiet=quiet,
+                    online=online,
+                    after_seconds=s.self_preservation_max,
+                )
+            return ""
         return (
             f"{quiet} of {online} online services went quiet in one pass "
             f"(> {s.self_preservation_ratio:.0%}); more likely our NSQ path than the services"
+        )
+
+    def _grace(self, now: datetime) -> str:
+        """Silence is not evidence until this checker has watched for ``stale_after``.
+
+        After a start, or a store outage, heartbeats queued in NSQ meanwhile are still being
+        read: a service quiet in the database may have beaten all along. Services that were
+        quiet before are flagged once the grace is over; recoveries are never held.
+        """
+        if self.watching_since is None:
+            self.watching_since = now
+        watched = (now - self.watching_since).total_seconds()
+        if watched >= self.settings.stale_after:
+            return ""
+        return (
+            f"watching for {watched:.1f} s of stale_after ({self.settings.stale_after:g} s) "
+            "since a start or a store outage; heartbeats queued meanwhile may still arrive"
         )
 
     def plan(self, docs: list[dict[str, Any]], stale_cut: int, offline_cut: int) -> Plan:
@@ -122,15 +154,17 @@ class Checker:
         )
         needs_total = s.self_preservation and plan.quiet >= s.self_preservation_min
         online = await count(self.store, ONLINE) if needs_total else 0
-        reason = self._quiet_decision(plan.quiet, online)
-        self._set_mode(reason)
+        preserving = self._quiet_decision(plan.quiet, online, now)
+        self._set_mode(preserving, now)
+        grace = self._grace(now)
+        reason = preserving or grace
         if plan.reset:
             await reset_damping(
                 self.store, {"_id": {"$in": plan.reset}, "alive_at": {"$lt": stale_cut}}
             )
         for (old, new), ids in plan.moves.items():
             if new != ONLINE and reason:
-                continue  # self-preservation: silence is not trusted this pass
+                continue  # self-preservation or grace: silence is not trusted this pass
             query: dict[str, Any] = {"_id": {"$in": ids}, "status": old}
             if new == ONLINE:
                 query["alive_at"] = {"$gte": stale_cut}
@@ -158,19 +192,23 @@ class Checker:
         self.last_pass_ms = round(seconds * 1000, 3)
         if changes and self.on_change is not None:
             await self.on_change()
-        return PassResult(changes, bool(reason), plan.quiet, online, seconds)
+        return PassResult(changes, bool(preserving), plan.quiet, online, seconds, grace)
 
-    def _set_mode(self, reason: str) -> None:
+    def _set_mode(self, reason: str, now: datetime) -> None:
         if reason and not self.self_preservation:
             log.warning("self_preservation_entered", reason=reason)
+            self._preserving_since = now
         elif not reason and self.self_preservation:
             log.info("self_preservation_left", was=self.self_preservation_reason)
+        if not reason:
+            self._preserving_since = None
         self.self_preservation, self.self_preservation_reason = bool(reason), reason
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         """Readiness details: the mode (normal / self_preservation) and the last pass."""
         details: dict[str, Any] = {
             "mode": "self_preservation" if self.self_preservation else "normal",
+            "watching_since": self.watching_since.isoformat() if self.watching_since else None,
             "passes": self.passes,
             "last_pass_ms": self.last_pass_ms,
         }
@@ -189,6 +227,7 @@ class Checker:
                 if not self.last_error:
                     log.error("checker_pass_failed", error=str(exc))
                 self.last_error = str(exc)
+                self.watching_since = None  # heartbeats are not being stored: watch anew
             except Exception:
                 log.exception("checker_pass_crashed")
             await asyncio.sleep(self.settings.check_interval)

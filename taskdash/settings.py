@@ -137,6 +137,8 @@ class CheckerSettings(_Section):
     self_preservation: bool = True
     self_preservation_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     self_preservation_min: Positive = 5
+    # after this long in the mode, silence is trusted again (0 = the mode may last forever)
+    self_preservation_max: Annotated[float, msgspec.Meta(ge=0, le=86400 * 7)] = 600.0
     history_ttl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 30.0
 
     def __post_init__(self) -> None:

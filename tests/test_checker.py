@@ -308,3 +308,59 @@ async def test_a_later_change_is_not_lost_while_an_outbox_is_being_moved(store: 
         ("unknown", "online"),
         ("online", "stale"),
     ]
+
+
+async def test_silence_before_the_checker_watched_for_stale_after_is_not_evidence(
+    store: Store,
+) -> None:
+    """After a start, heartbeats queued while we were down may still be on their way."""
+    clock = Clock()
+    ids = await setup(store, clock, 3)
+    await beat(store, clock, *ids)
+    await Checker(store, settings(), node_id="n0", clock=clock).check_once()
+    clock.advance(100)  # the daemon was down; s0 beat all along (still queued), s1 died
+    checker = Checker(store, settings(self_preservation=False), node_id="n1", clock=clock)
+    result = await checker.check_once()
+    assert result.changes == [] and "stale_after" in result.grace
+    assert checker.check()[1]["watching_since"] == clock.now.isoformat()
+    clock.advance(5)
+    await beat(store, clock, "s0")  # the queued beats arrive
+    await beat(store, clock, "s2")
+    result = await checker.check_once()
+    assert result.changes == []
+    clock.advance(10)  # 15 s watched: silence is evidence now
+    await beat(store, clock, "s0", "s2")
+    result = await checker.check_once()
+    assert result.grace == ""
+    assert [(c["service_id"], c["to"]) for c in result.changes] == [("s1", "stale")]
+
+
+async def test_recovery_is_not_held_by_the_grace(store: Store) -> None:
+    clock = Clock()
+    await setup(store, clock, 1)
+    await beat(store, clock, "s0")
+    checker = Checker(store, settings(), node_id="n1", clock=clock)
+    result = await checker.check_once()
+    assert result.grace and [(c["from"], c["to"]) for c in result.changes] == [
+        ("unknown", "online")
+    ]
+
+
+async def test_self_preservation_ends_after_its_maximum(store: Store) -> None:
+    """If the silent majority really died, statuses tell the truth after a bounded time."""
+    clock = Clock()
+    checker = Checker(store, settings(self_preservation_max=300), node_id="n1", clock=clock)
+    ids = await setup(store, clock, 10)
+    await beat(store, clock, *ids)
+    await checker.check_once()
+    for _ in range(10):  # 7 of 10 stay silent; 3 keep beating
+        clock.advance(20)
+        await beat(store, clock, *ids[7:])
+        result = await checker.check_once()
+        assert result.self_preservation and result.changes == []
+    clock.advance(120)  # 300 s since the mode began (first quiet pass at +20 s)
+    await beat(store, clock, *ids[7:])
+    result = await checker.check_once()
+    assert not result.self_preservation
+    assert sorted(c["service_id"] for c in result.changes) == sorted(ids[:7])
+    assert checker.check()[1]["mode"] == "normal"
