@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -132,3 +133,28 @@ def configure(
         cache_logger_on_first_use=False,
     )
     return file_handler
+
+
+class RateLimitedLog:
+    """Logs an event at most once per ``every`` seconds, with how many were suppressed.
+
+    For events an outside party can cause at any rate (poison messages, unknown ids): the log
+    stays readable and the disk safe, and the count says what was left out.
+    """
+
+    def __init__(self, logger: Any, event: str, every: float = 10.0) -> None:
+        self.logger = logger
+        self.event = event
+        self.every = every
+        self._last = -every
+        self._suppressed = 0
+
+    def __call__(self, **context: Any) -> bool:
+        """Log now (True), or count the event as suppressed (False)."""
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._suppressed += 1
+            return False
+        self.logger.warning(self.event, suppressed=self._suppressed, **context)
+        self._last, self._suppressed = now, 0
+        return True

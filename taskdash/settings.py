@@ -98,6 +98,7 @@ class NsqSettings(_Section):
     # well under nsqd's message timeout (60 s), or batched messages would be redelivered
     heartbeat_flush_interval: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.25
     heartbeat_resolution: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
+    dead_letter_ttl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 30.0
     embedded_host: str = "127.0.0.1"
     embedded_tcp_port: Port = 4150
     embedded_http_port: Port = 4151

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import structlog
+import structlog.testing
 from support import NxServer, async_wait_for
 
 from taskdash.nsq.announce import publish
@@ -205,6 +208,36 @@ async def test_poison_messages_are_dead_lettered_and_finished(
     assert stats["depth"] == 0 and stats["in_flight_count"] == 0, "finished, not requeued"
     assert await store.services.find_one({"_id": "svc-kept"}) == before
     assert await store.services.count_documents({}) == 1
+
+
+async def test_a_flood_of_poison_is_all_kept_but_logged_at_a_bounded_rate(
+    store: Store, broker: Broker
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        ingestion = await start_ingestion(store, broker)
+        try:
+            await mpub(broker, NSQ.service_topic, [b"not json %d" % i for i in range(30)])
+            await async_wait_for(lambda: ingestion.services.counters.dead_lettered == 30)
+        finally:
+            await stop_ingestion(ingestion)
+    assert await store.dead_letters.count_documents({}) == 30
+    lines = [e for e in logs if e["event"] == "message_dead_lettered"]
+    assert 1 <= len(lines) <= 2, lines  # one per 10 s, with the count of those left out
+
+
+async def test_dead_letters_expire(store: Store, broker: Broker) -> None:
+    """Each carries ``expires_at`` under a TTL index: a poison flood cannot fill MongoDB."""
+    settings = NsqSettings(dead_letter_ttl_days=2.5)
+    ingestion = await start_ingestion(store, broker, settings=settings)
+    try:
+        await pub(broker, NSQ.service_topic, b"{")
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+    finally:
+        await stop_ingestion(ingestion)
+    assert letter["expires_at"] - letter["received_at"] == timedelta(days=2.5)
+    indexes = (await store.dead_letters.index_information()).values()
+    ttl = [i for i in indexes if i["key"] == [("expires_at", 1)]]  # (nx-27017 renames indexes)
+    assert len(ttl) == 1 and ttl[0]["expireAfterSeconds"] == 0
 
 
 async def test_mongodb_outage_loses_nothing(tmp_path: Path, broker: Broker) -> None:

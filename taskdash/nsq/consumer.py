@@ -25,6 +25,7 @@ import structlog
 
 from taskdash.background import Background
 from taskdash.errors import StoreError, ValidationError
+from taskdash.logs import RateLimitedLog
 from taskdash.models import Model, decode
 
 log = structlog.get_logger("taskdash.nsq.consumer")
@@ -143,6 +144,8 @@ class Consumer(Generic[M]):
         self._reader: _Reader | None = None
         self._store_down_since: float | None = None
         self.log = log.bind(topic=topic, channel=channel)
+        # a misbehaving publisher can send poison at any rate: every one is stored, few logged
+        self._dead_letter_log = RateLimitedLog(self.log, "message_dead_lettered")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -227,9 +230,12 @@ class Consumer(Generic[M]):
         except StoreError as exc:
             self._requeue([message], exc)
             return
+        except Exception:
+            self.log.exception("dead_letter_failed", reason=reason)
+            self._requeue([message], None)
+            return
         self.counters.dead_lettered += 1
-        self.log.warning(
-            "message_dead_lettered",
+        self._dead_letter_log(
             msg_id=message.id.decode() if isinstance(message.id, bytes) else message.id,
             reason=reason,
             field=field,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import nsq
 import structlog
 
+from taskdash.logs import RateLimitedLog
 from taskdash.models import HeartBeat, TaskService
 from taskdash.nsq.consumer import Consumer, Received
 from taskdash.settings import NsqSettings
@@ -18,25 +18,6 @@ from taskdash.store.services import record_heartbeats, register_services
 from taskdash.store.times import to_ms
 
 log = structlog.get_logger("taskdash.nsq.readers")
-
-
-class RateLimitedLog:
-    """Logs an event at most once per ``every`` seconds, with how many were suppressed."""
-
-    def __init__(self, event: str, every: float = 10.0) -> None:
-        self.event = event
-        self.every = every
-        self._last = 0.0
-        self._suppressed = 0
-
-    def __call__(self, **context: Any) -> bool:
-        now = time.monotonic()
-        if now - self._last < self.every:
-            self._suppressed += 1
-            return False
-        log.warning(self.event, suppressed=self._suppressed, **context)
-        self._last, self._suppressed = now, 0
-        return True
 
 
 class Ingestion:
@@ -56,9 +37,10 @@ class Ingestion:
         self.unknown_heartbeats = 0
         self.absorbed_heartbeats = 0
         self._resolution_ms = int(settings.heartbeat_resolution * 1000)
+        self._dead_letter_days = settings.dead_letter_ttl_days
         self._stored: dict[str, int] = {}  # service id -> receipt time (ms) of its last stored beat
         self._absorbed: dict[str, int] = {}  # beats covered by a stored one, counted at the next
-        self._unknown_log = RateLimitedLog("heartbeat_from_unknown_service")
+        self._unknown_log = RateLimitedLog(log, "heartbeat_from_unknown_service")
         common: dict[str, Any] = {
             "channel": settings.channel,
             "dead_letter": self._dead_letter,
@@ -137,4 +119,5 @@ class Ingestion:
             attempts=message.attempts,
             node=self.node_id,
             now=datetime.now(UTC),
+            keep_days=self._dead_letter_days,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from taskdash.store.mongo import Store, translated
@@ -22,8 +22,13 @@ async def add_dead_letter(
     attempts: int,
     node: str,
     now: datetime,
+    keep_days: float = 30.0,
 ) -> None:
-    """Store one dead letter (raises StoreError, so the caller can requeue instead of lose it)."""
+    """Store one dead letter (raises StoreError, so the caller can requeue instead of lose it).
+
+    It expires ``keep_days`` later (TTL index ``ttl`` on ``expires_at``), so a publisher
+    that keeps sending poison cannot fill the database.
+    """
     doc: dict[str, Any] = {
         "topic": topic,
         "msg_id": msg_id,
@@ -35,6 +40,7 @@ async def add_dead_letter(
         "attempts": attempts,
         "node": node,
         "received_at": now,
+        "expires_at": now + timedelta(days=keep_days),
     }
     async with translated("add_dead_letter"):
         await store.dead_letters.update_one(

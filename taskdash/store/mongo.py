@@ -155,9 +155,10 @@ class Store:
         async with translated("ensure_indexes"):
             for name, models in INDEXES.items():
                 await self.db[name].create_indexes(models)
-            await self.service_events.create_index(
-                [("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0
-            )
+            for ttl in (self.service_events, self.dead_letters):
+                await ttl.create_index(
+                    [("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0
+                )
         self.indexes_ready = True
         log.info("store_indexes_ready", collections=len(INDEXES))
 
