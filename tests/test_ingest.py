@@ -210,6 +210,29 @@ async def test_poison_messages_are_dead_lettered_and_finished(
     assert await store.services.count_documents({}) == 1
 
 
+async def test_a_beat_absorbed_before_a_silence_does_not_count_after_it(
+    store: Store, broker: Broker
+) -> None:
+    """Absorbed beats join the next write only if they came just before it (damping)."""
+    settings = NsqSettings(heartbeat_flush_interval=0.02, heartbeat_resolution=1.0)
+    ingestion = await start_ingestion(store, broker, settings=settings)
+    try:
+        await pub(broker, NSQ.service_topic, service(1))
+        await async_wait_for(lambda: store.services.find_one({"_id": "svc-1"}))
+        await pub(broker, NSQ.heartbeat_topic, beat(1))
+        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 1)
+        await pub(broker, NSQ.heartbeat_topic, beat(1))  # within 1 s: absorbed
+        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 2)
+        assert ingestion.absorbed_heartbeats == 1
+        await asyncio.sleep(1.5)  # a silence longer than the resolution
+        await pub(broker, NSQ.heartbeat_topic, beat(1))
+        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 3)
+        doc = await store.services.find_one({"_id": "svc-1"})
+        assert doc["beats"] == 2, "the old absorbed beat is not a consecutive one"
+    finally:
+        await stop_ingestion(ingestion)
+
+
 async def test_a_flood_of_poison_is_all_kept_but_logged_at_a_bounded_rate(
     store: Store, broker: Broker
 ) -> None:

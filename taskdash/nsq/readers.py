@@ -39,7 +39,8 @@ class Ingestion:
         self._resolution_ms = int(settings.heartbeat_resolution * 1000)
         self._dead_letter_days = settings.dead_letter_ttl_days
         self._stored: dict[str, int] = {}  # service id -> receipt time (ms) of its last stored beat
-        self._absorbed: dict[str, int] = {}  # beats covered by a stored one, counted at the next
+        # beats covered by a stored one: count and last receipt (ms), joined to the next write
+        self._absorbed: dict[str, tuple[int, int]] = {}
         self._unknown_log = RateLimitedLog(log, "heartbeat_from_unknown_service")
         common: dict[str, Any] = {
             "channel": settings.channel,
@@ -81,20 +82,23 @@ class Ingestion:
         resolution (1 s by default, against a 15 s stale threshold).
         """
         beats: dict[str, tuple[int, datetime]] = {}
-        absorbed = 0
+        absorbed: dict[str, tuple[int, int]] = {}  # this batch's: count, last receipt (ms)
         for received in batch:
-            sid = received.item.id
+            sid, at = received.item.id, to_ms(received.at)
             if sid in beats:
                 beats[sid] = (beats[sid][0] + 1, received.at)
                 continue
             stored = self._stored.get(sid)
-            if stored is not None and to_ms(received.at) - stored < self._resolution_ms:
-                self._absorbed[sid] = self._absorbed.get(sid, 0) + 1
-                absorbed += 1
+            if stored is not None and 0 <= at - stored < self._resolution_ms:
+                absorbed[sid] = (absorbed.get(sid, (0, 0))[0] + 1, at)
                 continue
-            beats[sid] = (1 + self._absorbed.get(sid, 0), received.at)
+            carried = absorbed.pop(sid, (0, 0))[0] + self._recent_absorbed(sid, at)
+            beats[sid] = (1 + carried, received.at)
         unknown = set(await record_heartbeats(self.store, beats, known=self._stored.keys()))
-        self.absorbed_heartbeats += absorbed
+        # only now, with the batch durable: a requeued batch must not count its beats twice
+        for sid, (count, at) in absorbed.items():
+            self._absorbed[sid] = (self._absorbed.get(sid, (0, 0))[0] + count, at)
+            self.absorbed_heartbeats += count
         self.heartbeats.counters.extra["absorbed_heartbeats"] = self.absorbed_heartbeats
         for sid, (_, at) in beats.items():
             self._absorbed.pop(sid, None)
@@ -104,6 +108,15 @@ class Ingestion:
             self.unknown_heartbeats += sum(beats[sid][0] for sid in unknown)
             self.heartbeats.counters.extra["unknown_heartbeats"] = self.unknown_heartbeats
             self._unknown_log(service_ids=sorted(unknown)[:10], count=len(unknown))
+
+    def _recent_absorbed(self, sid: str, at: int) -> int:
+        """Beats absorbed just before ``at`` join its count; older ones are only history.
+
+        A beat absorbed before a long silence must not count toward the consecutive beats
+        that bring a service back online.
+        """
+        count, last = self._absorbed.get(sid, (0, 0))
+        return count if 0 <= at - last <= self._resolution_ms else 0
 
     async def _dead_letter(
         self, topic: str, message: nsq.Message, reason: str, field: str | None
