@@ -49,7 +49,8 @@ def test_publish_register_heartbeat_stale_offline_recover(tmp_path: Path) -> Non
         wait_for(lambda: http_get(url)[1]["status"] == "stale", timeout=10)
         wait_for(lambda: http_get(url)[1]["status"] == "offline", timeout=10)
 
-        out = cli(env, "publish", "heartbeat", "--id", "svc-e2e", "--every", "0.1", "--count", "4")
+        # beats for longer than the resolution (0.5 s): a burst within it is one stored beat
+        out = cli(env, "publish", "heartbeat", "--id", "svc-e2e", "--every", "0.2", "--count", "6")
         assert out.returncode == 0
         wait_for(lambda: http_get(url)[1]["status"] == "online", timeout=10)
 

@@ -15,8 +15,10 @@ import structlog
 import structlog.testing
 from support import NxServer, async_wait_for
 
+from taskdash.models import HeartBeat
 from taskdash.nsq.announce import publish
 from taskdash.nsq.broker import Broker
+from taskdash.nsq.consumer import Consumer, Received
 from taskdash.nsq.readers import Ingestion
 from taskdash.settings import NsqSettings
 from taskdash.store import Store
@@ -397,3 +399,30 @@ async def test_pynsq_writer_messages_are_ingested(
     await async_wait_for(lambda: store.services.find_one({"_id": "svc-w"}))
     for conn in list(writer.conns.values()):
         conn.close()
+
+
+async def test_stop_lets_a_batch_being_written_finish(broker: Broker) -> None:
+    """A batch mid-write at stop is answered (FIN), not left to the broker's 60 s timeout."""
+    started, applied = asyncio.Event(), []
+
+    async def slow_apply(batch: list[Received[HeartBeat]]) -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+        applied.extend(r.item.id for r in batch)
+
+    async def no_dead_letters(*args: object) -> None:
+        raise AssertionError("nothing here is poison")
+
+    consumer: Consumer[HeartBeat] = Consumer(
+        topic=NSQ.heartbeat_topic, channel="taskdash", model=HeartBeat, apply=slow_apply,
+        dead_letter=no_dead_letters, nsqd_tcp_addresses=[f"127.0.0.1:{broker.tcp_port}"],
+        lookupd_http_addresses=[], max_in_flight=10, batch_size=10, flush_interval=0.01,
+        max_message_size=4096, requeue_delay=0.1, requeue_delay_max=0.5,
+    )  # fmt: skip
+    await consumer.start()
+    await pub(broker, NSQ.heartbeat_topic, beat(1))
+    await asyncio.wait_for(started.wait(), 10)
+    await consumer.stop()
+    assert applied == ["svc-1"] and consumer.counters.stored == 1
+    stats = await channel_stats(broker, NSQ.heartbeat_topic)
+    assert stats["in_flight_count"] == 0 and stats["depth"] == 0, "answered before the close"

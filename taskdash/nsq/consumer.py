@@ -176,7 +176,10 @@ class Consumer(Generic[M]):
         if reader is not None:
             with contextlib.suppress(Exception):
                 reader.set_max_in_flight(0)
-        await self._flusher.stop()
+        # a batch being written is let finish (FIN or REQ), not cut off mid-write: the flusher
+        # is cancelled only while it waits, never while it holds the lock
+        async with self._flush_lock:
+            await self._flusher.stop()
         await self._flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
