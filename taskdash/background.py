@@ -28,9 +28,18 @@ class Background:
         await self.body()
 
     async def stop(self) -> None:
-        """Cancel and wait. Idempotent."""
+        """Cancel and wait until the task has ended. Idempotent.
+
+        A cancellation can be lost: in Python 3.11 ``asyncio.wait_for`` drops it when the
+        awaited thing completes in the same instant, and a library may retry through it. So the
+        task is cancelled again every second until it has really ended, instead of a daemon's
+        stop hanging on one lost cancellation.
+        """
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        while not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=1.0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
