@@ -141,16 +141,21 @@ async def test_heartbeats_are_coalesced(store: Store, broker: Broker, ingestion:
     assert doc["last_heartbeat_at"] >= doc["registered_at"]
 
 
+async def register_and_beat(store: Store, broker: Broker, ingestion: Ingestion) -> None:
+    """Service svc-1 registered, and its first heartbeat stored."""
+    await pub(broker, NSQ.service_topic, service(1))
+    await async_wait_for(lambda: store.services.find_one({"_id": "svc-1"}))
+    await pub(broker, NSQ.heartbeat_topic, beat(1))
+    await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 1)
+
+
 async def test_beats_within_the_resolution_ride_on_a_stored_one(
     store: Store, broker: Broker
 ) -> None:
     settings = NsqSettings(heartbeat_flush_interval=0.05, heartbeat_resolution=30.0)
     ingestion = await start_ingestion(store, broker, settings=settings)
     try:
-        await pub(broker, NSQ.service_topic, service(1))
-        await async_wait_for(lambda: store.services.find_one({"_id": "svc-1"}))
-        await pub(broker, NSQ.heartbeat_topic, beat(1))
-        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 1)
+        await register_and_beat(store, broker, ingestion)
         first = await store.services.find_one({"_id": "svc-1"})
         await mpub(broker, NSQ.heartbeat_topic, [beat(1)] * 50)
         await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 51)
@@ -219,10 +224,7 @@ async def test_a_beat_absorbed_before_a_silence_does_not_count_after_it(
     settings = NsqSettings(heartbeat_flush_interval=0.02, heartbeat_resolution=1.0)
     ingestion = await start_ingestion(store, broker, settings=settings)
     try:
-        await pub(broker, NSQ.service_topic, service(1))
-        await async_wait_for(lambda: store.services.find_one({"_id": "svc-1"}))
-        await pub(broker, NSQ.heartbeat_topic, beat(1))
-        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 1)
+        await register_and_beat(store, broker, ingestion)
         await pub(broker, NSQ.heartbeat_topic, beat(1))  # within 1 s: absorbed
         await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 2)
         assert ingestion.absorbed_heartbeats == 1
