@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,8 +16,8 @@ import structlog
 import structlog.testing
 from support import NxServer, async_wait_for
 
-from taskdash.models import HeartBeat
-from taskdash.nsq.announce import publish
+from taskdash.models import HeartBeat, TaskService
+from taskdash.nsq.announce import Announcer, publish
 from taskdash.nsq.broker import Broker
 from taskdash.nsq.consumer import Consumer, Received
 from taskdash.nsq.readers import Ingestion
@@ -428,3 +429,30 @@ async def test_stop_lets_a_batch_being_written_finish(broker: Broker) -> None:
     assert applied == ["svc-1"] and consumer.counters.stored == 1
     stats = await channel_stats(broker, NSQ.heartbeat_topic)
     assert stats["in_flight_count"] == 0 and stats["depth"] == 0, "answered before the close"
+
+
+async def test_the_announcer_registers_beats_and_registers_again(
+    store: Store, broker: Broker, ingestion: Ingestion
+) -> None:
+    announcer = Announcer(
+        http(broker),
+        TaskService(id="svc-announced", name="crawler", url="http://127.0.0.1:1/tasks"),
+        every=0.05,
+        reregister_every=0.3,
+    )
+    announcer.start()
+    announcer.start()  # a second start does not start a second thread
+    try:
+        assert sum(t.name == "taskdash-announcer" for t in threading.enumerate()) == 1
+
+        async def beating() -> bool:
+            doc = await store.services.find_one({"_id": "svc-announced"})
+            return bool(doc) and doc.get("heartbeats_total", 0) >= 3
+
+        await async_wait_for(beating)
+        await async_wait_for(lambda: ingestion.services.counters.stored >= 2)  # registered again
+    finally:
+        announcer.stop()
+    doc = await store.services.find_one({"_id": "svc-announced"})
+    assert doc["name"] == "crawler" and doc["url"] == "http://127.0.0.1:1/tasks"
+    assert announcer.sent >= 3

@@ -11,6 +11,7 @@ Uses ``requests`` so that any Python program can embed it, async or not::
 from __future__ import annotations
 
 import threading
+import time
 
 import msgspec
 import requests
@@ -47,7 +48,12 @@ def encode(record: TaskService | HeartBeat) -> bytes:
 
 
 class Announcer:
-    """Registers a service once, then heartbeats every ``every`` seconds until stopped."""
+    """Registers a service, then heartbeats every ``every`` seconds until stopped.
+
+    The registration is published again every ``reregister_every`` seconds (0 = only once):
+    a registration lost on the way (or a database restored from an old backup) would
+    otherwise leave the service beating as an unknown id forever.
+    """
 
     def __init__(
         self,
@@ -55,12 +61,14 @@ class Announcer:
         service: TaskService,
         *,
         every: float = 5.0,
+        reregister_every: float = 300.0,
         service_topic: str = SERVICE_TOPIC,
         heartbeat_topic: str = HEARTBEAT_TOPIC,
     ) -> None:
         self.nsqd_http = nsqd_http
         self.service = service
         self.every = every
+        self.reregister_every = reregister_every
         self.topics = (service_topic, heartbeat_topic)
         self.sent = 0
         self._stop = threading.Event()
@@ -78,19 +86,24 @@ class Announcer:
         self.sent += 1
 
     def _run(self) -> None:
-        registered = False
+        registered_at: float | None = None
         while not self._stop.is_set():
             try:
-                if not registered:
+                now = time.monotonic()
+                if registered_at is None or (
+                    self.reregister_every and now - registered_at >= self.reregister_every
+                ):
                     self.register()
-                    registered = True
+                    registered_at = now
                 self.beat()
             except PublishError as exc:
                 log.warning("announce_failed", service_id=self.service.id, error=str(exc))
             self._stop.wait(self.every)
 
     def start(self) -> None:
-        """Register and heartbeat in a background (daemon) thread."""
+        """Register and heartbeat in a background (daemon) thread; a no-op if running."""
+        if self._thread is not None and self._thread.is_alive():
+            return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="taskdash-announcer", daemon=True)
         self._thread.start()
