@@ -200,7 +200,6 @@ class Checker:
             self._preserving_since = now
         elif not reason and self.self_preservation:
             log.info("self_preservation_left", was=self.self_preservation_reason)
-        if not reason:
             self._preserving_since = None
         self.self_preservation, self.self_preservation_reason = bool(reason), reason
 

@@ -9,13 +9,26 @@ from typing import Any
 import structlog
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from taskdash.errors import StoreError, StoreUnavailable
 
 log = structlog.get_logger("taskdash.store")
 
 Doc = dict[str, Any]
+
+DUPLICATE_KEY = 11000
+
+
+def duplicates_only(exc: BulkWriteError) -> list[Doc]:
+    """The write errors of an unordered bulk write; re-raise unless every one is a duplicate key.
+
+    For writes where "someone stored it first" is success (several daemons, or a retry).
+    """
+    errors: list[Doc] = exc.details.get("writeErrors", [])
+    if any(err.get("code") != DUPLICATE_KEY for err in errors):
+        raise exc
+    return errors
 
 
 def eq(value: Any) -> Doc:

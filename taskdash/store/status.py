@@ -18,10 +18,8 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
-from taskdash.store.mongo import Doc, Store, eq, translated
+from taskdash.store.mongo import Doc, Store, duplicates_only, eq, translated
 from taskdash.store.times import from_ms, to_ms
-
-DUPLICATE_KEY = 11000
 
 ONLINE, STALE, OFFLINE, UNKNOWN = "online", "stale", "offline", "unknown"
 
@@ -106,10 +104,7 @@ async def record_events(store: Store, limit: int = 10_000) -> list[dict[str, Any
             try:
                 await store.service_events.insert_many(events, ordered=False)
             except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                    raise
-                already = {e["index"] for e in errors}
+                already = {e["index"] for e in duplicates_only(exc)}
                 recorded = [e for i, e in enumerate(events) if i not in already]
         if docs:
             clear = {"$set": {"outbox": [], "outbox_pending": 0}}

@@ -27,10 +27,9 @@ from pymongo import InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from taskdash.models import TaskMetaData
-from taskdash.store.mongo import Doc, Store, translated
+from taskdash.store.mongo import Doc, Store, duplicates_only, translated
 from taskdash.store.times import iso
 
-DUPLICATE_KEY = 11000
 #: Ids per ``$in`` list, to stay far below MongoDB's 16 MB command size.
 CHUNK = 5000
 
@@ -51,14 +50,6 @@ def content_hash(task: TaskMetaData) -> int:
 def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
     for start in range(0, len(ids), CHUNK):
         yield list(ids[start : start + CHUNK])
-
-
-def _duplicates_only(exc: BulkWriteError) -> list[Doc]:
-    """The write errors of a bulk write; re-raise unless every one is a duplicate key."""
-    errors: list[Doc] = exc.details.get("writeErrors", [])
-    if any(err.get("code") != DUPLICATE_KEY for err in errors):
-        raise exc
-    return errors
 
 
 @dataclass
@@ -189,7 +180,7 @@ async def apply_listings(
                 written = await store.tasks.bulk_write(plan.ops, ordered=False)
                 matched = written.matched_count
             except BulkWriteError as exc:
-                duplicates = [plan.where[err["index"]] for err in _duplicates_only(exc)]
+                duplicates = [plan.where[err["index"]] for err in duplicates_only(exc)]
                 matched = exc.details.get("nMatched", 0)
             if matched < plan.updates:
                 result.stale |= everyone
@@ -257,7 +248,7 @@ async def record_conflicts(
             try:
                 upserted = (await coll.bulk_write(ops, ordered=False)).upserted_ids or {}
             except BulkWriteError as exc:  # two daemons recording the same new conflict
-                _duplicates_only(exc)
+                duplicates_only(exc)
                 upserted = {u["index"]: u["_id"] for u in exc.details.get("upserted", [])}
         for chunk in _chunks(listed):
             await coll.delete_many({"service_id": {"$in": chunk}, "seen": {"$ne": token}})
@@ -303,7 +294,7 @@ async def claim_due(
             try:
                 await coll.insert_many(fresh, ordered=False)
             except BulkWriteError as exc:  # another daemon created it first: theirs
-                lost = {err["index"] for err in _duplicates_only(exc)}
+                lost = {err["index"] for err in duplicates_only(exc)}
             claimed.update({doc["_id"]: doc for i, doc in enumerate(fresh) if i not in lost})
     return claimed
 
