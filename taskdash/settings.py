@@ -50,6 +50,9 @@ class LogSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
     file: str = ""
+    # events that can come by the thousand (status changes, registrations, fetch failures) are
+    # logged one line each up to this many per pass or sweep, then as one summary line
+    summary_threshold: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 20
 
 
 class MongoSettings(_Section):
@@ -99,6 +102,12 @@ class NsqSettings(_Section):
     heartbeat_flush_interval: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.25
     heartbeat_resolution: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
     dead_letter_ttl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 30.0
+    # an unexpected error applying a message is retried this many times, then dead-lettered
+    # (a store outage is retried without limit)
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 5
+    # a reader with messages in flight that settles none, or without a connection, this long
+    # is not ready
+    stall_after: Seconds = 30.0
     embedded_host: str = "127.0.0.1"
     embedded_tcp_port: Port = 4150
     embedded_http_port: Port = 4151
