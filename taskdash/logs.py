@@ -11,7 +11,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import MutableMapping
+from collections import Counter
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -158,3 +159,33 @@ class RateLimitedLog:
         self.logger.warning(self.event, suppressed=self._suppressed, **context)
         self._last, self._suppressed = now, 0
         return True
+
+
+def log_each_or_summary(
+    logger: Any,
+    event: str,
+    items: Sequence[Mapping[str, Any]],
+    *,
+    threshold: int,
+    level: str = "info",
+    id_key: str = "service_id",
+    group_by: str | None = None,
+    examples: int = 5,
+) -> None:
+    """One line per item while there are at most ``threshold``, else one summary line.
+
+    For events that come by the thousand in one pass or sweep (status changes, registrations,
+    fetch failures): a handful stay individually readable, a mass event stays one line with
+    ``count``, counts per ``group_by`` value and a few example ids. The full record lives in
+    the store (``service_events``, ``services``), never only in the log.
+    """
+    emit = getattr(logger, level)
+    if len(items) <= threshold:
+        for item in items:
+            emit(event, **item)
+        return
+    summary: dict[str, Any] = {"count": len(items)}
+    if group_by is not None:
+        summary[f"by_{group_by}"] = dict(Counter(str(i.get(group_by)) for i in items))
+    summary["examples"] = [i.get(id_key) for i in items[:examples]]
+    emit(f"{event}_summary", **summary)

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from taskdash import logs
+from taskdash.logs import log_each_or_summary
 from taskdash.settings import LogSettings
 
 
@@ -104,3 +105,25 @@ def test_log_file_is_reopened_after_rotation(tmp_path: Path) -> None:
     structlog.get_logger("x").info("after")
     assert json.loads((tmp_path / "taskdash.log.1").read_text())["event"] == "before"
     assert json.loads(path.read_text())["event"] == "after"
+
+
+def test_log_each_or_summary_switches_to_one_line_above_the_threshold() -> None:
+    with structlog.testing.capture_logs() as few:
+        log_each_or_summary(
+            structlog.get_logger(), "changed", [{"service_id": "a", "to": "stale"}], threshold=1
+        )
+    assert few == [{"event": "changed", "log_level": "info", "service_id": "a", "to": "stale"}]
+    items = [{"service_id": f"s{i}", "to": "stale" if i % 3 else "offline"} for i in range(9)]
+    with structlog.testing.capture_logs() as many:
+        log_each_or_summary(
+            structlog.get_logger(), "changed", items, threshold=8, group_by="to", examples=2
+        )
+    assert many == [
+        {
+            "event": "changed_summary",
+            "log_level": "info",
+            "count": 9,
+            "by_to": {"offline": 3, "stale": 6},
+            "examples": ["s0", "s1"],
+        }
+    ]
