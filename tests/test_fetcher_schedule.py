@@ -1,0 +1,48 @@
+"""The fetcher's schedule on a real clock: a slow service never holds the others back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from fetcher_site import Site, register, settings, task
+from support import async_wait_for
+
+from taskdash.fetcher import Fetcher
+from taskdash.store import Store
+from taskdash.store.tasks import get_fetch_result
+
+FAST = [f"fast-{i}" for i in range(5)]
+
+
+@pytest.fixture
+async def site(store: Store) -> AsyncIterator[Site]:
+    """Five services that answer at once and one that stalls until released (30 s at most)."""
+    server = await Site().start()
+    for sid in [*FAST, "stalled"]:
+        server.listings[sid] = [task(f"task-of-{sid}")]
+    server.slow.add("stalled")
+    await register(store, {sid: server.url(sid) for sid in [*FAST, "stalled"]})
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_a_stalled_service_does_not_delay_the_others(store: Store, site: Site) -> None:
+    """The others are fetched every interval while one request hangs; it is never doubled."""
+    fetcher = Fetcher(
+        store, settings(fetch_interval=0.3, request_timeout=60.0), node_id="n1"
+    )  # a request may take far longer than an interval
+    try:
+        await fetcher.start()
+        await async_wait_for(lambda: min(site.hits[sid] for sid in FAST) >= 4)
+        assert site.hits["stalled"] == 1  # in flight all along: not requested again
+        assert all([await get_fetch_result(store, sid) for sid in FAST])
+        assert await get_fetch_result(store, "stalled") is None
+        site.release.set()  # it answers at last: stored, and fetched again later
+        await async_wait_for(lambda: get_fetch_result(store, "stalled"))
+        await async_wait_for(lambda: site.hits["stalled"] >= 2)
+    finally:
+        site.release.set()
+        await fetcher.stop()
