@@ -9,10 +9,40 @@ from fetcher_site import Site, register, settings, task
 from support import async_wait_for
 
 from taskdash.fetcher import Fetcher
+from taskdash.fetcher.schedule import fetch_budget_ms, hold_until, next_boundary, next_due
 from taskdash.store import Store
 from taskdash.store.tasks import get_fetch_result
 
 FAST = [f"fast-{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("now_ms", "expected"), [(0, 10_000), (9_999, 10_000), (10_000, 20_000), (10_001, 20_000)]
+)
+def test_next_boundary_is_strictly_later(now_ms: int, expected: int) -> None:
+    assert next_boundary(now_ms, 10_000) == expected
+
+
+@pytest.mark.parametrize(
+    ("base_ms", "expected"),
+    [
+        (10_000, 20_000),  # a sweep on its boundary: the next boundary
+        (14_800, 30_000),  # a wake-up sweep between two: the one after the next
+        (19_999, 30_000),
+        (20_001, 40_000),
+    ],
+)
+def test_a_fetch_is_due_again_a_full_interval_later(base_ms: int, expected: int) -> None:
+    assert next_due(base_ms, 10_000) == expected
+    assert expected - base_ms >= 10_000
+
+
+def test_a_claim_holds_at_least_as_long_as_the_longest_fetch() -> None:
+    quick = settings(request_timeout=2.0, max_redirects=3)
+    assert fetch_budget_ms(quick) == 9_000  # 4 hops of 2 s, and a second of margin
+    assert hold_until(quick, 0, 10_000) == 10_000
+    slow = settings(request_timeout=60.0, max_redirects=0)
+    assert hold_until(slow, 5_000, 10_000) == 66_000
 
 
 @pytest.fixture
