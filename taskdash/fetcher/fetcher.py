@@ -17,7 +17,8 @@ import random
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -63,6 +64,14 @@ class _Claim:
     due_ms: int
     services: dict[str, Doc]
     urls: dict[str, str]
+    unsettled: set[str] = field(default_factory=set)
+    """Claimed and not stored yet: this sweep's part of the fetcher's in-flight set."""
+
+    def settle(self, service_ids: Iterable[str], in_flight: set[str]) -> None:
+        """These are stored (or given up): later sweeps may claim them again."""
+        done = self.unsettled.intersection(service_ids)
+        self.unsettled -= done
+        in_flight.difference_update(done)
 
 
 class Fetcher:
@@ -284,7 +293,8 @@ class Fetcher:
         claimed = await claim_due(self.store, idle, now_ms=now_ms, until_ms=until_ms, token=token)
         self._in_flight.update(claimed)
         result.claimed = len(claimed)
-        return _Claim(token, due_ms, claimed, {sid: services[sid] for sid in claimed})
+        urls = {sid: services[sid] for sid in claimed}
+        return _Claim(token, due_ms, claimed, urls, unsettled=set(claimed))
 
     async def _run(self, claim: _Claim, result: SweepResult, events: SweepLog) -> None:
         """Fetch with a bounded pool of workers; one writer stores what they bring."""
@@ -312,7 +322,7 @@ class Fetcher:
         finally:
             for task in (*workers, writer):
                 task.cancel()
-            self._in_flight.difference_update(claim.services)
+            claim.settle(claim.services, self._in_flight)
 
     async def _fetch_one(self, service_id: str, url: str, state: Doc) -> Outcome:
         """Fetch and parse one service; every failure ends up in the outcome, never raised."""
@@ -373,7 +383,7 @@ class Fetcher:
             for outcome in batch:
                 self._known.pop(outcome.service_id, None)
         finally:  # its result is stored (or the claim's hold will expire): fetchable again
-            self._in_flight.difference_update(o.service_id for o in batch)
+            claim.settle([o.service_id for o in batch], self._in_flight)
 
     async def _write(
         self, batch: list[Outcome], claim: _Claim, result: SweepResult, events: SweepLog
