@@ -472,6 +472,48 @@ async def test_failures_are_logged_with_context(
     assert (failed["service_id"], failed["url"], failed["http_status"]) == ("s", site.url("s"), 500)
 
 
+async def test_many_failures_are_logged_as_one_summary_per_sweep(
+    store: Store, site: Site, make: MakeFetcher
+) -> None:
+    """Above [log] summary_threshold (20) failures in a sweep: one line, counts by reason."""
+    dead = f"http://127.0.0.1:{free_port()}/t/x"  # nothing listens there
+    failing = {f"e{i:02d}": site.url(f"e{i:02d}") for i in range(18)}
+    failing |= {f"d{i}": dead for i in range(3)}
+    for sid in failing:
+        site.status[sid] = 500
+    await register(store, failing)
+    with structlog.testing.capture_logs() as logs:
+        result = await make().sweep()
+    assert result.failed == 21
+    assert not [e for e in logs if e["event"] == "fetch_failed"]
+    (summary,) = [e for e in logs if e["event"] == "fetch_failed_summary"]
+    assert summary["log_level"] == "warning" and summary["count"] == 21
+    assert summary["by_reason"] == {"http_500": 18, "connection": 3}
+    assert len(summary["examples"]) == 5 and set(summary["examples"]) <= set(failing)
+    for sid in failing:  # every failure is still recorded in full
+        fetched = await get_fetch_result(store, sid)
+        assert fetched is not None and fetched["failures"] == 1 and fetched["error"]
+
+
+async def test_failures_up_to_the_threshold_are_logged_one_by_one(
+    store: Store, site: Site, make: MakeFetcher
+) -> None:
+    names = ["a", "b", "c"]
+    for sid in names:
+        site.status[sid] = 503
+    await register(store, {sid: site.url(sid) for sid in names})
+    fetcher = Fetcher(store, settings(), node_id="n1", clock=Clock(), summary_threshold=3)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await fetcher.sweep()
+    finally:
+        await fetcher.stop()
+    failed = [e for e in logs if e["event"] == "fetch_failed"]
+    assert sorted(e["service_id"] for e in failed) == names
+    assert {e["reason"] for e in failed} == {"http_503"}
+    assert not [e for e in logs if e["event"] == "fetch_failed_summary"]
+
+
 # -- the cache of what is stored ------------------------------------------------------------
 
 

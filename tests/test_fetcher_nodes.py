@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from fetcher_site import Clock, Site, register, settings, task
+from fetcher_site import T0, Clock, Site, register, settings, task
 from support import async_wait_for
 
 from taskdash.fetcher import Fetcher
 from taskdash.fetcher.sharding import owner, share
 from taskdash.store import Store
 from taskdash.store.nodes import live_nodes
-from taskdash.store.tasks import list_tasks
+from taskdash.store.tasks import claim_due, list_tasks
 from taskdash.store.times import to_ms
 
 SERVICES = [f"svc-{i:03d}" for i in range(100)]
@@ -45,6 +46,11 @@ async def pair(store: Store) -> AsyncIterator[tuple[Fetcher, Fetcher, Clock]]:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def warm_pool(store: Store) -> None:
+    """Open a few connections first, so that concurrent claims run side by side, not in turn."""
+    await asyncio.gather(*(store.nodes.find_one({"_id": f"warm-{n}"}) for n in range(4)))
 
 
 def delta(site: Site, before: Counter[str]) -> Counter[str]:
@@ -96,13 +102,69 @@ async def test_two_daemons_split_the_services_exactly_once_per_interval(
 
 
 async def test_daemons_that_disagree_about_who_is_live_never_fetch_twice(
+    store: Store, site: Site
+) -> None:
+    """Both create the same new services' claims at once: the duplicate-key path decides."""
+    late = Clock(T0 + timedelta(seconds=1))  # one second ahead, same interval
+    a = Fetcher(store, settings(node_timeout=0.5, node_heartbeat_interval=0.1), node_id="node-a",
+                clock=late)  # fmt: skip
+    b = Fetcher(store, settings(), node_id="node-b", clock=Clock())
+    await warm_pool(store)
+    try:
+        # a sees only itself (b's beat is 1 s old to a): it claims every service; b sees both
+        # and claims its share; neither service has a claim document yet
+        ra, rb = await asyncio.gather(a.sweep(), b.sweep())
+        assert (ra.share, rb.share) == (100, len(share(SERVICES, ["node-a", "node-b"], "node-b")))
+        assert ra.claimed + rb.claimed == 100
+        assert site.hits == Counter(dict.fromkeys(SERVICES, 1))
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_concurrent_claims_of_new_services_never_overlap(store: Store) -> None:
+    """Two claims of the same never-fetched services at once: each service goes to one."""
+    await warm_pool(store)
+    now_ms = to_ms(T0)
+    for round_ in range(5):
+        ids = [f"new-{round_}-{i}" for i in range(50)]
+        claims = await asyncio.gather(
+            *(claim_due(store, ids, now_ms=now_ms, until_ms=now_ms + 10_000, token=f"{round_}-{n}")
+              for n in range(2))
+        )  # fmt: skip
+        first, second = (set(c) for c in claims)
+        assert first | second == set(ids) and not first & second
+        query = {"_id": {"$in": ids}}
+        holders = {doc["_id"]: doc["claim"] async for doc in store["fetch_results"].find(query)}
+        assert holders == {sid: f"{round_}-{0 if sid in first else 1}" for sid in ids}
+
+
+async def test_a_taken_over_share_is_fetched_once_per_interval(
     site: Site, pair: tuple[Fetcher, Fetcher, Clock]
 ) -> None:
-    a, b, _ = pair
-    ra = await a.sweep()  # a sees only itself: it claims every service
-    rb = await b.sweep()  # b sees both, but this interval's claims are taken
-    assert (ra.claimed, rb.claimed) == (100, 0)
-    assert site.hits == Counter(dict.fromkeys(SERVICES, 1))
+    """b dies just before its sweep; a's wake-up sweep takes its share, the next one skips it."""
+    a, b, clock = pair  # interval 10 s, node timeout 5 s
+    await a.heartbeat()
+    await b.heartbeat()
+    await asyncio.gather(a.sweep(), b.sweep())  # T0: every service once
+    b_share = {sid for sid in SERVICES if owner(sid, ["node-a", "node-b"]) == "node-b"}
+    clock.advance(9)
+    await b.heartbeat()  # b's last sign of life: T0+9 s
+    clock.advance(1)
+    before = Counter(site.hits)
+    assert (await a.sweep()).claimed == 100 - len(b_share)  # T0+10 s: b's share is b's
+    assert set(delta(site, before)) == set(SERVICES) - b_share
+    clock.advance(4.8)
+    before = Counter(site.hits)
+    assert await a.heartbeat()  # T0+14.8 s: b is dead; the loop would sweep at once
+    assert (await a.sweep()).claimed == len(b_share)
+    clock.advance(5.2)
+    await a.sweep()  # T0+20 s: a's own share; b's former share was fetched 5.2 s ago
+    assert delta(site, before) == Counter(dict.fromkeys(SERVICES, 1))
+    clock.advance(10)
+    before = Counter(site.hits)
+    await a.sweep()  # T0+30 s: everything, once
+    assert delta(site, before) == Counter(dict.fromkeys(SERVICES, 1))
 
 
 async def test_a_dead_daemons_share_moves_within_two_intervals(

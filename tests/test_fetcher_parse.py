@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from taskdash.fetcher.errors import ParseError
+from taskdash.fetcher.errors import FetchError, ParseError, Refused
 from taskdash.fetcher.parse import MAX_ERRORS, parse_listing
 from taskdash.models import TaskMetaData
 
@@ -94,3 +94,18 @@ def test_bodies_that_are_not_listings(raw: bytes, message: str) -> None:
     with pytest.raises(ParseError) as caught:
         parse_listing(raw)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (FetchError("boom"), "error"),
+        (FetchError("HTTP 503", status=503), "http_503"),
+        (FetchError("timed out", reason="timeout"), "timeout"),
+        (FetchError("no Location", status=302, reason="redirect"), "redirect"),
+        (Refused("169.254.169.254 is refused"), "refused"),
+        (ParseError("not JSON", status=200), "bad_listing"),  # the status says nothing here
+    ],
+)
+def test_every_failure_has_a_short_reason_for_summaries(error: FetchError, reason: str) -> None:
+    assert error.reason == reason

@@ -43,7 +43,7 @@ class RuleResolver(Resolver):
         try:
             found = await resolve(host, port, family)
         except socket.gaierror as exc:
-            raise FetchError(f"cannot resolve host {host!r}: {exc}") from None
+            raise FetchError(f"cannot resolve host {host!r}: {exc}", reason="dns") from None
         self.rules.check_addresses(host, [addr[0] for _, addr in found])
         return found
 
@@ -130,7 +130,9 @@ class HttpClient:
             if code in REDIRECTS:
                 location = response.headers.get("Location")
                 if not location:
-                    raise FetchError(f"HTTP {code} redirect without a Location", status=code)
+                    raise FetchError(
+                        f"HTTP {code} redirect without a Location", status=code, reason="redirect"
+                    )
                 if hop == self.settings.max_redirects:
                     break
                 url = urljoin(url, location)
@@ -149,7 +151,7 @@ class HttpClient:
                 etag=response.headers.get("ETag", ""),
                 last_modified=response.headers.get("Last-Modified", ""),
             )
-        raise FetchError(f"more than {self.settings.max_redirects} redirects")
+        raise FetchError(f"more than {self.settings.max_redirects} redirects", reason="redirect")
 
     async def _once(
         self, url: str, method: str, service_id: str, etag: str, last_modified: str
@@ -183,13 +185,17 @@ class HttpClient:
             raise
         except HTTPTimeoutError as exc:
             waited = time.monotonic() - started
-            raise FetchError(f"timed out after {waited:.1f}s: {exc.message}") from None
+            raise FetchError(
+                f"timed out after {waited:.1f}s: {exc.message}", reason="timeout"
+            ) from None
         except (HTTPClientError, OSError, HTTPInputError) as exc:
             if sink.too_large:
-                raise FetchError(f"response body larger than {sink.cap} bytes") from None
+                raise FetchError(
+                    f"response body larger than {sink.cap} bytes", reason="too_large"
+                ) from None
             if isinstance(exc, ssl.SSLError):
-                raise FetchError(f"TLS error: {exc}") from None
-            raise FetchError(f"connection failed: {exc}") from None
+                raise FetchError(f"TLS error: {exc}", reason="tls") from None
+            raise FetchError(f"connection failed: {exc}", reason="connection") from None
         return response, b"".join(sink.parts)
 
 

@@ -16,6 +16,7 @@ import structlog
 from taskdash.fetcher.client import Response
 from taskdash.fetcher.errors import FetchError
 from taskdash.fetcher.parse import Listing
+from taskdash.logs import log_each_or_summary
 from taskdash.settings import FetcherSettings
 from taskdash.store.mongo import Doc
 from taskdash.store.tasks import ApplyResult
@@ -50,7 +51,8 @@ def result_fields(
 ) -> Doc:
     """The ``fetch_results`` fields for one outcome; a 304 writes only the fetch itself.
 
-    ``retry_ms`` is when a failed service may be fetched again (its backoff).
+    ``retry_ms`` is when the service is due again: its next interval, or after a failure its
+    backoff. It replaces the claim's hold, which covered the longest possible fetch.
     """
     response = o.response
     fields: Doc = {
@@ -63,10 +65,8 @@ def result_fields(
     }
     failures = int(o.state.get("failures") or 0)
     if o.error is not None:
-        return {**fields, **_failure(o, o.error, failures + 1, retry_ms)}
-    fields.update(error=o.store_error, failures=0)
-    if failures:
-        log.info("fetch_recovered", service_id=o.service_id, url=o.url, failures=failures)
+        return {**fields, **_failure(o.error, failures + 1, retry_ms)}
+    fields.update(error=o.store_error, failures=0, due_at=retry_ms)
     if response is not None and response.etag:
         fields["etag"] = response.etag
     if response is not None and response.status == 304:
@@ -97,16 +97,7 @@ def result_fields(
     return fields
 
 
-def _failure(o: Outcome, error: FetchError, failures: int, retry_ms: int) -> Doc:
-    log.warning(
-        "fetch_failed",
-        service_id=o.service_id,
-        url=o.url,
-        http_status=error.status,
-        error=str(error),
-        failures=failures,
-        retry_in_s=round((retry_ms - o.at_ms) / 1000, 1),
-    )
+def _failure(error: FetchError, failures: int, retry_ms: int) -> Doc:
     return {
         "http_status": error.status,
         "error": str(error),
@@ -114,6 +105,46 @@ def _failure(o: Outcome, error: FetchError, failures: int, retry_ms: int) -> Doc
         "failures": failures,
         "due_at": retry_ms,
     }
+
+
+@dataclass
+class SweepLog:
+    """A sweep's per-service events, logged when it ends: one line each, or one summary.
+
+    200 unreachable services must not mean 200 lines a sweep: up to ``[log]
+    summary_threshold`` events each keep their line, above it one summary line counts them by
+    reason with a few example ids. ``fetch_results`` keeps every service's error either way.
+    """
+
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    recovered: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, o: Outcome, retry_ms: int) -> None:
+        """Note what one fetch means for the log (a failure, or the end of a failure streak)."""
+        failures = int(o.state.get("failures") or 0)
+        if o.error is not None:
+            self.failed.append(
+                {
+                    "service_id": o.service_id,
+                    "url": o.url,
+                    "reason": o.error.reason,
+                    "http_status": o.error.status,
+                    "error": str(o.error),
+                    "failures": failures + 1,
+                    "retry_in_s": round((retry_ms - o.at_ms) / 1000, 1),
+                }
+            )
+        elif failures:
+            self.recovered.append({"service_id": o.service_id, "url": o.url, "failures": failures})
+
+    def emit(self, threshold: int) -> None:
+        """Log what was collected; called once per sweep."""
+        log_each_or_summary(
+            log, "fetch_failed", self.failed, threshold=threshold, level="warning",
+            group_by="reason",
+        )  # fmt: skip
+        log_each_or_summary(log, "fetch_recovered", self.recovered, threshold=threshold)
+        self.failed, self.recovered = [], []
 
 
 @dataclass
@@ -126,6 +157,8 @@ class SweepResult:
     share: int = 0
     no_url: int = 0
     claimed: int = 0
+    in_flight: int = 0
+    """Due services skipped because their previous fetch has not ended yet."""
     fetched: int = 0
     ok: int = 0
     not_modified: int = 0
@@ -137,6 +170,8 @@ class SweepResult:
     bad: int = 0
     conflicts: int = 0
     errors: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    """A store failure while writing this sweep's results (the services' own errors are above)."""
 
     def add(self, batch: list[Outcome], applied: ApplyResult) -> None:
         """Count a stored batch."""
