@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ingest_helpers import channel_stats, drained, mpub_binary, new_broker
 from support import async_wait_for
@@ -36,7 +36,9 @@ PROBE = "svc-probe"
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, 0, 4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 ids = st.from_regex(r"[a-z0-9][a-z0-9-]{0,19}", fullmatch=True)
@@ -56,6 +58,16 @@ def mutate(args: tuple[bytes, int, bytes, str]) -> bytes:
     return body[:at] or junk
 
 
+def break_utf8(args: tuple[bytes, int, bytes]) -> bytes:
+    """Put bytes that are not UTF-8 inside one of a valid body's strings."""
+    body, which, junk = args
+    quotes = [i for i, byte in enumerate(body) if byte == ord('"')]
+    at = quotes[which % len(quotes)] + 1
+    return body[:at] + junk + body[at:]
+
+
+not_utf8 = st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"])
+mutated_utf8 = st.tuples(valid, st.integers(0, 50), not_utf8).map(break_utf8)
 mutated = st.tuples(
     valid,
     st.integers(0, 500),
@@ -68,6 +80,7 @@ bodies = st.one_of(
     st.fixed_dictionaries({"id": json_values}).map(lambda d: json.dumps(d).encode()),
     st.integers(50, 3000).map(lambda n: b'{"id":' + b"[" * n + b"]" * n + b"}"),
     mutated,
+    mutated_utf8,
     valid,
 )
 
@@ -162,12 +175,13 @@ def test_every_message_ends_stored_or_dead_lettered(mongo_uri: str, tmp_path: Pa
         try:
 
             @settings(
-                max_examples=25,
+                max_examples=20,
                 deadline=None,
                 database=None,
                 derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
             )
+            @example(services=[b'{"id":"a\xffb"}'], beats=[b'{"id":"a\xffb"}', b"[" * 3000])
             @given(services=st.lists(bodies, max_size=6), beats=st.lists(bodies, max_size=6))
             def check(services: list[bytes], beats: list[bytes]) -> None:
                 published: dict[str, Any] = {
