@@ -7,10 +7,11 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import nsq
 import pytest
 import requests
 import structlog
@@ -25,6 +26,7 @@ from taskdash.nsq.consumer import Consumer, Received
 from taskdash.nsq.readers import Ingestion
 from taskdash.settings import NsqSettings
 from taskdash.store import Store
+from taskdash.store.services import register_services
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -396,6 +398,29 @@ async def test_absorbed_beats_are_counted_once_when_their_batch_is_retried(
         server.stop()
 
 
+async def test_absorbed_beats_join_the_next_write_in_total_and_in_beats_only_if_recent(
+    store: Store,
+) -> None:
+    """The heartbeat reader's apply, fed real messages with chosen receipt times."""
+    ingestion = Ingestion(
+        store, NsqSettings(heartbeat_resolution=1.0), node_id="n1",
+        nsqd_tcp_addresses=["127.0.0.1:1"], lookupd_http_addresses=[],
+    )  # fmt: skip
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    await register_services(store, [TaskService(id="s")], t0)
+
+    def at(seconds: float) -> list[Received[HeartBeat]]:
+        message = nsq.Message(b"0" * 16, b'{"id":"s"}', 0, 1)
+        return [Received(message, HeartBeat(id="s"), t0 + timedelta(seconds=seconds))]
+
+    for seconds in (0.0, 0.5, 1.2, 1.5, 5.0):  # written, absorbed, written, absorbed, written
+        await ingestion._beat(at(seconds))
+    doc = await store.services.find_one({"_id": "s"})
+    assert ingestion.absorbed_heartbeats == 2
+    # 1.2 carries 0.5 (just before it) in both; 5.0 carries 1.5 (before a silence) in the total
+    assert (doc["beats"], doc["heartbeats_total"]) == (1 + 2 + 1, 1 + 2 + 2)
+
+
 async def test_a_mass_registration_is_logged_as_a_summary(store: Store, broker: Broker) -> None:
     """Above ``[log] summary_threshold`` (20) per batch: one summary line, not one per service."""
     settings = NsqSettings(heartbeat_batch_size=30, heartbeat_flush_interval=10.0)
@@ -471,8 +496,6 @@ async def test_unfinished_messages_survive_a_broker_restart(store: Store, tmp_pa
 async def test_pynsq_writer_messages_are_ingested(
     store: Store, broker: Broker, ingestion: Ingestion
 ) -> None:
-    import nsq
-
     writer = nsq.Writer([f"127.0.0.1:{broker.tcp_port}"])
     results: list[Any] = []
     await async_wait_for(lambda: writer.conns)

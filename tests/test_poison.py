@@ -21,6 +21,7 @@ from ingest_helpers import (
 )
 from support import NxServer, async_wait_for
 
+from taskdash.errors import StoreUnavailable
 from taskdash.models import HeartBeat, Model, decode
 from taskdash.nsq.broker import Broker
 from taskdash.nsq.consumer import Consumer, Received
@@ -164,6 +165,28 @@ async def test_an_apply_that_keeps_failing_on_one_message_dead_letters_only_that
     finally:
         await consumer.stop()
     assert nsq_log_failures(caplog) == []
+
+
+async def test_store_unavailability_is_retried_without_limit(store: Store, broker: Broker) -> None:
+    """A StoreError is an outage, not poison: retried past ``max_attempts``, never dead-lettered."""
+    failures: list[int] = []
+
+    async def apply(batch: list[Received[HeartBeat]]) -> None:
+        if len(failures) < 3:
+            failures.append(batch[0].message.attempts)
+            raise StoreUnavailable("record_heartbeats: MongoDB unreachable")
+
+    consumer = heartbeat_consumer(broker, apply, store_dead_letter(store), max_attempts=1)
+    await consumer.start()
+    try:
+        await mpub_binary(broker, NSQ.heartbeat_topic, [b'{"id":"svc-1"}'])
+        await async_wait_for(lambda: consumer.counters.stored == 1)
+        assert failures == [1, 2, 3]
+        stats = await async_wait_for(lambda: drained(broker, NSQ.heartbeat_topic))
+        assert stats["requeue_count"] == 3 and consumer.counters.dead_lettered == 0
+        assert await store.dead_letters.count_documents({}) == 0
+    finally:
+        await consumer.stop()
 
 
 class BuggyConsumer(Consumer[HeartBeat]):
