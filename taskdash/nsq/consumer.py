@@ -261,6 +261,8 @@ class Consumer(Generic[M]):
             return
         try:
             await self.drain()
+        except StoreError as exc:  # an outage at the stop: no traceback, it is not a bug
+            self.log.warning("drain_failed", error=str(exc))
         except Exception:
             self.log.exception("drain_failed")
 
