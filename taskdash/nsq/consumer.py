@@ -311,7 +311,10 @@ class Consumer(Generic[M]):
         try:
             self._take(message)
         except Exception as exc:
-            self._handler_failed(message, exc)
+            try:
+                self._handler_failed(message, exc)
+            except Exception:  # the last resort: unanswered, nsqd redelivers it after its timeout
+                self.log.exception("message_left_to_broker_timeout")
 
     def _take(self, message: nsq.Message) -> None:
         """Decide now for messages that can never succeed, else queue for the next batch."""
