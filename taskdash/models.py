@@ -80,7 +80,11 @@ def _field_of(err: msgspec.ValidationError) -> str | None:
 
 
 def decode(model: type[M], data: bytes | str) -> M:
-    """Decode JSON ``data`` as ``model``; raise ValidationError naming the field and the reason."""
+    """Decode JSON ``data`` as ``model``; raise ValidationError naming the field and the reason.
+
+    Readers dead-letter whatever this raises, so an error not foreseen here still cannot block
+    a topic; the ones foreseen get a clearer reason.
+    """
     decoder = _decoders.get(model)
     if decoder is None:
         decoder = _decoders[model] = msgspec.json.Decoder(model)
@@ -90,6 +94,8 @@ def decode(model: type[M], data: bytes | str) -> M:
         raise ValidationError(f"{model.__name__}: {exc}", field=_field_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise ValidationError(f"{model.__name__}: not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec lets it through for bytes inside a string
+        raise ValidationError(f"{model.__name__}: not valid UTF-8: {exc}") from None
 
 
 def convert(model: type[M], obj: Any) -> M:

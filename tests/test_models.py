@@ -60,6 +60,9 @@ def test_extra_keys_are_ignored_and_missing_optional_default_empty() -> None:
         (b"", None, "not valid JSON"),
         (b'{"id": "a"', None, "not valid JSON"),
         (b"\xff\xfe", None, "not valid JSON"),
+        # invalid UTF-8 inside a string: msgspec raises UnicodeDecodeError, not its own error
+        (b'{"id": "a\xffb"}', None, "not valid UTF-8"),
+        (b'{"id": "a", "reserved": "\xc3"}', None, "not valid UTF-8"),
     ],
 )
 def test_bad_documents_name_the_field(body: bytes, field: str | None, reason: str) -> None:

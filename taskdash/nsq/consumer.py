@@ -1,10 +1,18 @@
 """One pynsq Reader on one topic: decode, batch, apply, then FIN or REQ.
 
-The outcome of every message is decided in one place (:meth:`Consumer._settle`):
+Every message gets exactly one answer (:meth:`Consumer._answer`), decided by these rules:
 
-* stored durably             -> FIN
-* the store failed           -> REQ with exponential backoff (nothing is lost)
-* can never succeed          -> dead letter + FIN (bad JSON, wrong types, too big)
+* stored durably                          -> FIN
+* the store failed (StoreError)           -> REQ with exponential backoff, without limit
+* can never succeed: too big, or decoding -> dead letter + FIN (whatever the decoder raised:
+  raised anything                            invalid UTF-8, deep nesting, wrong types...)
+* anything else went wrong (a bug: in     -> REQ with backoff; dead letter + FIN once nsqd has
+  ``apply`` or in our own handler)           delivered it ``max_attempts`` times
+
+No exception ever leaves our handler for pynsq's: its catch-all requeues with reader-wide
+backoff and a traceback, forever, so one poison message would block its topic. A batch whose
+apply fails unexpectedly is applied again one message at a time, so only the culprit is
+retried and dead-lettered, never the good messages that shared its batch.
 
 Messages are handled asynchronously (``enable_async``) so that many can be written in one bulk
 operation; pynsq's ``max_tries`` is off (0) because a store outage must never drop a message.
@@ -15,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -44,6 +52,8 @@ class Received(Generic[M]):
 
 Apply = Callable[[list[Received[M]]], Awaitable[None]]
 DeadLetter = Callable[[str, nsq.Message, str, str | None], Awaitable[None]]
+Decode = Callable[[type[M], bytes], M]
+Drain = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -55,13 +65,56 @@ class Counters:
     requeued: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    #: messages applied one by one after their batch failed unexpectedly
+    isolated: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
+class Progress:
+    """Messages in flight and when one was last settled: tells a stalled reader from an idle one."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.since = time.monotonic()  # last settle, or when messages started being in flight
+        self.last_settled_at: datetime | None = None
+
+    def received(self) -> None:
+        """One more message handed to us and not yet answered."""
+        if self.in_flight == 0:
+            self.since = time.monotonic()
+        self.in_flight += 1
+
+    def settled(self) -> None:
+        """One message answered (FIN or REQ): the reader makes progress."""
+        self.in_flight = max(self.in_flight - 1, 0)
+        self.since = time.monotonic()
+        self.last_settled_at = datetime.now(UTC)
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds with messages in flight and none settled (0 when nothing is in flight)."""
+        return now - self.since if self.in_flight else 0.0
+
+
 class _Reader(nsq.Reader):  # type: ignore[misc]
-    """pynsq's Reader, made closable: no reconnects or lookups once closing (pynsq #196, #261)."""
+    """pynsq's Reader, made closable: no reconnects or lookups once closing (pynsq #196, #261).
+
+    It also remembers when each nsqd connection was lost, for readiness.
+    """
 
     closing = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+        self.lost_at: dict[str, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def missing_for(self, addresses: list[str], now: float) -> dict[str, float]:
+        """Each configured ``host:port`` without a connection, and for how long."""
+        return {
+            address: now - self.lost_at.get(address, self.started)
+            for address in addresses
+            if address not in self.conns
+        }
 
     def _run(self) -> None:
         if not self.closing:
@@ -83,6 +136,8 @@ class _Reader(nsq.Reader):  # type: ignore[misc]
             super()._on_connection_error(conn, error, **kwargs)
 
     def _on_connection_close(self, conn: Any, **kwargs: Any) -> None:
+        if conn.id in self.conns:  # a failed connect attempt was never connected: not a loss
+            self.lost_at[conn.id] = time.monotonic()
         # pynsq warns "connection closed" and plans a reconnect; on a clean stop neither applies.
         if not self.closing:
             super()._on_connection_close(conn, **kwargs)
@@ -122,18 +177,27 @@ class Consumer(Generic[M]):
         max_message_size: int,
         requeue_delay: float,
         requeue_delay_max: float,
+        max_attempts: int = 5,
+        stall_after: float = 30.0,
+        decode: Decode[M] = decode,
+        drain: Drain | None = None,
     ) -> None:
         self.topic = topic
         self.channel = channel
         self.model = model
         self.apply = apply
         self.dead_letter = dead_letter
+        self.decode = decode
+        self.drain = drain
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_message_size = max_message_size
         self.requeue_delay = requeue_delay
         self.requeue_delay_max = requeue_delay_max
+        self.max_attempts = max_attempts
+        self.stall_after = stall_after
         self.counters = Counters()
+        self.progress = Progress()
         self._addresses = (nsqd_tcp_addresses, lookupd_http_addresses)
         self._max_in_flight = max_in_flight
         self._pending: list[Received[M]] = []
@@ -146,6 +210,10 @@ class Consumer(Generic[M]):
         self.log = log.bind(topic=topic, channel=channel)
         # a misbehaving publisher can send poison at any rate: every one is stored, few logged
         self._dead_letter_log = RateLimitedLog(self.log, "message_dead_lettered")
+        # likewise for failures it may trigger in our code: each with its traceback, but few
+        self._apply_failed_log = RateLimitedLog(self.log, "message_apply_failed")
+        self._handler_failed_log = RateLimitedLog(self.log, "message_handler_failed")
+        self._dead_letter_failed_log = RateLimitedLog(self.log, "dead_letter_failed")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -184,44 +252,106 @@ class Consumer(Generic[M]):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if reader is not None:
+            await self._drain()
             reader.shut()
 
+    async def _drain(self) -> None:
+        """The owner's last write at a stop (e.g. counts held in memory); never raises."""
+        if self.drain is None:
+            return
+        try:
+            await self.drain()
+        except StoreError as exc:  # an outage at the stop: no traceback, it is not a bug
+            self.log.warning("drain_failed", error=str(exc))
+        except Exception:
+            self.log.exception("drain_failed")
+
     def check(self) -> tuple[bool, dict[str, Any]]:
-        """Readiness details: connections and counters."""
-        conns = len(self._reader.conns) if self._reader else 0
-        c = self.counters
-        details = {
-            "connections": conns,
+        """Readiness: not ready while stalled or cut off from a configured nsqd, with the reason."""
+        reason = self._not_ready_reason(time.monotonic())
+        details = self._details()
+        if reason is not None:
+            details["reason"] = reason
+        return reason is None, details
+
+    def _details(self) -> dict[str, Any]:
+        c, settled_at = self.counters, self.progress.last_settled_at
+        return {
+            "connections": len(self._reader.conns) if self._reader else 0,
+            "in_flight": self.progress.in_flight,
+            "last_settled_at": settled_at.isoformat() if settled_at else None,
             "received": c.received,
             "stored": c.stored,
             "requeued": c.requeued,
             "dead_lettered": c.dead_lettered,
+            "isolated": c.isolated,
             **c.extra,
         }
-        return self._reader is not None, details
+
+    def _not_ready_reason(self, now: float) -> str | None:
+        """Why the reader is not ready, or None: messages stuck, or an nsqd unreachable."""
+        if self._reader is None:
+            return "not running"
+        stalled = self.progress.stalled_for(now)
+        if stalled >= self.stall_after:
+            return (
+                f"stalled: {self.progress.in_flight} messages in flight and none settled"
+                f" for {stalled:.1f} s (stall_after {self.stall_after:g} s)"
+            )
+        missing = self._reader.missing_for(self._addresses[0], now)
+        late = sorted(address for address, gone in missing.items() if gone >= self.stall_after)
+        if late:
+            return f"no connection to nsqd {', '.join(late)} for {self.stall_after:g} s or more"
+        return None
 
     # -- intake --------------------------------------------------------------------------------
 
     def _on_message(self, message: nsq.Message) -> None:
-        """pynsq's handler: decide now for bad messages, else queue for the next batch."""
+        """pynsq's handler. Nothing escapes it: pynsq's catch-all would requeue forever."""
+        try:
+            self._take(message)
+        except Exception as exc:
+            try:
+                self._handler_failed(message, exc)
+            except Exception:  # the last resort: unanswered, nsqd redelivers it after its timeout
+                self.log.exception("message_left_to_broker_timeout")
+
+    def _take(self, message: nsq.Message) -> None:
+        """Decide now for messages that can never succeed, else queue for the next batch."""
         message.enable_async()
         self.counters.received += 1
-        now = datetime.now(UTC)
+        self.progress.received()
         body: bytes = message.body
         if len(body) > self.max_message_size:
             reason = f"message is {len(body)} bytes, over the limit of {self.max_message_size}"
             self._spawn(self._reject(message, reason, None))
             return
         try:
-            item = decode(self.model, body)
+            item = self.decode(self.model, body)
         except ValidationError as exc:
             self._spawn(self._reject(message, str(exc), exc.field))
             return
-        self._pending.append(Received(message, item, now))
+        except Exception as exc:  # never only what was foreseen: invalid UTF-8, recursion...
+            reason = f"{self.model.__name__}: cannot be decoded: {_describe(exc)}"
+            self._spawn(self._reject(message, reason, None))
+            return
+        self._queue(message, item, datetime.now(UTC))
+
+    def _queue(self, message: nsq.Message, item: M, at: datetime) -> None:
+        self._pending.append(Received(message, item, at))
         if len(self._pending) >= self.batch_size or (self._reader and self._reader.is_starved()):
             self._kick.set()
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _handler_failed(self, message: nsq.Message, exc: Exception) -> None:
+        """A bug of ours while taking a message: it still gets an answer (retry or dead letter)."""
+        self._handler_failed_log(msg_id=_msg_id(message), error=_describe(exc), exc_info=exc)
+        if message.has_responded() or any(r.message is message for r in self._pending):
+            return  # answered already, or queued: its batch answers it
+        if not message.is_async():
+            message.enable_async()
+        self._spawn(self._retry_or_dead_letter(message, exc))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -231,20 +361,30 @@ class Consumer(Generic[M]):
         try:
             await self.dead_letter(self.topic, message, reason, field)
         except StoreError as exc:
-            self._requeue([message], exc)
+            self._store_failed(exc, 1)
+            self._requeue([message])
             return
-        except Exception:
-            self.log.exception("dead_letter_failed", reason=reason)
-            self._requeue([message], None)
+        except Exception as exc:
+            self._dead_letter_failed_log(reason=reason, error=_describe(exc), exc_info=exc)
+            self._requeue([message])
             return
+        self._store_ok()
         self.counters.dead_lettered += 1
         self._dead_letter_log(
-            msg_id=message.id.decode() if isinstance(message.id, bytes) else message.id,
-            reason=reason,
-            field=field,
-            attempts=message.attempts,
+            msg_id=_msg_id(message), reason=reason, field=field, attempts=message.attempts
         )
-        message.finish()
+        self._answer(message, requeue=False)
+
+    async def _retry_or_dead_letter(self, message: nsq.Message, exc: Exception) -> None:
+        """An unexpected failure: retried until nsqd has delivered it ``max_attempts`` times."""
+        if message.attempts >= self.max_attempts:
+            reason = f"failed on each of {message.attempts} attempts, last: {_describe(exc)}"
+            await self._reject(message, reason, None)
+            return
+        self._apply_failed_log(
+            msg_id=_msg_id(message), attempts=message.attempts, error=_describe(exc), exc_info=exc
+        )
+        self._requeue([message])
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -265,32 +405,88 @@ class Consumer(Generic[M]):
     async def _settle(self, batch: list[Received[M]]) -> None:
         """Apply one batch and answer every message in it: the one place outcomes are decided."""
         self.counters.batches += 1
+        error = await self._apply(batch)
+        if error is None:
+            self._stored(batch)
+        elif isinstance(error, StoreError):
+            self._store_failed(error, len(batch))
+            self._requeue([r.message for r in batch])
+        elif len(batch) == 1:
+            await self._retry_or_dead_letter(batch[0].message, error)
+        else:
+            await self._one_by_one(batch)
+
+    async def _apply(self, batch: list[Received[M]]) -> Exception | None:
+        """``apply``'s outcome as a value: None when the batch is durable."""
         try:
             await self.apply(batch)
-        except StoreError as exc:
-            self._requeue([r.message for r in batch], exc)
-            return
-        except Exception:
-            self.log.exception("batch_apply_failed", size=len(batch))
-            self._requeue([r.message for r in batch], None)
-            return
-        if self._store_down_since is not None:
-            self.log.info(
-                "store_writes_resumed", down_for=round(time.monotonic() - self._store_down_since, 3)
-            )
-            self._store_down_since = None
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _one_by_one(self, batch: list[Received[M]]) -> None:
+        """After an unexpected batch failure: only the culprit is retried, the others stored."""
+        self.counters.isolated += len(batch)
+        for index, received in enumerate(batch):
+            error = await self._apply([received])
+            if error is None:
+                self._stored([received])
+            elif isinstance(error, StoreError):
+                rest = batch[index:]
+                self._store_failed(error, len(rest))
+                self._requeue([r.message for r in rest])
+                return
+            else:
+                await self._retry_or_dead_letter(received.message, error)
+
+    def _stored(self, batch: list[Received[M]]) -> None:
+        self._store_ok()
         for received in batch:
-            received.message.finish()
+            self._answer(received.message, requeue=False)
         self.counters.stored += len(batch)
 
-    def _requeue(self, messages: list[nsq.Message], exc: Exception | None) -> None:
-        if self._store_down_since is None:
-            self._store_down_since = time.monotonic()
-            self.log.error("store_write_failed", error=str(exc), requeued=len(messages))
-        for message in messages:
-            exponent = min(max(message.attempts - 1, 0), 30)
-            delay = min(self.requeue_delay * 2**exponent, self.requeue_delay_max)
+    # -- answers and the store's state ----------------------------------------------------------
+
+    def _answer(self, message: nsq.Message, *, requeue: bool) -> None:
+        """FIN or REQ, exactly once per delivery."""
+        if message.has_responded():
+            self.log.error("message_answered_twice", msg_id=_msg_id(message))
+            return
+        if requeue:
             # backoff=False: pynsq's reader-wide backoff would throttle intake to one message
             # per pause long after the store is back; the per-message delay spaces retries.
-            message.requeue(time_ms=int(delay * 1000), backoff=False)
+            message.requeue(time_ms=self._delay_ms(message), backoff=False)
+        else:
+            message.finish()
+        self.progress.settled()
+
+    def _requeue(self, messages: list[nsq.Message]) -> None:
+        for message in messages:
+            self._answer(message, requeue=True)
         self.counters.requeued += len(messages)
+
+    def _delay_ms(self, message: nsq.Message) -> int:
+        """Doubling from ``requeue_delay`` with each attempt, up to ``requeue_delay_max``."""
+        exponent = min(max(message.attempts - 1, 0), 30)
+        return int(min(self.requeue_delay * 2**exponent, self.requeue_delay_max) * 1000)
+
+    def _store_failed(self, exc: StoreError, count: int) -> None:
+        """Logged once per outage (and its end in :meth:`_store_ok`), not once per batch."""
+        if self._store_down_since is None:
+            self._store_down_since = time.monotonic()
+            self.log.error("store_write_failed", error=str(exc), requeued=count)
+
+    def _store_ok(self) -> None:
+        if self._store_down_since is not None:
+            down_for = round(time.monotonic() - self._store_down_since, 3)
+            self.log.info("store_writes_resumed", down_for=down_for)
+            self._store_down_since = None
+
+
+def _msg_id(message: nsq.Message) -> str:
+    return message.id.decode() if isinstance(message.id, bytes) else str(message.id)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as ``Type: text``, the form dead letters and logs give the reason in."""
+    return f"{type(exc).__name__}: {exc}"

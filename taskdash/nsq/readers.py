@@ -8,13 +8,17 @@ from typing import Any
 import nsq
 import structlog
 
-from taskdash.logs import RateLimitedLog
+from taskdash.logs import RateLimitedLog, log_each_or_summary
 from taskdash.models import HeartBeat, TaskService
 from taskdash.nsq.consumer import Consumer, Received
 from taskdash.settings import NsqSettings
 from taskdash.store import Store
 from taskdash.store.deadletters import add_dead_letter
-from taskdash.store.services import record_heartbeats, register_services
+from taskdash.store.services import (
+    add_heartbeat_counts,
+    record_heartbeats,
+    register_services,
+)
 from taskdash.store.times import to_ms
 
 log = structlog.get_logger("taskdash.nsq.readers")
@@ -31,6 +35,7 @@ class Ingestion:
         node_id: str,
         nsqd_tcp_addresses: list[str],
         lookupd_http_addresses: list[str],
+        log_summary_threshold: int = 20,
     ) -> None:
         self.store = store
         self.node_id = node_id
@@ -42,6 +47,7 @@ class Ingestion:
         # beats covered by a stored one: count and last receipt (ms), joined to the next write
         self._absorbed: dict[str, tuple[int, int]] = {}
         self._unknown_log = RateLimitedLog(log, "heartbeat_from_unknown_service")
+        self._summary_threshold = log_summary_threshold
         common: dict[str, Any] = {
             "channel": settings.channel,
             "dead_letter": self._dead_letter,
@@ -53,12 +59,18 @@ class Ingestion:
             "requeue_delay_max": settings.requeue_delay_max,
             "flush_interval": settings.heartbeat_flush_interval,
             "batch_size": settings.heartbeat_batch_size,
+            "max_attempts": settings.max_attempts,
+            "stall_after": settings.stall_after,
         }
         self.services: Consumer[TaskService] = Consumer(
             topic=settings.service_topic, model=TaskService, apply=self._register, **common
         )
         self.heartbeats: Consumer[HeartBeat] = Consumer(
-            topic=settings.heartbeat_topic, model=HeartBeat, apply=self._beat, **common
+            topic=settings.heartbeat_topic,
+            model=HeartBeat,
+            apply=self._beat,
+            drain=self._write_absorbed,
+            **common,
         )
 
     @property
@@ -69,20 +81,26 @@ class Ingestion:
     async def _register(self, batch: list[Received[TaskService]]) -> None:
         now = datetime.now(UTC)
         await register_services(self.store, [r.item for r in batch], now)
-        for received in batch:
-            log.info("service_registered", service_id=received.item.id, url=received.item.url)
+        registered = [{"service_id": r.item.id, "url": r.item.url} for r in batch]
+        # 10,000 registrations at once stay a few summary lines; ``services`` has them all
+        log_each_or_summary(
+            log, "service_registered", registered, threshold=self._summary_threshold
+        )
 
     async def _beat(self, batch: list[Received[HeartBeat]]) -> None:
         """Coalesce per service (many beats -> one write), then apply.
 
         A beat that arrives within ``heartbeat_resolution`` of this service's last stored beat
-        is already reflected by that durable write, so it is finished without another one (its
-        count joins the service's next write). That keeps a backlog replay after an outage from
-        costing a write per beat; the stored time lags a service's newest beat by at most the
+        is already reflected by that durable write, so it is finished without another one. It
+        is still counted: ``heartbeats_total`` gets it with the service's next write (or at
+        the reader's stop), and ``beats`` (consecutive beats, for recovery) only if it came
+        just before that write. That keeps a backlog replay after an outage from costing a
+        write per beat; the stored time lags a service's newest beat by at most the
         resolution (1 s by default, against a 15 s stale threshold).
         """
         beats: dict[str, tuple[int, datetime]] = {}
         absorbed: dict[str, tuple[int, int]] = {}  # this batch's: count, last receipt (ms)
+        earlier: dict[str, int] = {}  # absorbed before, too old to count as consecutive
         for received in batch:
             sid, at = received.item.id, to_ms(received.at)
             if sid in beats:
@@ -92,14 +110,15 @@ class Ingestion:
             if stored is not None and 0 <= at - stored < self._resolution_ms:
                 absorbed[sid] = (absorbed.get(sid, (0, 0))[0] + 1, at)
                 continue
-            carried = absorbed.pop(sid, (0, 0))[0] + self._recent_absorbed(sid, at)
-            beats[sid] = (1 + carried, received.at)
-        unknown = set(await record_heartbeats(self.store, beats, known=self._stored.keys()))
+            recent, old = self._pending_absorbed(sid, at)
+            beats[sid] = (1 + absorbed.pop(sid, (0, 0))[0] + recent, received.at)
+            if old:
+                earlier[sid] = old
+        unknown = set(
+            await record_heartbeats(self.store, beats, known=self._stored.keys(), absorbed=earlier)
+        )
         # only now, with the batch durable: a requeued batch must not count its beats twice
-        for sid, (count, at) in absorbed.items():
-            self._absorbed[sid] = (self._absorbed.get(sid, (0, 0))[0] + count, at)
-            self.absorbed_heartbeats += count
-        self.heartbeats.counters.extra["absorbed_heartbeats"] = self.absorbed_heartbeats
+        self._keep_absorbed(absorbed)
         for sid, (_, at) in beats.items():
             self._absorbed.pop(sid, None)
             if sid not in unknown:
@@ -109,14 +128,29 @@ class Ingestion:
             self.heartbeats.counters.extra["unknown_heartbeats"] = self.unknown_heartbeats
             self._unknown_log(service_ids=sorted(unknown)[:10], count=len(unknown))
 
-    def _recent_absorbed(self, sid: str, at: int) -> int:
-        """Beats absorbed just before ``at`` join its count; older ones are only history.
+    def _keep_absorbed(self, absorbed: dict[str, tuple[int, int]]) -> None:
+        """Hold a durable batch's absorbed beats until they join a write."""
+        for sid, (count, at) in absorbed.items():
+            self._absorbed[sid] = (self._absorbed.get(sid, (0, 0))[0] + count, at)
+            self.absorbed_heartbeats += count
+        self.heartbeats.counters.extra["absorbed_heartbeats"] = self.absorbed_heartbeats
 
-        A beat absorbed before a long silence must not count toward the consecutive beats
-        that bring a service back online.
+    async def _write_absorbed(self) -> None:
+        """At the reader's stop: add beats absorbed since each service's last write to its total."""
+        counts = {sid: count for sid, (count, _) in self._absorbed.items()}
+        await add_heartbeat_counts(self.store, counts)
+        self._absorbed.clear()
+
+    def _pending_absorbed(self, sid: str, at: int) -> tuple[int, int]:
+        """Beats absorbed before ``at``: (those just before it, the older ones).
+
+        Only the first join its consecutive beats: a beat absorbed before a long silence must
+        not count toward the beats that bring a service back online. Both count in its total.
         """
         count, last = self._absorbed.get(sid, (0, 0))
-        return count if 0 <= at - last <= self._resolution_ms else 0
+        if 0 <= at - last <= self._resolution_ms:
+            return count, 0
+        return 0, count
 
     async def _dead_letter(
         self, topic: str, message: nsq.Message, reason: str, field: str | None

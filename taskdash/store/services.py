@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -78,25 +78,32 @@ def _fields(svc: TaskService) -> Doc:
 
 
 async def record_heartbeats(
-    store: Store, beats: dict[str, tuple[int, datetime]], known: Collection[str] = ()
+    store: Store,
+    beats: dict[str, tuple[int, datetime]],
+    known: Collection[str] = (),
+    absorbed: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Apply coalesced heartbeats ``{service_id: (count, last receipt time)}``.
 
-    Services with the same beat count in the batch share one ``update_many`` (usually one or
-    two writes per batch, however many services), stamped with that group's latest receipt
-    time: at most one flush interval later than a service's own beat, which the checker's
-    thresholds (seconds) do not notice. Only registered services are touched (a heartbeat is
-    not a registration); the ids that are not registered are returned. ``known`` names ids the
-    caller already saw registered, which are not looked up again. ``$max`` keeps a redelivered,
-    older beat from moving a service's time backwards.
+    Services with the same counts in the batch share one ``update_many`` (usually one or two
+    writes per batch, however many services), stamped with that group's latest receipt time:
+    at most one flush interval later than a service's own beat, which the checker's thresholds
+    (seconds) do not notice. Only registered services are touched (a heartbeat is not a
+    registration); the ids that are not registered are returned. ``known`` names ids the
+    caller already saw registered, which are not looked up again. ``absorbed`` adds, per
+    service, earlier beats that were not written then (see the heartbeat reader) to
+    ``heartbeats_total`` only: they are history, not consecutive beats. ``$max`` keeps a
+    redelivered, older beat from moving a service's time backwards.
     """
     if not beats:
         return []
-    groups: dict[int, tuple[list[str], int]] = {}
+    extra = absorbed or {}
+    groups: dict[tuple[int, int], tuple[list[str], int]] = {}
     for sid, (count, at) in beats.items():
-        ids, latest = groups.get(count, ([], 0))
+        key = (count, extra.get(sid, 0))
+        ids, latest = groups.get(key, ([], 0))
         ids.append(sid)
-        groups[count] = (ids, max(latest, to_ms(at)))
+        groups[key] = (ids, max(latest, to_ms(at)))
     async with translated("record_heartbeats"):
         ask = [sid for sid in beats if sid not in known]
         found: set[str] = set()
@@ -104,7 +111,7 @@ async def record_heartbeats(
             cursor = store.services.find({"_id": {"$in": ask}}, {"_id": 1})
             found = {doc["_id"] async for doc in cursor}
         registered = set(beats) - set(ask) | found
-        for count, (ids, latest) in groups.items():
+        for (count, more), (ids, latest) in groups.items():
             mine = [sid for sid in ids if sid in registered]
             if not mine:
                 continue
@@ -112,7 +119,24 @@ async def record_heartbeats(
                 {"_id": {"$in": mine}},
                 {
                     "$max": {"last_heartbeat_at": latest, "alive_at": latest},
-                    "$inc": {"beats": count, "heartbeats_total": count},
+                    "$inc": {"beats": count, "heartbeats_total": count + more},
                 },
             )
     return [sid for sid in beats if sid not in registered]
+
+
+async def add_heartbeat_counts(store: Store, counts: Mapping[str, int]) -> None:
+    """Add beats to ``heartbeats_total`` alone (no time, no consecutive beats), grouped by count.
+
+    For beats a reader finished without a write of their own and could not carry into a later
+    one (at its stop): the statistic stays exact without touching the service's state.
+    """
+    groups: dict[int, list[str]] = {}
+    for sid, count in counts.items():
+        if count > 0:
+            groups.setdefault(count, []).append(sid)
+    async with translated("add_heartbeat_counts"):
+        for count, ids in groups.items():
+            await store.services.update_many(
+                {"_id": {"$in": ids}}, {"$inc": {"heartbeats_total": count}}
+            )

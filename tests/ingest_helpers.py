@@ -1,0 +1,126 @@
+"""Helpers for the reader tests: publishing to, and reading the stats of, the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nsq
+import requests
+
+from taskdash.models import HeartBeat, Model
+from taskdash.nsq.broker import Broker
+from taskdash.nsq.consumer import Apply, Consumer
+from taskdash.store import Store
+from taskdash.store.deadletters import add_dead_letter
+
+CHANNEL = "taskdash"
+
+
+def new_broker(tmp_path: Path) -> Broker:
+    """An embedded broker on free loopback ports (started by the caller)."""
+    return Broker(
+        host="127.0.0.1", tcp_port=0, http_port=0, lookupd_http_port=0, data_dir=tmp_path / "nsq"
+    )
+
+
+def http(broker: Broker) -> str:
+    """The broker's nsqd HTTP address."""
+    return f"http://127.0.0.1:{broker.http_port}"
+
+
+def mpub_binary_now(broker: Broker, topic: str, bodies: list[bytes]) -> None:
+    """Publish any bytes (newlines included) with nsqd's binary ``/mpub`` format; blocking."""
+    payload = struct.pack(">I", len(bodies)) + b"".join(
+        struct.pack(">I", len(b)) + b for b in bodies
+    )
+    resp = requests.post(
+        f"{http(broker)}/mpub", params={"topic": topic, "binary": "true"}, data=payload, timeout=10
+    )
+    assert resp.status_code == 200, resp.text
+
+
+async def mpub_binary(broker: Broker, topic: str, bodies: list[bytes]) -> None:
+    """:func:`mpub_binary_now` from a coroutine."""
+    await asyncio.to_thread(mpub_binary_now, broker, topic, bodies)
+
+
+def channel_stats_now(broker: Broker, topic: str) -> dict[str, Any]:
+    """The ``taskdash`` channel's stats as nsqd's ``/stats`` reports them; blocking."""
+    stats = requests.get(f"{http(broker)}/stats?format=json", timeout=5).json()
+    (t,) = [t for t in stats["topics"] if t["topic_name"] == topic]
+    (c,) = [c for c in t["channels"] if c["channel_name"] == CHANNEL]
+    return c
+
+
+async def channel_stats(broker: Broker, topic: str) -> dict[str, Any]:
+    """:func:`channel_stats_now` from a coroutine."""
+    return await asyncio.to_thread(channel_stats_now, broker, topic)
+
+
+async def answered(broker: Broker, topic: str) -> dict[str, Any] | None:
+    """The channel's stats once nothing is queued or in flight (deferred ones may remain)."""
+    stats = await channel_stats(broker, topic)
+    return stats if stats["depth"] == 0 and stats["in_flight_count"] == 0 else None
+
+
+async def drained(broker: Broker, topic: str) -> dict[str, Any] | None:
+    """The channel's stats once nothing is queued, in flight or deferred."""
+    stats = await answered(broker, topic)
+    return stats if stats and stats["deferred_count"] == 0 else None
+
+
+def store_dead_letter(store: Store) -> Callable[..., Awaitable[None]]:
+    """The real dead-letter write, as a consumer built by hand needs it."""
+
+    async def dead_letter(topic: str, message: nsq.Message, reason: str, field: str | None) -> None:
+        await add_dead_letter(
+            store,
+            topic=topic,
+            msg_id=message.id.decode(),
+            body=message.body,
+            reason=reason,
+            field=field,
+            attempts=message.attempts,
+            node="test",
+            now=datetime.now(UTC),
+        )
+
+    return dead_letter
+
+
+def heartbeat_consumer(
+    broker: Broker | None,
+    apply: Apply[HeartBeat],
+    dead_letter: Callable[..., Awaitable[None]],
+    *,
+    address: str | None = None,
+    model: type[Model] = HeartBeat,
+    cls: type[Consumer[Any]] = Consumer,
+    **options: Any,
+) -> Consumer[Any]:
+    """A consumer of the heartbeat topic with fast test timings; ``options`` override them."""
+    settings: dict[str, Any] = {
+        "max_in_flight": 50,
+        "batch_size": 50,
+        "flush_interval": 0.02,
+        "max_message_size": 4096,
+        "requeue_delay": 0.05,
+        "requeue_delay_max": 0.2,
+        **options,
+    }
+    target = address or f"127.0.0.1:{broker.tcp_port if broker else 0}"
+    return cls(
+        topic="taskdash.heartbeat",
+        channel=CHANNEL,
+        model=model,
+        apply=apply,
+        dead_letter=dead_letter,
+        nsqd_tcp_addresses=[target],
+        lookupd_http_addresses=[],
+        **settings,
+    )

@@ -1,0 +1,287 @@
+"""Messages that can never succeed never block a topic: real broker, real pynsq, real MongoDB."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ingest_helpers import (
+    answered,
+    channel_stats,
+    drained,
+    heartbeat_consumer,
+    mpub_binary,
+    new_broker,
+    store_dead_letter,
+)
+from support import NxServer, async_wait_for
+
+from taskdash.errors import StoreUnavailable
+from taskdash.models import HeartBeat, Model, decode
+from taskdash.nsq.broker import Broker
+from taskdash.nsq.consumer import Consumer, Received
+from taskdash.nsq.readers import Ingestion
+from taskdash.settings import NsqSettings
+from taskdash.store import Store
+
+pytestmark = pytest.mark.timeout(90)
+
+NSQ = NsqSettings(
+    heartbeat_flush_interval=0.02,
+    requeue_delay=0.05,
+    requeue_delay_max=0.2,
+    max_message_size=4096,
+    heartbeat_resolution=0.0,
+    max_attempts=3,
+)
+TOPICS = (NSQ.service_topic, NSQ.heartbeat_topic)
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    broker = new_broker(tmp_path)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+async def start_ingestion(store: Store, broker: Broker, settings: NsqSettings = NSQ) -> Ingestion:
+    ingestion = Ingestion(
+        store,
+        settings,
+        node_id="n1",
+        nsqd_tcp_addresses=[f"127.0.0.1:{broker.tcp_port}"],
+        lookupd_http_addresses=[],
+    )
+    for consumer in ingestion.consumers:
+        await consumer.start()
+    return ingestion
+
+
+async def stop_ingestion(ingestion: Ingestion) -> None:
+    for consumer in reversed(ingestion.consumers):
+        await consumer.stop()
+
+
+@pytest.fixture
+async def ingestion(store: Store, broker: Broker) -> AsyncIterator[Ingestion]:
+    ingestion = await start_ingestion(store, broker)
+    try:
+        yield ingestion
+    finally:
+        await stop_ingestion(ingestion)
+
+
+def nsq_log_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What pynsq's own catch-all logs when a handler lets an exception out."""
+    texts = [r.getMessage() for r in caplog.records if r.name.startswith("nsq")]
+    return [t for t in texts if "failed to handle_message" in t or "uncaught exception" in t]
+
+
+async def assert_finished_without_requeue(broker: Broker, topic: str) -> None:
+    """Answered by FIN: requeueing after a dead letter would show as a requeue or deferral."""
+    stats = await async_wait_for(lambda: answered(broker, topic))
+    assert stats["requeue_count"] == 0 and stats["deferred_count"] == 0, stats
+
+
+async def test_invalid_utf8_is_dead_lettered_and_good_beats_behind_it_stored(
+    store: Store, broker: Broker, ingestion: Ingestion, caplog: pytest.LogCaptureFixture
+) -> None:
+    await mpub_binary(broker, NSQ.service_topic, [b'{"id":"svc-1"}', b'{"id":"a\xffb"}'])
+    await async_wait_for(lambda: ingestion.services.counters.stored == 1)
+    await mpub_binary(broker, NSQ.heartbeat_topic, [b'{"id":"a\xffb"}'] * 20 + [b'{"id":"svc-1"}'])
+
+    async def beat_stored() -> bool:
+        doc = await store.services.find_one({"_id": "svc-1"})
+        return doc.get("heartbeats_total") == 1
+
+    await async_wait_for(beat_stored)
+    await async_wait_for(lambda: ingestion.heartbeats.counters.dead_lettered == 20)
+    await async_wait_for(lambda: ingestion.services.counters.dead_lettered == 1)
+    letters = [d async for d in store.dead_letters.find({})]
+    assert len(letters) == 21
+    assert all("not valid UTF-8" in d["reason"] for d in letters), letters[0]["reason"]
+    for topic in TOPICS:
+        await assert_finished_without_requeue(broker, topic)
+    assert nsq_log_failures(caplog) == []
+
+
+async def test_whatever_decoding_raises_is_dead_lettered(store: Store, broker: Broker) -> None:
+    """Never only the exceptions foreseen: here a RecursionError, as deep nesting can raise."""
+
+    def deep_decode(model: type[Model], body: bytes) -> Model:
+        if body.startswith(b"["):
+            raise RecursionError("maximum recursion depth exceeded")
+        return decode(model, body)
+
+    applied: list[str] = []
+
+    async def apply(batch: list[Received[HeartBeat]]) -> None:
+        applied.extend(r.item.id for r in batch)
+
+    consumer = heartbeat_consumer(broker, apply, store_dead_letter(store), decode=deep_decode)
+    await consumer.start()
+    try:
+        await mpub_binary(broker, NSQ.heartbeat_topic, [b"[" * 1000, b'{"id":"good"}'])
+        await async_wait_for(lambda: applied == ["good"])
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+        assert "RecursionError" in letter["reason"] and letter["attempts"] == 1
+        await assert_finished_without_requeue(broker, NSQ.heartbeat_topic)
+    finally:
+        await consumer.stop()
+
+
+async def test_an_apply_that_keeps_failing_on_one_message_dead_letters_only_that_one(
+    store: Store, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retried ``max_attempts`` times, then dead-lettered; its batch's good ones are stored once."""
+    applied: list[str] = []
+
+    async def apply(batch: list[Received[HeartBeat]]) -> None:
+        if any(r.item.id == "bad" for r in batch):
+            raise RuntimeError("cannot apply bad")
+        applied.extend(r.item.id for r in batch)
+
+    consumer = heartbeat_consumer(broker, apply, store_dead_letter(store), max_attempts=3)
+    await consumer.start()
+    try:
+        bodies = [json.dumps({"id": f"g{i}"}).encode() for i in range(10)]
+        bodies.insert(5, b'{"id":"bad"}')
+        await mpub_binary(broker, NSQ.heartbeat_topic, bodies)
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+        assert "RuntimeError: cannot apply bad" in letter["reason"]
+        assert letter["attempts"] == 3
+        stats = await async_wait_for(lambda: drained(broker, NSQ.heartbeat_topic))
+        assert stats["requeue_count"] == 2, "retried twice, then dead-lettered on the third"
+        assert sorted(applied) == sorted(f"g{i}" for i in range(10)), "each good one once"
+        assert consumer.counters.dead_lettered == 1 and consumer.counters.stored == 10
+    finally:
+        await consumer.stop()
+    assert nsq_log_failures(caplog) == []
+
+
+async def test_store_unavailability_is_retried_without_limit(store: Store, broker: Broker) -> None:
+    """A StoreError is an outage, not poison: retried past ``max_attempts``, never dead-lettered."""
+    failures: list[int] = []
+
+    async def apply(batch: list[Received[HeartBeat]]) -> None:
+        if len(failures) < 3:
+            failures.append(batch[0].message.attempts)
+            raise StoreUnavailable("record_heartbeats: MongoDB unreachable")
+
+    consumer = heartbeat_consumer(broker, apply, store_dead_letter(store), max_attempts=1)
+    await consumer.start()
+    try:
+        await mpub_binary(broker, NSQ.heartbeat_topic, [b'{"id":"svc-1"}'])
+        await async_wait_for(lambda: consumer.counters.stored == 1)
+        assert failures == [1, 2, 3]
+        stats = await async_wait_for(lambda: drained(broker, NSQ.heartbeat_topic))
+        assert stats["requeue_count"] == 3 and consumer.counters.dead_lettered == 0
+        assert await store.dead_letters.count_documents({}) == 0
+    finally:
+        await consumer.stop()
+
+
+class BuggyConsumer(Consumer[HeartBeat]):
+    """A bug of ours inside the message handler itself, after decoding."""
+
+    def _queue(self, message: Any, item: HeartBeat, at: datetime) -> None:
+        if item.id == "bad":
+            raise KeyError("a bug in the handler")
+        super()._queue(message, item, at)
+
+
+async def test_a_bug_in_the_handler_never_reaches_pynsq(
+    store: Store, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    applied: list[str] = []
+
+    async def apply(batch: list[Received[HeartBeat]]) -> None:
+        applied.extend(r.item.id for r in batch)
+
+    consumer = heartbeat_consumer(
+        broker, apply, store_dead_letter(store), cls=BuggyConsumer, max_attempts=2
+    )
+    await consumer.start()
+    try:
+        await mpub_binary(broker, NSQ.heartbeat_topic, [b'{"id":"bad"}', b'{"id":"good"}'])
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+        assert "KeyError" in letter["reason"] and letter["attempts"] == 2
+        stats = await async_wait_for(lambda: drained(broker, NSQ.heartbeat_topic))
+        assert stats["requeue_count"] == 1
+        assert applied == ["good"]
+    finally:
+        await consumer.stop()
+    assert nsq_log_failures(caplog) == []
+
+
+async def test_a_dead_letter_that_cannot_be_written_is_requeued_then_kept(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Store down while poison arrives: requeued (not lost, not finished), kept once it is back."""
+    server = NxServer(tmp_path / "mongo")
+    server.start()
+    store = Store(server.uri, "taskdash", server_selection_timeout=0.3)
+    await store.ensure_indexes()
+    ingestion = await start_ingestion(store, broker)
+    try:
+        await async_wait_for(lambda: ingestion.services.check()[1]["connections"] == 1)
+        server.stop()
+        await mpub_binary(broker, NSQ.service_topic, [b"not json"])
+        # a dead letter that cannot be written is retried like any store write: past max_attempts
+        await async_wait_for(
+            lambda: ingestion.services.counters.requeued > NSQ.max_attempts, timeout=30
+        )
+        stats = await channel_stats(broker, NSQ.service_topic)
+        assert stats["requeue_count"] > NSQ.max_attempts
+        assert ingestion.services.counters.dead_lettered == 0
+        server.start()
+        await async_wait_for(lambda: ingestion.services.counters.dead_lettered == 1, timeout=30)
+        stats = await async_wait_for(lambda: drained(broker, NSQ.service_topic), timeout=30)
+        (letter,) = [d async for d in store.dead_letters.find({})]
+        assert "not valid JSON" in letter["reason"] and letter["attempts"] > NSQ.max_attempts
+    finally:
+        await stop_ingestion(ingestion)
+        await store.close()
+        server.stop()
+
+
+async def test_a_store_outage_is_retried_beyond_max_attempts(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Only store unavailability is retried without limit: good messages are never dead-lettered."""
+    server = NxServer(tmp_path / "mongo")
+    server.start()
+    store = Store(server.uri, "taskdash", server_selection_timeout=0.3)
+    await store.ensure_indexes()
+    settings = NsqSettings(
+        heartbeat_flush_interval=0.02, requeue_delay=0.05, requeue_delay_max=0.1, max_attempts=1
+    )
+    ingestion = await start_ingestion(store, broker, settings)
+    try:
+        await async_wait_for(lambda: ingestion.services.check()[1]["connections"] == 1)
+        server.stop()
+        await mpub_binary(broker, NSQ.service_topic, [b'{"id":"svc-1"}'])
+        await async_wait_for(lambda: ingestion.services.counters.requeued >= 3, timeout=30)
+        server.start()
+        await async_wait_for(lambda: ingestion.services.counters.stored == 1, timeout=30)
+        await async_wait_for(lambda: drained(broker, NSQ.service_topic), timeout=30)
+        assert await store.dead_letters.count_documents({}) == 0
+        assert ingestion.services.counters.dead_lettered == 0
+    finally:
+        await stop_ingestion(ingestion)
+        await store.close()
+        server.stop()
+
+
+def test_handler_logs_are_not_pynsq_tracebacks_for_poison(caplog: pytest.LogCaptureFixture) -> None:
+    """Sanity of the helper above: pynsq's catch-all text is what we look for."""
+    logging.getLogger("nsq.reader").error("[x:y] failed to handle_message() %r", "m")
+    assert nsq_log_failures(caplog) == ["[x:y] failed to handle_message() 'm'"]
