@@ -68,6 +68,7 @@ class Checker:
         node_id: str,
         on_change: Callable[[], Awaitable[None]] | None = None,
         clock: Clock = utcnow,
+        summary_threshold: int = 20,
     ) -> None:
         self.store = store
         self.settings = settings
