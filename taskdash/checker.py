@@ -185,7 +185,8 @@ class Checker:
         more than half of ``stale_after`` (services beat more often than that), plus those
         flagged stale within the last ``stale_after`` (while the mode lasts, since
         ``stale_after`` before it began). Population: the online services plus those flagged.
-        Only runs in passes with someone to flag or in the mode (three index counts).
+        Only runs in passes with an online service to flag (three index counts): when none
+        is left, the mode ends.
         """
         s = self.settings
         going = ms_before(now, s.stale_after / 2)
@@ -206,7 +207,7 @@ class Checker:
             await candidates(self.store, stale_cut, offline_cut), stale_cut, offline_cut
         )
         silent, population = 0, 0
-        if s.self_preservation and (plan.quiet or self.self_preservation):
+        if s.self_preservation and plan.quiet:
             silent, population = await self._silence(now, stale_cut)
         preserving = self._quiet_decision(silent, population, now)
         self._set_mode(preserving, now)

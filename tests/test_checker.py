@@ -146,15 +146,69 @@ async def test_self_preservation_holds_a_mass_silence(store: Store) -> None:
     assert checker.check()[1]["mode"] == "normal"
 
 
-async def test_small_silences_are_flagged_normally(store: Store) -> None:
+@pytest.mark.parametrize(
+    ("quiet", "total", "held"),
+    [
+        (4, 4, False),  # 100 %, but fewer than self_preservation_min (5)
+        (5, 6, True),  # exactly the minimum, 83 %
+        (5, 10, False),  # exactly 50 %: not more than the ratio
+        (6, 10, True),
+    ],
+)
+async def test_self_preservation_needs_more_than_the_ratio_and_at_least_the_minimum(
+    store: Store, quiet: int, total: int, held: bool
+) -> None:
     clock = Clock()
     checker = Checker(store, settings(self_preservation_min=5), node_id="n1", clock=clock)
-    ids = await setup(store, clock, 4)
+    ids = await setup(store, clock, total)
     await beat(store, clock, *ids)
     await checker.check_once()
-    clock.advance(20)  # all 4 quiet: 100 % but fewer than 5 services
+    clock.advance(20)
+    await beat(store, clock, *ids[quiet:])
     result = await checker.check_once()
-    assert not result.self_preservation and len(result.changes) == 4
+    assert result.self_preservation is held and result.quiet == quiet
+    assert len(result.changes) == (0 if held else quiet)
+
+
+async def test_one_beat_right_after_going_stale_does_not_bring_a_service_back(
+    store: Store,
+) -> None:
+    """Flap damping counts beats from the change, not the beats counted while online."""
+    clock = Clock()
+    checker = Checker(store, settings(recover_beats=2), node_id="n1", clock=clock)
+    await setup(store, clock, 1)
+    for _ in range(5):
+        clock.advance(1)
+        await beat(store, clock, "s0")
+    await checker.check_once()
+    clock.advance(16)
+    await checker.check_once()
+    assert await status(store, "s0") == "stale"
+    await beat(store, clock, "s0")
+    await checker.check_once()
+    assert await status(store, "s0") == "stale", "one beat < recover_beats"
+
+
+async def test_a_second_self_preservation_starts_its_own_clock(store: Store) -> None:
+    """The maximum counts from each entry into the mode, not from the first one."""
+    clock = Clock()
+    checker = Checker(store, settings(self_preservation_max=300), node_id="n1", clock=clock)
+    ids = await setup(store, clock, 10)
+    await beat(store, clock, *ids)
+    await checker.check_once()
+    clock.advance(20)  # 7 of 10 quiet: the mode
+    await beat(store, clock, *ids[7:])
+    assert (await checker.check_once()).self_preservation
+    clock.advance(1)  # they are back: the mode ends
+    await beat(store, clock, *ids)
+    assert not (await checker.check_once()).self_preservation
+    clock.advance(400)  # later, a new mass silence: held, not expired at once
+    await beat(store, clock, *ids)
+    await checker.check_once()
+    clock.advance(20)
+    await beat(store, clock, *ids[7:])
+    result = await checker.check_once()
+    assert result.self_preservation and result.changes == []
 
 
 async def test_two_checkers_record_each_change_once(store: Store) -> None:
@@ -235,8 +289,11 @@ async def test_settled_services_are_not_read_by_a_pass(store: Store) -> None:
     await beat(store, clock, *ids[:2])
     await register_services(store, [TaskService(id="s5", url="http://h/s5")], clock.now)
     await checker.check_once()  # s5 re-registered: alive, but still offline (no beat)
+    # never heard from, registered 20 s ago: not a candidate until offline_after
+    await register_services(store, [TaskService(id="u")], clock.now - timedelta(seconds=20))
     states = {i: await status(store, i) for i in ids}
     assert states == {"s0": "online", "s1": "online", **{f"s{i}": "offline" for i in range(2, 6)}}
+    assert await status(store, "u") == "unknown"
     now = clock.now
     stale_cut = to_ms(now - timedelta(seconds=15))
     assert await candidates(store, stale_cut, to_ms(now - timedelta(seconds=60))) == []
@@ -419,13 +476,16 @@ async def run_passes(checker: Checker, clock: Clock, seconds: float, every: floa
     return results
 
 
+@pytest.mark.parametrize("older", [20, 2])
 async def test_a_total_silence_split_by_the_heartbeat_resolution_flags_nobody(
-    store: Store,
+    store: Store, older: int
 ) -> None:
-    """200 services fall silent at once; 20 of them were last stored 1 s earlier.
+    """200 services fall silent at once; 20 (or 2) of them were last stored 1 s earlier.
 
     Their stored beats lag by up to ``heartbeat_resolution``, so a per-pass judgement sees
-    10 % go quiet first (flagged), then the rest (the mode): a mass silence must flag nobody.
+    10 % go quiet first (flagged), then the rest (the mode): a mass silence must flag nobody,
+    even when the first few are fewer than ``self_preservation_min``. Passes run every 0.5 s
+    of the test clock so that one of them sees the first few alone.
     """
     clock = Clock()
     checker = Checker(store, settings(), node_id="n1", clock=clock)
@@ -436,9 +496,10 @@ async def test_a_total_silence_split_by_the_heartbeat_resolution_flags_nobody(
         await beat(store, clock, *ids)
         await checker.check_once()
     clock.advance(1)
-    await beat(store, clock, *ids[20:])  # the last stored beat of 20 is 1 s older; then silence
+    await beat(store, clock, *ids[older:])  # the last stored beat of a few is 1 s older; silence
     with structlog.testing.capture_logs() as logs:
-        results = await run_passes(checker, clock, 60, every=0.5)
+        results = await run_passes(checker, clock, 30, every=0.5)
+    assert any(r.quiet == older for r in results), "a pass saw the few alone past stale_after"
     assert [c for r in results for c in r.changes] == []
     assert {await status(store, i) for i in ids} == {"online"}
     entered = [e for e in logs if e["event"] == "self_preservation_entered"]
@@ -518,6 +579,7 @@ async def test_a_service_that_never_beats_is_unknown_then_offline(store: Store) 
     results = await run_passes(checker, clock, 4)
     changes = [(c["from"], c["to"], c["reason"]) for r in results for c in r.changes]
     assert changes == [("unknown", "offline", "no first heartbeat")]
+    assert [r.quiet for r in results] == [0, 0], "never online: not part of a silence"
     for _ in range(2):  # it starts beating after all: online after recover_beats
         clock.advance(1)
         await beat(store, clock, "s0")
