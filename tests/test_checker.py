@@ -507,6 +507,24 @@ async def test_a_total_silence_split_by_the_heartbeat_resolution_flags_nobody(
     assert checker.check()[1]["mode"] == "self_preservation"
 
 
+async def test_a_total_silence_of_services_beating_every_5_s_flags_nobody(store: Store) -> None:
+    """The Announcer's period: last beats spread over 5 s, a pass every 2 s sees ~40 % first."""
+    clock = Clock()
+    checker = Checker(store, settings(), node_id="n1", clock=clock)
+    ids = await setup(store, clock, 200)
+    await checker.check_once()
+    for second in range(1, 31):  # each service beats every 5 s, phases spread evenly
+        clock.advance(1)
+        await beat(store, clock, *ids[second % 5 :: 5])
+        if second % 2 == 0:
+            await checker.check_once()
+    with structlog.testing.capture_logs() as logs:
+        results = await run_passes(checker, clock, 30)
+    assert [c for r in results for c in r.changes] == []
+    assert [e["event"] for e in logs] == ["self_preservation_entered"]
+    assert "200 of 200" in logs[0]["reason"]
+
+
 async def test_a_small_silence_among_many_is_flagged_at_the_first_pass_past_stale_after(
     store: Store,
 ) -> None:
