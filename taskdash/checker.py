@@ -112,8 +112,8 @@ class Checker:
                 )
             return ""
         return (
-            f"{silent} of {population} services online within stale_after "
-            f"({s.stale_after:g} s) went quiet or are going quiet "
+            f"{silent} of {population} services online within the last stale_after "
+            f"({s.stale_after:g} s) went quiet or have been silent for over half of it "
             f"(> {s.self_preservation_ratio:.0%}); more likely our NSQ path than the services"
         )
 
