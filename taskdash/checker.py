@@ -182,9 +182,12 @@ class Checker:
         Judged over a window, not one pass: services that fell silent together reach
         ``stale_after`` up to a beat period plus ``heartbeat_resolution`` apart, so a pass
         could flag the first few before the mass shows. Silent: the online services quiet for
-        more than half of ``stale_after`` (services beat more often than that), plus those
-        flagged stale within the last ``stale_after`` (while the mode lasts, since
-        ``stale_after`` before it began). Population: the online services plus those flagged.
+        more than half of ``stale_after``, plus those flagged stale within the last
+        ``stale_after`` (while the mode lasts, since ``stale_after`` before it began).
+        Population: the online services plus those flagged. Half is the midpoint that works
+        both ways while stored beats are less than that apart (beat period + resolution +
+        flush): a healthy service is never counted silent, and when the first of a total
+        silence reaches ``stale_after`` all the others have been silent for half of it.
         Only runs in passes with an online service to flag (three index counts): when none
         is left, the mode ends.
         """
