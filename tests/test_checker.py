@@ -609,7 +609,7 @@ async def test_status_changes_above_the_threshold_are_logged_as_one_summary_per_
     store: Store,
 ) -> None:
     clock = Clock()
-    checker = Checker(store, settings(), node_id="n1", clock=clock, summary_threshold=20)
+    checker = Checker(store, settings(), node_id="n1", clock=clock)  # threshold 20 by default
     ids = await setup(store, clock, 5200)
     await beat(store, clock, *ids)
     with structlog.testing.capture_logs() as logs:
