@@ -16,7 +16,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -175,6 +175,16 @@ class NsqSettings(_Section):
         if self.requeue_delay_max < self.requeue_delay:
             raise ValueError("requeue_delay_max: must be >= requeue_delay")
         self._require_host("embedded_host")
+        self._require_distinct_ports()
+
+    def _require_distinct_ports(self) -> None:
+        """Two embedded servers on one port: the second bind would fail at start."""
+        seen: dict[int, str] = {}
+        for name in ("embedded_tcp_port", "embedded_http_port", "embedded_lookupd_port"):
+            port = getattr(self, name)
+            if port and port in seen:
+                raise ValueError(f"{name}: {port} is already embedded_{seen[port]}")
+            seen[port] = name.removeprefix("embedded_")
 
     @property
     def embedded(self) -> bool:
@@ -403,13 +413,27 @@ def _describe(err: msgspec.ValidationError, source: str, origins: Mapping[str, s
     return f"{path}: {message} (in {_origin(key_path, message, source, origins)})"
 
 
-def env_warnings(env: Mapping[str, str] | None = None) -> list[str]:
-    """One line per ``TASKDASH_*`` variable that is no override, so would change nothing.
+class EnvWarning(NamedTuple):
+    """A ``TASKDASH_*`` variable that is no override, and the one it most likely meant."""
+
+    variable: str
+    did_you_mean: str  # "" when no key is close
+
+    def __str__(self) -> str:
+        hint = (
+            f"; did you mean {self.did_you_mean}?"
+            if self.did_you_mean
+            else f" (settings are {ENV_PREFIX}<SECTION>__<KEY>)"
+        )
+        return f"{self.variable} is not a setting and is ignored{hint}"
+
+
+def env_warnings(env: Mapping[str, str] | None = None) -> list[EnvWarning]:
+    """The ``TASKDASH_*`` variables that are no override, so would change nothing unseen.
 
     A variable with ``__`` naming an unknown key is an error at load, like an unknown key in
-    the file; one without ``__`` (``TASKDASH_WEB_PORT``) is not read at all, so it is only
-    worth a warning, naming the key it most likely meant. ``TASKDASH_TEST_*`` belong to the
-    test suite.
+    the file; one without ``__`` (``TASKDASH_WEB_PORT``) is not read at all, so it is worth a
+    warning naming the key it most likely meant. ``TASKDASH_TEST_*`` belong to the test suite.
     """
     env = os.environ if env is None else env
     warnings = []
@@ -419,12 +443,7 @@ def env_warnings(env: Mapping[str, str] | None = None) -> list[str]:
         if name.startswith(ENV_NOT_SETTINGS_PREFIX):
             continue
         near = _nearest_key(name[len(ENV_PREFIX) :])
-        hint = (
-            f"; did you mean {env_name(*near)}?"
-            if near
-            else f" (settings are {ENV_PREFIX}<SECTION>__<KEY>)"
-        )
-        warnings.append(f"{name} is not a setting and is ignored{hint}")
+        warnings.append(EnvWarning(name, env_name(*near) if near else ""))
     return warnings
 
 

@@ -110,6 +110,10 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         ),
         ("[nsq]\nmax_in_flight = 0\n", "nsq.max_in_flight: Expected `int` >= 1"),
         (
+            "[nsq]\nembedded_lookupd_port = 4150\n",
+            "nsq.embedded_lookupd_port: 4150 is already embedded_tcp_port (in {file})",
+        ),
+        (
             "[nsq]\nnsqd_http_address = 'nsqd-1:4151'\n",
             "nsq.nsqd_http_address: must be an http(s):// URL (in {file})",
         ),
@@ -305,7 +309,8 @@ def test_env_variable_without_double_underscore_warns(name: str, warning: str) -
     env = {name: "9090"}
     assert load(None, env=env) == Settings()  # a warning, not an error
     warnings = env_warnings(env)
-    assert len(warnings) == 1 and warning in warnings[0]
+    assert len(warnings) == 1 and warning in str(warnings[0])
+    assert warnings[0].variable == name
 
 
 def test_no_warnings_for_good_overrides_other_variables_and_the_test_suite() -> None:
