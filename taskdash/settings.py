@@ -14,6 +14,7 @@ import re
 import socket
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -43,6 +44,27 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """An empty host would make the server listen on every interface, or fail obscurely."""
         if not getattr(self, name).strip():
             raise ValueError(f"{name}: must not be empty")
+
+
+HTTP_URL = "http(s)://host[:port]"
+
+
+def http_url_error(url: str) -> str | None:
+    """Why ``url`` cannot be an nsqd or nsqlookupd HTTP address (None if it can).
+
+    Checked at load (and for ``publish --nsqd-http``) so that ``nsqd:4151`` or ``http://``
+    is one config line, not a ``requests`` error at the first publish.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: a bad one raises ValueError
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "not an http:// or https:// URL"
+    if not parts.hostname:
+        return "no host"
+    return None
 
 
 def mongodb_uri_error(uri: str) -> str | None:
@@ -166,12 +188,10 @@ class NsqSettings(_Section):
             if not re.fullmatch(r"[^\s:/]+:\d{1,5}", address):
                 raise ValueError(f"nsqd_tcp_addresses: entry {address!r} is not host:port")
         for url in self.lookupd_http_addresses:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError("lookupd_http_addresses: entries must be http(s):// URLs")
-        if self.nsqd_http_address and not self.nsqd_http_address.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError("nsqd_http_address: must be an http(s):// URL")
+            if http_url_error(url):
+                raise ValueError(f"lookupd_http_addresses: {url!r} is not an {HTTP_URL} URL")
+        if self.nsqd_http_address and http_url_error(self.nsqd_http_address):
+            raise ValueError(f"nsqd_http_address: must be an {HTTP_URL} URL")
         if self.requeue_delay_max < self.requeue_delay:
             raise ValueError("requeue_delay_max: must be >= requeue_delay")
         self._require_host("embedded_host")

@@ -277,8 +277,11 @@ def beating(service_id: str, *options: str) -> list[str]:
     return [TASKDASH, "publish", "heartbeat", "--id", service_id, *options]
 
 
-def test_publish_heartbeat_ctrl_c_says_how_many_were_sent(tmp_path: Path) -> None:
-    """An endless ``--every`` ends with Ctrl-C: its count, exit 0, and no traceback."""
+@pytest.mark.parametrize(("sig", "name"), [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_publish_heartbeat_ctrl_c_says_how_many_were_sent(
+    tmp_path: Path, sig: signal.Signals, name: str
+) -> None:
+    """An endless ``--every`` ends with Ctrl-C: its exact count, exit 0, and no traceback."""
     with running_nsqd(tmp_path) as broker:
         proc = subprocess.Popen(
             beating("svc-1", "--every", "0.05", "--nsqd-http", broker.url),
@@ -289,7 +292,7 @@ def test_publish_heartbeat_ctrl_c_says_how_many_were_sent(tmp_path: Path) -> Non
         )
         try:
             wait_for(lambda: (broker.topic("taskdash.heartbeat") or {}).get("message_count", 0) > 2)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             out, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
@@ -301,7 +304,7 @@ def test_publish_heartbeat_ctrl_c_says_how_many_were_sent(tmp_path: Path) -> Non
     assert err == ""
     count = stored["message_count"]
     assert out.strip() == (
-        f"published {count} heartbeat(s) for svc-1 to taskdash.heartbeat (stopped by Ctrl-C)"
+        f"published {count} heartbeat(s) for svc-1 to taskdash.heartbeat (stopped by {name})"
     )
 
 

@@ -115,7 +115,15 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         ),
         (
             "[nsq]\nnsqd_http_address = 'nsqd-1:4151'\n",
-            "nsq.nsqd_http_address: must be an http(s):// URL (in {file})",
+            "nsq.nsqd_http_address: must be an http(s)://host[:port] URL (in {file})",
+        ),
+        (
+            "[nsq]\nnsqd_http_address = 'http://'\n",
+            "nsq.nsqd_http_address: must be an http(s)://host[:port] URL (in {file})",
+        ),
+        (
+            "[nsq]\nlookupd_http_addresses = ['http://l1:4161', 'http://l2:x']\n",
+            "nsq.lookupd_http_addresses: 'http://l2:x' is not an http(s)://host[:port] URL",
         ),
         (
             "[nsq]\nrequeue_delay = 5\nrequeue_delay_max = 1\n",
