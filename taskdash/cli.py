@@ -16,13 +16,21 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from taskdash import __version__, logs
 from taskdash.errors import ConfigError
-from taskdash.settings import EnvWarning, Settings, env_warnings, http_url_error, load
+from taskdash.settings import (
+    EnvWarning,
+    Settings,
+    env_warnings,
+    http_url_error,
+    load,
+    origin_of,
+)
 
 log = structlog.get_logger("taskdash.cli")
 
@@ -251,12 +259,30 @@ def _log_warnings(warnings: list[EnvWarning]) -> None:
         log.warning("env_variable_ignored", variable=warning.variable, **fields)
 
 
+class _LogFileError(Exception):
+    """``[log] file`` cannot be opened: a config error, reported before anything starts."""
+
+
+def _configure_logs(
+    args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]
+) -> logs.ReopenableFileHandler | None:
+    """Set up logging, then log the environment warnings through it."""
+    try:
+        log_file = logs.configure(settings.log, args.log_format)
+    except OSError as exc:
+        origin = origin_of("log.file", args.config)
+        raise _LogFileError(
+            f"log.file: cannot open {settings.log.file}: {exc.strerror or exc} (in {origin})"
+        ) from None
+    _log_warnings(warnings)
+    return log_file
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
     """Run the daemon until a stop signal."""
     from taskdash.daemon import Daemon
 
-    log_file = logs.configure(settings.log, args.log_format)
-    _log_warnings(warnings)
+    log_file = _configure_logs(args, settings, warnings)
 
     async def main() -> int:
         return await Daemon(settings, log_file=log_file).run()
@@ -310,6 +336,16 @@ def _bind_failure(exc: OSError, settings: Settings) -> dict[str, str]:
     return {"setting": "nsq.embedded_host", "address": cfg.embedded_host}
 
 
+def _usable_data_dir(data_dir: Path) -> bool:
+    """The queues are saved there at stop, which is too late to find it unusable."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("start_failed", error=str(exc), setting="daemon.data_dir", path=str(data_dir))
+        return False
+    return True
+
+
 async def _serve_broker(settings: Settings) -> int:
     """Start the broker, wait for SIGTERM/SIGINT, stop it (saving unfinished messages)."""
     from taskdash.nsq.broker import Broker
@@ -319,14 +355,17 @@ async def _serve_broker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    data_dir = settings.data_path("nsq").absolute()
     broker = Broker(
         host=cfg.embedded_host,
         tcp_port=cfg.embedded_tcp_port,
         http_port=cfg.embedded_http_port,
         lookupd_http_port=cfg.embedded_lookupd_port,
-        data_dir=settings.data_path("nsq").absolute(),
+        data_dir=data_dir,
         broadcast_address=cfg.embedded_host,
     )
+    if not _usable_data_dir(data_dir):
+        return EXIT_FAILED
     try:
         await broker.start()
     except OSError as exc:
@@ -334,14 +373,17 @@ async def _serve_broker(settings: Settings) -> int:
         return EXIT_FAILED
     log.info("nsqd_ready", tcp_port=broker.tcp_port, http_port=broker.http_port)
     await stop.wait()
-    await broker.stop()
+    try:
+        await broker.stop()
+    except OSError as exc:  # e.g. the disk filled up: say so, without a traceback
+        log.error("stop_failed", error=str(exc), path=str(data_dir))
+        return EXIT_FAILED
     return EXIT_OK
 
 
 def cmd_nsqd(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
     """Run the embedded broker alone (nsqd TCP + HTTP, nsqlookupd HTTP) until a stop signal."""
-    logs.configure(settings.log, args.log_format)
-    _log_warnings(warnings)
+    _configure_logs(args, settings, warnings)
     return asyncio.run(_serve_broker(settings))
 
 
@@ -462,6 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args, settings, env_warnings())
+    except _LogFileError as exc:
+        _error(f"config error: {exc}")
+        return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C before a command's own signal handling is in place
         _error("interrupted")
         return 128 + signal.SIGINT

@@ -433,6 +433,21 @@ def _describe(err: msgspec.ValidationError, source: str, origins: Mapping[str, s
     return f"{path}: {message} (in {_origin(key_path, message, source, origins)})"
 
 
+def origin_of(
+    key: str, path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """Where ``section.key`` came from (its variable, else the file), for errors found later.
+
+    A value can be valid text yet unusable at start (a log file in a missing directory):
+    the error line still names the place to fix it.
+    """
+    env = os.environ if env is None else env
+    variable = env_name(*key.split(".", 1))
+    if variable in env:
+        return variable
+    return str(path) if path is not None else DEFAULTS
+
+
 class EnvWarning(NamedTuple):
     """A ``TASKDASH_*`` variable that is no override, and the one it most likely meant."""
 

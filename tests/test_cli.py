@@ -20,7 +20,15 @@ from typing import Any
 
 import nsq
 import pytest
-from support import VENV_BIN, async_wait_for, free_port, http_get, wait_for
+from support import (
+    VENV_BIN,
+    async_wait_for,
+    daemon_env,
+    free_port,
+    http_get,
+    running_daemon,
+    wait_for,
+)
 
 TASKDASH = str(VENV_BIN / "taskdash")
 COMMANDS = [
@@ -233,6 +241,17 @@ def test_long_running_commands_log_env_warnings(tmp_path: Path) -> None:
     assert warned[0]["did_you_mean"] == "TASKDASH_NSQ__CHANNEL"
 
 
+def test_run_logs_env_warnings_at_start(tmp_path: Path) -> None:
+    env = daemon_env(tmp_path, TASKDASH_WEB_PORT="9999")
+    with running_daemon(tmp_path, env) as daemon:
+        pass
+    assert daemon.proc is not None and daemon.proc.returncode == 0, daemon.logs()
+    warned = [e for e in daemon.events() if e.get("event") == "env_variable_ignored"]
+    assert [(e["variable"], e["did_you_mean"]) for e in warned] == [
+        ("TASKDASH_WEB_PORT", "TASKDASH_WEB__PORT")
+    ]
+
+
 # --- publish ----------------------------------------------------------------------------------
 
 
@@ -410,3 +429,28 @@ def test_nsqd_port_in_use_is_one_error_naming_address_and_setting(tmp_path: Path
     assert errors[0]["event"] == "start_failed"
     assert errors[0]["address"] == f"127.0.0.1:{first.http_port}"
     assert errors[0]["setting"] == "nsq.embedded_http_port"
+
+
+@pytest.mark.parametrize("command", ["run", "nsqd"])
+def test_log_file_that_cannot_be_opened_is_one_line_exit_2(tmp_path: Path, command: str) -> None:
+    target = tmp_path / "no-such-dir" / "taskdash.log"
+    env = Nsqd(tmp_path, TASKDASH_LOG__FILE=str(target), TASKDASH_WEB__PORT=str(free_port())).env
+    result = taskdash(command, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        f"taskdash: config error: log.file: cannot open {target}: No such file or directory "
+        "(in TASKDASH_LOG__FILE)"
+    )
+
+
+def test_nsqd_data_dir_that_is_a_file_fails_at_start_naming_the_setting(tmp_path: Path) -> None:
+    """Found at start, not at the stop that would have to save the queues there."""
+    (tmp_path / "var").write_text("not a directory")
+    result = taskdash("nsqd", env=Nsqd(tmp_path).env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    errors = [json.loads(line) for line in result.stdout.splitlines() if '"error"' in line]
+    assert len(errors) == 1, result.stdout
+    assert errors[0]["event"] == "start_failed"
+    assert errors[0]["setting"] == "daemon.data_dir"
+    assert errors[0]["path"] == str(tmp_path / "var" / "nsq")
