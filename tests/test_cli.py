@@ -83,8 +83,8 @@ class Nsqd:
             TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(self.http_port),
             TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(free_port()),
             TASKDASH_LOG__FORMAT="json",
-            **env,
         )
+        self.env.update(env)
         self.output = tmp / f"nsqd-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -454,3 +454,13 @@ def test_nsqd_data_dir_that_is_a_file_fails_at_start_naming_the_setting(tmp_path
     assert errors[0]["event"] == "start_failed"
     assert errors[0]["setting"] == "daemon.data_dir"
     assert errors[0]["path"] == str(tmp_path / "var" / "nsq")
+
+
+def test_publish_to_something_that_is_not_nsqd_is_one_line_exit_1(tmp_path: Path) -> None:
+    """A URL that answers, but not as nsqd (here: the broker's nsqlookupd port)."""
+    lookupd = free_port()
+    with running_nsqd(tmp_path, TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(lookupd)):
+        url = f"http://127.0.0.1:{lookupd}"
+        result = taskdash("publish", "heartbeat", "--id", "svc-1", "--nsqd-http", url)
+    assert result.returncode == 1
+    assert one_line(result.stderr).startswith(f"taskdash: nsqd at {url} answered 404")

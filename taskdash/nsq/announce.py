@@ -54,7 +54,8 @@ def publish(
     except requests.RequestException as exc:
         raise PublishError(f"cannot reach nsqd at {nsqd_http}: {_reason(exc)}") from exc
     if resp.status_code != 200:
-        raise PublishError(f"nsqd answered {resp.status_code}: {resp.text.strip()[:200]}")
+        reason = " ".join(resp.text.split())[:200]  # one line, whatever the server sent
+        raise PublishError(f"nsqd at {nsqd_http} answered {resp.status_code}: {reason}")
 
 
 def encode(record: TaskService | HeartBeat) -> bytes:
