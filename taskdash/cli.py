@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import math
 import signal
 import socket
 import sys
@@ -133,8 +134,8 @@ def _non_negative(kind: type[int] | type[float]) -> Callable[[str], int | float]
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
         return value
 
     return parse
@@ -234,9 +235,13 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     _subparser(
-        sub, "nsqd", "run only the embedded NSQ broker", NSQD_DESCRIPTION, NSQD_EPILOG,
+        sub,
+        "nsqd",
+        "run only the embedded NSQ broker",
+        NSQD_DESCRIPTION,
+        NSQD_EPILOG,
         parents=[common],
-    )  # fmt: skip
+    )
     _add_publish(sub, common)
     return parser
 

@@ -276,7 +276,8 @@ def test_publish_to_unreachable_nsqd_is_one_short_line_exit_1(kind: str) -> None
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--every", "-1"), ("--count", "-2"), ("--every", "soon")]
+    ("option", "value"),
+    [("--every", "-1"), ("--count", "-2"), ("--every", "soon"), ("--every", "nan")],
 )
 def test_publish_heartbeat_refuses_negative_or_bad_numbers(option: str, value: str) -> None:
     result = taskdash("publish", "heartbeat", "--id", "svc-1", option, value)
