@@ -1,8 +1,10 @@
 """The one configuration object: a TOML file plus ``TASKDASH_<SECTION>__<KEY>`` overrides.
 
 Settings are loaded and validated once, at start, and passed down; no other module reads the
-environment. Every mistake (unknown key, wrong type, impossible value) is reported as one
-:class:`~taskdash.errors.ConfigError` line naming the key and where it came from.
+environment. Every mistake (unknown key, wrong type, impossible value, a MongoDB URI the driver
+would refuse) is reported as one :class:`~taskdash.errors.ConfigError` line naming the key,
+where it came from and, for an unknown key, the nearest known one. A ``TASKDASH_`` variable
+without ``__`` is not an override at all: :func:`env_warnings` lists those for the CLI to warn.
 """
 
 from __future__ import annotations
