@@ -38,14 +38,15 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of every section: unknown keys are errors, never silently ignored.
 
-    A check in ``__post_init__`` raises ``ValueError("<key>: <problem>")`` so that the error
-    line names the key (``web.host: ...``) and the variable or file it came from.
+    A check in ``__post_init__`` raises ``ValueError("<key> <problem>")``, a sentence that
+    starts with the key, so that the error line names it (``web.host: must not be empty``)
+    and the variable or file it came from.
     """
 
     def _require_host(self, name: str) -> None:
         """An empty host would make the server listen on every interface, or fail obscurely."""
         if not getattr(self, name).strip():
-            raise ValueError(f"{name}: must not be empty")
+            raise ValueError(f"{name} must not be empty")
 
 
 HTTP_URL = "http(s)://host[:port]"
@@ -132,13 +133,13 @@ class MongoSettings(_Section):
     def __post_init__(self) -> None:
         if self.uri:
             if not self.uri.startswith(("mongodb://", "mongodb+srv://")):
-                raise ValueError("uri: must start with mongodb:// or mongodb+srv://")
+                raise ValueError("uri must start with mongodb:// or mongodb+srv://")
             problem = mongodb_uri_error(self.uri)
             if problem:
-                raise ValueError(f"uri: not a valid MongoDB URI: {problem}")
+                raise ValueError(f"uri is not a valid MongoDB URI: {problem}")
         self._require_host("embedded_host")
         if self.retry_max < self.retry_initial:
-            raise ValueError("retry_max: must be >= retry_initial")
+            raise ValueError("retry_max must be >= retry_initial")
 
 
 class WebSettings(_Section):
@@ -185,17 +186,17 @@ class NsqSettings(_Section):
     def __post_init__(self) -> None:
         for name in ("service_topic", "heartbeat_topic", "status_topic", "channel"):
             if not re.fullmatch(r"[.a-zA-Z0-9_-]{1,64}", getattr(self, name)):
-                raise ValueError(f"{name}: not a valid NSQ name ([.a-zA-Z0-9_-], 1-64 chars)")
+                raise ValueError(f"{name} is not a valid NSQ name ([.a-zA-Z0-9_-], 1-64 chars)")
         for address in self.nsqd_tcp_addresses:
             if not re.fullmatch(r"[^\s:/]+:\d{1,5}", address):
-                raise ValueError(f"nsqd_tcp_addresses: entry {address!r} is not host:port")
+                raise ValueError(f"nsqd_tcp_addresses entry {address!r} is not host:port")
         for url in self.lookupd_http_addresses:
             if http_url_error(url):
-                raise ValueError(f"lookupd_http_addresses: {url!r} is not an {HTTP_URL} URL")
+                raise ValueError(f"lookupd_http_addresses entry {url!r} is not an {HTTP_URL} URL")
         if self.nsqd_http_address and http_url_error(self.nsqd_http_address):
-            raise ValueError(f"nsqd_http_address: must be an {HTTP_URL} URL")
+            raise ValueError(f"nsqd_http_address must be an {HTTP_URL} URL")
         if self.requeue_delay_max < self.requeue_delay:
-            raise ValueError("requeue_delay_max: must be >= requeue_delay")
+            raise ValueError("requeue_delay_max must be >= requeue_delay")
         self._require_host("embedded_host")
         self._require_distinct_ports()
 
@@ -205,8 +206,8 @@ class NsqSettings(_Section):
         for name in ("embedded_tcp_port", "embedded_http_port", "embedded_lookupd_port"):
             port = getattr(self, name)
             if port and port in seen:
-                raise ValueError(f"{name}: {port} is already embedded_{seen[port]}")
-            seen[port] = name.removeprefix("embedded_")
+                raise ValueError(f"{name} is the same port as {seen[port]} ({port})")
+            seen[port] = name
 
     @property
     def embedded(self) -> bool:
@@ -231,7 +232,7 @@ class CheckerSettings(_Section):
 
     def __post_init__(self) -> None:
         if self.offline_after <= self.stale_after:
-            raise ValueError("offline_after: must be greater than stale_after")
+            raise ValueError("offline_after must be greater than stale_after")
 
 
 class FetcherSettings(_Section):
@@ -269,11 +270,11 @@ class FetcherSettings(_Section):
                 try:
                     ipaddress.ip_network(cidr, strict=False)
                 except ValueError:
-                    raise ValueError(f"{name}: entry {cidr!r} is not a CIDR") from None
+                    raise ValueError(f"{name} entry {cidr!r} is not a CIDR") from None
         if self.backoff_max < self.backoff_initial:
-            raise ValueError("backoff_max: must be >= backoff_initial")
+            raise ValueError("backoff_max must be >= backoff_initial")
         if self.node_timeout <= self.node_heartbeat_interval:
-            raise ValueError("node_timeout: must be greater than node_heartbeat_interval")
+            raise ValueError("node_timeout must be greater than node_heartbeat_interval")
 
 
 class Settings(_Section):
@@ -392,10 +393,10 @@ def _allowed_values(path: str) -> tuple[Any, ...]:
 
 
 def _key_of_check(path: str, message: str) -> tuple[str, str]:
-    """A section's own check says ``key: problem``: report it as ``section.key``."""
-    key, sep, rest = message.partition(": ")
-    if sep and key in _keys(path):
-        return f"{path}.{key}", rest
+    """A section's check says ``key is/must ...``: report ``section.key: [is] ...``."""
+    key, _, rest = message.partition(" ")
+    if rest and key in _keys(path):
+        return f"{path}.{key}", rest.removeprefix("is ")
     return path, message
 
 

@@ -111,7 +111,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         ("[nsq]\nmax_in_flight = 0\n", "nsq.max_in_flight: Expected `int` >= 1"),
         (
             "[nsq]\nembedded_lookupd_port = 4150\n",
-            "nsq.embedded_lookupd_port: 4150 is already embedded_tcp_port (in {file})",
+            "nsq.embedded_lookupd_port: the same port as embedded_tcp_port (4150) (in {file})",
         ),
         (
             "[nsq]\nnsqd_http_address = 'nsqd-1:4151'\n",
@@ -123,7 +123,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         ),
         (
             "[nsq]\nlookupd_http_addresses = ['http://l1:4161', 'http://l2:x']\n",
-            "nsq.lookupd_http_addresses: 'http://l2:x' is not an http(s)://host[:port] URL",
+            "nsq.lookupd_http_addresses: entry 'http://l2:x' is not an http(s)://host[:port] URL",
         ),
         (
             "[nsq]\nrequeue_delay = 5\nrequeue_delay_max = 1\n",
