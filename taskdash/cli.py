@@ -86,7 +86,8 @@ Exit codes: 0 valid, 2 invalid (one line naming the key and where it came from).
 NSQD_DESCRIPTION = """\
 Run only the embedded NSQ broker (nsqd TCP and HTTP, nsqlookupd HTTP) on the [nsq] embedded_*
 host and ports, until SIGTERM or Ctrl-C. Unfinished messages are saved under
-<data_dir>/nsq when it stops and delivered again after the next start."""
+<data_dir>/nsq when it stops and delivered again after the next start. SIGHUP reopens the
+log file ([log] file)."""
 
 NSQD_EPILOG = """\
 Examples:
@@ -351,7 +352,14 @@ def _usable_data_dir(data_dir: Path) -> bool:
     return True
 
 
-async def _serve_broker(settings: Settings) -> int:
+def _on_sighup(log_file: logs.ReopenableFileHandler | None) -> None:
+    """logrotate's signal: follow the moved file; without a file, only say it came."""
+    if log_file is not None:
+        log_file.reopen()
+    log.info("sighup_received", log_file_reopened=log_file is not None)
+
+
+async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler | None) -> int:
     """Start the broker, wait for SIGTERM/SIGINT, stop it (saving unfinished messages)."""
     from taskdash.nsq.broker import Broker
 
@@ -360,6 +368,7 @@ async def _serve_broker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, log_file)
     data_dir = settings.data_path("nsq").absolute()
     broker = Broker(
         host=cfg.embedded_host,
@@ -388,8 +397,8 @@ async def _serve_broker(settings: Settings) -> int:
 
 def cmd_nsqd(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
     """Run the embedded broker alone (nsqd TCP + HTTP, nsqlookupd HTTP) until a stop signal."""
-    _configure_logs(args, settings, warnings)
-    return asyncio.run(_serve_broker(settings))
+    log_file = _configure_logs(args, settings, warnings)
+    return asyncio.run(_serve_broker(settings, log_file))
 
 
 class _StopSignals:

@@ -465,3 +465,18 @@ def test_publish_to_something_that_is_not_nsqd_is_one_line_exit_1(tmp_path: Path
         result = taskdash("publish", "heartbeat", "--id", "svc-1", "--nsqd-http", url)
     assert result.returncode == 1
     assert one_line(result.stderr).startswith(f"taskdash: nsqd at {url} answered 404")
+
+
+def test_nsqd_sighup_reopens_the_log_file_and_keeps_running(tmp_path: Path) -> None:
+    """logrotate moves the file away and sends SIGHUP: a new file, and no 'killed by SIGHUP'."""
+    log_path = tmp_path / "nsqd.log"
+    with running_nsqd(tmp_path, TASKDASH_LOG__FILE=str(log_path)) as broker:
+        wait_for(lambda: "nsqd_ready" in log_path.read_text())
+        log_path.rename(tmp_path / "nsqd.log.1")
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: log_path.exists() and "sighup_received" in log_path.read_text())
+        assert http_get(f"{broker.url}/ping")[0] == 200
+        assert broker.stop() == 0
+    assert "broker_stopped" in log_path.read_text()
+    assert "nsqd_ready" not in log_path.read_text()
