@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import errno
 import math
+import os
 import signal
 import socket
 import sys
@@ -296,11 +297,27 @@ def cmd_run(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarn
     return asyncio.run(main())
 
 
+def _log_file_problem(path: str) -> str | None:
+    """Why ``run`` could not append to ``path`` (None if it could), checked without creating it."""
+    target = Path(path)
+    if target.is_dir():
+        return "Is a directory"
+    if not target.exists() and not target.parent.is_dir():
+        return "No such file or directory"
+    writable = target if target.exists() else target.parent
+    return None if os.access(writable, os.W_OK) else "Permission denied"
+
+
 def cmd_check_config(
     args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]
 ) -> int:
     """Loading succeeded: say so, with what will be embedded."""
     _print_warnings(warnings)
+    problem = settings.log.file and _log_file_problem(settings.log.file)
+    if problem:
+        origin = origin_of("log.file", args.config)
+        _error(f"config error: log.file: cannot open {settings.log.file}: {problem} (in {origin})")
+        return EXIT_USAGE
     mongo = "external" if settings.mongodb.uri else "embedded nx-27017"
     nsq = "embedded broker" if settings.nsq.embedded else "external nsqd/nsqlookupd"
     print(f"config OK ({args.config or 'built-in defaults'}): mongodb={mongo}, nsq={nsq}")

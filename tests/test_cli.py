@@ -480,3 +480,18 @@ def test_nsqd_sighup_reopens_the_log_file_and_keeps_running(tmp_path: Path) -> N
         assert broker.stop() == 0
     assert "broker_stopped" in log_path.read_text()
     assert "nsqd_ready" not in log_path.read_text()
+
+
+def test_check_config_finds_the_log_file_run_could_not_open(tmp_path: Path) -> None:
+    """check-config agrees with run: the same line, exit 2, and nothing created."""
+    target = tmp_path / "no-such-dir" / "taskdash.log"
+    env = clean_env(TASKDASH_LOG__FILE=str(target))
+    checked = taskdash("check-config", env=env)
+    assert checked.returncode == 2
+    assert one_line(checked.stderr) == (
+        f"taskdash: config error: log.file: cannot open {target}: No such file or directory "
+        "(in TASKDASH_LOG__FILE)"
+    )
+    fine = tmp_path / "taskdash.log"
+    assert taskdash("check-config", env=clean_env(TASKDASH_LOG__FILE=str(fine))).returncode == 0
+    assert not fine.exists()
