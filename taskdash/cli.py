@@ -487,12 +487,12 @@ def _publish_heartbeats(args: argparse.Namespace, settings: Settings, nsqd_http:
             if sent:
                 print(f"published {sent} heartbeat(s) for {args.id} to {topic} before failing")
             raise
-    of = f" of {wanted}" if stop.signum is not None and not endless else ""
-    why = f" (stopped by {stop.describe()})" if stop.signum is not None else ""
+    stopped = stop.signum is not None and (endless or sent < wanted)
+    cut_short = stopped and not endless
+    of = f" of {wanted}" if cut_short else ""
+    why = f" (stopped by {stop.describe()})" if stopped else ""
     print(f"published {sent}{of} heartbeat(s) for {args.id} to {topic}{why}")
-    if stop.signum is not None and not endless:
-        return 128 + stop.signum
-    return EXIT_OK
+    return 128 + stop.signum if cut_short and stop.signum else EXIT_OK
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:

@@ -495,3 +495,13 @@ def test_check_config_finds_the_log_file_run_could_not_open(tmp_path: Path) -> N
     fine = tmp_path / "taskdash.log"
     assert taskdash("check-config", env=clean_env(TASKDASH_LOG__FILE=str(fine))).returncode == 0
     assert not fine.exists()
+
+
+def test_publish_heartbeat_count_without_every_sends_that_many(tmp_path: Path) -> None:
+    with running_nsqd(tmp_path) as broker:
+        result = taskdash(
+            "publish", "heartbeat", "--id", "svc-3", "--count", "3", "--nsqd-http", broker.url
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "published 3 heartbeat(s) for svc-3 to taskdash.heartbeat"
+        assert broker.topic("taskdash.heartbeat")["message_count"] == 3  # type: ignore[index]
