@@ -1,27 +1,34 @@
 """The one configuration object: a TOML file plus ``TASKDASH_<SECTION>__<KEY>`` overrides.
 
 Settings are loaded and validated once, at start, and passed down; no other module reads the
-environment. Every mistake (unknown key, wrong type, impossible value) is reported as one
-:class:`~taskdash.errors.ConfigError` line naming the key and where it came from.
+environment. Every mistake (unknown key, wrong type, impossible value, a MongoDB URI the driver
+would refuse) is reported as one :class:`~taskdash.errors.ConfigError` line naming the key,
+where it came from and, for an unknown key, the nearest known one. A ``TASKDASH_`` variable
+without ``__`` is not an override at all: :func:`env_warnings` lists those for the CLI to warn.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import socket
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
 from taskdash.errors import ConfigError
 
 ENV_PREFIX = "TASKDASH_"
+DEFAULTS = "built-in defaults"  # where a value came from when neither file nor variable set it
+# variables of the test suite (e.g. TASKDASH_TEST_MONGODB_URI): not settings, never warned about
+ENV_NOT_SETTINGS_PREFIX = "TASKDASH_TEST_"
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
@@ -29,7 +36,62 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of every section: unknown keys are errors, never silently ignored."""
+    """Base of every section: unknown keys are errors, never silently ignored.
+
+    A check in ``__post_init__`` raises ``ValueError("<key> <problem>")``, a sentence that
+    starts with the key, so that the error line names it (``web.host: must not be empty``)
+    and the variable or file it came from.
+    """
+
+    def _require_host(self, name: str) -> None:
+        """An empty host would make the server listen on every interface, or fail obscurely."""
+        if not getattr(self, name).strip():
+            raise ValueError(f"{name} must not be empty")
+
+
+HTTP_URL = "http(s)://host[:port]"
+
+
+def http_url_error(url: str) -> str | None:
+    """Why ``url`` cannot be an nsqd or nsqlookupd HTTP address (None if it can).
+
+    Checked at load (and for ``publish --nsqd-http``) so that ``nsqd:4151`` or ``http://``
+    is one config line, not a ``requests`` error at the first publish.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: a bad one raises ValueError
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "not an http:// or https:// URL"
+    if not parts.hostname:
+        return "no host"
+    return None
+
+
+def mongodb_uri_error(uri: str) -> str | None:
+    """Why the driver would refuse ``uri`` (None if it would not), without any network I/O.
+
+    Runs PyMongo's own URI validation, the one its client runs at construction, so that a
+    malformed URI is a config error at load instead of a traceback when the store starts.
+    The public ``pymongo.uri_parser.parse_uri`` would also resolve a ``mongodb+srv://`` name
+    through DNS, which ``check-config`` must not need; the validation step alone is what the
+    client calls before any lookup. This is the one pymongo import outside ``store/``: parsing
+    text is not talking to MongoDB, and settings must not depend on the store layer.
+    Unknown URI options are refused (the client would only warn and ignore them), like
+    unknown config keys. The reason never includes the URI, which may hold a password.
+    """
+    from pymongo.errors import PyMongoError
+    from pymongo.uri_parser_shared import _validate_uri
+
+    try:
+        parsed = _validate_uri(uri, validate=True, warn=False)
+    except (PyMongoError, ValueError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if any(not host for host, _port in parsed["nodelist"]):
+        return "Empty host"
+    return None
 
 
 class DaemonSettings(_Section):
@@ -69,8 +131,13 @@ class MongoSettings(_Section):
     embedded_data_dir: str = ""
 
     def __post_init__(self) -> None:
-        if self.uri and not self.uri.startswith(("mongodb://", "mongodb+srv://")):
-            raise ValueError("uri must start with mongodb:// or mongodb+srv://")
+        if self.uri:
+            if not self.uri.startswith(("mongodb://", "mongodb+srv://")):
+                raise ValueError("uri must start with mongodb:// or mongodb+srv://")
+            problem = mongodb_uri_error(self.uri)
+            if problem:
+                raise ValueError(f"uri is not a valid MongoDB URI: {problem}")
+        self._require_host("embedded_host")
         if self.retry_max < self.retry_initial:
             raise ValueError("retry_max must be >= retry_initial")
 
@@ -80,6 +147,9 @@ class WebSettings(_Section):
 
     host: str = "127.0.0.1"
     port: Port = 8080
+
+    def __post_init__(self) -> None:
+        self._require_host("host")
 
 
 class NsqSettings(_Section):
@@ -121,14 +191,23 @@ class NsqSettings(_Section):
             if not re.fullmatch(r"[^\s:/]+:\d{1,5}", address):
                 raise ValueError(f"nsqd_tcp_addresses entry {address!r} is not host:port")
         for url in self.lookupd_http_addresses:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError("lookupd_http_addresses entries must be http(s):// URLs")
-        if self.nsqd_http_address and not self.nsqd_http_address.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError("nsqd_http_address must be an http(s):// URL")
+            if http_url_error(url):
+                raise ValueError(f"lookupd_http_addresses entry {url!r} is not an {HTTP_URL} URL")
+        if self.nsqd_http_address and http_url_error(self.nsqd_http_address):
+            raise ValueError(f"nsqd_http_address must be an {HTTP_URL} URL")
         if self.requeue_delay_max < self.requeue_delay:
             raise ValueError("requeue_delay_max must be >= requeue_delay")
+        self._require_host("embedded_host")
+        self._require_distinct_ports()
+
+    def _require_distinct_ports(self) -> None:
+        """Two embedded servers on one port: the second bind would fail at start."""
+        seen: dict[int, str] = {}
+        for name in ("embedded_tcp_port", "embedded_http_port", "embedded_lookupd_port"):
+            port = getattr(self, name)
+            if port and port in seen:
+                raise ValueError(f"{name} is the same port as {seen[port]} ({port})")
+            seen[port] = name
 
     @property
     def embedded(self) -> bool:
@@ -264,6 +343,74 @@ def _keep_text_for_string_fields(
             values[key] = env[origins[f"{section}.{key}"]]
 
 
+def _sections() -> dict[str, Any]:
+    """Section name -> its struct."""
+    return {f.name: f.type for f in msgspec.structs.fields(Settings)}
+
+
+def _keys(section: str) -> dict[str, Any]:
+    """Key name -> its annotation in ``section`` ({} for an unknown section)."""
+    cls = _sections().get(section)
+    return {f.name: f.type for f in msgspec.structs.fields(cls)} if cls else {}
+
+
+def env_name(section: str, key: str) -> str:
+    """The variable that overrides ``section.key``: ``TASKDASH_WEB__PORT``."""
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+
+def _squash(name: str) -> str:
+    """Names compared without case, dots or underscores: WEB_PORT, web.port, web__port agree."""
+    return re.sub(r"[._]", "", name).lower()
+
+
+def _nearest_key(typed: str) -> tuple[str, str] | None:
+    """The (section, key) a mistyped name most likely meant, if any is close enough."""
+    known = {_squash(s + k): (s, k) for s in _sections() for k in _keys(s)}
+    found = difflib.get_close_matches(_squash(typed), known, n=1, cutoff=0.8)
+    return known[found[0]] if found else None
+
+
+def _unknown_key_hint(path: str, var: str | None) -> str:
+    """``; did you mean ...?`` for an unknown key or section, in the form it was written."""
+    if var:
+        near = _nearest_key(var[len(ENV_PREFIX) :])
+        return f"; did you mean {env_name(*near)}?" if near else ""
+    if "." in path:
+        near = _nearest_key(path)
+        return f"; did you mean {near[0]}.{near[1]}?" if near else ""
+    sections = difflib.get_close_matches(path, _sections(), n=1, cutoff=0.6)
+    return f"; did you mean [{sections[0]}]?" if sections else ""
+
+
+def _allowed_values(path: str) -> tuple[Any, ...]:
+    """The values a ``Literal`` key (or list of them) accepts, to list them in its error."""
+    section, _, key = path.partition(".")
+    annotation = _keys(section).get(key)
+    while typing.get_origin(annotation) in (Annotated, list):
+        annotation = typing.get_args(annotation)[0]
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+
+
+def _key_of_check(path: str, message: str) -> tuple[str, str]:
+    """A section's check says ``key is/must ...``: report ``section.key: [is] ...``."""
+    key, _, rest = message.partition(" ")
+    if rest and key in _keys(path):
+        return f"{path}.{key}", rest.removeprefix("is ")
+    return path, message
+
+
+def _origin(path: str, message: str, source: str, origins: Mapping[str, str]) -> str:
+    """Where the value came from: its variable, else the file; a check names every key used."""
+    section, _, _ = path.partition(".")
+    mentioned = [k for k in _keys(section) if re.search(rf"\b{k}\b", message)]
+    paths = [path] + [f"{section}.{k}" for k in mentioned if f"{section}.{k}" != path]
+    found = list(dict.fromkeys(origins.get(p, source) for p in paths))
+    if len(found) > 1 and DEFAULTS in found:  # the variable is what the user can change
+        found.remove(DEFAULTS)
+    return ", ".join(found)
+
+
 def _describe(err: msgspec.ValidationError, source: str, origins: Mapping[str, str]) -> str:
     """Turn msgspec's ``... - at `$.web.port``` into ``web.port: ... (in FILE)``."""
     text = str(err)
@@ -274,20 +421,75 @@ def _describe(err: msgspec.ValidationError, source: str, origins: Mapping[str, s
     unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
     if unknown:
         path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
-        message = "unknown key"
+        var = origins.get(path)
+        return f"{path}: unknown key (in {var or source}){_unknown_key_hint(path, var)}"
     if not path:  # a check across sections names its keys in the message
         named = [k for k in re.findall(r"\b[a-z]+\.[a-z_]+\b", message) if k in origins]
         origin = ", ".join(origins[k] for k in named) or source
         return f"{message} (in {origin})"
-    origin = origins.get(path) or source
-    return f"{path or '(top level)'}: {message} (in {origin})"
+    path, message = _key_of_check(path, message)
+    key_path = re.sub(r"\[\d+\]$", "", path)  # fetcher.allowed_schemes[1] -> its key
+    bad_enum = re.fullmatch(r"Invalid enum value (.+)", message)
+    allowed = _allowed_values(key_path) if bad_enum else ()
+    if bad_enum and allowed:
+        message = f"Expected one of {', '.join(map(str, allowed))}, got {bad_enum.group(1)}"
+    return f"{path}: {message} (in {_origin(key_path, message, source, origins)})"
+
+
+def origin_of(
+    key: str, path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """Where ``section.key`` came from (its variable, else the file), for errors found later.
+
+    A value can be valid text yet unusable at start (a log file in a missing directory):
+    the error line still names the place to fix it.
+    """
+    env = os.environ if env is None else env
+    variable = env_name(*key.split(".", 1))
+    if variable in env:
+        return variable
+    return str(path) if path is not None else DEFAULTS
+
+
+class EnvWarning(NamedTuple):
+    """A ``TASKDASH_*`` variable that is no override, and the one it most likely meant."""
+
+    variable: str
+    did_you_mean: str  # "" when no key is close
+
+    def __str__(self) -> str:
+        hint = (
+            f"; did you mean {self.did_you_mean}?"
+            if self.did_you_mean
+            else f" (settings are {ENV_PREFIX}<SECTION>__<KEY>)"
+        )
+        return f"{self.variable} is not a setting and is ignored{hint}"
+
+
+def env_warnings(env: Mapping[str, str] | None = None) -> list[EnvWarning]:
+    """The ``TASKDASH_*`` variables that are no override, so would change nothing unseen.
+
+    A variable with ``__`` naming an unknown key is an error at load, like an unknown key in
+    the file; one without ``__`` (``TASKDASH_WEB_PORT``) is not read at all, so it is worth a
+    warning naming the key it most likely meant. ``TASKDASH_TEST_*`` belong to the test suite.
+    """
+    env = os.environ if env is None else env
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" in name:
+            continue
+        if name.startswith(ENV_NOT_SETTINGS_PREFIX):
+            continue
+        near = _nearest_key(name[len(ENV_PREFIX) :])
+        warnings.append(EnvWarning(name, env_name(*near) if near else ""))
+    return warnings
 
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from ``path`` (optional) and ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
-    source = "built-in defaults"
+    source = DEFAULTS
     if path is not None:
         source = str(path)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from taskdash.errors import ConfigError
-from taskdash.settings import Settings, load
+from taskdash.settings import Settings, env_warnings, load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,31 +76,58 @@ def test_env_overrides_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "expected"),
     [
-        ("[web]\nprot = 1\n", "web.prot: unknown key (in {file})"),
-        ("[wbe]\nport = 1\n", "wbe: unknown key (in {file})"),
+        ("[web]\nprot = 1\n", "web.prot: unknown key (in {file}); did you mean web.port?"),
+        ("[wbe]\nport = 1\n", "wbe: unknown key (in {file}); did you mean [web]?"),
+        ("[web]\nzzz = 1\n", "web.zzz: unknown key (in {file})"),
         ("[web]\nport = 'x'\n", "web.port: Expected `int`, got `str` (in {file})"),
         ("[web]\nport = 70000\n", "web.port: Expected `int` <= 65535 (in {file})"),
         ("[web]\nport = true\n", "web.port: Expected `int`, got `bool` (in {file})"),
-        ("[log]\nformat = 'xml'\n", "log.format: Invalid enum value 'xml' (in {file})"),
+        (
+            "[log]\nformat = 'xml'\n",
+            "log.format: Expected one of auto, json, console, got 'xml' (in {file})",
+        ),
+        (
+            "[log]\nlevel = 'verbose'\n",
+            "log.level: Expected one of debug, info, warning, error, got 'verbose' (in {file})",
+        ),
+        (
+            "[fetcher]\nallowed_schemes = ['http', 'ftp']\n",
+            "fetcher.allowed_schemes[1]: Expected one of http, https, got 'ftp' (in {file})",
+        ),
+        ("[web]\nhost = ''\n", "web.host: must not be empty (in {file})"),
+        ("[mongodb]\nembedded_host = ' '\n", "mongodb.embedded_host: must not be empty"),
+        ("[nsq]\nembedded_host = ''\n", "nsq.embedded_host: must not be empty (in {file})"),
         ("[daemon]\nshutdown_timeout = 0\n", "daemon.shutdown_timeout: Expected `float` > 0.0"),
         (
             "[checker]\nstale_after = 60\noffline_after = 30\n",
-            "checker: offline_after must be greater than stale_after (in {file})",
+            "checker.offline_after: must be greater than stale_after (in {file})",
         ),
-        ("[mongodb]\nuri = 'postgres://x'\n", "mongodb: uri must start with mongodb://"),
-        ("[nsq]\nchannel = 'bad name!'\n", "nsq: channel is not a valid NSQ name"),
+        ("[mongodb]\nuri = 'postgres://x'\n", "mongodb.uri: must start with mongodb://"),
+        ("[nsq]\nchannel = 'bad name!'\n", "nsq.channel: not a valid NSQ name"),
         (
             "[nsq]\nnsqd_tcp_addresses = ['nohost']\n",
-            "nsq: nsqd_tcp_addresses entry 'nohost' is not host:port",
+            "nsq.nsqd_tcp_addresses: entry 'nohost' is not host:port",
         ),
         ("[nsq]\nmax_in_flight = 0\n", "nsq.max_in_flight: Expected `int` >= 1"),
         (
+            "[nsq]\nembedded_lookupd_port = 4150\n",
+            "nsq.embedded_lookupd_port: the same port as embedded_tcp_port (4150) (in {file})",
+        ),
+        (
             "[nsq]\nnsqd_http_address = 'nsqd-1:4151'\n",
-            "nsq: nsqd_http_address must be an http(s):// URL (in {file})",
+            "nsq.nsqd_http_address: must be an http(s)://host[:port] URL (in {file})",
+        ),
+        (
+            "[nsq]\nnsqd_http_address = 'http://'\n",
+            "nsq.nsqd_http_address: must be an http(s)://host[:port] URL (in {file})",
+        ),
+        (
+            "[nsq]\nlookupd_http_addresses = ['http://l1:4161', 'http://l2:x']\n",
+            "nsq.lookupd_http_addresses: entry 'http://l2:x' is not an http(s)://host[:port] URL",
         ),
         (
             "[nsq]\nrequeue_delay = 5\nrequeue_delay_max = 1\n",
-            "nsq: requeue_delay_max must be >= requeue_delay",
+            "nsq.requeue_delay_max: must be >= requeue_delay",
         ),
         ("[nsq]\nrequeue_delay_max = 7200\n", "nsq.requeue_delay_max: Expected `float` <= 3600"),
         (
@@ -130,6 +158,30 @@ def test_bad_file_values_name_key_and_file(tmp_path: Path, toml: str, expected: 
             "web.port: Expected `int`, got `str` (in TASKDASH_WEB__PORT)",
         ),
         ({"TASKDASH_WEB__NOPE": "1"}, "web.nope: unknown key (in TASKDASH_WEB__NOPE)"),
+        (
+            {"TASKDASH_WEB__PROT": "1"},
+            "web.prot: unknown key (in TASKDASH_WEB__PROT); did you mean TASKDASH_WEB__PORT?",
+        ),
+        (
+            {"TASKDASH_WEBB__PORT": "1"},
+            "webb: unknown key (in TASKDASH_WEBB__PORT); did you mean TASKDASH_WEB__PORT?",
+        ),
+        (
+            {"TASKDASH_LOG__LEVEL": "verbose"},
+            "log.level: Expected one of debug, info, warning, error, got 'verbose' "
+            "(in TASKDASH_LOG__LEVEL)",
+        ),
+        ({"TASKDASH_WEB__HOST": ""}, "web.host: must not be empty (in TASKDASH_WEB__HOST)"),
+        (
+            {"TASKDASH_MONGODB__URI": "mongodb://"},
+            "mongodb.uri: not a valid MongoDB URI: Must provide at least one hostname or IP "
+            "(in TASKDASH_MONGODB__URI)",
+        ),
+        (
+            {"TASKDASH_CHECKER__STALE_AFTER": "90"},
+            "checker.offline_after: must be greater than stale_after "
+            "(in TASKDASH_CHECKER__STALE_AFTER)",
+        ),
         ({"TASKDASH_NOPE__PORT": "1"}, "nope: unknown key (in TASKDASH_NOPE__PORT)"),
         ({"TASKDASH___PORT": "1"}, "TASKDASH___PORT: expected TASKDASH_<SECTION>__<KEY>"),
         (
@@ -191,3 +243,98 @@ def test_check_config_command(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0] == f"taskdash: config error: web.port: Expected `int` >= 0 (in {bad})"
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("mongodb://", "Must provide at least one hostname or IP"),
+        ("mongodb://host:notaport", "Port contains non-digit characters"),
+        ("mongodb://host:99999", "Port must be an integer between 0 and 65535"),
+        ("mongodb://:27017", "Empty host"),
+        ("mongodb://h1,,h2/", "Empty host"),
+        ("mongodb://user:p@ss@host", "must be escaped according to RFC 3986"),
+        ("mongodb://h/?replSet=rs0", "Unknown option"),
+        ("mongodb://h/?journal=maybe", "The value of journal must be 'true' or 'false'"),
+        ("mongodb+srv://cluster.example.invalid:27017", "must not include a port number"),
+        ("mongodb+srv://a.example.invalid,b.example.invalid", "one, and only one, hostname"),
+    ],
+)
+def test_malformed_mongodb_uri_is_a_config_error(tmp_path: Path, uri: str, reason: str) -> None:
+    """The driver's own URI parser runs at load: a bad URI is one line, not a traceback at start."""
+    path = write(tmp_path, f"[mongodb]\nuri = '{uri}'\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    message = str(info.value)
+    assert message.startswith("mongodb.uri: not a valid MongoDB URI: ")
+    assert reason in message and message.endswith(f"(in {path})")
+    assert "\n" not in message
+
+
+def test_mongodb_uri_error_never_shows_the_password() -> None:
+    env = {"TASKDASH_MONGODB__URI": "mongodb://admin:s3cr3t-pw@db:notaport/"}
+    with pytest.raises(ConfigError) as info:
+        load(None, env=env)
+    assert "s3cr3t-pw" not in str(info.value)
+    assert "(in TASKDASH_MONGODB__URI)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mongodb://127.0.0.1:27017/?directConnection=true",
+        "mongodb://taskdash:pw@db1:27017,db2,db3/?replicaSet=rs0&authSource=admin&w=majority",
+        "mongodb://[::1]:27017",
+        # no DNS lookup at load: a name that resolves nowhere is still a well-formed URI
+        "mongodb+srv://cluster0.example.invalid/?retryWrites=true",
+    ],
+)
+def test_good_mongodb_uris_pass(uri: str) -> None:
+    assert load(None, env={"TASKDASH_MONGODB__URI": uri}).mongodb.uri == uri
+
+
+@pytest.mark.parametrize(
+    ("name", "warning"),
+    [
+        (
+            "TASKDASH_WEB_PORT",
+            "TASKDASH_WEB_PORT is not a setting and is ignored; did you mean TASKDASH_WEB__PORT?",
+        ),
+        (
+            "TASKDASH_MONGODB_URI",
+            "TASKDASH_MONGODB_URI is not a setting and is ignored; "
+            "did you mean TASKDASH_MONGODB__URI?",
+        ),
+        ("TASKDASH_LOGLEVEL", "did you mean TASKDASH_LOG__LEVEL?"),
+        (
+            "TASKDASH_COLOUR",
+            "TASKDASH_COLOUR is not a setting and is ignored "
+            "(settings are TASKDASH_<SECTION>__<KEY>)",
+        ),
+    ],
+)
+def test_env_variable_without_double_underscore_warns(name: str, warning: str) -> None:
+    env = {name: "9090"}
+    assert load(None, env=env) == Settings()  # a warning, not an error
+    warnings = env_warnings(env)
+    assert len(warnings) == 1 and warning in str(warnings[0])
+    assert warnings[0].variable == name
+
+
+def test_no_warnings_for_good_overrides_other_variables_and_the_test_suite() -> None:
+    env = {
+        "TASKDASH_WEB__PORT": "9090",
+        "TASKDASH_TEST_MONGODB_URI": "mongodb://127.0.0.1:1",  # the test suite's own variable
+        "PATH": "/usr/bin",
+        "TASKDASHBOARD": "x",
+    }
+    assert env_warnings(env) == []
+
+
+def test_load_file_that_is_a_directory_or_not_utf8(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"cannot read config file {tmp_path}: ")):
+        load(tmp_path, env={})
+    binary = tmp_path / "latin1.toml"
+    binary.write_bytes(b"[daemon]\nnode_id = '\xe9'\n")
+    with pytest.raises(ConfigError, match=r"cannot read config file .*latin1\.toml: .*utf-8"):
+        load(binary, env={})

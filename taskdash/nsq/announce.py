@@ -29,17 +29,33 @@ class PublishError(Exception):
     """nsqd refused the message or could not be reached."""
 
 
+TIMEOUT = 5.0  # seconds for nsqd to answer one /pub
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """The root cause in a few words (``connection refused``), not urllib3's nested repr."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {TIMEOUT:g} s"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
+
+
 def publish(
     nsqd_http: str, topic: str, body: bytes, *, session: requests.Session | None = None
 ) -> None:
     """POST one message to ``/pub``; raises PublishError with nsqd's reason."""
     url = f"{nsqd_http.rstrip('/')}/pub"
     try:
-        resp = (session or requests).post(url, params={"topic": topic}, data=body, timeout=5)
+        resp = (session or requests).post(url, params={"topic": topic}, data=body, timeout=TIMEOUT)
     except requests.RequestException as exc:
-        raise PublishError(f"cannot reach nsqd at {nsqd_http}: {exc}") from exc
+        raise PublishError(f"cannot reach nsqd at {nsqd_http}: {_reason(exc)}") from exc
     if resp.status_code != 200:
-        raise PublishError(f"nsqd answered {resp.status_code}: {resp.text.strip()[:200]}")
+        reason = " ".join(resp.text.split())[:200]  # one line, whatever the server sent
+        raise PublishError(f"nsqd at {nsqd_http} answered {resp.status_code}: {reason}")
 
 
 def encode(record: TaskService | HeartBeat) -> bytes:
