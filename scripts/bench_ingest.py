@@ -202,17 +202,19 @@ async def checker_figures(store: Store, latency_store: Store, services: int) -> 
     now = datetime.now(UTC)
     await seed_services(store, services, now)
     settings = CheckerSettings(stale_after=15, offline_after=60, check_interval=0.1)
-    # the clock stays at the beat time: a steady state, in which no service changes
-    clock = [now]
+    # steady passes run stale_after before the beat time: a steady state, no service changes
+    clock = [now - timedelta(seconds=settings.stale_after)]
     checker = Checker(store, settings, node_id="bench", clock=lambda: clock[0])
     passes = []
     for _ in range(5):
         result = await checker.check_once()
         assert not result.changes
         passes.append(result.seconds)
-    # then 1 % of the online services go quiet: one pass flags them (and counts who is online),
-    # stale_after later (the checker's grace: it has watched long enough to trust silence)
-    clock[0] = now + timedelta(seconds=settings.stale_after)
+    # then, at the beat time (the grace over: the checker has watched for stale_after), 1 % of
+    # the online services are quiet while the rest are fresh: one pass flags them (and
+    # measures the silence: three counts). Had the clock moved past the others' beats
+    # instead, 100 % would be quiet or going quiet: a mass silence, rightly held.
+    clock[0] = now
     quiet = [f"c-{i}" for i in range(1, services, 100)]
     await store.services.update_many(
         {"_id": {"$in": quiet}}, {"$set": {"alive_at": to_ms(now - timedelta(seconds=20))}}
