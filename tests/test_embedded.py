@@ -44,9 +44,21 @@ def squat(port: int) -> socket.socket:
     """Take the child's port as another program would."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
     sock.listen()
     return sock
+
+
+def try_squat(port: int) -> socket.socket | None:
+    """:func:`squat` once the killed child has released the port (a moment after SIGKILL)."""
+    try:
+        return squat(port)
+    except OSError:
+        return None
 
 
 async def test_a_restart_that_fails_is_retried_until_the_port_is_free(
@@ -57,7 +69,7 @@ async def test_a_restart_that_fails_is_retried_until_the_port_is_free(
     assert embedded.proc is not None
     first = embedded.proc.pid
     os.kill(first, signal.SIGKILL)
-    squatter = squat(embedded.port)
+    squatter = await async_wait_for(lambda: try_squat(embedded.port), timeout=10, every=0.01)
     try:
         await async_wait_for(lambda: embedded.restart_failures >= 2, timeout=30)
         assert embedded.restarts == 0, "a port someone else holds is no restarted server"
