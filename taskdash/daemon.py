@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import faulthandler
 import logging
 import os
 import signal
@@ -113,6 +114,7 @@ class HardExit:
             log.error("shutdown_forced", after=self.seconds)
             for handler in logging.getLogger().handlers:
                 handler.flush()
+            faulthandler.dump_traceback(all_threads=True)  # where it hung, on stderr
         finally:
             os._exit(1)
 
@@ -345,6 +347,29 @@ class Daemon:
         for component in left:
             await self._abort(component)
         self._kill_children()
+        await self._cancel_the_rest()
+
+    async def _cancel_the_rest(self) -> None:
+        """Cancel every other task; exit at once if some will not end (they were given up)."""
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=ABORT_STEP)
+        stuck = [t for t in rest if not t.done()]
+        if not stuck:
+            return
+        log.warning(
+            "tasks_abandoned",
+            count=len(stuck),
+            tasks=sorted({t.get_name() for t in stuck})[:10],
+        )
+        if self.hard_exit:
+            log.info("daemon_stopped", forced=True)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(0)
 
     async def _abort(self, component: Component) -> None:
         """The component's emergency step, if any, for at most ABORT_STEP seconds."""

@@ -36,7 +36,7 @@ def test_lifecycle_sigterm_restart_and_systemd_notify(tmp_path: Path) -> None:
     with running_daemon(tmp_path, env, ready=False) as daemon:
         assert notify.recv(256).startswith(b"READY=1")
         ready = daemon.wait_ready()
-        assert ready["components"]["store"] == {"ready": True, "indexes": True}
+        assert ready["components"]["store"] == {"ready": True, "indexes": True, "outages": 0}
         assert http_get(f"{daemon.web}/healthz") == (200, {"status": "ok", "version": "0.1.0"})
         assert pids_with_arg(data_dir), "the embedded MongoDB runs as a child"
         with embedded_client(env) as client:
