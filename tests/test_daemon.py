@@ -36,6 +36,7 @@ def test_lifecycle_sigterm_restart_and_systemd_notify(tmp_path: Path) -> None:
     with running_daemon(tmp_path, env, ready=False) as daemon:
         assert notify.recv(256).startswith(b"READY=1")
         ready = daemon.wait_ready()
+        assert ready["phase"] == "running"
         assert ready["components"]["store"] == {"ready": True, "indexes": True, "outages": 0}
         assert http_get(f"{daemon.web}/healthz") == (200, {"status": "ok", "version": "0.1.0"})
         assert pids_with_arg(data_dir), "the embedded MongoDB runs as a child"
@@ -116,6 +117,7 @@ def test_external_mongodb_down_at_start_then_up(tmp_path: Path) -> None:
         wait_for(lambda: "store_unreachable" in daemon.event_names(), timeout=30)
         status, body = http_get(f"{daemon.web}/readyz")
         assert status == 503 and body["components"]["store"]["ready"] is False
+        assert body["phase"] == "starting", "the start waits for the store; not ready meanwhile"
         assert "error" in body["components"]["store"]
         assert http_head(f"{daemon.web}/healthz") == (200, b"")
         assert http_head(f"{daemon.web}/readyz") == (503, b"")

@@ -72,6 +72,11 @@ class StoreMonitor:
         self._failed(reason, unexpected=False)
         self._wake.set()
 
+    @property
+    def probe_requested(self) -> bool:
+        """Whether a probe was asked for ahead of schedule (by :meth:`suspect`)."""
+        return self._wake.is_set()
+
     def suspect(self) -> None:
         """A caller's operation failed: probe now rather than at the next interval."""
         self._wake.set()
