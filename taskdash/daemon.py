@@ -12,24 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import faulthandler
 import logging
 import os
 import signal
-import socket
-import threading
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 import tornado.httpserver
-import tornado.netutil
 
 from taskdash.checker import Checker
 from taskdash.errors import TaskDashError
 from taskdash.fetcher import Fetcher
 from taskdash.health import Health
+from taskdash.lifecycle import (
+    ABORT_STEP,
+    HARD_EXIT_AFTER,
+    Component,
+    HardExit,
+    ListenError,
+    Stopper,
+    bind_setting,
+    busy_setting,
+)
 from taskdash.logs import ReopenableFileHandler
 from taskdash.nsq.publisher import StatusPublisher
 from taskdash.nsq.readers import Ingestion
@@ -42,81 +46,6 @@ from taskdash.web.app import make_app
 from taskdash.web.base import StoreGate
 
 log = structlog.get_logger("taskdash.daemon")
-
-Stopper = Callable[[], Awaitable[None]]
-
-#: after the budget: at most this long for the emergency steps (the broker's save)
-ABORT_STEP = 0.5
-#: the watchdog ends the process this long after the budget, whatever the loop is doing
-HARD_EXIT_AFTER = 0.9
-
-
-class PortInUse(TaskDashError):
-    """A listening port is taken; the message names the setting and the address."""
-
-
-def bind_setting(setting: str, host: str, port: int) -> list[socket.socket]:
-    """Bind ``host:port`` for ``setting``; a taken port is one line naming both."""
-    try:
-        return tornado.netutil.bind_sockets(port, host)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(f"{setting} {host}:{port} already in use") from None
-        raise PortInUse(f"{setting} {host}:{port}: {exc.strerror or exc}") from None
-
-
-def busy_setting(host: str, ports: dict[str, int]) -> str | None:
-    """The first setting whose port cannot be bound now (to name it after a bind failed)."""
-    for setting, port in ports.items():
-        if not port:
-            continue
-        try:
-            for sock in bind_setting(setting, host, port):
-                sock.close()
-        except PortInUse as exc:
-            return str(exc)
-    return None
-
-
-@dataclass
-class Component:
-    """A started part: how to stop it, and what to do if the budget runs out (``abort``)."""
-
-    name: str
-    stop: Stopper
-    abort: Stopper | None = None
-
-
-class HardExit:
-    """The last guarantee that a stop request ends the process: a timer thread.
-
-    Runs only if the event loop could not finish in time (a library swallowing cancellation,
-    a blocking call): kills the children, writes one line, flushes the logs, ``os._exit(1)``.
-    """
-
-    def __init__(self, seconds: float, kill_children: Callable[[], None]) -> None:
-        self.seconds = seconds
-        self.kill_children = kill_children
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def start(self) -> None:
-        """Arm the timer."""
-        self._timer.start()
-
-    def cancel(self) -> None:
-        """Disarm it (in-process use, where ending the process would end the caller too)."""
-        self._timer.cancel()
-
-    def _fire(self) -> None:
-        try:
-            self.kill_children()
-            log.error("shutdown_forced", after=self.seconds)
-            for handler in logging.getLogger().handlers:
-                handler.flush()
-            faulthandler.dump_traceback(all_threads=True)  # where it hung, on stderr
-        finally:
-            os._exit(1)
 
 
 def nsqd_http_address(cfg: NsqSettings) -> str:
@@ -259,7 +188,7 @@ class Daemon:
             }
             busy = busy_setting(cfg.embedded_host, ports) if exc.errno == errno.EADDRINUSE else None
             if busy:
-                raise PortInUse(busy) from None
+                raise ListenError(busy) from None
             raise
         # after the budget the broker still saves what is unfinished: nothing queued is lost
         self._started("embedded_nsqd", broker.stop, broker.stop)

@@ -145,6 +145,23 @@ def test_external_mongodb_down_at_start_then_up(tmp_path: Path) -> None:
     assert not tracebacks, "an outage is one line, never a traceback per request"
 
 
+def test_sigterm_while_waiting_for_the_store_at_start(tmp_path: Path) -> None:
+    env = daemon_env(
+        tmp_path,
+        TASKDASH_MONGODB__URI=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        TASKDASH_MONGODB__SERVER_SELECTION_TIMEOUT=120,
+    )
+    with running_daemon(tmp_path, env, ready=False) as daemon:
+        wait_for(lambda: "store_unreachable" in daemon.event_names(), timeout=30)
+        assert daemon.proc is not None
+        daemon.proc.terminate()
+        # the start waits up to 120 s for the store; a stop request does not
+        assert daemon.proc.wait(60) == 0
+    names = daemon.event_names()
+    assert "daemon_ready" not in names and names[-1] == "daemon_stopped"
+    assert "shutdown_timed_out" not in names
+
+
 def test_credentials_never_reach_the_logs(tmp_path: Path) -> None:
     uri = f"mongodb://admin:hunter2@127.0.0.1:{free_port()}/?directConnection=true&authSource=admin"
     env = daemon_env(

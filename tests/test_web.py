@@ -76,6 +76,19 @@ async def test_before_the_store_is_attached_the_api_says_so(api: Api) -> None:
     assert await api.call("/healthz", "HEAD") == (200, None)
 
 
+async def test_ready_only_while_running(api: Api) -> None:
+    api.health.add("part", lambda: (True, {}))
+    assert (await api.call("/readyz"))[0] == 503, "every part is ready, the start is not over"
+    api.health.set_phase("running")
+    assert await api.call("/readyz") == (
+        200,
+        {"status": "ready", "phase": "running", "components": {"part": {"ready": True}}},
+    )
+    assert await api.call("/readyz", "HEAD") == (200, None)
+    api.health.set_phase("stopping")
+    assert (await api.call("/readyz"))[0] == 503
+
+
 async def test_errors_have_one_shape(api: Api, nx: NxServer) -> None:
     store = Store(nx.uri, f"t_{uuid.uuid4().hex[:8]}", server_selection_timeout=5)
     monitor = StoreMonitor(store, interval=1, retry_initial=0.5, retry_max=1)
