@@ -32,6 +32,15 @@ def test_frozen_store_turns_not_ready_then_shutdown_kills_it_within_budget(
         TASKDASH_NSQ__HEARTBEAT_FLUSH_INTERVAL=0.05,
     )
     data_dir = env["TASKDASH_DAEMON__DATA_DIR"]
+    try:
+        check_frozen_store(tmp_path, env)
+    finally:
+        for pid in pids_with_arg(data_dir):  # a failed run must not leave a frozen server
+            os.kill(pid, signal.SIGKILL)
+
+
+def check_frozen_store(tmp_path: Path, env: dict[str, str]) -> None:
+    data_dir = env["TASKDASH_DAEMON__DATA_DIR"]
     nsqd = f"http://127.0.0.1:{env['TASKDASH_NSQ__EMBEDDED_HTTP_PORT']}"
     with running_daemon(tmp_path, env) as daemon:
         (child,) = pids_with_arg(data_dir)
