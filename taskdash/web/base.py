@@ -56,7 +56,8 @@ class StoreGate:
         if self.store is None or self.monitor is None:
             raise StoreUnavailable(STORE_STARTING)
         if not self.monitor.ready:
-            raise StoreUnavailable(STORE_DOWN)
+            seen_down = self.monitor.failures or self.monitor.outages
+            raise StoreUnavailable(STORE_DOWN if seen_down else STORE_STARTING)
         return self.store
 
     def failed(self) -> None:
