@@ -146,13 +146,19 @@ def test_external_mongodb_down_at_start_then_up(tmp_path: Path) -> None:
 
 
 def test_sigterm_while_waiting_for_the_store_at_start(tmp_path: Path) -> None:
+    log_file = tmp_path / "taskdash.log"
     env = daemon_env(
         tmp_path,
         TASKDASH_MONGODB__URI=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
         TASKDASH_MONGODB__SERVER_SELECTION_TIMEOUT=120,
+        TASKDASH_LOG__FILE=str(log_file),
     )
     with running_daemon(tmp_path, env, ready=False) as daemon:
         wait_for(lambda: "store_unreachable" in daemon.event_names(), timeout=30)
+        # logrotate moves the file away, then reloads: the daemon writes to a new file
+        log_file.rename(tmp_path / "taskdash.log.1")
+        daemon.sighup()
+        wait_for(lambda: log_file.exists() and "reload_requested" in log_file.read_text())
         assert daemon.proc is not None
         daemon.proc.terminate()
         # the start waits up to 120 s for the store; a stop request does not
@@ -160,6 +166,8 @@ def test_sigterm_while_waiting_for_the_store_at_start(tmp_path: Path) -> None:
     names = daemon.event_names()
     assert "daemon_ready" not in names and names[-1] == "daemon_stopped"
     assert "shutdown_timed_out" not in names
+    assert "daemon_stopped" in log_file.read_text()
+    assert "reload_requested" not in (tmp_path / "taskdash.log.1").read_text()
 
 
 def test_credentials_never_reach_the_logs(tmp_path: Path) -> None:
