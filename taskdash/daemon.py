@@ -26,6 +26,7 @@ from taskdash.fetcher import Fetcher
 from taskdash.health import Health
 from taskdash.lifecycle import (
     ABORT_STEP,
+    CANCEL_WAIT,
     HARD_EXIT_AFTER,
     Component,
     HardExit,
@@ -79,6 +80,7 @@ class Daemon:
         self._components: list[Component] = []
         self._stopping_now: Component | None = None
         self._children: list[EmbeddedMongo] = []
+        self._watchdog: HardExit | None = None
         self.store: Store | None = None
         self.monitor: StoreMonitor | None = None
         self.broker: Any = None
@@ -273,8 +275,9 @@ class Daemon:
         self._components.clear()  # the stop task ends with the component it is in
         log.error("shutdown_timed_out", timeout=budget, left=[c.name for c in left])
         stopping.cancel()
+        deadline = asyncio.get_running_loop().time() + ABORT_STEP
         for component in left:
-            await self._abort(component)
+            await self._abort(component, deadline)
         self._kill_children()
         await self._cancel_the_rest()
 
@@ -285,7 +288,7 @@ class Daemon:
         for task in rest:
             task.cancel()
         if rest:
-            await asyncio.wait(rest, timeout=ABORT_STEP)
+            await asyncio.wait(rest, timeout=CANCEL_WAIT)
         stuck = [t for t in rest if not t.done()]
         if not stuck:
             return
@@ -300,12 +303,13 @@ class Daemon:
                 handler.flush()
             os._exit(0)
 
-    async def _abort(self, component: Component) -> None:
-        """The component's emergency step, if any, for at most ABORT_STEP seconds."""
+    async def _abort(self, component: Component, deadline: float) -> None:
+        """The component's emergency step, if any; all of them share one short deadline."""
         if component.abort is None:
             return
         task = asyncio.create_task(component.abort(), name=f"abort:{component.name}")
-        done, _ = await asyncio.wait({task}, timeout=ABORT_STEP)
+        remaining = max(deadline - asyncio.get_running_loop().time(), 0.05)
+        done, _ = await asyncio.wait({task}, timeout=remaining)
         if task not in done:
             task.cancel()
             log.error("component_abort_timed_out", component=component.name)
@@ -331,6 +335,11 @@ class Daemon:
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         log.info("stop_requested", signal=sig.name)
+        if self.hard_exit and self._watchdog is None:
+            # from the signal on, whatever happens (even during the start): budget + 1 s
+            budget = self.settings.daemon.shutdown_timeout
+            self._watchdog = HardExit(budget + HARD_EXIT_AFTER, self._kill_children)
+            self._watchdog.start()
         self.stop_requested.set()
 
     def _on_reload_signal(self) -> None:
@@ -350,8 +359,8 @@ class Daemon:
         await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         if not starting.done():
-            starting.cancel()
-            await asyncio.wait({starting})
+            starting.cancel()  # what started is stopped by the shutdown that follows
+            await asyncio.wait({starting}, timeout=CANCEL_WAIT)
             return False
         exc = starting.exception()
         if isinstance(exc, TaskDashError | OSError):
@@ -375,15 +384,6 @@ class Daemon:
             return 1
         self.health.set_phase("stopping")
         self.notifier.stopping()
-        watchdog = HardExit(
-            self.settings.daemon.shutdown_timeout + HARD_EXIT_AFTER, self._kill_children
-        )
-        if self.hard_exit:
-            watchdog.start()
-        try:
-            await self._bounded_stop()
-        finally:
-            if not self.hard_exit:
-                watchdog.cancel()
+        await self._bounded_stop()
         log.info("daemon_stopped")
         return 0

@@ -25,8 +25,10 @@ log = structlog.get_logger("taskdash.daemon")
 
 Stopper = Callable[[], Awaitable[None]]
 
-#: after the budget: at most this long for the emergency steps (the broker's save)
-ABORT_STEP = 0.5
+#: after the budget: at most this long for all the emergency steps (the broker's save)...
+ABORT_STEP = 0.4
+#: ...and this long for the cancelled tasks to end before the process exits regardless
+CANCEL_WAIT = 0.2
 #: the watchdog ends the process this long after the budget, whatever the loop is doing
 HARD_EXIT_AFTER = 0.9
 
