@@ -43,7 +43,8 @@ def check_frozen_store(tmp_path: Path, env: dict[str, str]) -> None:
     data_dir = env["TASKDASH_DAEMON__DATA_DIR"]
     nsqd = f"http://127.0.0.1:{env['TASKDASH_NSQ__EMBEDDED_HTTP_PORT']}"
     with running_daemon(tmp_path, env) as daemon:
-        (child,) = pids_with_arg(data_dir)
+        (child,) = [e["pid"] for e in daemon.events() if e["event"] == "embedded_mongodb_started"]
+        assert pids_with_arg(data_dir) == [child]
         os.kill(child, signal.SIGSTOP)
         try:
             # a probe with a short timeout sees the freeze (a 60 s driver timeout would not)
