@@ -28,6 +28,8 @@ from taskdash.errors import EmbeddedServerError
 log = structlog.get_logger("taskdash.store.embedded")
 
 _PR_SET_PDEATHSIG = 1
+#: first wait before restarting a child that died (doubles after each failed restart)
+RESTART_DELAY = 0.5
 
 
 def _die_with_parent() -> None:
@@ -171,21 +173,21 @@ class EmbeddedMongo:
         await self._supervisor.start()
 
     async def _supervise(self) -> None:
-        """Restart the child with backoff when it dies under us."""
-        delay = 0.5
+        """Restart the child when it dies under us."""
         while not self._stopping:
             await asyncio.sleep(0.2)
             proc = self.proc
             if proc is None or proc.poll() is None:
                 continue
             self.proc = None
-            log.error("embedded_mongodb_died", returncode=proc.returncode, retry_in=delay)
+            log.error("embedded_mongodb_died", returncode=proc.returncode, retry_in=RESTART_DELAY)
             if self.on_died is not None:
                 self.on_died(f"embedded nx-27017 exited with {proc.returncode}")
-            delay = await self._restart(delay)
+            await self._restart()
 
-    async def _restart(self, delay: float) -> float:
-        """Respawn after ``delay`` until it listens again; returns the next delay to use."""
+    async def _restart(self) -> None:
+        """Respawn until it listens again, the delay doubling after each failure (to 30 s)."""
+        delay = RESTART_DELAY
         while not self._stopping:
             await asyncio.sleep(delay)
             if self._stopping:
@@ -205,8 +207,7 @@ class EmbeddedMongo:
             self.restarts += 1
             assert self.proc is not None
             log.info("embedded_mongodb_restarted", pid=self.proc.pid, restarts=self.restarts)
-            break
-        return 0.5
+            return
 
     def kill(self) -> None:
         """SIGKILL the child now, frozen or not (the shutdown budget ran out). Idempotent.
