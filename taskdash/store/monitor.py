@@ -48,7 +48,9 @@ class StoreMonitor:
         self.interval = interval
         self.retry_initial = retry_initial
         self.retry_max = retry_max
-        self.timeout = timeout if timeout is not None else max(2 * interval, 1.0)
+        if timeout is None:
+            timeout = probe_timeout(interval=interval, server_selection_timeout=float("inf"))
+        self.timeout = timeout
         self.ready = False
         self._became_ready = asyncio.Event()
         self._wake = asyncio.Event()
