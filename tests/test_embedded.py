@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 from support import async_wait_for, free_port, pid_alive
 
 from taskdash.errors import EmbeddedServerError
@@ -91,12 +92,16 @@ async def test_kill_ends_a_frozen_child_at_once(embedded: EmbeddedMongo) -> None
     assert embedded.proc is None
 
 
-async def test_stop_ends_a_frozen_child(embedded: EmbeddedMongo) -> None:
+async def test_stop_ends_a_frozen_child_gracefully(embedded: EmbeddedMongo) -> None:
     assert embedded.proc is not None
     pid = embedded.proc.pid
     os.kill(pid, signal.SIGSTOP)
-    await embedded.stop(timeout=1.0)
+    with structlog.testing.capture_logs() as logs:
+        await embedded.stop(timeout=10.0)
     assert not pid_alive(pid)
+    (stopped,) = [e for e in logs if e["event"] == "embedded_mongodb_stopped"]
+    # continued, it acted on SIGTERM itself: SIGKILL was not needed
+    assert stopped["returncode"] != -signal.SIGKILL
 
 
 async def test_a_port_in_use_names_the_setting(tmp_path: Path) -> None:
