@@ -1,37 +1,52 @@
 """The daemon: starts the parts in dependency order, stops them in reverse.
 
-A signal handler only sets an event; shutdown then stops intake, drains within
-``[daemon] shutdown_timeout`` and cancels whatever is left, telling systemd STOPPING.
+The HTTP server starts first, so ``/healthz`` answers from the first second (``/readyz`` says
+503 until everything started). A signal handler only sets an event; shutdown then stops
+intake and the parts in reverse order within ``[daemon] shutdown_timeout``. After the budget
+the embedded broker saves its unfinished messages, child processes are killed, the rest is
+cancelled and the process exits; a watchdog thread ends the process a moment later whatever
+the event loop is doing, so SIGTERM always ends TaskDash within the budget plus a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 import tornado.httpserver
-import tornado.netutil
 
 from taskdash.checker import Checker
 from taskdash.errors import TaskDashError
 from taskdash.fetcher import Fetcher
 from taskdash.health import Health
+from taskdash.lifecycle import (
+    ABORT_STEP,
+    CANCEL_WAIT,
+    HARD_EXIT_AFTER,
+    Component,
+    HardExit,
+    ListenError,
+    Stopper,
+    bind_setting,
+    busy_setting,
+)
 from taskdash.logs import ReopenableFileHandler
 from taskdash.nsq.publisher import StatusPublisher
 from taskdash.nsq.readers import Ingestion
 from taskdash.settings import NsqSettings, Settings
 from taskdash.store import Store
 from taskdash.store.embedded import EmbeddedMongo
-from taskdash.store.monitor import StoreMonitor
+from taskdash.store.monitor import StoreMonitor, probe_timeout
 from taskdash.systemd import Notifier
 from taskdash.web.app import make_app
+from taskdash.web.base import StoreGate
 
 log = structlog.get_logger("taskdash.daemon")
-
-Stopper = Callable[[], Awaitable[None]]
 
 
 def nsqd_http_address(cfg: NsqSettings) -> str:
@@ -52,61 +67,91 @@ class Daemon:
         *,
         notifier: Notifier | None = None,
         log_file: ReopenableFileHandler | None = None,
+        hard_exit: bool = True,
     ) -> None:
         self.settings = settings
         self.notifier = notifier or Notifier()
         self.log_file = log_file
+        self.hard_exit = hard_exit
         self.health = Health()
+        self.gate = StoreGate(request_timeout=settings.mongodb.server_selection_timeout)
         self.node_id = settings.daemon.node_name()
         self.stop_requested = asyncio.Event()
-        self._stoppers: list[tuple[str, Stopper]] = []
+        self._components: list[Component] = []
+        self._stopping_now: Component | None = None
+        self._children: list[EmbeddedMongo] = []
+        self._watchdog: HardExit | None = None
         self.store: Store | None = None
+        self.monitor: StoreMonitor | None = None
         self.broker: Any = None
         self.checker: Checker | None = None
         self.web_port: int | None = None
 
-    def _started(self, name: str, stop: Stopper) -> None:
-        self._stoppers.append((name, stop))
+    def _started(self, name: str, stop: Stopper, abort: Stopper | None = None) -> None:
+        self._components.append(Component(name, stop, abort))
         log.info("component_started", component=name)
+
+    async def _start_embedded_mongodb(self) -> EmbeddedMongo:
+        """The supervised nx-27017 child, killed (not waited for) if the budget runs out."""
+        cfg = self.settings.mongodb
+        data_dir = self.settings.data_path("mongodb")
+        if cfg.embedded_data_dir:
+            data_dir = type(data_dir)(cfg.embedded_data_dir)
+        embedded = EmbeddedMongo(
+            host=cfg.embedded_host, port=cfg.embedded_port, data_dir=data_dir.absolute()
+        )
+        self._children.append(embedded)
+        await embedded.start()
+
+        async def kill() -> None:
+            embedded.kill()
+            await embedded.stop(timeout=ABORT_STEP / 2)  # reaps it
+
+        self._started("embedded_mongodb", embedded.stop, kill)
+        return embedded
 
     async def _start_store(self) -> Store:
         cfg = self.settings.mongodb
-        uri = cfg.uri
-        if not uri:
-            data_dir = self.settings.data_path("mongodb")
-            if cfg.embedded_data_dir:
-                data_dir = type(data_dir)(cfg.embedded_data_dir)
-            embedded = EmbeddedMongo(
-                host=cfg.embedded_host, port=cfg.embedded_port, data_dir=data_dir.absolute()
-            )
-            await embedded.start()
-            self._started("embedded_mongodb", embedded.stop)
-            uri = embedded.uri
+        embedded = None if cfg.uri else await self._start_embedded_mongodb()
+        uri = embedded.uri if embedded is not None else cfg.uri
         store = Store(
             uri,
             cfg.database,
             server_selection_timeout=cfg.server_selection_timeout,
             history_ttl_days=self.settings.checker.history_ttl_days,
         )
-        self._started("store", store.close)
+
+        async def close() -> None:
+            self.gate.close()
+            await store.close()
+
+        self._started("store", close)
         monitor = StoreMonitor(
             store,
             interval=cfg.probe_interval,
             retry_initial=cfg.retry_initial,
             retry_max=cfg.retry_max,
+            timeout=probe_timeout(
+                interval=cfg.probe_interval, server_selection_timeout=cfg.server_selection_timeout
+            ),
         )
+        if embedded is not None:
+            embedded.on_died = monitor.mark_down  # a dead child is an outage, known at once
         await monitor.start()
+        self.monitor = monitor
         self.health.add("store", monitor.check)
+        self.gate.attach(store, monitor)
         self._started("store_monitor", monitor.stop)
         if not await monitor.wait_ready(cfg.server_selection_timeout):
             log.warning("store_not_ready_at_start", note="continuing; retrying in the background")
         return store
 
-    async def _start_web(self, store: Store) -> None:
+    async def _start_web(self) -> None:
+        """First of all: /healthz answers while the rest starts; a taken port fails at once."""
         cfg = self.settings.web
-        app = make_app(health=self.health, store=store)
+        app = make_app(health=self.health, gate=self.gate)
+        sockets = bind_setting("web.port", cfg.host, cfg.port)
         server = tornado.httpserver.HTTPServer(app, xheaders=False)
-        sockets = tornado.netutil.bind_sockets(cfg.port, cfg.host)
         server.add_sockets(sockets)
         self.web_port = sockets[0].getsockname()[1]
 
@@ -114,7 +159,10 @@ class Daemon:
             server.stop()
             await server.close_all_connections()
 
-        self._started("web", stop)
+        async def abort() -> None:
+            server.stop()
+
+        self._started("web", stop, abort)
         log.info("web_listening", host=cfg.host, port=self.web_port)
 
     async def _start_nsq(self) -> tuple[list[str], list[str], str]:
@@ -132,8 +180,20 @@ class Daemon:
             data_dir=self.settings.data_path("nsq").absolute(),
             broadcast_address=cfg.embedded_host,
         )
-        await broker.start()
-        self._started("embedded_nsqd", broker.stop)
+        try:
+            await broker.start()
+        except OSError as exc:
+            ports = {
+                "nsq.embedded_tcp_port": cfg.embedded_tcp_port,
+                "nsq.embedded_http_port": cfg.embedded_http_port,
+                "nsq.embedded_lookupd_port": cfg.embedded_lookupd_port,
+            }
+            busy = busy_setting(cfg.embedded_host, ports) if exc.errno == errno.EADDRINUSE else None
+            if busy:
+                raise ListenError(busy) from None
+            raise
+        # after the budget the broker still saves what is unfinished: nothing queued is lost
+        self._started("embedded_nsqd", broker.stop, broker.stop)
         self.broker = broker
         host = cfg.embedded_host
         http = f"http://{host}:{broker.http_port}"
@@ -181,57 +241,149 @@ class Daemon:
         self._started("fetcher", fetcher.stop)
 
     async def start(self) -> None:
-        """Start every part; on failure, stop what already started and re-raise."""
+        """Start every part (web first, intake last); on failure, stop what already started."""
         try:
+            await self._start_web()
             self.store = await self._start_store()
             await self._start_ingestion(self.store)
             await self._start_fetcher(self.store)
-            await self._start_web(self.store)
-        except BaseException:
-            await self.stop()
+        except Exception:
+            await self._bounded_stop()
             raise
 
     async def stop(self) -> None:
         """Stop the parts in reverse order, each at most once. Idempotent."""
-        while self._stoppers:
-            name, stop = self._stoppers.pop()
+        while self._components:
+            component = self._stopping_now = self._components.pop()
             try:
-                await stop()
+                await component.stop()
             except Exception:
-                log.exception("component_stop_failed", component=name)
+                log.exception("component_stop_failed", component=component.name)
             else:
-                log.info("component_stopped", component=name)
+                log.info("component_stopped", component=component.name)
+            finally:
+                self._stopping_now = None
+
+    async def _bounded_stop(self) -> None:
+        """:meth:`stop` within the budget; after it, abort what is left (see module doc)."""
+        budget = self.settings.daemon.shutdown_timeout
+        stopping = asyncio.create_task(self.stop(), name="daemon_stop")
+        done, _ = await asyncio.wait({stopping}, timeout=budget)
+        if stopping in done:
+            return
+        left = [c for c in (self._stopping_now, *reversed(self._components)) if c is not None]
+        self._components.clear()  # the stop task ends with the component it is in
+        log.error("shutdown_timed_out", timeout=budget, left=[c.name for c in left])
+        stopping.cancel()
+        deadline = asyncio.get_running_loop().time() + ABORT_STEP
+        for component in left:
+            await self._abort(component, deadline)
+        self._kill_children()
+        await self._cancel_the_rest()
+
+    async def _cancel_the_rest(self) -> None:
+        """Cancel every other task; exit at once if some will not end (they were given up)."""
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=CANCEL_WAIT)
+        stuck = [t for t in rest if not t.done()]
+        if not stuck:
+            return
+        log.warning(
+            "tasks_abandoned",
+            count=len(stuck),
+            tasks=sorted({t.get_name() for t in stuck})[:10],
+        )
+        if self.hard_exit:
+            log.info("daemon_stopped", forced=True)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(0)
+
+    async def _abort(self, component: Component, deadline: float) -> None:
+        """The component's emergency step, if any; all of them share one short deadline."""
+        if component.abort is None:
+            return
+        task = asyncio.create_task(component.abort(), name=f"abort:{component.name}")
+        remaining = max(deadline - asyncio.get_running_loop().time(), 0.05)
+        done, _ = await asyncio.wait({task}, timeout=remaining)
+        if task not in done:
+            task.cancel()
+            log.error("component_abort_timed_out", component=component.name)
+        elif task.exception() is not None:
+            error = str(task.exception())
+            log.error("component_abort_failed", component=component.name, error=error)
+        else:
+            log.info("component_aborted", component=component.name)
+
+    def _kill_children(self) -> None:
+        """SIGKILL every child process still there (safe from the watchdog thread)."""
+        for child in self._children:
+            try:
+                child.kill()
+            except Exception as exc:  # a last resort must not stop at the first problem
+                log.error("child_kill_failed", error=str(exc))
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        if self.log_file is not None:
-            loop.add_signal_handler(signal.SIGHUP, self.log_file.reopen)
+        # always handled: SIGHUP's default action would end the daemon (status 129)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         log.info("stop_requested", signal=sig.name)
+        if self.hard_exit and self._watchdog is None:
+            # from the signal on, whatever happens (even during the start): budget + 1 s
+            budget = self.settings.daemon.shutdown_timeout
+            self._watchdog = HardExit(budget + HARD_EXIT_AFTER, self._kill_children)
+            self._watchdog.start()
         self.stop_requested.set()
+
+    def _on_reload_signal(self) -> None:
+        """SIGHUP (``systemctl reload``): reopen the log file, if any; the config stays as is."""
+        path = self.log_file.path if self.log_file is not None else None
+        if self.log_file is not None:
+            try:
+                self.log_file.reopen()
+            except OSError as exc:
+                log.error("log_reopen_failed", path=path, error=str(exc))
+        log.info("reload_requested", signal="SIGHUP", log_file=path, config="unchanged")
+
+    async def _run_start(self) -> bool:
+        """Start, unless a stop request comes first; False if the start failed or was cut short."""
+        starting = asyncio.create_task(self.start(), name="daemon_start")
+        stop = asyncio.create_task(self.stop_requested.wait())
+        await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not starting.done():
+            starting.cancel()  # what started is stopped by the shutdown that follows
+            await asyncio.wait({starting}, timeout=CANCEL_WAIT)
+            return False
+        exc = starting.exception()
+        if isinstance(exc, TaskDashError | OSError):
+            log.error("start_failed", error=str(exc))
+            return False
+        if exc is not None:
+            raise exc
+        return True
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the process exit code."""
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
-        try:
-            await self.start()
-        except (TaskDashError, OSError) as exc:
-            log.error("start_failed", error=str(exc))
+        started = await self._run_start()
+        if started:
+            self.health.set_phase("running")
+            self.notifier.ready()
+            log.info("daemon_ready", node_id=self.node_id, web_port=self.web_port)
+            await self.stop_requested.wait()
+        elif not self.stop_requested.is_set():
             return 1
-        self.notifier.ready()
-        log.info("daemon_ready", node_id=self.node_id, web_port=self.web_port)
-        await self.stop_requested.wait()
+        self.health.set_phase("stopping")
         self.notifier.stopping()
-        timeout = self.settings.daemon.shutdown_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await self.stop()
-        except TimeoutError:
-            log.error("shutdown_timed_out", timeout=timeout, left=[n for n, _ in self._stoppers])
-            # Whatever is left still gets a last chance, so that no child process survives us.
-            await self.stop()
+        await self._bounded_stop()
         log.info("daemon_stopped")
         return 0

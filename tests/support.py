@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +70,39 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
         return status, json.loads(raw)
     except ValueError:
         return status, raw.decode(errors="replace")
+
+
+def http_head(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """HEAD a URL; (status, body bytes received: a HEAD answer must have none)."""
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError:
+        return 0, b""
+
+
+def nsqd_channel_stats(http_address: str, topic: str, channel: str) -> dict[str, Any]:
+    """One channel's counters from nsqd's ``/stats?format=json`` ({} until it exists)."""
+    status, stats = http_get(f"{http_address}/stats?format=json&topic={topic}")
+    if status != 200:
+        return {}
+    for entry in stats.get("topics") or []:
+        for found in entry.get("channels", []):
+            if entry["topic_name"] == topic and found["channel_name"] == channel:
+                return dict(found)
+    return {}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a stopped process counts as alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.split(") ", 1)[1][:1] != "Z"
 
 
 class NxServer:
@@ -198,6 +232,13 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"daemon did not stop within {timeout}s\n{self.logs()}") from None
+
+    def sighup(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def event_names(self) -> list[str]:
+        return [e.get("event", "") for e in self.events()]
 
     def logs(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""

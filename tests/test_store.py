@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import pytest
-from support import free_port
+from support import free_port, nx_server
 
 from taskdash.errors import StoreUnavailable
 from taskdash.models import HeartBeat, TaskManager, TaskMetaData, TaskService
-from taskdash.store import Store
+from taskdash.store import Store, deadline
 from taskdash.store.mongo import INDEXES
 from taskdash.store.services import get_service, list_services
 
@@ -73,3 +77,20 @@ async def test_unreachable_mongodb_raises_one_typed_error() -> None:
         assert not store.indexes_ready
     finally:
         await store.close()
+
+
+async def test_a_frozen_server_is_unavailable_within_the_deadline(tmp_path: Path) -> None:
+    with nx_server(tmp_path / "nx") as server:
+        store = Store(server.uri, "x", server_selection_timeout=60)
+        assert server.proc is not None
+        try:
+            await store.ping(0.5)
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            # the driver would wait 60 s (server selection) or 240 s (socket timeout)
+            with pytest.raises(StoreUnavailable, match="timed out"):
+                await store.ping(0.5)
+            with deadline(0.5), pytest.raises(StoreUnavailable):
+                await list_services(store)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+            await store.close()

@@ -2,7 +2,8 @@
 
 nx-27017 speaks the MongoDB wire protocol over SQLite, so the daemon uses the very same PyMongo
 driver as in production. The child is restarted with backoff if it dies, and is told to die
-with us (PR_SET_PDEATHSIG) so a killed daemon never leaves it behind.
+with us (PR_SET_PDEATHSIG) so a killed daemon never leaves it behind. A stopped (SIGSTOP) child
+ignores SIGTERM until it is continued, so every way out ends in SIGCONT and, if need be, SIGKILL.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -26,12 +28,18 @@ from taskdash.errors import EmbeddedServerError
 log = structlog.get_logger("taskdash.store.embedded")
 
 _PR_SET_PDEATHSIG = 1
+#: first wait before restarting a child that died (doubles after each failed restart)
+RESTART_DELAY = 0.5
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the daemon goes away, however it dies."""
+    """Runs in the child before exec: kill it when the daemon goes away, however it dies.
+
+    SIGKILL, not SIGTERM: a frozen child would keep a SIGTERM pending forever and hold its
+    port under PID 1. nx-27017 loses no acknowledged write to SIGKILL (SQLite's journal).
+    """
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def nx_command() -> str:
@@ -53,18 +61,52 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def port_in_use(host: str, port: int) -> EmbeddedServerError:
+    """The one-line start error for a taken port, naming the setting to change."""
+    return EmbeddedServerError(
+        f"mongodb.embedded_port {host}:{port} already in use "
+        "(set [mongodb] embedded_port, or [mongodb] uri for an external server)"
+    )
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal a child that may have just exited (then there is nothing to do)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll (never a blocking wait in a thread, which would outlive a cancelled shutdown)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 class EmbeddedMongo:
     """Start, supervise and stop one nx-27017 server bound to ``host:port``."""
 
     def __init__(
-        self, *, host: str, port: int, data_dir: Path, start_timeout: float = 20.0
+        self,
+        *,
+        host: str,
+        port: int,
+        data_dir: Path,
+        start_timeout: float = 20.0,
+        on_died: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.data_dir = data_dir
         self.start_timeout = start_timeout
+        #: told when the child dies under us (the store monitor: MongoDB is down now)
+        self.on_died = on_died
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.restart_failures = 0
         self._stopping = False
         self._supervisor = Background("embedded_mongodb_supervisor", self._supervise)
 
@@ -93,6 +135,7 @@ class EmbeddedMongo:
         )
 
     async def _wait_listening(self, proc: subprocess.Popen[bytes]) -> None:
+        """Until the child accepts connections; it must still be alive then (not a squatter)."""
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -101,56 +144,102 @@ class EmbeddedMongo:
                     f"(is port {self.port} in use? see {self.data_dir / 'nx-27017.log'})"
                 )
             if await asyncio.to_thread(port_open, self.host, self.port):
-                return
+                await asyncio.sleep(0.1)
+                if proc.poll() is None:
+                    return
+                continue
             await asyncio.sleep(0.1)
         raise EmbeddedServerError(f"nx-27017 did not listen on port {self.port} in time")
 
+    async def _launch(self) -> None:
+        """Spawn and wait until it listens; a child that does not get there is killed."""
+        if await asyncio.to_thread(port_open, self.host, self.port):
+            raise port_in_use(self.host, self.port)
+        proc = self.proc = self._spawn()
+        try:
+            await self._wait_listening(proc)
+        except BaseException:
+            self.proc = None
+            _signal(proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1.0)  # reaped at once after SIGKILL; bounded all the same
+            raise
+
     async def start(self) -> None:
         """Spawn the server, wait until it accepts connections, then supervise it."""
-        if port_open(self.host, self.port):
-            raise EmbeddedServerError(
-                f"port {self.host}:{self.port} is already in use; set [mongodb] embedded_port "
-                "or [mongodb] uri"
-            )
-        self.proc = self._spawn()
-        await self._wait_listening(self.proc)
+        await self._launch()
+        assert self.proc is not None
         log.info("embedded_mongodb_started", pid=self.proc.pid, port=self.port)
         await self._supervisor.start()
 
     async def _supervise(self) -> None:
-        """Restart the child with backoff when it dies under us."""
-        delay = 0.5
+        """Restart the child when it dies under us."""
         while not self._stopping:
             await asyncio.sleep(0.2)
             proc = self.proc
             if proc is None or proc.poll() is None:
                 continue
-            log.error("embedded_mongodb_died", returncode=proc.returncode, retry_in=delay)
+            self.proc = None
+            log.error("embedded_mongodb_died", returncode=proc.returncode, retry_in=RESTART_DELAY)
+            if self.on_died is not None:
+                self.on_died(f"embedded nx-27017 exited with {proc.returncode}")
+            await self._restart()
+
+    async def _restart(self) -> None:
+        """Respawn until it listens again, the delay doubling after each failure (to 30 s)."""
+        delay = RESTART_DELAY
+        while not self._stopping:
             await asyncio.sleep(delay)
             if self._stopping:
-                return
+                break
             try:
-                self.proc = self._spawn()
-                await self._wait_listening(self.proc)
+                await self._launch()
             except EmbeddedServerError as exc:
-                log.error("embedded_mongodb_restart_failed", error=str(exc))
+                self.restart_failures += 1
                 delay = min(delay * 2, 30.0)
+                log.error(
+                    "embedded_mongodb_restart_failed",
+                    error=str(exc),
+                    failures=self.restart_failures,
+                    retry_in=delay,
+                )
                 continue
             self.restarts += 1
-            delay = 0.5
+            assert self.proc is not None
             log.info("embedded_mongodb_restarted", pid=self.proc.pid, restarts=self.restarts)
+            return
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Stop supervising, SIGTERM the child, SIGKILL it if it lingers. Idempotent."""
+    def kill(self) -> None:
+        """SIGKILL the child now, frozen or not (the shutdown budget ran out). Idempotent.
+
+        Safe from another thread: it only sends signals; whoever stops later reaps the child.
+        """
         self._stopping = True
-        await self._supervisor.stop()
-        proc, self.proc = self.proc, None
+        proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
+        _signal(proc, signal.SIGKILL)
+        log.warning("embedded_mongodb_killed", pid=proc.pid)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop supervising, SIGTERM the child, SIGKILL it if it lingers. Idempotent.
+
+        SIGCONT follows SIGTERM: a stopped (frozen) child only acts on SIGTERM once continued.
+        """
+        self._stopping = True
+        await self._supervisor.stop()
+        proc = self.proc
+        if proc is None:
+            return
         try:
-            await asyncio.to_thread(proc.wait, timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
+            if proc.poll() is None:
+                _signal(proc, signal.SIGTERM)
+                _signal(proc, signal.SIGCONT)
+                if not await _wait_exit(proc, timeout):
+                    self.kill()
+                    await _wait_exit(proc, 5.0)
+        finally:
+            if proc.poll() is None:
+                self.kill()
+        self.proc = None
         log.info("embedded_mongodb_stopped", returncode=proc.returncode)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import pymongo
 import structlog
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
@@ -81,13 +82,31 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 @contextlib.asynccontextmanager
 async def translated(operation: str) -> AsyncIterator[None]:
-    """Re-raise driver errors as ours: unreachable -> StoreUnavailable, else StoreError."""
+    """Re-raise driver errors as ours: unreachable/timed out -> StoreUnavailable, else StoreError.
+
+    A timeout (a frozen server, a :func:`deadline` that ran out) is unavailability too: the same
+    operation may well succeed later, so callers retry it rather than give up on the data.
+    """
     try:
         yield
     except ConnectionFailure as exc:
         raise StoreUnavailable(f"{operation}: MongoDB unreachable: {exc}") from exc
     except PyMongoError as exc:
+        if exc.timeout:
+            raise StoreUnavailable(f"{operation}: MongoDB timed out: {exc}") from exc
         raise StoreError(f"{operation}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Bound every MongoDB operation in the block (server selection included) to ``seconds``.
+
+    The driver's own timeouts are sized for writes under load; a health probe or an HTTP
+    request must give up much sooner. Expiry surfaces through :func:`translated` as
+    StoreUnavailable.
+    """
+    with pymongo.timeout(seconds):
+        yield
 
 
 class Store:
@@ -158,10 +177,17 @@ class Store:
         """One heartbeat document per running daemon."""
         return self.db["nodes"]
 
-    async def ping(self) -> None:
-        """Raise StoreUnavailable unless MongoDB answers now."""
+    async def ping(self, timeout: float | None = None) -> None:
+        """Raise StoreUnavailable unless MongoDB answers within ``timeout`` (default: driver's).
+
+        A frozen server accepts nothing and refuses nothing; only a short timeout tells.
+        """
         async with translated("ping"):
-            await self.client.admin.command("ping")
+            if timeout is None:
+                await self.client.admin.command("ping")
+                return
+            with deadline(timeout):
+                await self.client.admin.command("ping")
 
     async def ensure_indexes(self) -> None:
         """Create every index (idempotent; safe with several daemons starting at once)."""

@@ -1,25 +1,26 @@
-"""The read-only JSON API over stored services."""
+"""The read-only JSON API over stored services.
+
+Every handler reads through the :class:`~taskdash.web.base.StoreGate`: while MongoDB is known
+down the answer is 503 ``store_unavailable`` at once.
+"""
 
 from __future__ import annotations
 
 import tornado.web
 
-from taskdash.store import Store
 from taskdash.store.deadletters import list_dead_letters
 from taskdash.store.services import get_service, list_services
 from taskdash.store.status import history
 from taskdash.store.tasks import get_fetch_result, list_tasks
-from taskdash.web.base import JsonHandler
+from taskdash.web.base import StoreHandler, bounded
 
 STATUSES = ("online", "stale", "offline", "unknown")
 
 
-class ServicesHandler(JsonHandler):
+class ServicesHandler(StoreHandler):
     """``GET /api/services?status=&limit=&skip=``."""
 
-    def initialize(self, store: Store) -> None:
-        self.store = store
-
+    @bounded
     async def get(self) -> None:
         status = self.get_query_argument("status", None)
         if status is not None and status not in STATUSES:
@@ -30,12 +31,10 @@ class ServicesHandler(JsonHandler):
         self.send_json({"services": services, "count": len(services)})
 
 
-class ServiceHandler(JsonHandler):
+class ServiceHandler(StoreHandler):
     """``GET /api/services/<id>``."""
 
-    def initialize(self, store: Store) -> None:
-        self.store = store
-
+    @bounded
     async def get(self, service_id: str) -> None:
         service = await get_service(self.store, service_id)
         if service is None:
@@ -43,12 +42,10 @@ class ServiceHandler(JsonHandler):
         self.send_json(service)
 
 
-class ServiceHistoryHandler(JsonHandler):
+class ServiceHistoryHandler(StoreHandler):
     """``GET /api/services/<id>/history?limit=``: state changes, newest first."""
 
-    def initialize(self, store: Store) -> None:
-        self.store = store
-
+    @bounded
     async def get(self, service_id: str) -> None:
         limit = self.int_argument("limit", 100, 1, 1000)
         if await get_service(self.store, service_id) is None:
@@ -57,12 +54,10 @@ class ServiceHistoryHandler(JsonHandler):
         self.send_json({"id": service_id, "history": events})
 
 
-class DeadLettersHandler(JsonHandler):
+class DeadLettersHandler(StoreHandler):
     """``GET /api/dead-letters?topic=&limit=``: messages that could never be applied."""
 
-    def initialize(self, store: Store) -> None:
-        self.store = store
-
+    @bounded
     async def get(self) -> None:
         topic = self.get_query_argument("topic", None)
         limit = self.int_argument("limit", 100, 1, 1000)
@@ -70,12 +65,10 @@ class DeadLettersHandler(JsonHandler):
         self.send_json({"dead_letters": letters, "count": len(letters)})
 
 
-class TasksHandler(JsonHandler):
+class TasksHandler(StoreHandler):
     """``GET /api/tasks?service_id=&status=&include_gone=&limit=&skip=``: harvested metadata."""
 
-    def initialize(self, store: Store) -> None:
-        self.store = store
-
+    @bounded
     async def get(self) -> None:
         include_gone = self.get_query_argument("include_gone", "false")
         if include_gone not in ("true", "false"):
@@ -91,12 +84,10 @@ class TasksHandler(JsonHandler):
         self.send_json({"tasks": tasks, "count": len(tasks)})
 
 
-class FetchResultHandler(JsonHandler):
+class FetchResultHandler(StoreHandler):
     """``GET /api/services/<id>/fetch``: the last metadata fetch of one service."""
 
-    def initialize(self, store: Store) -> None:
-        self.store = store
-
+    @bounded
     async def get(self, service_id: str) -> None:
         if await get_service(self.store, service_id) is None:
             raise tornado.web.HTTPError(404, "no service with this id")

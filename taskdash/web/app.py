@@ -5,7 +5,6 @@ from __future__ import annotations
 import tornado.web
 
 from taskdash.health import Health
-from taskdash.store import Store
 from taskdash.web.api import (
     DeadLettersHandler,
     FetchResultHandler,
@@ -14,7 +13,7 @@ from taskdash.web.api import (
     ServicesHandler,
     TasksHandler,
 )
-from taskdash.web.base import JsonHandler
+from taskdash.web.base import JsonHandler, StoreGate
 from taskdash.web.health import HealthzHandler, ReadyzHandler
 
 
@@ -25,18 +24,23 @@ class NotFoundHandler(JsonHandler):
         raise tornado.web.HTTPError(404, "not found")
 
 
-def make_app(*, health: Health, store: Store) -> tornado.web.Application:
-    """Build the application; resources are passed in, never looked up globally."""
+def make_app(*, health: Health, gate: StoreGate) -> tornado.web.Application:
+    """Build the application; resources are passed in, never looked up globally.
+
+    The store comes through ``gate``, attached once it exists: the application serves
+    ``/healthz`` before MongoDB is reachable.
+    """
+    store = {"gate": gate}
     return tornado.web.Application(
         [
             (r"/healthz", HealthzHandler),
             (r"/readyz", ReadyzHandler, {"health": health}),
-            (r"/api/services", ServicesHandler, {"store": store}),
-            (r"/api/services/([^/]{1,128})", ServiceHandler, {"store": store}),
-            (r"/api/services/([^/]{1,128})/history", ServiceHistoryHandler, {"store": store}),
-            (r"/api/services/([^/]{1,128})/fetch", FetchResultHandler, {"store": store}),
-            (r"/api/tasks", TasksHandler, {"store": store}),
-            (r"/api/dead-letters", DeadLettersHandler, {"store": store}),
+            (r"/api/services", ServicesHandler, store),
+            (r"/api/services/([^/]{1,128})", ServiceHandler, store),
+            (r"/api/services/([^/]{1,128})/history", ServiceHistoryHandler, store),
+            (r"/api/services/([^/]{1,128})/fetch", FetchResultHandler, store),
+            (r"/api/tasks", TasksHandler, store),
+            (r"/api/dead-letters", DeadLettersHandler, store),
         ],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,

@@ -1,4 +1,8 @@
-"""``/healthz`` (the process is alive) and ``/readyz`` (every component is ready)."""
+"""``/healthz`` (the process is alive) and ``/readyz`` (every component is ready).
+
+Both answer ``HEAD`` like ``GET`` (same status and headers, no body): load balancers and
+orchestrators often probe with HEAD.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ from taskdash.web.base import JsonHandler
 
 
 class HealthzHandler(JsonHandler):
-    """Liveness: answers as long as the event loop runs."""
+    """Liveness: answers as long as the event loop runs, from the first second of the process."""
 
     def get(self) -> None:
         self.send_json({"status": "ok", "version": __version__})
+
+    head = get
 
 
 class ReadyzHandler(JsonHandler):
@@ -22,5 +28,11 @@ class ReadyzHandler(JsonHandler):
 
     def get(self) -> None:
         ready, components = self.health.report()
-        body = {"status": "ready" if ready else "not ready", "components": components}
+        body = {
+            "status": "ready" if ready else "not ready",
+            "phase": self.health.phase,
+            "components": components,
+        }
         self.send_json(body, 200 if ready else 503)
+
+    head = get

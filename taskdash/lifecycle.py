@@ -1,0 +1,101 @@
+"""What the daemon's start and stop need beyond any one component.
+
+Listening on a configured port with an error that names the setting, the record of a started
+component (its stop, and its emergency step once the shutdown budget is spent), and the
+watchdog thread that ends the process even if the event loop cannot.
+"""
+
+from __future__ import annotations
+
+import errno
+import faulthandler
+import logging
+import os
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+import tornado.netutil
+
+from taskdash.errors import TaskDashError
+
+log = structlog.get_logger("taskdash.daemon")
+
+Stopper = Callable[[], Awaitable[None]]
+
+#: after the budget: at most this long for all the emergency steps (the broker's save)...
+ABORT_STEP = 0.4
+#: ...and this long for the cancelled tasks to end before the process exits regardless
+CANCEL_WAIT = 0.2
+#: the watchdog ends the process this long after the budget, whatever the loop is doing
+HARD_EXIT_AFTER = 0.9
+
+
+class ListenError(TaskDashError):
+    """A port cannot be listened on (taken, refused); the message names the setting and address."""
+
+
+def bind_setting(setting: str, host: str, port: int) -> list[socket.socket]:
+    """Bind ``host:port`` for ``setting``; a taken port is one line naming both."""
+    try:
+        return tornado.netutil.bind_sockets(port, host)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(f"{setting} {host}:{port} already in use") from None
+        raise ListenError(f"{setting} {host}:{port}: {exc.strerror or exc}") from None
+
+
+def busy_setting(host: str, ports: dict[str, int]) -> str | None:
+    """The first setting whose port cannot be bound now (to name it after a bind failed)."""
+    for setting, port in ports.items():
+        if not port:
+            continue
+        try:
+            for sock in bind_setting(setting, host, port):
+                sock.close()
+        except ListenError as exc:
+            return str(exc)
+    return None
+
+
+@dataclass
+class Component:
+    """A started part: how to stop it, and what to do if the budget runs out (``abort``)."""
+
+    name: str
+    stop: Stopper
+    abort: Stopper | None = None
+
+
+class HardExit:
+    """The last guarantee that a stop request ends the process: a timer thread.
+
+    Runs only if the event loop could not finish in time (a library swallowing cancellation,
+    a blocking call): kills the children, writes one line, flushes the logs, ``os._exit(1)``.
+    """
+
+    def __init__(self, seconds: float, kill_children: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.kill_children = kill_children
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        """Arm the timer."""
+        self._timer.start()
+
+    def cancel(self) -> None:
+        """Disarm it (in-process use, where ending the process would end the caller too)."""
+        self._timer.cancel()
+
+    def _fire(self) -> None:
+        try:
+            self.kill_children()
+            log.error("shutdown_forced", after=self.seconds)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            faulthandler.dump_traceback(all_threads=True)  # where it hung, on stderr
+        finally:
+            os._exit(1)
