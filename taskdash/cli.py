@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import math
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -287,6 +285,9 @@ def _configure_logs(
 
 def cmd_run(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
     """Run the daemon until a stop signal."""
+    # `systemctl reload` during the imports below must not kill us (SIGHUP's default action);
+    # the daemon installs its own handler once its loop runs
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from taskdash.daemon import Daemon
 
     log_file = _configure_logs(args, settings, warnings)
@@ -324,41 +325,6 @@ def cmd_check_config(
     return EXIT_OK
 
 
-def _cannot_bind(host: str, port: int) -> bool:
-    """Whether ``host:port`` is taken now (bound with SO_REUSEADDR, as the servers bind)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError:
-        return True
-    for family, kind, proto, _name, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError:
-                return True
-    return False
-
-
-def _bind_failure(exc: OSError, settings: Settings) -> dict[str, str]:
-    """Name the address and the setting behind a failed start, for its one error line.
-
-    Neither asyncio's nor Tornado's error says reliably which of the three ports failed, so
-    each configured port is tried again; a host that cannot be bound at all is the host's.
-    """
-    cfg = settings.nsq
-    ports = {
-        "nsq.embedded_tcp_port": cfg.embedded_tcp_port,
-        "nsq.embedded_http_port": cfg.embedded_http_port,
-        "nsq.embedded_lookupd_port": cfg.embedded_lookupd_port,
-    }
-    if exc.errno == errno.EADDRINUSE:
-        for setting, port in ports.items():
-            if port and _cannot_bind(cfg.embedded_host, port):
-                return {"setting": setting, "address": f"{cfg.embedded_host}:{port}"}
-    return {"setting": "nsq.embedded_host", "address": cfg.embedded_host}
-
-
 def _usable_data_dir(data_dir: Path) -> bool:
     """The queues are saved there at stop, which is too late to find it unusable."""
     try:
@@ -369,15 +335,9 @@ def _usable_data_dir(data_dir: Path) -> bool:
     return True
 
 
-def _on_sighup(log_file: logs.ReopenableFileHandler | None) -> None:
-    """logrotate's signal: follow the moved file; without a file, only say it came."""
-    if log_file is not None:
-        log_file.reopen()
-    log.info("sighup_received", log_file_reopened=log_file is not None)
-
-
 async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler | None) -> int:
     """Start the broker, wait for SIGTERM/SIGINT, stop it (saving unfinished messages)."""
+    from taskdash.lifecycle import broker_bind_error, on_reload_signal
     from taskdash.nsq.broker import Broker
 
     cfg = settings.nsq
@@ -385,7 +345,7 @@ async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _on_sighup, log_file)
+    loop.add_signal_handler(signal.SIGHUP, on_reload_signal, log_file)
     data_dir = settings.data_path("nsq").absolute()
     broker = Broker(
         host=cfg.embedded_host,
@@ -400,7 +360,8 @@ async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler
     try:
         await broker.start()
     except OSError as exc:
-        log.error("start_failed", error=str(exc), **_bind_failure(exc, settings))
+        error = broker_bind_error(exc, cfg)
+        log.error("start_failed", error=str(error), setting=error.setting, address=error.address)
         return EXIT_FAILED
     log.info("nsqd_ready", tcp_port=broker.tcp_port, http_port=broker.http_port)
     await stop.wait()

@@ -11,7 +11,6 @@ the event loop is doing, so SIGTERM always ends TaskDash within the budget plus 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import signal
@@ -30,10 +29,10 @@ from taskdash.lifecycle import (
     HARD_EXIT_AFTER,
     Component,
     HardExit,
-    ListenError,
     Stopper,
     bind_setting,
-    busy_setting,
+    broker_bind_error,
+    on_reload_signal,
 )
 from taskdash.logs import ReopenableFileHandler
 from taskdash.nsq.publisher import StatusPublisher
@@ -183,15 +182,7 @@ class Daemon:
         try:
             await broker.start()
         except OSError as exc:
-            ports = {
-                "nsq.embedded_tcp_port": cfg.embedded_tcp_port,
-                "nsq.embedded_http_port": cfg.embedded_http_port,
-                "nsq.embedded_lookupd_port": cfg.embedded_lookupd_port,
-            }
-            busy = busy_setting(cfg.embedded_host, ports) if exc.errno == errno.EADDRINUSE else None
-            if busy:
-                raise ListenError(busy) from None
-            raise
+            raise broker_bind_error(exc, cfg) from None
         # after the budget the broker still saves what is unfinished: nothing queued is lost
         self._started("embedded_nsqd", broker.stop, broker.stop)
         self.broker = broker
@@ -214,7 +205,11 @@ class Daemon:
             log.warning("status_publishing_disabled", why="set [nsq] nsqd_http_address")
         if self.settings.checker.enabled:
             self.checker = Checker(
-                store, self.settings.checker, node_id=self.node_id, on_change=on_change
+                store,
+                self.settings.checker,
+                node_id=self.node_id,
+                on_change=on_change,
+                summary_threshold=self.settings.log.summary_threshold,
             )
             await self.checker.start()
             self.health.add("checker", self.checker.check)
@@ -223,6 +218,7 @@ class Daemon:
             store,
             cfg,
             node_id=self.node_id,
+            log_summary_threshold=self.settings.log.summary_threshold,
             nsqd_tcp_addresses=nsqd,
             lookupd_http_addresses=lookupd,
         )
@@ -235,7 +231,12 @@ class Daemon:
         """The metadata fetcher: services come from the readers, so it starts after them."""
         if not self.settings.fetcher.enabled:
             return
-        fetcher = Fetcher(store, self.settings.fetcher, node_id=self.node_id)
+        fetcher = Fetcher(
+            store,
+            self.settings.fetcher,
+            node_id=self.node_id,
+            summary_threshold=self.settings.log.summary_threshold,
+        )
         await fetcher.start()
         self.health.add("fetcher", fetcher.check)
         self._started("fetcher", fetcher.stop)
@@ -331,7 +332,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         # always handled: SIGHUP's default action would end the daemon (status 129)
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        loop.add_signal_handler(signal.SIGHUP, on_reload_signal, self.log_file)
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         log.info("stop_requested", signal=sig.name)
@@ -341,16 +342,6 @@ class Daemon:
             self._watchdog = HardExit(budget + HARD_EXIT_AFTER, self._kill_children)
             self._watchdog.start()
         self.stop_requested.set()
-
-    def _on_reload_signal(self) -> None:
-        """SIGHUP (``systemctl reload``): reopen the log file, if any; the config stays as is."""
-        path = self.log_file.path if self.log_file is not None else None
-        if self.log_file is not None:
-            try:
-                self.log_file.reopen()
-            except OSError as exc:
-                log.error("log_reopen_failed", path=path, error=str(exc))
-        log.info("reload_requested", signal="SIGHUP", log_file=path, config="unchanged")
 
     async def _run_start(self) -> bool:
         """Start, unless a stop request comes first; False if the start failed or was cut short."""

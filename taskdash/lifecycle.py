@@ -20,6 +20,8 @@ import structlog
 import tornado.netutil
 
 from taskdash.errors import TaskDashError
+from taskdash.logs import ReopenableFileHandler
+from taskdash.settings import NsqSettings
 
 log = structlog.get_logger("taskdash.daemon")
 
@@ -36,28 +38,58 @@ HARD_EXIT_AFTER = 0.9
 class ListenError(TaskDashError):
     """A port cannot be listened on (taken, refused); the message names the setting and address."""
 
+    setting: str = ""
+    address: str = ""
+
 
 def bind_setting(setting: str, host: str, port: int) -> list[socket.socket]:
     """Bind ``host:port`` for ``setting``; a taken port is one line naming both."""
     try:
         return tornado.netutil.bind_sockets(port, host)
     except OSError as exc:
+        address = f"{host}:{port}"
         if exc.errno == errno.EADDRINUSE:
-            raise ListenError(f"{setting} {host}:{port} already in use") from None
-        raise ListenError(f"{setting} {host}:{port}: {exc.strerror or exc}") from None
+            error = ListenError(f"{setting} {address} already in use")
+        else:
+            error = ListenError(f"{setting} {address}: {exc.strerror or exc}")
+        error.setting, error.address = setting, address
+        raise error from None
 
 
-def busy_setting(host: str, ports: dict[str, int]) -> str | None:
-    """The first setting whose port cannot be bound now (to name it after a bind failed)."""
-    for setting, port in ports.items():
-        if not port:
-            continue
+def broker_bind_error(exc: OSError, cfg: NsqSettings) -> ListenError:
+    """The embedded broker could not listen: name the setting and address behind ``exc``.
+
+    Neither asyncio's nor Tornado's error says which of the broker's three ports failed, so each
+    configured port is tried again; a host that cannot be bound at all is the host's fault.
+    """
+    ports = {
+        "nsq.embedded_tcp_port": cfg.embedded_tcp_port,
+        "nsq.embedded_http_port": cfg.embedded_http_port,
+        "nsq.embedded_lookupd_port": cfg.embedded_lookupd_port,
+    }
+    if exc.errno == errno.EADDRINUSE:
+        for setting, port in ports.items():
+            if not port:
+                continue
+            try:
+                for sock in bind_setting(setting, cfg.embedded_host, port):
+                    sock.close()
+            except ListenError as busy:
+                return busy
+    error = ListenError(f"nsq.embedded_host {cfg.embedded_host}: {exc.strerror or exc}")
+    error.setting, error.address = "nsq.embedded_host", cfg.embedded_host
+    return error
+
+
+def on_reload_signal(log_file: ReopenableFileHandler | None) -> None:
+    """SIGHUP (``systemctl reload``, logrotate): reopen the log file, if any; config unchanged."""
+    path = log_file.path if log_file is not None else None
+    if log_file is not None:
         try:
-            for sock in bind_setting(setting, host, port):
-                sock.close()
-        except ListenError as exc:
-            return str(exc)
-    return None
+            log_file.reopen()
+        except OSError as exc:
+            log.error("log_reopen_failed", path=path, error=str(exc))
+    log.info("reload_requested", signal="SIGHUP", log_file=path, config="unchanged")
 
 
 @dataclass

@@ -475,7 +475,7 @@ def test_nsqd_sighup_reopens_the_log_file_and_keeps_running(tmp_path: Path) -> N
         log_path.rename(tmp_path / "nsqd.log.1")
         assert broker.proc is not None
         broker.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: log_path.exists() and "sighup_received" in log_path.read_text())
+        wait_for(lambda: log_path.exists() and "reload_requested" in log_path.read_text())
         assert http_get(f"{broker.url}/ping")[0] == 200
         assert broker.stop() == 0
     assert "broker_stopped" in log_path.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import textwrap
 import pytest
 from support import free_port
 
-from taskdash.lifecycle import ListenError, bind_setting, busy_setting
+from taskdash.lifecycle import ListenError, bind_setting, broker_bind_error
+from taskdash.settings import NsqSettings
 
 
 def test_a_taken_port_names_the_setting_and_the_address() -> None:
@@ -21,10 +23,19 @@ def test_a_taken_port_names_the_setting_and_the_address() -> None:
         with pytest.raises(ListenError) as caught:
             bind_setting("web.port", "127.0.0.1", port)
         assert str(caught.value) == f"web.port 127.0.0.1:{port} already in use"
+        assert (caught.value.setting, caught.value.address) == ("web.port", f"127.0.0.1:{port}")
         free = free_port()
-        found = busy_setting("127.0.0.1", {"a.port": free, "b.port": 0, "c.port": port})
-        assert found == f"c.port 127.0.0.1:{port} already in use"
-    assert busy_setting("127.0.0.1", {"a.port": free}) is None, "a free port is left free"
+        cfg = NsqSettings(embedded_tcp_port=free, embedded_http_port=0, embedded_lookupd_port=port)
+        taken = OSError(errno.EADDRINUSE, "Address already in use")
+        found = broker_bind_error(taken, cfg)
+        assert str(found) == f"nsq.embedded_lookupd_port 127.0.0.1:{port} already in use"
+    # the free port was tried and left free
+    bind_setting("a.port", "127.0.0.1", free)[0].close()
+    other = broker_bind_error(OSError(errno.EACCES, "Permission denied"), cfg)
+    assert (other.setting, str(other)) == (
+        "nsq.embedded_host",
+        "nsq.embedded_host 127.0.0.1: Permission denied",
+    )
 
 
 def test_the_watchdog_ends_a_process_whose_loop_is_stuck() -> None:
