@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/taskdash.toml
 
-.PHONY: run test lint format check-config bench clean
+.PHONY: run test lint format check-config bench clean coverage-report mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,17 @@ run: $(VENV)/.installed-run
 check-config: $(VENV)/.installed-run
 	$(BIN)/taskdash check-config --config $(CONFIG)
 
+# Coverage of the tests and of every Python subprocess they start (config: pyproject.toml,
+# [tool.coverage.*]); the report fails under its fail_under floor.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check taskdash tests scripts
-	$(BIN)/pytest
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory coverage-report
+
+coverage-report: $(VENV)/.installed-test
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check taskdash tests scripts
@@ -35,4 +43,4 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format taskdash tests scripts
 
 clean:
-	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache .coverage .coverage.* htmlcov mutants
