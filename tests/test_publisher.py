@@ -8,9 +8,7 @@ from the broker with the V2 protocol, as any consumer of ``taskdash.service_stat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import struct
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,11 +21,11 @@ from support import async_wait_for, free_port
 from taskdash.checker import Checker
 from taskdash.models import TaskService
 from taskdash.nsq.broker import Broker
-from taskdash.nsq.broker.protocol import FRAME_MESSAGE, MAGIC_V2
 from taskdash.nsq.publisher import StatusPublisher, status_message
 from taskdash.settings import CheckerSettings
 from taskdash.store import Store
 from taskdash.store.services import record_heartbeats, register_services
+from taskdash.testing import Subscriber
 
 TOPIC = "taskdash.service_status"
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -84,23 +82,14 @@ async def channel_counts(nsqd: Nsqd, channel: str) -> dict[str, int]:
 
 async def read_all(nsqd: Nsqd, expected: int, channel: str = "check") -> list[dict[str, Any]]:
     """Subscribe, take ``expected`` messages (not FINished), and prove there is no other one."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", nsqd.tcp_port)
+    subscriber = await Subscriber.open(nsqd.tcp_port, TOPIC, channel)
     try:
-        writer.write(MAGIC_V2 + f"SUB {TOPIC} {channel}\nRDY {expected + 10}\n".encode())
-        bodies: list[dict[str, Any]] = []
-        async with asyncio.timeout(15):
-            while len(bodies) < expected:
-                size, frame_type = struct.unpack(">ii", await reader.readexactly(8))
-                data = await reader.readexactly(size - 4)
-                if frame_type == FRAME_MESSAGE:
-                    bodies.append(json.loads(data[26:]))
+        bodies = await subscriber.take_json(expected)
         # every message of the topic is now in flight to us, none is left queued or elsewhere
         assert await channel_counts(nsqd, channel) == {"depth": 0, "in_flight": expected}
         return bodies
     finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        await subscriber.close()
 
 
 class Clock:
