@@ -36,7 +36,7 @@ test: $(VENV)/.installed-test
 	$(MAKE) --no-print-directory coverage-report
 
 coverage-report: $(VENV)/.installed-test
-	$(BIN)/coverage combine --quiet
+	$(if $(wildcard .coverage.*),$(BIN)/coverage combine --quiet)
 	$(BIN)/coverage report
 
 # Mutation testing (slow, not in CI): `make mutation` over the modules listed in pyproject.toml
