@@ -15,7 +15,6 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,22 @@ from taskdash.testing import Subscriber
 STATUS_TOPIC = "taskdash.service_status"
 
 
-@dataclass
 class NsqdProcess:
-    """A `taskdash nsqd` subprocess on free loopback ports."""
+    """`taskdash nsqd` as an operator runs it: a subprocess on fixed loopback ports and data."""
 
-    tcp_port: int
-    http_port: int
-    lookupd_port: int
-    proc: subprocess.Popen[bytes]
-    output: Path
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.tcp_port, self.http_port, self.lookupd_port = free_port(), free_port(), free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
+        self.env.update(
+            TASKDASH_DAEMON__DATA_DIR=str(tmp / "nsqd-var"),
+            TASKDASH_NSQ__EMBEDDED_TCP_PORT=str(self.tcp_port),
+            TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(self.http_port),
+            TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(self.lookupd_port),
+            TASKDASH_LOG__FORMAT="json",
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = tmp / "nsqd.log"
 
     @property
     def http(self) -> str:
@@ -55,39 +61,46 @@ class NsqdProcess:
     def lookupd(self) -> str:
         return f"http://127.0.0.1:{self.lookupd_port}"
 
-    def events(self) -> list[str]:
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process (appending to its log) without waiting for it."""
+        with open(self.output, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(VENV_BIN / "taskdash"), "nsqd"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self.proc
+
+    def start(self) -> NsqdProcess:
+        """Start and wait until nsqd and lookupd answer ``/ping``."""
+        proc = self.spawn()
+        wait_for(lambda: proc.poll() is not None or http_get(f"{self.http}/ping")[0] == 200)
+        assert proc.poll() is None, self.output.read_text()
+        assert http_get(f"{self.lookupd}/ping")[0] == 200
+        return self
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops it; the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(20)
+
+    def events(self) -> list[dict[str, Any]]:
         lines = self.output.read_text(errors="replace").splitlines()
-        return [json.loads(line)["event"] for line in lines if line.startswith("{")]
+        return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 @contextmanager
 def nsqd_process(tmp: Path) -> Iterator[NsqdProcess]:
     """Run `taskdash nsqd` until the block ends; it must stop cleanly on SIGTERM."""
-    tcp, http, lookupd = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
-    env.update(
-        TASKDASH_DAEMON__DATA_DIR=str(tmp / "nsqd-var"),
-        TASKDASH_NSQ__EMBEDDED_TCP_PORT=str(tcp),
-        TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(http),
-        TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(lookupd),
-        TASKDASH_LOG__FORMAT="json",
-    )
-    output = tmp / "nsqd.log"
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "taskdash"), "nsqd"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    nsqd = NsqdProcess(tcp, http, lookupd, proc, output)
+    nsqd = NsqdProcess(tmp).start()
     try:
-        wait_for(lambda: proc.poll() is not None or http_get(f"{nsqd.http}/ping")[0] == 200)
-        assert proc.poll() is None, output.read_text()
-        assert http_get(f"{nsqd.lookupd}/ping")[0] == 200
         yield nsqd
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        assert proc.wait(20) == 0, output.read_text()
-    assert nsqd.events()[-1] == "broker_stopped"
+        assert nsqd.stop() == 0, nsqd.output.read_text()
+    assert nsqd.events()[-1]["event"] == "broker_stopped"
 
 
 def publish(nsqd: NsqdProcess, *args: str) -> None:
@@ -183,3 +196,30 @@ async def test_external_nsqd_and_mongodb_end_to_end(
     assert [(h["from"], h["to"]) for h in reversed(history)] == [
         (c["from"], c["to"]) for c in changes
     ]
+
+
+async def test_taskdash_nsqd_keeps_unfinished_messages_across_a_restart(tmp_path: Path) -> None:
+    with nsqd_process(tmp_path) as nsqd:
+        publish(nsqd, "heartbeat", "--id", "kept-1")
+        publish(nsqd, "heartbeat", "--id", "kept-2")
+        assert nsqd.stop() == 0
+        persisted = [e for e in nsqd.events() if e["event"] == "messages_persisted"]
+        assert persisted and persisted[-1]["count"] == 2
+        nsqd.start()  # same ports, same data directory
+        subscriber = await Subscriber.open(nsqd.tcp_port, "taskdash.heartbeat", "after")
+        try:
+            bodies = await subscriber.take_json(2)
+        finally:
+            await subscriber.close()
+    assert sorted(b["id"] for b in bodies) == ["kept-1", "kept-2"]
+
+
+def test_taskdash_nsqd_on_a_port_in_use_exits_1_naming_the_error(tmp_path: Path) -> None:
+    with nsqd_process(tmp_path) as first:
+        second = NsqdProcess(tmp_path / "second")
+        second.env["TASKDASH_NSQ__EMBEDDED_TCP_PORT"] = str(first.tcp_port)
+        (tmp_path / "second").mkdir()
+        assert second.spawn().wait(30) == 1
+        (failure,) = [e for e in second.events() if e["event"] == "start_failed"]
+        assert "address already in use" in failure["error"].lower()
+        assert http_get(f"{first.http}/ping")[0] == 200  # the running one is unharmed
