@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import tornado.httpclient
 from support import async_wait_for, free_port
 
@@ -189,3 +190,84 @@ async def test_two_publishers_on_one_store_send_each_event_once(store: Store, ns
     assert sum(sent) == 40
     received = await read_all(nsqd, 40)
     assert sorted(received, key=key) == sorted(await expected_bodies(store), key=key)
+
+
+@pytest.mark.parametrize(
+    ("event", "body"),
+    [
+        (
+            {"service_id": "s1", "from": "online", "to": "stale", "reason": "no heartbeat"}
+            | {"at": T0, "node": "n1"},
+            b'{"id": "s1", "from": "online", "to": "stale", "at": "2026-11-26T09:00:00+00:00", '
+            b'"reason": "no heartbeat", "node": "n1"}',
+        ),
+        (  # UTF-8 as is, not \u escapes: the same text in fewer bytes, as a Go publisher sends
+            {"service_id": "sé", "from": "unknown", "to": "online", "reason": "first heartbeat"}
+            | {"at": T0 + timedelta(milliseconds=5), "node": "nœud-1"},
+            '{"id": "sé", "from": "unknown", "to": "online", "at": '
+            '"2026-11-26T09:00:00.005000+00:00", "reason": "first heartbeat", "node": "nœud-1"}'
+            "".encode(),
+        ),
+    ],
+)
+def test_status_message_is_the_documented_json(event: dict[str, Any], body: bytes) -> None:
+    assert status_message(event) == body
+
+
+async def test_an_nsqd_address_with_a_trailing_slash_works(store: Store, nsqd: Nsqd) -> None:
+    clock = Clock()
+    checker = Checker(store, CheckerSettings(), node_id="n1", clock=clock)
+    publisher = StatusPublisher(store, nsqd_http=nsqd.http + "/", topic=TOPIC)
+    assert publisher.check() == (True, {"published": 0})  # no error before the first attempt
+    await go_online(store, checker, clock, ["a1"])
+    assert await publisher.publish_pending() == 1
+    assert [b["id"] for b in await read_all(nsqd, 1)] == ["a1"]
+
+
+async def test_a_failed_batch_is_resent_only_while_its_claim_covers_a_request(
+    store: Store, nsqd: Nsqd
+) -> None:
+    """Past that point another daemon may claim it: it waits for the claim to end instead."""
+    clock = Clock()
+    checker = Checker(store, CheckerSettings(), node_id="n1", clock=clock)
+    publisher = StatusPublisher(store, nsqd_http=nsqd.http, topic=TOPIC, lease=30, clock=clock)
+    await go_online(store, checker, clock, ["a1", "a2"])
+    await nsqd.stop()
+    with pytest.raises(OSError):
+        await publisher.publish_pending()  # claimed until clock + 30 s, then the send failed
+    await nsqd.start()
+
+    clock.now += timedelta(seconds=30 - publisher.request_timeout)  # 10 s of claim left: too few
+    assert await publisher.publish_pending() == 0  # not resent, and still claimed: nothing to do
+    clock.now += timedelta(seconds=publisher.request_timeout + 1)  # the claim has ended
+    assert await publisher.publish_pending() == 2
+    assert await publisher.publish_pending() == 0
+    received = await read_all(nsqd, 2)
+    assert sorted(received, key=key) == sorted(await expected_bodies(store), key=key)
+
+
+async def test_an_outage_is_logged_once_with_its_error_and_its_end_once(
+    store: Store, nsqd: Nsqd
+) -> None:
+    clock = Clock()
+    publisher = StatusPublisher(store, nsqd_http=nsqd.http, topic=TOPIC, interval=0.05)
+    checker = Checker(store, CheckerSettings(), node_id="n1", clock=clock, on_change=publisher.kick)
+    await nsqd.stop()
+    with structlog.testing.capture_logs() as logs:
+        await publisher.start()
+        try:
+            await go_online(store, checker, clock, ["a1"])
+            await async_wait_for(lambda: "error" in publisher.check()[1])
+            assert "refused" in publisher.check()[1]["error"].lower()
+            for _ in range(3):  # more failed attempts: still one line
+                await publisher.kick()
+                await asyncio.sleep(0.1)
+            await nsqd.start()
+            await async_wait_for(lambda: publisher.published == 1)
+        finally:
+            await publisher.stop()
+    mine = [e for e in logs if e["event"].startswith("status_publish")]
+    assert [e["event"] for e in mine] == ["status_publish_failed", "status_publishing_resumed"]
+    assert "refused" in mine[0]["error"].lower()
+    assert mine[0]["url"] == f"{nsqd.http}/mpub?topic={TOPIC}"
+    assert publisher.check() == (True, {"published": 1})

@@ -24,7 +24,7 @@ from taskdash.background import Background
 from taskdash.errors import StoreError
 from taskdash.store import Store
 from taskdash.store.status import claim_unpublished, mark_published
-from taskdash.store.times import to_ms, utcnow
+from taskdash.store.times import Clock, to_ms, utcnow
 
 log = structlog.get_logger("taskdash.nsq.publisher")
 
@@ -59,12 +59,14 @@ class StatusPublisher:
         interval: float = 2.0,
         batch: int = 500,
         lease: float = 30.0,
+        clock: Clock = utcnow,
     ) -> None:
         self.store = store
         self.url = f"{nsqd_http.rstrip('/')}/mpub?topic={topic}"
         self.interval = interval
         self.batch = batch
         self.lease = lease
+        self.clock = clock
         self.published = 0
         self.last_error = ""
         self._held: list[dict[str, Any]] = []  # claimed by us, send failed: retried first
@@ -99,7 +101,7 @@ class StatusPublisher:
 
     async def _next_batch(self) -> list[dict[str, Any]]:
         """The batch whose send failed while its lease still covers a request, else a new claim."""
-        now = utcnow()
+        now = self.clock()
         if self._held:
             lease_left_ms = min(e["claim_until"] for e in self._held) - to_ms(now)
             if lease_left_ms > self.request_timeout * 1000:
