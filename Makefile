@@ -61,4 +61,4 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format taskdash tests scripts
 
 clean:
-	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache .coverage .coverage.* htmlcov mutants
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache .coverage .coverage.* htmlcov mutants .hypothesis
