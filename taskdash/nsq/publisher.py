@@ -3,6 +3,11 @@
 An outbox: events are stored first (by the checker), then claimed, sent with nsqd's HTTP
 ``/mpub`` and marked published. A broker that is away delays events, never loses them; a daemon
 that dies after sending and before marking may send an event twice (at-least-once, like NSQ).
+
+A claim is a lease (``lease`` seconds) that keeps other daemons off a batch while it is being
+sent. A batch whose send failed is still ours until the lease ends: it is sent again first, as
+it is, so a broker that comes back gets it at once rather than after the lease. Once too little
+of the lease is left to finish a request, the batch is let go and claimed anew when it expires.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from taskdash.background import Background
 from taskdash.errors import StoreError
 from taskdash.store import Store
 from taskdash.store.status import claim_unpublished, mark_published
-from taskdash.store.times import utcnow
+from taskdash.store.times import Clock, to_ms, utcnow
 
 log = structlog.get_logger("taskdash.nsq.publisher")
 
@@ -42,15 +47,29 @@ def status_message(event: dict[str, Any]) -> bytes:
 class StatusPublisher:
     """Drains the outbox on demand (:meth:`kick`) and every ``interval`` seconds."""
 
+    #: Seconds one ``/mpub`` may take (connecting included); a held batch needs this much lease.
+    request_timeout = 10.0
+
     def __init__(
-        self, store: Store, *, nsqd_http: str, topic: str, interval: float = 2.0, batch: int = 500
+        self,
+        store: Store,
+        *,
+        nsqd_http: str,
+        topic: str,
+        interval: float = 2.0,
+        batch: int = 500,
+        lease: float = 30.0,
+        clock: Clock = utcnow,
     ) -> None:
         self.store = store
         self.url = f"{nsqd_http.rstrip('/')}/mpub?topic={topic}"
         self.interval = interval
         self.batch = batch
+        self.lease = lease
+        self.clock = clock
         self.published = 0
         self.last_error = ""
+        self._held: list[dict[str, Any]] = []  # claimed by us, send failed: retried first
         self._kick = asyncio.Event()
         self._loop_task = Background("status_publisher", self._loop)
         self._client = tornado.httpclient.AsyncHTTPClient()
@@ -63,16 +82,32 @@ class StatusPublisher:
         """Publish what is waiting; returns how many events went out."""
         sent = 0
         while True:
-            events = await claim_unpublished(self.store, utcnow(), lease=30.0, limit=self.batch)
+            events = await self._next_batch()
             if not events:
                 return sent
+            self._held = events
             body = b"\n".join(status_message(e) for e in events)
             await self._client.fetch(
-                self.url, method="POST", body=body, request_timeout=10, connect_timeout=5
+                self.url,
+                method="POST",
+                body=body,
+                request_timeout=self.request_timeout,
+                connect_timeout=self.request_timeout / 2,
             )
+            self._held = []
             await mark_published(self.store, [e["_id"] for e in events])
             sent += len(events)
             self.published += len(events)
+
+    async def _next_batch(self) -> list[dict[str, Any]]:
+        """The batch whose send failed while its lease still covers a request, else a new claim."""
+        now = self.clock()
+        if self._held:
+            lease_left_ms = min(e["claim_until"] for e in self._held) - to_ms(now)
+            if lease_left_ms > self.request_timeout * 1000:
+                return self._held
+            self._held = []  # others may claim it once the lease ends; so may we
+        return await claim_unpublished(self.store, now, lease=self.lease, limit=self.batch)
 
     async def _loop(self) -> None:
         while True:
