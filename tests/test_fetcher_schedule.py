@@ -68,8 +68,9 @@ async def test_a_stalled_service_does_not_delay_the_others(store: Store, site: S
         await fetcher.start()
         await async_wait_for(lambda: min(site.hits[sid] for sid in FAST) >= 4)
         assert site.hits["stalled"] == 1  # in flight all along: not requested again
-        assert fetcher.last_sweep is not None and fetcher.last_sweep.in_flight == 1
-        assert fetcher.check()[1]["in_flight"] == 1
+        # skipped as in flight (a fast service of a sweep still running may be in flight too)
+        assert fetcher.last_sweep is not None and fetcher.last_sweep.in_flight >= 1
+        assert fetcher.check()[1]["in_flight"] >= 1
         assert all([await get_fetch_result(store, sid) for sid in FAST])
         assert await get_fetch_result(store, "stalled") is None
         site.release.set()  # it answers at last: stored, and fetched again later

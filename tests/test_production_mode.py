@@ -221,5 +221,7 @@ def test_taskdash_nsqd_on_a_port_in_use_exits_1_naming_the_error(tmp_path: Path)
         (tmp_path / "second").mkdir()
         assert second.spawn().wait(30) == 1
         (failure,) = [e for e in second.events() if e["event"] == "start_failed"]
-        assert "address already in use" in failure["error"].lower()
+        address = f"127.0.0.1:{first.tcp_port}"
+        assert failure["error"] == f"nsq.embedded_tcp_port {address} already in use"
+        assert (failure["setting"], failure["address"]) == ("nsq.embedded_tcp_port", address)
         assert http_get(f"{first.http}/ping")[0] == 200  # the running one is unharmed
