@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ import tornado.netutil
 from support import NxServer
 
 from taskdash.health import Health
+from taskdash.models import TaskService
 from taskdash.store import Store
 from taskdash.store.monitor import StoreMonitor
+from taskdash.store.services import register_services
 from taskdash.web.app import make_app
 from taskdash.web.base import STORE_DOWN, StoreGate
 
@@ -125,4 +129,23 @@ async def test_a_freeze_the_monitor_has_not_seen_is_a_bounded_503(api: Api, nx: 
         assert (status, body["message"]) == (503, STORE_DOWN)
     finally:
         os.kill(nx.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        await store.close()
+
+
+async def test_a_long_non_ascii_id_can_be_looked_up(api: Api, nx: NxServer) -> None:
+    """Ids are limited to 128 characters once decoded, not 128 characters of percent-encoding."""
+    store = Store(nx.uri, f"t_{uuid.uuid4().hex[:8]}", server_selection_timeout=5)
+    monitor = StoreMonitor(store, interval=1, retry_initial=0.5, retry_max=1)
+    longest = "服" * 128  # 384 bytes of UTF-8, 1,152 characters percent-encoded
+    try:
+        assert await monitor.probe()
+        api.gate.attach(store, monitor)
+        await register_services(store, [TaskService(id=longest)], datetime.now(UTC))
+        quoted = urllib.parse.quote(longest)
+        status, body = await api.call(f"/api/services/{quoted}")
+        assert (status, body["id"]) == (200, longest)
+        assert (await api.call(f"/api/services/{quoted}/history"))[0] == 200
+        too_long = urllib.parse.quote("服" * 129)
+        assert (await api.call(f"/api/services/{too_long}"))[0] == 404
+    finally:
         await store.close()

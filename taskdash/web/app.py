@@ -24,6 +24,11 @@ class NotFoundHandler(JsonHandler):
         raise tornado.web.HTTPError(404, "not found")
 
 
+#: an id in a path, still percent-encoded: ids are at most 128 characters once decoded, and one
+#: character may take 4 bytes of UTF-8, each written as 3 characters (%XX)
+_ID = r"([^/]{1,1536})"
+
+
 def make_app(*, health: Health, gate: StoreGate) -> tornado.web.Application:
     """Build the application; resources are passed in, never looked up globally.
 
@@ -36,9 +41,9 @@ def make_app(*, health: Health, gate: StoreGate) -> tornado.web.Application:
             (r"/healthz", HealthzHandler),
             (r"/readyz", ReadyzHandler, {"health": health}),
             (r"/api/services", ServicesHandler, store),
-            (r"/api/services/([^/]{1,128})", ServiceHandler, store),
-            (r"/api/services/([^/]{1,128})/history", ServiceHistoryHandler, store),
-            (r"/api/services/([^/]{1,128})/fetch", FetchResultHandler, store),
+            (rf"/api/services/{_ID}", ServiceHandler, store),
+            (rf"/api/services/{_ID}/history", ServiceHistoryHandler, store),
+            (rf"/api/services/{_ID}/fetch", FetchResultHandler, store),
             (r"/api/tasks", TasksHandler, store),
             (r"/api/dead-letters", DeadLettersHandler, store),
         ],
