@@ -432,12 +432,14 @@ class Fetcher:
 
     async def _apply(self, listed: list[Outcome], token: str, now_ms: int) -> ApplyResult:
         """Diff against what is stored (cache, else MongoDB), write, record conflicts."""
-        cold = [o.service_id for o in listed if not self._cache_valid(o)]
+        # taken before the first await: an overlapping sweep's plan may prune the cache meanwhile
+        cached = {o.service_id: known for o in listed if (known := self._cached(o)) is not None}
+        cold = [o.service_id for o in listed if o.service_id not in cached]
         loaded = await load_known(self.store, cold) if cold else {}
         listings = []
         for o in listed:
             assert o.listing is not None
-            known = loaded[o.service_id] if o.service_id in loaded else self._known[o.service_id][1]
+            known = cached[o.service_id] if o.service_id in cached else loaded[o.service_id]
             listings.append(
                 ServiceListing(o.service_id, o.listing.tasks, known, o.listing.still_listed)
             )
@@ -453,7 +455,9 @@ class Fetcher:
             )
         return applied
 
-    def _cache_valid(self, outcome: Outcome) -> bool:
-        """Our cache holds what is stored iff the last listing stored was ours."""
+    def _cached(self, outcome: Outcome) -> Known | None:
+        """What is stored, from our cache: valid iff the last listing stored was ours."""
         entry = self._known.get(outcome.service_id)
-        return entry is not None and entry[0] == outcome.state.get("listing")
+        if entry is None or entry[0] != outcome.state.get("listing"):
+            return None
+        return entry[1]
