@@ -17,7 +17,7 @@ import socket
 import tomllib
 import typing
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -70,6 +70,26 @@ def http_url_error(url: str) -> str | None:
     return None
 
 
+def _uri_validator(uri: str, *, private: bool = True) -> Callable[..., dict[str, Any]] | None:
+    """PyMongo's validation step; its public parser where that helper is gone (it is private).
+
+    The public ``parse_uri`` does no DNS lookup for ``mongodb://``, so it can stand in there;
+    for ``mongodb+srv://`` it would resolve the name, so there is no stand-in (None).
+    """
+    if private:
+        try:
+            from pymongo.uri_parser_shared import _validate_uri
+
+            return _validate_uri  # type: ignore[no-any-return]
+        except ImportError:
+            pass
+    if uri.startswith("mongodb+srv://"):
+        return None
+    from pymongo.uri_parser import parse_uri
+
+    return parse_uri
+
+
 def mongodb_uri_error(uri: str) -> str | None:
     """Why the driver would refuse ``uri`` (None if it would not), without any network I/O.
 
@@ -83,10 +103,12 @@ def mongodb_uri_error(uri: str) -> str | None:
     unknown config keys. The reason never includes the URI, which may hold a password.
     """
     from pymongo.errors import PyMongoError
-    from pymongo.uri_parser_shared import _validate_uri
 
+    validate = _uri_validator(uri)
+    if validate is None:
+        return None  # mongodb+srv:// without the private helper: the client checks it at start
     try:
-        parsed = _validate_uri(uri, validate=True, warn=False)
+        parsed = validate(uri, validate=True, warn=False)
     except (PyMongoError, ValueError) as exc:
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if any(not host for host, _port in parsed["nodelist"]):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo.errors import PyMongoError
 
 from taskdash.errors import ConfigError
-from taskdash.settings import Settings, env_warnings, load
+from taskdash.settings import Settings, _uri_validator, env_warnings, load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -338,3 +341,30 @@ def test_load_file_that_is_a_directory_or_not_utf8(tmp_path: Path) -> None:
     binary.write_bytes(b"[daemon]\nnode_id = '\xe9'\n")
     with pytest.raises(ConfigError, match=r"cannot read config file .*latin1\.toml: .*utf-8"):
         load(binary, env={})
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mongodb://",
+        "mongodb://host:notaport",
+        "mongodb://:27017",
+        "mongodb://h/?replSet=rs0",
+        "mongodb://taskdash:pw@db1:27017,db2,db3/?replicaSet=rs0&authSource=admin",
+        "mongodb://[::1]:27017",
+    ],
+)
+def test_the_public_parser_stands_in_for_the_private_validator(uri: str) -> None:
+    """Should PyMongo move its private validation helper, ``mongodb://`` URIs get one verdict."""
+    private, public = _uri_validator(uri), _uri_validator(uri, private=False)
+    assert private is not None and public is not None and private is not public
+
+    def verdict(validate: Callable[..., Any]) -> str | None:
+        try:
+            validate(uri, validate=True, warn=False)
+        except (PyMongoError, ValueError) as exc:
+            return type(exc).__name__
+        return None
+
+    assert verdict(private) == verdict(public)
+    assert _uri_validator("mongodb+srv://c.example.invalid", private=False) is None, "no DNS"
