@@ -70,7 +70,7 @@ class RequestHandler:
         found = await self.finder.find(request.id)
         if found is None:
             return reply(request.name, request.message_id, request.id, ErrId.NO_SUCH_TASK)
-        return reply(request.name, request.message_id, request.id, ErrId.OK, **found_fields(found))
+        return reply(request.name, request.message_id, request.id, ErrId.OK, found_fields(found))
 
     async def _write(self, request: Request, record: TaskRecord, peer: str) -> bytes:
         now = self.now_ms()

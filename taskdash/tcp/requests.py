@@ -139,11 +139,14 @@ def parse_request(frame: Frame) -> Request | BadRequest:
     return Request(name, frame.message_id, body)
 
 
-def reply(name: str, message_id: int, task_id: str, errid: ErrId, **fields: str) -> bytes:
+def reply(
+    name: str, message_id: int, task_id: str, errid: ErrId, fields: dict[str, str] | None = None
+) -> bytes:
     """The answer frame: same messageID, header ``{"RequestID": "Resp<name>"}``.
 
     The body is ``{"id", <fields>..., "errid", "errmsg"}``; Find puts the task's fields in
     ``fields`` (flattened: the seed's nested form is not JSON).
     """
-    body: dict[str, Any] = {"id": task_id, **fields, "errid": int(errid), "errmsg": ERRMSG[errid]}
+    body: dict[str, Any] = {"id": task_id, **(fields or {})}
+    body.update(errid=int(errid), errmsg=ERRMSG[errid])
     return pack(message_id, {"RequestID": f"Resp{name}"}, body)

@@ -116,7 +116,12 @@ class Connection(asyncio.Protocol):
                 transport.resume_reading()
             if frame.message_id == HEARTBEAT_ID:
                 continue
-            answer = await self.server.handler.handle(parse_request(frame), self.peer)
+            try:
+                answer = await self.server.handler.handle(parse_request(frame), self.peer)
+            except Exception:  # a bug, not the client's fault: no errid fits, so close
+                log.exception("tcp_internal_error", peer=self.peer)
+                transport.abort()
+                return
             self.server.requests += 1
             if transport.is_closing():
                 return
