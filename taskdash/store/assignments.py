@@ -6,7 +6,7 @@ Collections:
   ``group_id``, ``reserved``, ``source`` ("tcp" or "web"), ``at`` (epoch ms) and ``version``
   (1, 2, ... per task). Every change is a compare-and-set on ``version`` (or an insert that
   fails if another writer inserted first), so two writers never lose each other's change
-  silently: the loser sees :class:`Conflict` and decides (retry, or tell its user).
+  silently: the loser sees :class:`AssignmentConflict` and decides (retry, or tell its user).
 * ``assignment_history``: one document per change (task id, the new binding, the previous
   user, version), written right after the change it records; the current binding is the
   truth, the history explains it. A crash between the two writes loses one history line,
@@ -34,7 +34,7 @@ HISTORY = "assignment_history"
 _ATTEMPTS = 5  # compare-and-set retries of an unconditional set before giving up
 
 
-class Conflict(StoreError):
+class AssignmentConflict(StoreError):
     """The binding changed since ``expect_version``: someone else assigned the task first."""
 
 
@@ -123,8 +123,8 @@ async def set_assignment(
 
     A part passed as None keeps its stored value. Without ``expect_version`` the newest call
     wins (retried on a concurrent change). With it, the change applies only if the stored
-    version is that one (0 = never assigned), else :class:`Conflict`. Setting what is already
-    stored writes nothing, history included.
+    version is that one (0 = never assigned), else :class:`AssignmentConflict`. Setting what
+    is already stored writes nothing, history included.
     """
     async with translated("set_assignment"):
         for _ in range(_ATTEMPTS):
@@ -132,7 +132,9 @@ async def set_assignment(
             current = Assignment.from_doc(found) if found else None
             version = current.version if current else 0
             if expect_version is not None and expect_version != version:
-                raise Conflict(f"task {task_id} is at version {version}, not {expect_version}")
+                raise AssignmentConflict(
+                    f"task {task_id} is at version {version}, not {expect_version}"
+                )
             wanted = _merged(current, user, group_id, reserved)
             if wanted == _merged(current, None, None, None):
                 return current or Assignment(task_id), False
@@ -142,8 +144,8 @@ async def set_assignment(
                 await _record(store, new, current)
                 return Assignment.from_doc(new), True
             if expect_version is not None:
-                raise Conflict(f"task {task_id} was assigned by someone else meanwhile")
-    raise Conflict(f"task {task_id}: assignment kept changing under {_ATTEMPTS} attempts")
+                raise AssignmentConflict(f"task {task_id} was assigned by someone else meanwhile")
+    raise AssignmentConflict(f"task {task_id}: assignment kept changing under {_ATTEMPTS} attempts")
 
 
 async def _record(store: Store, new: Doc, previous: Assignment | None) -> None:
