@@ -180,12 +180,26 @@ class Daemon:
         self.health.add("fetcher", fetcher.check)
         self._started("fetcher", fetcher.stop)
 
+    async def _start_tcp(self, store: Store) -> None:
+        """The tcpx interface (issue 9): it only needs the store; it drains within half the
+        shutdown budget, so the parts stopped after it keep the rest."""
+        if not self.settings.tcp.enabled:
+            return
+        from taskdash.tcp.server import TcpServer
+
+        drain = self.settings.daemon.shutdown_timeout / 2
+        server = TcpServer(store, self.settings.tcp, drain_timeout=drain)
+        await server.start()
+        self.health.add("tcp", server.check)
+        self._started("tcp", server.stop)
+
     async def start(self) -> None:
         """Start every part; on failure, stop what already started and re-raise."""
         try:
             self.store = await self._start_store()
             await self._start_ingestion(self.store)
             await self._start_fetcher(self.store)
+            await self._start_tcp(self.store)
             await self._start_web(self.store)
         except BaseException:
             await self.stop()
