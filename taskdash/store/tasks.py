@@ -360,12 +360,15 @@ async def write_registered(
     return TcpWrite("owned", owner=doc.get("service_id"), ignored=ignored)
 
 
-async def get_tasks(store: Store, task_ids: Sequence[str]) -> dict[str, Doc]:
-    """Stored tasks by id (one round trip for many: TCP Finds are batched)."""
+async def get_tasks(
+    store: Store, task_ids: Sequence[str], fields: Sequence[str] | None = None
+) -> dict[str, Doc]:
+    """Stored tasks by id, only ``fields`` if given (one round trip for many: Finds batch)."""
     found: dict[str, Doc] = {}
+    projection = dict.fromkeys(fields, 1) if fields else None
     async with translated("get_tasks"):
         for chunk in _chunks(task_ids):
-            async for doc in store.tasks.find({"_id": {"$in": chunk}}):
+            async for doc in store.tasks.find({"_id": {"$in": chunk}}, projection):
                 found[doc["_id"]] = doc
     return found
 

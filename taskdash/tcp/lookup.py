@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from taskdash.store import Store
 from taskdash.store.assignments import Assignment, get_assignments
 from taskdash.store.mongo import Doc
-from taskdash.store.tasks import get_tasks
+from taskdash.store.tasks import WINDOW, get_tasks
 
 MAX_BATCH = 1000
+FIELDS = ("name", "url", "description", "status", *WINDOW)  # what Find returns
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,6 @@ class FindBatcher:
     async def _lookup(self, ids: list[str]) -> dict[str, Found]:
         self.queries += 1
         tasks, assignments = await asyncio.gather(
-            get_tasks(self.store, ids), get_assignments(self.store, ids)
+            get_tasks(self.store, ids, FIELDS), get_assignments(self.store, ids)
         )
         return {tid: Found(doc, assignments.get(tid)) for tid, doc in tasks.items()}
