@@ -28,6 +28,11 @@ Examples:
 
 Exit codes: 0 errid 0; 1 another errid, or the server unreachable; 2 bad arguments."""
 
+EXAMPLES = {
+    "register": "taskdash tcp register --id 1234567 --name abc --user wsg --start-time 12:00",
+    "update": "taskdash tcp update --id 1234567 --status finish --addr 10.0.0.5:8090",
+    "find": "taskdash tcp find --id 1234567",
+}
 FIELDS = ("name", "url", "user", "group_id", "description", "status", "start_time", "stop_time")
 
 
@@ -59,7 +64,15 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = 
     )
     kinds = tcp.add_subparsers(dest="request", required=True, metavar="REQUEST")
     for name in ("register", "update", "find"):
-        sub = kinds.add_parser(name, help=f"send {name.title()}", parents=parents or [])
+        sub = kinds.add_parser(
+            name,
+            help=f"send {name.title()}",
+            description=f"Send one {name.title()} request and print the reply body as JSON.",
+            epilog=f"Examples:\n  {EXAMPLES[name]}\n\nExit codes: 0 errid 0; 1 another errid, "
+            "or the server unreachable; 2 bad arguments.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=parents or [],
+        )
         sub.add_argument("--id", required=True, help="the task id")
         sub.add_argument(
             "--addr",

@@ -82,3 +82,12 @@ def test_tcp_registered_task_in_api_tasks_readyz_cli_and_clean_stop(tmp_path: Pa
     assert "tcp_stopped" in events
     unreachable = tcp_cli(env, "find", "--addr", addr, "--id", "x")
     assert unreachable.returncode == 1 and "cannot connect" in unreachable.stderr
+
+
+def test_tcp_help_is_written_for_users() -> None:
+    for command in (["tcp"], ["tcp", "register"], ["tcp", "update"], ["tcp", "find"]):
+        result = subprocess.run(
+            [str(VENV_BIN / "taskdash"), *command, "--help"], capture_output=True, text=True
+        )
+        assert result.returncode == 0 and result.stderr == ""
+        assert f"taskdash {' '.join(command)}" in result.stdout.split("Examples:")[1]
