@@ -44,6 +44,13 @@ class FindBatcher:
             self._runner = asyncio.create_task(self._run(), name="tcp-find-batch")
         return await future
 
+    async def stop(self) -> None:
+        """Cancel a lookup still running (its waiters are gone once connections are closed)."""
+        runner, self._runner = self._runner, None
+        if runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.wait({runner})
+
     async def _run(self) -> None:
         """Serve batches until nobody waits; each batch takes the ids gathered meanwhile."""
         while self._waiting:

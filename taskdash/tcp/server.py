@@ -28,7 +28,7 @@ from taskdash.tcp.requests import parse_request
 
 log = structlog.get_logger("taskdash.tcp")
 
-MAX_QUEUED = 64  # frames read but not answered, per connection, before reading pauses
+MAX_QUEUED = 64  # frames read but not answered, per connection, before reading pauses...
 
 
 class Connection(asyncio.Protocol):
@@ -68,10 +68,20 @@ class Connection(asyncio.Protocol):
         if error is not None:
             self.server.frame_error(self, error)
             self.close_after_answers()
-        elif len(self.queue) >= MAX_QUEUED and self.transport and not self._paused:
+        elif self._backlogged() and self.transport and not self._paused:
             self._paused = True
             self.transport.pause_reading()
         self._kick()
+
+    def _backlogged(self) -> bool:
+        """Too much read and not answered: ``MAX_QUEUED`` frames, or a max-size frame's worth.
+
+        Bounds the memory one connection holds to about two maximum frames.
+        """
+        if len(self.queue) >= MAX_QUEUED:
+            return True
+        queued = sum(len(f.header) + len(f.body) for f in self.queue)
+        return queued >= self.server.settings.max_frame_size
 
     def eof_received(self) -> bool:
         """The client has sent everything: answer it, then close (half-close is not kept)."""
@@ -111,7 +121,7 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         while self.queue:
             frame = self.queue.popleft()
-            if self._paused and not self.closing and len(self.queue) < MAX_QUEUED // 2:
+            if self._paused and not self.closing and not self._backlogged():
                 self._paused = False
                 transport.resume_reading()
             if frame.message_id == HEARTBEAT_ID:
@@ -232,6 +242,7 @@ class TcpServer:
                     if conn.transport:
                         conn.transport.abort()
         await server.wait_closed()
+        await self.handler.finder.stop()
         log.info("tcp_stopped", requests=self.requests)
 
     def check(self) -> tuple[bool, dict[str, Any]]:
