@@ -28,7 +28,7 @@ from taskdash.tcp.requests import parse_request
 
 log = structlog.get_logger("taskdash.tcp")
 
-MAX_QUEUED = 64  # frames read but not answered, per connection, before reading pauses...
+MAX_QUEUED = 64  # frames read but not answered, per connection, before reading pauses
 
 
 class Connection(asyncio.Protocol):
