@@ -31,6 +31,7 @@ from taskdash.settings import (
     load,
     origin_of,
 )
+from taskdash.tcp import cli as tcp_cli
 
 log = structlog.get_logger("taskdash.cli")
 
@@ -243,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     _add_publish(sub, common)
+    tcp_cli.add_parser(sub, [common])
     return parser
 
 
@@ -483,6 +485,7 @@ COMMANDS: dict[str, Command] = {
     "check-config": cmd_check_config,
     "nsqd": cmd_nsqd,
     "publish": cmd_publish,
+    "tcp": tcp_cli.run,
 }
 
 

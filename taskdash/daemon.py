@@ -241,6 +241,19 @@ class Daemon:
         self.health.add("fetcher", fetcher.check)
         self._started("fetcher", fetcher.stop)
 
+    async def _start_tcp(self, store: Store) -> None:
+        """The tcpx interface: it only needs the store. Started last, it is stopped first and
+        drains within half the shutdown budget, so the parts stopped after it keep the rest."""
+        if not self.settings.tcp.enabled:
+            return
+        from taskdash.tcp.server import TcpServer
+
+        drain = self.settings.daemon.shutdown_timeout / 2
+        server = TcpServer(store, self.settings.tcp, drain_timeout=drain)
+        await server.start()
+        self.health.add("tcp", server.check)
+        self._started("tcp", server.stop)
+
     async def start(self) -> None:
         """Start every part (web first, intake last); on failure, stop what already started."""
         try:
@@ -248,6 +261,7 @@ class Daemon:
             self.store = await self._start_store()
             await self._start_ingestion(self.store)
             await self._start_fetcher(self.store)
+            await self._start_tcp(self.store)
         except Exception:
             await self._bounded_stop()
             raise

@@ -174,6 +174,25 @@ class WebSettings(_Section):
         self._require_host("host")
 
 
+class TcpSettings(_Section):
+    """The tcpx interface (Register / Update / Find / Heartbeat frames of seed 002)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8090
+    # a connection that sends nothing, not even a heartbeat, for this long is closed
+    idle_timeout: Seconds = 90.0
+    # the largest frame accepted, the 4-byte length field included; a larger one closes the
+    # connection (a frame's length cannot be trusted once it lies)
+    max_frame_size: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 1000
+    # replies a client has not read yet; past this the client is dropped, not buffered forever
+    max_write_buffer: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        self._require_host("host")
+
+
 class NsqSettings(_Section):
     """NSQ: real nsqd/nsqlookupd when addresses are given, else an embedded broker."""
 
@@ -306,6 +325,7 @@ class Settings(_Section):
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     mongodb: MongoSettings = msgspec.field(default_factory=MongoSettings)
     web: WebSettings = msgspec.field(default_factory=WebSettings)
+    tcp: TcpSettings = msgspec.field(default_factory=TcpSettings)
     nsq: NsqSettings = msgspec.field(default_factory=NsqSettings)
     checker: CheckerSettings = msgspec.field(default_factory=CheckerSettings)
     fetcher: FetcherSettings = msgspec.field(default_factory=FetcherSettings)

@@ -164,6 +164,7 @@ def daemon_env(tmp: Path, **overrides: str | int) -> dict[str, str]:
     env.update(
         TASKDASH_DAEMON__DATA_DIR=str(tmp / "var"),
         TASKDASH_WEB__PORT=str(free_port()),
+        TASKDASH_TCP__PORT=str(free_port()),
         TASKDASH_MONGODB__EMBEDDED_PORT=str(free_port()),
         TASKDASH_NSQ__EMBEDDED_TCP_PORT=str(free_port()),
         TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(free_port()),

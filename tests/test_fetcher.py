@@ -82,6 +82,8 @@ async def test_listings_in_every_accepted_shape_are_stored(
         "first_seen_at": clock_of(make).now.isoformat(),
         "last_seen_at": clock_of(make).now.isoformat(),
         "gone": False,
+        "start_time": "",  # the daily window, set over TCP only (docs/tcp.md)
+        "stop_time": "",
     }
     fetched = await get_fetch_result(store, "array")
     assert fetched is not None

@@ -66,6 +66,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("service_id", ASCENDING)], name="service_id"),
     ],
     "assignments": [IndexModel([("user", ASCENDING)], name="user")],
+    "assignment_history": [
+        IndexModel([("task_id", ASCENDING), ("version", ASCENDING)], name="task_version")
+    ],
     "users": [IndexModel([("role", ASCENDING)], name="role")],
     "audit": [IndexModel([("at", ASCENDING)], name="at")],
     "dead_letters": [

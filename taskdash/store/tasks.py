@@ -5,6 +5,9 @@ Collections:
 * ``tasks`` (``_id`` = task id): the TaskMetaData fields, ``service_id`` (the owner, never
   changed once set), ``h`` (a content hash), ``first_seen_at``, ``last_seen_at``, ``gone``,
   ``gone_at``. Times are epoch ms. A task its service stops listing is marked gone, never deleted.
+  A task registered over TCP (``taskdash/tcp``) has ``service_id`` null (no owner) until a
+  service lists it: that service then adopts it, and from then on owns it like any other.
+  ``start_time`` / ``stop_time`` (the seed's daily window) are set over TCP only, on any task.
 * ``task_conflicts``: a task id listed by a service that does not own it (one document per
   task id and claimant), kept while the claimant keeps listing it.
 * ``fetch_results`` (``_id`` = service id): the last fetch of each service, plus the state the
@@ -23,12 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import structlog
 from pymongo import InsertOne, UpdateOne
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from taskdash.models import TaskMetaData
-from taskdash.store.mongo import Doc, Store, duplicates_only, translated
+from taskdash.store.mongo import Doc, Store, duplicates_only, eq, translated
 from taskdash.store.times import iso
+
+log = structlog.get_logger("taskdash.store.tasks")
 
 #: Ids per ``$in`` list, to stay far below MongoDB's 16 MB command size.
 CHUNK = 5000
@@ -37,6 +43,10 @@ Known = dict[str, int | None]
 """Task id -> content hash of what is stored for one service; None = stored but gone."""
 
 _FIELDS = ("name", "url", "description", "status", "reserved")
+HARVESTED = ("name", "url", "description", "status")
+"""What a fetch writes back: TCP may set these only on a task no service owns."""
+WINDOW = ("start_time", "stop_time")
+"""The seed's daily window, set over TCP on any task (a fetch never writes it)."""
 _encoder = msgspec.json.Encoder()
 _ABSENT = object()
 
@@ -129,6 +139,7 @@ class _Plan:
     updates: int = 0
     bump: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
+    new_docs: dict[tuple[str, str], Doc] = field(default_factory=dict)  # (service, task) -> insert
 
 
 def _plan(listings: Sequence[ServiceListing], now_ms: int, result: ApplyResult) -> _Plan:
@@ -145,7 +156,8 @@ def _plan(listings: Sequence[ServiceListing], now_ms: int, result: ApplyResult) 
                 plan.bump.append(task.id)
                 continue
             if before is _ABSENT:
-                plan.ops.append(InsertOne(_new_doc(task, sid, digest, now_ms)))
+                doc = plan.new_docs[(sid, task.id)] = _new_doc(task, sid, digest, now_ms)
+                plan.ops.append(InsertOne(doc))
             else:
                 plan.ops.append(_changed(task, sid, digest, now_ms))
                 plan.updates += 1
@@ -196,7 +208,7 @@ async def apply_listings(
                 {"$set": {"gone": True, "gone_at": now_ms}},
             )
         if duplicates:
-            await _sort_duplicates(store, duplicates, result)
+            await _sort_duplicates(store, duplicates, result, plan.new_docs, now_ms)
     result.inserted = len(plan.ops) - plan.updates - len(duplicates)
     result.changed = plan.updates
     result.unchanged = len(plan.bump)
@@ -205,21 +217,46 @@ async def apply_listings(
 
 
 async def _sort_duplicates(
-    store: Store, duplicates: list[tuple[str, str]], result: ApplyResult
+    store: Store,
+    duplicates: list[tuple[str, str]],
+    result: ApplyResult,
+    new_docs: dict[tuple[str, str], Doc],
+    now_ms: int,
 ) -> None:
-    """A refused insert is a conflict unless the task turned out to be the service's own."""
+    """A refused insert is a conflict, unless the task is the service's own or has no owner.
+
+    A task without an owner (registered over TCP) is adopted by the service listing it, with
+    one conditional update: of two services listing it at once, one adopts, the other sees
+    a conflict on its next fetch.
+    """
     ids = list({task_id for _, task_id in duplicates})
-    owners: dict[str, str] = {}
+    owners: dict[str, Any] = {}
     for chunk in _chunks(ids):
         async for doc in store.tasks.find({"_id": {"$in": chunk}}, {"service_id": 1}):
             owners[doc["_id"]] = doc.get("service_id", "")
+    adopted: list[str] = []
     for sid, task_id in duplicates:
         result.known[sid].pop(task_id, None)
-        owner = owners.get(task_id)
-        if owner is None or owner == sid:
+        owner = owners.get(task_id, _ABSENT)
+        if owner is None and await _adopt(store, new_docs[(sid, task_id)], now_ms):
+            adopted.append(task_id)
+            result.stale.add(sid)  # its ``known`` is reloaded, adopted tasks included
+        elif owner in (None, _ABSENT, sid):
             result.stale.add(sid)  # written meanwhile by someone else: reload, retry next time
         else:
             result.conflicts.append(Conflict(task_id, sid, owner))
+    if adopted:
+        log.info("tasks_adopted", count=len(adopted), task_ids=adopted[:5])
+
+
+async def _adopt(store: Store, doc: Doc, now_ms: int) -> bool:
+    """Give an unowned task to the service listing it; its first_seen_at and window stay."""
+    fields = {k: v for k, v in doc.items() if k not in ("_id", "first_seen_at", "last_seen_at")}
+    done = await store.tasks.update_one(
+        {"_id": doc["_id"], "service_id": eq(None)},
+        {"$set": fields, "$max": {"last_seen_at": now_ms}},
+    )
+    return done.matched_count == 1
 
 
 async def record_conflicts(
@@ -253,6 +290,87 @@ async def record_conflicts(
         for chunk in _chunks(listed):
             await coll.delete_many({"service_id": {"$in": chunk}, "seen": {"$ne": token}})
     return [conflicts[index] for index in sorted(upserted)]
+
+
+# -- tasks registered over TCP ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TcpWrite:
+    """What a TCP Register/Update did under the ownership rule.
+
+    ``created`` / ``updated``: a task no service owns, written as given. ``owned``: a
+    service's task: only the window was applied, ``ignored`` lists the harvested fields sent
+    with another value than stored. ``missing``: Update of an id that does not exist.
+    """
+
+    outcome: str
+    owner: str | None = None
+    ignored: tuple[str, ...] = ()
+
+
+def _tcp_update(fields: dict[str, str], window: dict[str, str], now_ms: int, create: bool) -> Doc:
+    update: Doc = {
+        "$set": {**fields, **window, "updated_at": now_ms},
+        "$max": {"last_seen_at": now_ms},
+    }
+    if create:
+        unset = [k for k in (*_FIELDS, *WINDOW) if k not in fields and k not in window]
+        update["$setOnInsert"] = {
+            **dict.fromkeys(unset, ""),
+            "service_id": None,
+            "first_seen_at": now_ms,
+            "gone": False,
+            "gone_at": None,
+        }
+    return update
+
+
+async def write_registered(
+    store: Store,
+    task_id: str,
+    fields: dict[str, str],
+    window: dict[str, str],
+    *,
+    create: bool,
+    now_ms: int,
+) -> TcpWrite:
+    """Register (``create``: insert or update) or Update a task over TCP.
+
+    One conditional write on the common path: it matches only a task no service owns, so a
+    service's task is never overwritten, even by a fetch adopting it at the same moment.
+    """
+    unowned = {"_id": task_id, "service_id": eq(None)}
+    update = _tcp_update(fields, window, now_ms, create)
+    async with translated("write_registered"):
+        try:
+            done = await store.tasks.update_one(unowned, update, upsert=create)
+        except DuplicateKeyError:  # the id exists and a service owns it
+            done = None
+        if done is not None and done.upserted_id is not None:
+            return TcpWrite("created")
+        if done is not None and done.matched_count:
+            return TcpWrite("updated")
+        doc = await store.tasks.find_one({"_id": task_id})
+        if doc is None:
+            return TcpWrite("missing")
+        if window:
+            await store.tasks.update_one({"_id": task_id}, {"$set": window})
+    ignored = tuple(k for k, v in fields.items() if doc.get(k, "") != v)
+    return TcpWrite("owned", owner=doc.get("service_id"), ignored=ignored)
+
+
+async def get_tasks(
+    store: Store, task_ids: Sequence[str], fields: Sequence[str] | None = None
+) -> dict[str, Doc]:
+    """Stored tasks by id, only ``fields`` if given (one round trip for many: Finds batch)."""
+    found: dict[str, Doc] = {}
+    projection = dict.fromkeys(fields, 1) if fields else None
+    async with translated("get_tasks"):
+        for chunk in _chunks(task_ids):
+            async for doc in store.tasks.find({"_id": {"$in": chunk}}, projection):
+                found[doc["_id"]] = doc
+    return found
 
 
 # -- fetch state ------------------------------------------------------------------------------
@@ -326,6 +444,8 @@ def public_task(doc: Doc) -> dict[str, Any]:
     for key in _FIELDS:
         out[key] = doc.get(key, "")
     out["service_id"] = doc.get("service_id")
+    for key in WINDOW:
+        out[key] = doc.get(key, "")
     out["first_seen_at"] = iso(doc.get("first_seen_at"))
     out["last_seen_at"] = iso(doc.get("last_seen_at"))
     out["gone"] = bool(doc.get("gone"))  # nx-27017 returns a bool set by an update as 0/1

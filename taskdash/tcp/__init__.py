@@ -1,0 +1,1 @@
+"""The tcpx interface of seed 002: frames, the server, a client."""

@@ -1,0 +1,114 @@
+"""What each request does to the store, and the reply frame it gets.
+
+Register and Update write the task under the ownership rule (``store.tasks``), then the
+seed's TaskManager binding (``store.assignments``, source "tcp"); Find reads both. Any store
+failure is errid 1001: the request may be partly applied, and both writes are idempotent,
+so the client's retry completes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from taskdash.errors import StoreError
+from taskdash.logs import RateLimitedLog
+from taskdash.store import Store
+from taskdash.store.assignments import set_assignment
+from taskdash.store.tasks import HARVESTED, WINDOW, TcpWrite, write_registered
+from taskdash.store.times import to_ms, utcnow
+from taskdash.tcp.lookup import FindBatcher, Found
+from taskdash.tcp.requests import BadRequest, ErrId, FindBody, Request, TaskRecord, reply
+
+log = structlog.get_logger("taskdash.tcp")
+
+Now = Callable[[], int]
+
+
+def _now_ms() -> int:
+    return to_ms(utcnow())
+
+
+def found_fields(found: Found) -> dict[str, str]:
+    """The seed's task record of a stored task, as Find returns it."""
+    doc, binding = found.task, found.assignment
+    fields = {key: str(doc.get(key) or "") for key in ("name", "url")}
+    fields["user"] = binding.user if binding else ""
+    fields["group_id"] = binding.group_id if binding else ""
+    fields.update({key: str(doc.get(key) or "") for key in ("description", "status", *WINDOW)})
+    return fields
+
+
+class RequestHandler:
+    """Turns one decoded request into its reply frame; never raises for a client's input."""
+
+    def __init__(self, store: Store, *, now_ms: Now = _now_ms) -> None:
+        self.store = store
+        self.now_ms = now_ms
+        self.finder = FindBatcher(store)
+        self.store_failures = 0
+        self._bad_log = RateLimitedLog(log, "tcp_bad_request")
+        self._store_log = RateLimitedLog(log, "tcp_store_failed")
+        self._ignored_log = RateLimitedLog(log, "tcp_owned_fields_ignored")
+
+    async def handle(self, request: Request | BadRequest, peer: str) -> bytes:
+        """The reply to ``request`` (errid 1000 for a bad one, 1001 if the store failed)."""
+        if isinstance(request, BadRequest):
+            self._bad_log(peer=peer, request=request.name, reason=request.reason[:200])
+            return reply(request.name, request.message_id, request.task_id, ErrId.BAD_REQUEST)
+        try:
+            if isinstance(request.body, FindBody):
+                return await self._find(request)
+            return await self._write(request, request.body, peer)
+        except StoreError as exc:
+            self.store_failures += 1
+            self._store_log(peer=peer, request=request.name, task_id=request.id, error=str(exc))
+            return reply(request.name, request.message_id, request.id, ErrId.STORE_FAILED)
+
+    async def _find(self, request: Request) -> bytes:
+        found = await self.finder.find(request.id)
+        if found is None:
+            return reply(request.name, request.message_id, request.id, ErrId.NO_SUCH_TASK)
+        return reply(request.name, request.message_id, request.id, ErrId.OK, found_fields(found))
+
+    async def _write(self, request: Request, record: TaskRecord, peer: str) -> bytes:
+        now = self.now_ms()
+        written = await write_registered(
+            self.store,
+            record.id,
+            record.given(HARVESTED),
+            record.given(WINDOW),
+            create=request.name == "Register",
+            now_ms=now,
+        )
+        if written.outcome == "missing":
+            return reply(request.name, request.message_id, record.id, ErrId.NO_SUCH_TASK)
+        binding = record.given(("user", "group_id"))
+        if binding:
+            await self._bind(record.id, binding, now)
+        self._log_write(request, written, peer)
+        return reply(request.name, request.message_id, record.id, ErrId.OK)
+
+    async def _bind(self, task_id: str, binding: dict[str, str], now: int) -> None:
+        """Set the TaskManager binding; a key not sent keeps its stored value."""
+        await set_assignment(
+            self.store,
+            task_id,
+            user=binding.get("user"),
+            group_id=binding.get("group_id"),
+            source="tcp",
+            now_ms=now,
+        )
+
+    def _log_write(self, request: Request, written: TcpWrite, peer: str) -> None:
+        if written.ignored:
+            self._ignored_log(
+                peer=peer,
+                request=request.name,
+                task_id=request.id,
+                owner_service_id=written.owner,
+                fields=list(written.ignored),
+                note="the owning service's fetch writes these; the window and binding applied",
+            )
+        log.debug("tcp_task_written", request=request.name, task_id=request.id, **vars(written))

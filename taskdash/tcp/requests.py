@@ -1,0 +1,152 @@
+"""The seed's requests inside well-formed frames, and the replies: pure, no I/O.
+
+A frame that is well formed but carries a bad request (header or body not JSON, wrong types,
+no ``id``, an unknown RequestID) becomes :class:`BadRequest`, answered with errid 1000 on a
+connection that stays open. The errid/errmsg table is the seed's, byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Annotated, Any
+
+import msgspec
+
+from taskdash.models import Id, Name, Short, Text, Url
+from taskdash.tcp.protocol import Frame, pack
+
+REQUESTS = ("Register", "Update", "Find")
+UNKNOWN = "Unknown"  # the reply name when the request's RequestID cannot be read
+
+#: The seed's daily window, e.g. "12:00" ("" = not set).
+Clock = Annotated[str, msgspec.Meta(pattern=r"^((([01]?[0-9]|2[0-3]):[0-5][0-9])|)$")]
+User = Annotated[str, msgspec.Meta(max_length=128)]
+
+
+class ErrId(IntEnum):
+    """The seed's error codes (section 三)."""
+
+    OK = 0
+    BAD_REQUEST = 1000
+    STORE_FAILED = 1001
+    NO_SUCH_TASK = 1002
+
+
+ERRMSG: dict[ErrId, str] = {
+    ErrId.OK: "正确",
+    ErrId.BAD_REQUEST: "请求格式不正确",
+    ErrId.STORE_FAILED: "数据库存储失败",
+    ErrId.NO_SUCH_TASK: "不存在该任务id",
+}
+
+
+class TaskRecord(msgspec.Struct, kw_only=True):
+    """The body of Register and Update; a key left out is UNSET (kept as stored on Update)."""
+
+    id: Id
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    url: Url | msgspec.UnsetType = msgspec.UNSET
+    user: User | msgspec.UnsetType = msgspec.UNSET
+    group_id: Name | msgspec.UnsetType = msgspec.UNSET
+    description: Text | msgspec.UnsetType = msgspec.UNSET
+    status: Short | msgspec.UnsetType = msgspec.UNSET
+    start_time: Clock | msgspec.UnsetType = msgspec.UNSET
+    stop_time: Clock | msgspec.UnsetType = msgspec.UNSET
+
+    def given(self, names: tuple[str, ...]) -> dict[str, str]:
+        """The values of ``names`` that the client sent."""
+        return {n: v for n in names if (v := getattr(self, n)) is not msgspec.UNSET}
+
+
+class FindBody(msgspec.Struct):
+    """The body of Find."""
+
+    id: Id
+
+
+class Header(msgspec.Struct):
+    """A request header; other keys a client adds are ignored."""
+
+    RequestID: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request that decoded: its name, the frame's messageID, and the decoded body."""
+
+    name: str
+    message_id: int
+    body: TaskRecord | FindBody
+
+    @property
+    def id(self) -> str:
+        """The task id the request is about."""
+        return self.body.id
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """A well-framed request that cannot be served (errid 1000); ``reason`` is for the log."""
+
+    name: str
+    message_id: int
+    task_id: str
+    reason: str
+
+
+_header_decoder = msgspec.json.Decoder(Header)
+_body_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    "Register": msgspec.json.Decoder(TaskRecord),
+    "Update": msgspec.json.Decoder(TaskRecord),
+    "Find": msgspec.json.Decoder(FindBody),
+}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+
+
+def _name_of(header: bytes) -> str:
+    try:
+        name = _header_decoder.decode(header).RequestID
+    except _DECODE_ERRORS:
+        return UNKNOWN
+    return name if _SAFE_NAME.fullmatch(name) else UNKNOWN
+
+
+def _id_hint(body: bytes) -> str:
+    """The body's ``id`` if it is a usable one, to echo in a 1000 reply; else ""."""
+    try:
+        value = msgspec.json.decode(body)
+    except _DECODE_ERRORS:
+        return ""
+    hint = value.get("id") if isinstance(value, dict) else None
+    return hint if isinstance(hint, str) and 0 < len(hint) <= 128 else ""
+
+
+def parse_request(frame: Frame) -> Request | BadRequest:
+    """Decode a messageID-2 frame (or any non-heartbeat id, which is refused here)."""
+    name = _name_of(frame.header)
+    decoder = _body_decoders.get(name)
+    if frame.message_id != 2:
+        return BadRequest(name, frame.message_id, "", f"unknown messageID {frame.message_id}")
+    if decoder is None:
+        return BadRequest(name, frame.message_id, _id_hint(frame.body), "unknown RequestID")
+    try:
+        body = decoder.decode(frame.body)
+    except _DECODE_ERRORS as exc:
+        return BadRequest(name, frame.message_id, _id_hint(frame.body), str(exc))
+    return Request(name, frame.message_id, body)
+
+
+def reply(
+    name: str, message_id: int, task_id: str, errid: ErrId, fields: dict[str, str] | None = None
+) -> bytes:
+    """The answer frame: same messageID, header ``{"RequestID": "Resp<name>"}``.
+
+    The body is ``{"id", <fields>..., "errid", "errmsg"}``; Find puts the task's fields in
+    ``fields`` (flattened: the seed's nested form is not JSON).
+    """
+    body: dict[str, Any] = {"id": task_id, **(fields or {})}
+    body.update(errid=int(errid), errmsg=ERRMSG[errid])
+    return pack(message_id, {"RequestID": f"Resp{name}"}, body)

@@ -1,0 +1,121 @@
+"""The TCP interface against the store: outages (1001), the ownership rule, adoption."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from support import NxServer, async_wait_for
+from tcp_helpers import NO_SUCH, OK, RECORD, STORE_FAILED, client, serving
+
+from taskdash.models import TaskMetaData
+from taskdash.store import Store
+from taskdash.store.assignments import AssignmentConflict, get_assignments, set_assignment
+from taskdash.store.tasks import (
+    ApplyResult,
+    Conflict,
+    ServiceListing,
+    apply_listings,
+    list_tasks,
+    load_known,
+)
+
+
+async def test_mongodb_stopped_mid_stream_gives_1001_then_recovers(tmp_path: Path) -> None:
+    nx = NxServer(tmp_path / "nx")
+    nx.start()
+    store = Store(nx.uri, f"t_{uuid.uuid4().hex[:8]}", server_selection_timeout=1)
+    try:
+        async with serving(store) as server:
+            c = await client(server)
+            assert await c.register(RECORD) == {"id": "1234567", **OK}
+            nx.stop()
+            assert await c.register({**RECORD, "id": "down"}) == {"id": "down", **STORE_FAILED}
+            assert await c.find("1234567") == {"id": "1234567", **STORE_FAILED}
+            assert await c.update(RECORD) == {"id": "1234567", **STORE_FAILED}
+            assert server.check()[1]["store_failures"] == 3
+            nx.start()  # same port, same data: no restart of TaskDash
+
+            async def registered() -> bool:
+                return (await c.register({**RECORD, "id": "back"}))["errid"] == 0
+
+            await async_wait_for(registered, timeout=30, every=0.2)
+            found = await c.find("1234567")
+            assert found["name"] == RECORD["name"] and found["user"] == "wsg", "nothing lost"
+            assert server.check()[0], "the server itself stayed up"
+            await c.close()
+    finally:
+        await store.close()
+        nx.stop()
+
+
+async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: int) -> ApplyResult:
+    """Store a service's listing exactly as the fetcher does."""
+    known = (await load_known(store, [service_id]))[service_id]
+    return await apply_listings(store, [ServiceListing(service_id, list(tasks), known)], now_ms)
+
+
+async def test_ownership_a_fetched_task_keeps_what_its_service_lists(store: Store) -> None:
+    harvested = TaskMetaData(id="1234567", name="from-svc", url="http://svc/t", status="running")
+    await harvest(store, "svc", harvested, now_ms=1000)
+    async with serving(store) as server:
+        c = await client(server)
+        sent = {**RECORD, "name": "tcp-name", "status": "finish"}
+        assert await c.register(sent) == {"id": "1234567", **OK}, "accepted part: errid 0"
+        assert await c.update({**sent, "description": "x"}) == {"id": "1234567", **OK}
+        found = await c.find("1234567")
+        assert (found["name"], found["status"], found["url"]) == (
+            "from-svc",
+            "running",
+            "http://svc/t",
+        )
+        assert (found["user"], found["group_id"]) == ("wsg", "mx"), "the binding applies"
+        assert (found["start_time"], found["stop_time"]) == ("12:00", "18:00"), "so does the window"
+        # the next fetch changes the status; the TCP window and binding stay
+        await harvest(
+            store, "svc", TaskMetaData(**{**harvested.to_dict(), "status": "finish"}), now_ms=2000
+        )
+        found = await c.find("1234567")
+        assert (found["status"], found["user"], found["start_time"]) == ("finish", "wsg", "12:00")
+        await c.close()
+    doc = await store.tasks.find_one({"_id": "1234567"})
+    assert doc["service_id"] == "svc"
+
+
+async def test_a_service_listing_a_tcp_task_adopts_it(store: Store) -> None:
+    async with serving(store) as server:
+        c = await client(server)
+        assert await c.register(RECORD) == {"id": "1234567", **OK}
+        (tcp_task,) = await list_tasks(store)
+        assert tcp_task["service_id"] is None and tcp_task["start_time"] == "12:00"
+        listed = TaskMetaData(id="1234567", name="svc-name", status="running")
+        await harvest(store, "svc", listed, now_ms=5000)
+        second = await harvest(store, "other", listed, now_ms=6000)
+        assert second.conflicts == [Conflict("1234567", "other", "svc")], "one adopter only"
+        (task,) = await list_tasks(store)
+        assert (task["service_id"], task["name"], task["start_time"]) == (
+            "svc",
+            "svc-name",
+            "12:00",
+        )
+        assert task["first_seen_at"] == tcp_task["first_seen_at"]
+        assert await c.update({"id": "1234567", "name": "tcp-again"}) == {"id": "1234567", **OK}
+        assert (await c.find("1234567"))["name"] == "svc-name", "adopted: the service owns it"
+        assert await c.update({"id": "nope"}) == {"id": "nope", **NO_SUCH}
+        await c.close()
+
+
+async def test_assignment_compare_and_set_for_the_web_claim(store: Store) -> None:
+    first, changed = await set_assignment(
+        store, "t", user="ann", source="web", now_ms=1, expect_version=0
+    )
+    assert changed and first.version == 1
+    try:
+        await set_assignment(store, "t", user="bob", source="web", now_ms=2, expect_version=0)
+    except AssignmentConflict:
+        pass
+    else:
+        raise AssertionError("a second claim of the same version must lose")
+    again, changed = await set_assignment(store, "t", user="ann", source="tcp", now_ms=3)
+    assert not changed and again.version == 1
+    assert (await get_assignments(store, ["t"]))["t"].user == "ann"
