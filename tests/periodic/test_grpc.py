@@ -173,7 +173,7 @@ async def test_dead_after_max_attempts_by_failure_and_by_expiry(
     for _attempt in range(2):
         tasks = await who.lease()
         assert len(tasks) == 2
-        failing, expiring = tasks
+        failing, _expiring = tasks
         await who.complete(failing["task_id"], success=False)
         clock.advance(301)  # the other one's lease expires
     # the failed one went dead at its second failure; the expired one is buried when due again
