@@ -344,6 +344,16 @@ class Leasing:
         now = self.clock()
         return [task_view(doc, now) for doc in docs]
 
+    async def get_task(self, who: Caller, queue: str, task_id: int) -> dict[str, Any]:
+        """One task of the queue, as the listing shows it."""
+        check_task_id(task_id)
+        await self._queue(who, queue)
+        doc = await self.store.get_task(task_id)
+        if not self._in_queue(doc, who, queue):
+            raise self._not_found(who, queue, task_id)
+        assert doc is not None
+        return task_view(doc, self.clock())
+
     async def delete_task(self, who: Caller, queue: str, task_id: int) -> None:
         """Delete one task, whatever its state."""
         check_task_id(task_id)
