@@ -25,6 +25,7 @@ import structlog
 
 from taskdash import __version__, logs
 from taskdash.errors import ConfigError
+from taskdash.periodic import cli as periodic_cli
 from taskdash.settings import (
     EnvWarning,
     Settings,
@@ -245,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     _add_publish(sub, common)
+    periodic_cli.add_parser(sub, common)
     return parser
 
 
@@ -522,6 +524,7 @@ COMMANDS: dict[str, Command] = {
     "check-config": cmd_check_config,
     "nsqd": cmd_nsqd,
     "publish": cmd_publish,
+    "periodic": periodic_cli.run,
 }
 
 

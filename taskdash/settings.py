@@ -293,6 +293,7 @@ class PeriodicSettings(_Section):
     max_body_size: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     admin_token: str = ""
     advertise_url: str = ""
+    service_id: Annotated[str, msgspec.Meta(pattern=r"^\S{1,128}$")] = "taskdash-periodic"
     announce_interval: Seconds = 5.0
     metadata_limit: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 1000
 
