@@ -183,18 +183,28 @@ class PeriodicStore:
         async with translated("periodic_get_task"):
             return await self.tasks.find_one({"_id": eq(task_id)})
 
-    async def settle(self, task_id: int, token: str, now: int, changes: Doc) -> bool:
-        """Apply ``changes`` to a task only while lease ``token`` is current and unexpired.
+    async def settle(
+        self,
+        service: str,
+        queue: str,
+        task_id: int,
+        now: int,
+        changes: Doc,
+        attempts: Doc | None = None,
+    ) -> bool:
+        """Apply ``changes`` to a task of this queue only while it is leased and unexpired.
 
-        The token is the version: a lease that expired, or was taken over by another worker
-        meanwhile, no longer matches, so a late answer cannot overwrite a newer one.
+        One conditional update: an answer that comes after the lease ended, or for a task
+        that is not leased, matches nothing and changes nothing (the caller says why).
         """
-        query = {
+        query: Doc = {
             "_id": eq(task_id),
-            "lease": eq(token),
+            **_in_queue(service, queue),
             "state": eq(LEASED),
             "lease_until": {"$gt": now},
         }
+        if attempts is not None:
+            query["attempts"] = attempts
         set_, unset = _split(changes)
         update: Doc = {"$set": {**set_, "updated_at": now}}
         if unset:
