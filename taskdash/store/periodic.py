@@ -135,12 +135,15 @@ class PeriodicStore:
         """Up to ``limit`` tasks that may be handed out now, longest waiting first.
 
         Read without claiming: the claim is the conditional update that follows. The sort is
-        the index's own order, so this stays an index range read however long the queue is.
+        exactly the index's order, so this stays an index range read however long the queue
+        is; a second sort key (the id, for ties) would make the database sort every task due
+        in the same millisecond — all of them after a mass redrive. Ties come in index order,
+        which is insertion order on MongoDB and nx-27017 alike.
         """
         query = {**_in_queue(service, queue), "due": {"$lte": now}}
         async with translated("periodic_candidates"):
             cursor = self.tasks.find(query, {"attempts": 1, "due": 1})
-            cursor = cursor.sort([("due", 1), ("_id", 1)]).limit(limit)
+            cursor = cursor.sort("due", 1).limit(limit)
             return [doc async for doc in cursor]
 
     async def claim(
