@@ -18,7 +18,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -195,29 +195,36 @@ class Leasing:
     async def authenticate(self, who: Caller) -> None:
         """Refuse unless ``who.secret`` is the secret of ``who.service``."""
         check_name("service_name", who.service)
-        key = ("secret", who.service, hash_secret(who.secret))
-        if key in self._seen:
-            return
-        stored = await self.store.secret_hash(who.service)
-        if not matches(who.secret, stored):
-            raise PeriodicError(
-                Kind.UNAUTHENTICATED,
-                f"unknown service {who.service!r} or wrong secret",
-            )
-        self._seen.add(key)
+
+        async def secret_matches() -> bool:
+            return matches(who.secret, await self.store.secret_hash(who.service))
+
+        await self._confirm(
+            ("secret", who.service, hash_secret(who.secret)),
+            secret_matches,
+            PeriodicError(Kind.UNAUTHENTICATED, f"unknown service {who.service!r} or wrong secret"),
+        )
 
     async def _queue(self, who: Caller, queue: str) -> None:
         """Authenticate, then require the queue to exist."""
         check_name("queue_name", queue)
         await self.authenticate(who)
-        key = ("queue", who.service, queue)
+        await self._confirm(
+            ("queue", who.service, queue),
+            lambda: self.store.queue_exists(who.service, queue),
+            PeriodicError(
+                Kind.NOT_FOUND, f"service {who.service!r} has no queue {queue!r}; create it first"
+            ),
+        )
+
+    async def _confirm(
+        self, key: tuple[str, ...], ask: Callable[[], Awaitable[bool]], refusal: PeriodicError
+    ) -> None:
+        """Raise ``refusal`` unless ``key`` was confirmed lately or the store confirms it now."""
         if key in self._seen:
             return
-        if not await self.store.queue_exists(who.service, queue):
-            raise PeriodicError(
-                Kind.NOT_FOUND,
-                f"service {who.service!r} has no queue {queue!r}; create it first",
-            )
+        if not await ask():
+            raise refusal
         self._seen.add(key)
 
     # --- the seed's operations ---------------------------------------------------------
