@@ -17,9 +17,10 @@ from grpc_reflection.v1alpha import reflection
 from taskdash.errors import StoreError, StoreUnavailable
 from taskdash.logs import RateLimitedLog
 from taskdash.periodic.errors import Kind, PeriodicError
-from taskdash.periodic.leasing import Caller, Leasing, encode
+from taskdash.periodic.leasing import Caller, Leasing
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
+from taskdash.periodic.views import encode
 
 log = structlog.get_logger("taskdash.periodic.grpc")
 

@@ -19,8 +19,9 @@ from taskdash.health import Health
 from taskdash.logs import RateLimitedLog
 from taskdash.periodic.auth import token_matches
 from taskdash.periodic.errors import Kind, PeriodicError
-from taskdash.periodic.leasing import Caller, Leasing, encode
+from taskdash.periodic.leasing import Caller, Leasing
 from taskdash.periodic.metadata import metadata
+from taskdash.periodic.views import encode
 from taskdash.settings import PeriodicSettings
 
 log = structlog.get_logger("taskdash.periodic.http")

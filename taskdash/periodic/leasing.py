@@ -14,19 +14,17 @@ held twice; the ones lost to a race are replaced from the next candidates.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-import msgspec
 import structlog
 
 from taskdash.periodic.auth import hash_secret, matches, new_secret
+from taskdash.periodic.cache import RecentlySeen
+from taskdash.periodic.checks import check_name, check_task_data, check_task_id, check_task_type
 from taskdash.periodic.errors import Kind, PeriodicError
+from taskdash.periodic.views import iso, lease_item, task_view
 from taskdash.settings import PeriodicSettings
 from taskdash.store.periodic import DEAD, DONE, FAILED, LEASED, PENDING, STATES, PeriodicStore
 from taskdash.store.times import to_ms, utcnow
@@ -37,9 +35,6 @@ DEFAULT_LIMIT = 10  # the seed: limit 0 returns 10 tasks
 ID_BLOCK = 100  # task ids reserved per counter update
 MAX_ROUNDS = 4  # claim rounds per lease, when other workers win some candidates
 CACHE_SECONDS = 1.0  # how long a confirmed secret or queue is trusted without asking again
-UINT64_MAX = 2**64 - 1
-_NAME = re.compile(r"^[^\x00-\x1f\x7f\s]([^\x00-\x1f\x7f]{0,126}[^\x00-\x1f\x7f\s])?$")
-_TYPE = re.compile(r"^[^\x00-\x1f\x7f]{0,256}$")
 
 Clock = Callable[[], int]
 
@@ -49,112 +44,11 @@ def now_ms() -> int:
     return to_ms(utcnow())
 
 
-def iso(ms: int) -> str:
-    """Epoch milliseconds as ISO-8601 UTC text, e.g. ``2026-11-26T10:30:00.123Z``."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
 class Caller(NamedTuple):
     """Who is asking: every call after registration carries both."""
 
     service: str
     secret: str
-
-
-def check_name(field: str, value: str) -> str:
-    """A service or queue name: 1-128 characters, no control characters, no outer spaces."""
-    if not _NAME.match(value):
-        raise PeriodicError(
-            Kind.INVALID_ARGUMENT,
-            f"{field} must be 1-128 characters without control characters or leading/trailing "
-            f"spaces, got {value[:140]!r}",
-        )
-    return value
-
-
-def check_task_data(text: str, max_size: int) -> str:
-    """``task_data`` must be one valid JSON value (the parse error is the message)."""
-    size = len(text.encode())
-    if size > max_size:
-        raise PeriodicError(
-            Kind.INVALID_ARGUMENT,
-            f"task_data is {size} bytes, more than the {max_size} allowed "
-            "([periodic] max_task_data_size)",
-        )
-
-    def refuse_constant(name: str) -> None:
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        json.loads(text, parse_constant=refuse_constant)
-    except ValueError as exc:
-        raise PeriodicError(Kind.INVALID_ARGUMENT, f"task_data is not valid JSON: {exc}") from None
-    return text
-
-
-def check_task_id(task_id: int) -> int:
-    """Task ids are uint64 from 1 (0 is what a client that forgot the field sends)."""
-    if not 1 <= task_id <= UINT64_MAX:
-        raise PeriodicError(
-            Kind.INVALID_ARGUMENT, f"task_id must be a positive uint64, got {task_id}"
-        )
-    return task_id
-
-
-def lease_item(doc: dict[str, Any]) -> dict[str, Any]:
-    """One element of ``task_list``; ``task_data`` is embedded as the JSON it holds."""
-    return {
-        "task_id": doc["_id"],
-        "task_type": doc["task_type"],
-        "task_data": msgspec.Raw(doc["task_data"].encode()),
-        "attempts": doc["attempts"],
-        "created_at": iso(doc["created_at"]),
-    }
-
-
-def task_view(doc: dict[str, Any], now: int) -> dict[str, Any]:
-    """A task as the HTTP listing shows it: the lease item plus its state."""
-    view = lease_item(doc)
-    view["state"] = doc["state"]
-    view["updated_at"] = iso(doc["updated_at"])
-    if doc["state"] == LEASED:
-        view["lease_until"] = iso(doc["lease_until"])
-        view["lease_expired"] = doc["lease_until"] <= now
-    return view
-
-
-def encode(value: Any) -> str:
-    """JSON text of ``value`` (``msgspec.Raw`` values are spliced in as they are)."""
-    return msgspec.json.encode(value).decode()
-
-
-class RecentlySeen:
-    """Keys confirmed by the store within ``ttl`` seconds (monotonic clock).
-
-    Authentication and "the queue exists" are asked on every call; remembering a positive
-    answer for a second halves the round trips of CreateTask and CompleteTask. The price: a
-    service deregistered (or a queue destroyed) on another node is still accepted here for up
-    to ``ttl``, which changes nothing stored (its tasks are gone, so nothing matches).
-    """
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._until: dict[Any, float] = {}
-
-    def __contains__(self, key: Any) -> bool:
-        until = self._until.get(key)
-        return until is not None and until > time.monotonic()
-
-    def add(self, key: Any) -> None:
-        if len(self._until) > 10000:  # bounded: drop what has expired, else everything
-            now = time.monotonic()
-            self._until = {k: t for k, t in self._until.items() if t > now}
-            if len(self._until) > 10000:
-                self._until.clear()
-        self._until[key] = time.monotonic() + self.ttl
-
-    def forget(self, match: Callable[[Any], bool]) -> None:
-        self._until = {k: t for k, t in self._until.items() if not match(k)}
 
 
 class Leasing:
@@ -246,11 +140,7 @@ class Leasing:
 
     async def create_task(self, who: Caller, queue: str, task_type: str, task_data: str) -> int:
         """CreateTask: a pending task with a new id unique across every node."""
-        if not _TYPE.match(task_type):
-            raise PeriodicError(
-                Kind.INVALID_ARGUMENT,
-                "task_type must be at most 256 characters without control characters",
-            )
+        check_task_type(task_type)
         check_task_data(task_data, self.settings.max_task_data_size)
         await self._queue(who, queue)
         task_id = await self._next_id()

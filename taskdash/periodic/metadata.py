@@ -22,7 +22,8 @@ import json
 import urllib.parse
 from typing import Any
 
-from taskdash.periodic.leasing import Leasing, iso
+from taskdash.periodic.leasing import Leasing
+from taskdash.periodic.views import iso
 from taskdash.store.periodic import DEAD, DONE, FAILED, LEASED, PENDING
 
 STATUS = {
