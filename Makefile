@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/taskdash.toml
 
-.PHONY: run test lint format check-config bench clean coverage-report mutation
+.PHONY: run test lint format check-config bench clean coverage-report mutation proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ lint: $(VENV)/.installed-test
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format taskdash tests scripts
+
+# Regenerate the periodic service's gRPC code from its .proto (the output is committed).
+PROTO_DIR = taskdash/periodic/proto
+proto: $(VENV)/.installed-test
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+		$(PROTO_DIR)/periodic_task.proto
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache .coverage .coverage.* htmlcov mutants .hypothesis

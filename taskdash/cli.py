@@ -23,6 +23,7 @@ import structlog
 
 from taskdash import __version__, logs
 from taskdash.errors import ConfigError
+from taskdash.periodic import cli as periodic_cli
 from taskdash.settings import (
     EnvWarning,
     Settings,
@@ -245,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_publish(sub, common)
     tcp_cli.add_parser(sub, [common])
+    periodic_cli.add_parser(sub, [common])
     return parser
 
 
@@ -486,6 +488,7 @@ COMMANDS: dict[str, Command] = {
     "nsqd": cmd_nsqd,
     "publish": cmd_publish,
     "tcp": tcp_cli.run,
+    "periodic": periodic_cli.run,
 }
 
 

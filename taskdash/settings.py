@@ -318,6 +318,39 @@ class FetcherSettings(_Section):
             raise ValueError("node_timeout must be greater than node_heartbeat_interval")
 
 
+class PeriodicSettings(_Section):
+    """The periodic task service (``taskdash periodic``): gRPC + HTTP task queue with leases."""
+
+    node_id: str = ""  # "" = [daemon] node_id, else host:pid
+    grpc_host: str = "127.0.0.1"
+    grpc_port: Port = 50051
+    http_host: str = "127.0.0.1"
+    http_port: Port = 8081
+    visibility_timeout: Annotated[float, msgspec.Meta(gt=0, le=43200)] = 300.0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    # GetTaskList's limit 0 means 10, so the maximum cannot be lower
+    max_limit: Annotated[int, msgspec.Meta(ge=10, le=100000)] = 1000
+    max_task_data_size: Annotated[int, msgspec.Meta(ge=2, le=16 * 1024 * 1024)] = 65536
+    max_body_size: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    admin_token: str = ""
+    advertise_url: str = ""
+    service_id: Annotated[str, msgspec.Meta(pattern=r"^\S{1,128}$")] = "taskdash-periodic"
+    announce_interval: Seconds = 5.0
+    metadata_limit: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 1000
+
+    def __post_init__(self) -> None:
+        self._require_host("grpc_host")
+        self._require_host("http_host")
+        if self.grpc_port and self.grpc_port == self.http_port:
+            raise ValueError(f"http_port is the same port as grpc_port ({self.grpc_port})")
+        if self.admin_token and len(self.admin_token) < 16:
+            raise ValueError("admin_token must be at least 16 characters (or empty: no admin)")
+        if self.advertise_url and http_url_error(self.advertise_url):
+            raise ValueError(f"advertise_url must be an {HTTP_URL} URL")
+        if self.max_task_data_size > self.max_body_size:
+            raise ValueError("max_task_data_size must be at most max_body_size")
+
+
 class Settings(_Section):
     """Every section; what :func:`load` returns."""
 
@@ -329,6 +362,7 @@ class Settings(_Section):
     nsq: NsqSettings = msgspec.field(default_factory=NsqSettings)
     checker: CheckerSettings = msgspec.field(default_factory=CheckerSettings)
     fetcher: FetcherSettings = msgspec.field(default_factory=FetcherSettings)
+    periodic: PeriodicSettings = msgspec.field(default_factory=PeriodicSettings)
 
     def __post_init__(self) -> None:
         # A beat absorbed by the resolution is not stored: with a resolution near stale_after,

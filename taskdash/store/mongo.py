@@ -10,7 +10,7 @@ import pymongo
 import structlog
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from taskdash.errors import StoreError, StoreUnavailable
 
@@ -80,7 +80,32 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("claim", ASCENDING)], name="claim"),
     ],
     "nodes": [IndexModel([("seen_at", ASCENDING)], name="seen_at")],
+    # the periodic task service (taskdash/store/periodic.py); nx-27017 refuses _id in a
+    # compound index, so ties in the lease order are broken by the sort, not the index
+    "periodic_queues": [IndexModel([("service", ASCENDING)], name="service")],
+    "periodic_tasks": [
+        IndexModel(
+            [("service", ASCENDING), ("queue", ASCENDING), ("due", ASCENDING)], name="claimable"
+        ),
+        IndexModel(
+            [("service", ASCENDING), ("queue", ASCENDING), ("state", ASCENDING)], name="state"
+        ),
+        IndexModel([("lease", ASCENDING)], name="lease"),
+    ],
 }
+
+
+async def insert_new(collection: AsyncCollection[Doc], doc: Doc) -> bool:
+    """Insert ``doc``; False when its ``_id`` (or another unique key) is taken already.
+
+    For "create unless it exists" answered by the database, so that two nodes racing to
+    create the same name cannot both succeed.
+    """
+    try:
+        await collection.insert_one(doc)
+    except DuplicateKeyError:
+        return False
+    return True
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""Periodic task service benchmark: TaskDash's queue over gRPC vs RQ 2.x on Redis.
+
+Everything runs on loopback, started and stopped by this script:
+
+(a) TaskDash: ``taskdash periodic`` as a child process (with its own embedded nx-27017). The
+    script creates ``--tasks`` tasks through gRPC (``--create-concurrency`` calls in flight),
+    then ``--workers`` concurrent workers (one gRPC channel each) loop GetTaskList
+    (``--limit``) and CompleteTask every task they got, until all are done.
+(b) baseline: Debian's ``redis-server`` on a free port and RQ 2.x: the same number of no-op
+    jobs enqueued one by one, then ``--workers`` ``rq worker --burst`` processes (RQ's default
+    worker class, which forks per job; ``--rq-worker-class`` to change) until all have run.
+
+Both figures are tasks per second end to end (create/enqueue + process); ``ratio`` is (a)/(b)
+(target >= 1). Then leasing at scale: ``--queued`` tasks (default 100,000) are put straight
+into one queue's collection and GetTaskList(limit) is timed while they stay queued, against the
+same on a queue of ``--small`` tasks: the ratio shows whether leasing depends on queue length.
+
+Needs ``redis-server`` (``apt-get install -y redis-server``) and ``pip install -e '.[bench]'``.
+The last line printed is one JSON object with every figure and ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from pymongo import MongoClient
+
+from taskdash.periodic.proto import periodic_task_pb2 as pb
+from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
+
+HOST = "127.0.0.1"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not listen on {port} within {timeout} s")
+
+
+# -- (a) TaskDash's periodic service ----------------------------------------------------------
+
+
+class Periodic:
+    """``taskdash periodic`` on free ports with its own embedded nx-27017 under ``tmp``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.grpc_port, self.http_port, self.mongo_port = free_port(), free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
+        env.update(
+            TASKDASH_DAEMON__DATA_DIR=str(tmp / "var"),
+            TASKDASH_MONGODB__EMBEDDED_PORT=str(self.mongo_port),
+            TASKDASH_PERIODIC__GRPC_PORT=str(self.grpc_port),
+            TASKDASH_PERIODIC__HTTP_PORT=str(self.http_port),
+            TASKDASH_LOG__FORMAT="json",
+            TASKDASH_LOG__LEVEL="warning",
+        )
+        self.log = open(tmp / "periodic.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(BIN / "taskdash"), "periodic"], env=env, stdout=self.log, stderr=self.log
+        )
+        wait_port(self.grpc_port, self.proc, "taskdash periodic")
+        self.target = f"{HOST}:{self.grpc_port}"
+        self.mongo_uri = f"mongodb://{HOST}:{self.mongo_port}/?directConnection=true"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.log.close()
+
+
+class Client:
+    """One registered service with a started queue, over one channel per caller."""
+
+    def __init__(self, target: str, service: str, secret: str, queue: str) -> None:
+        self.target = target
+        self.auth = {"service_name": service, "secret": secret, "queue_name": queue}
+
+    @classmethod
+    async def setup(cls, target: str, service: str, queue: str) -> Client:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.PeriodicTaskStub(channel)
+            reply = await stub.ServiceRegistry(pb.ServiceRegistryRequest(service_name=service))
+            auth = {"service_name": service, "secret": reply.secret, "queue_name": queue}
+            await stub.CreatePeriodicTaskQueue(pb.CreatePeriodicTaskQueueRequest(**auth))
+            await stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**auth))
+        return cls(target, service, reply.secret, queue)
+
+    async def create(self, count: int, concurrency: int) -> None:
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = pb_grpc.PeriodicTaskStub(channel)
+
+            async def creator(share: range) -> None:
+                for i in share:
+                    data = json.dumps({"n": i})
+                    await stub.CreateTask(pb.CreateTaskRequest(**self.auth, task_data=data))
+
+            await asyncio.gather(
+                *(creator(range(k, count, concurrency)) for k in range(concurrency))
+            )
+
+    async def work(self, limit: int, done: list[int], total: int) -> None:
+        """Lease and complete until ``total`` tasks are done (by every worker together)."""
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = pb_grpc.PeriodicTaskStub(channel)
+            while done[0] < total:
+                reply = await stub.GetTaskList(pb.GetTaskListRequest(**self.auth, limit=limit))
+                tasks = json.loads(reply.task_list)
+                if not tasks:
+                    await asyncio.sleep(0.01)
+                    continue
+                for task in tasks:
+                    request = pb.CompleteTaskRequest(
+                        **self.auth, task_id=task["task_id"], success=True
+                    )
+                    await stub.CompleteTask(request)
+                    done[0] += 1
+
+    async def lease_ms(self, limit: int, rounds: int) -> list[float]:
+        """Milliseconds per GetTaskList(limit), tasks left leased (the queue stays long)."""
+        times = []
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = pb_grpc.PeriodicTaskStub(channel)
+            for _ in range(rounds):
+                started = time.perf_counter()
+                reply = await stub.GetTaskList(pb.GetTaskListRequest(**self.auth, limit=limit))
+                times.append((time.perf_counter() - started) * 1000)
+                assert len(json.loads(reply.task_list)) == limit, "queue ran dry"
+        return times
+
+
+async def bench_ours(target: str, args: argparse.Namespace) -> dict[str, float]:
+    client = await Client.setup(target, "bench", "throughput")
+    started = time.perf_counter()
+    await client.create(args.tasks, args.create_concurrency)
+    created = time.perf_counter()
+    done = [0]
+    await asyncio.gather(*(client.work(args.limit, done, args.tasks) for _ in range(args.workers)))
+    finished = time.perf_counter()
+    return {
+        "create_s": created - started,
+        "process_s": finished - created,
+        "total_s": finished - started,
+        "tasks_per_s": args.tasks / (finished - started),
+    }
+
+
+def fill(mongo_uri: str, service: str, queue: str, count: int) -> None:
+    """Put ``count`` pending tasks straight into the queue (as CreateTask would store them)."""
+    with MongoClient(mongo_uri) as mongo:
+        db = mongo["taskdash"]
+        last = db.periodic_counters.find_one_and_update(
+            {"_id": "periodic_task_id"}, {"$inc": {"value": count}}, upsert=True, new=True
+        )["value"]
+        now = int(time.time() * 1000)
+        docs = [
+            {"_id": last - count + 1 + i, "service": service, "queue": queue, "task_type": "",
+             "task_data": "{}", "state": "pending", "attempts": 0, "created_at": now,
+             "updated_at": now, "due": now}
+            for i in range(count)
+        ]  # fmt: skip
+        for k in range(0, count, 5000):
+            db.periodic_tasks.insert_many(docs[k : k + 5000], ordered=False)
+
+
+async def bench_scale(periodic: Periodic, args: argparse.Namespace) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for name, count in (("small", args.small), ("queued", args.queued)):
+        client = await Client.setup(periodic.target, f"scale-{name}", "q")
+        fill(periodic.mongo_uri, f"scale-{name}", "q", count)
+        times = await client.lease_ms(args.limit, args.lease_rounds)
+        figures[f"lease_{name}_tasks"] = count
+        figures[f"lease_ms_median_{name}"] = statistics.median(times)
+        figures[f"lease_ms_max_{name}"] = max(times)
+    figures["lease_ratio_queued_vs_small"] = (
+        figures["lease_ms_median_queued"] / figures["lease_ms_median_small"]
+    )
+    return figures
+
+
+# -- (b) RQ on Redis --------------------------------------------------------------------------
+
+
+def bench_rq(tmp: Path, args: argparse.Namespace) -> dict[str, float]:
+    from redis import Redis
+    from rq import Queue
+
+    server = shutil.which("redis-server")
+    if not server:
+        raise SystemExit("redis-server not found: apt-get install -y redis-server")
+    port = free_port()
+    redis_proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, redis_proc, "redis-server")
+        (tmp / "rq_noop.py").write_text("def noop():\n    return None\n")
+        url = f"redis://{HOST}:{port}/0"
+        queue = Queue("bench", connection=Redis.from_url(url))
+        started = time.perf_counter()
+        for _ in range(args.tasks):
+            queue.enqueue("rq_noop.noop")
+        enqueued = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": str(tmp)}
+        command = [str(BIN / "rq"), "worker", "--burst", "--quiet", "--url", url]
+        if args.rq_worker_class:
+            command += ["--worker-class", args.rq_worker_class]
+        workers = [
+            subprocess.Popen([*command, "bench"], env=env, cwd=tmp, stdout=subprocess.DEVNULL)
+            for _ in range(args.workers)
+        ]
+        for worker in workers:
+            worker.wait()
+        finished = time.perf_counter()
+        ran = queue.finished_job_registry.count
+        failed = queue.failed_job_registry.count
+        if ran != args.tasks or failed:
+            raise SystemExit(f"RQ ran {ran} of {args.tasks} jobs ({failed} failed)")
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(10)
+    return {
+        "enqueue_s": enqueued - started,
+        "process_s": finished - enqueued,
+        "total_s": finished - started,
+        "tasks_per_s": args.tasks / (finished - started),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--create-concurrency", type=int, default=16)
+    parser.add_argument("--queued", type=int, default=100000)
+    parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--lease-rounds", type=int, default=15)
+    parser.add_argument("--rq-worker-class", default="", help="e.g. rq.worker.SimpleWorker")
+    parser.add_argument("--skip-rq", action="store_true")
+    args = parser.parse_args()
+    figures: dict[str, Any] = {"tasks": args.tasks, "workers": args.workers, "limit": args.limit}
+    with tempfile.TemporaryDirectory(prefix="bench_periodic_") as name:
+        tmp = Path(name)
+        periodic = Periodic(tmp)
+        try:
+            ours = asyncio.run(bench_ours(periodic.target, args))
+            print(
+                f"TaskDash periodic (gRPC): {ours['tasks_per_s']:.0f} tasks/s "
+                f"(create {ours['create_s']:.2f} s, lease+complete {ours['process_s']:.2f} s)"
+            )
+            scale = asyncio.run(bench_scale(periodic, args))
+            print(
+                f"GetTaskList(limit={args.limit}): median {scale['lease_ms_median_queued']:.1f} ms "
+                f"with {args.queued} queued, {scale['lease_ms_median_small']:.1f} ms with "
+                f"{args.small} ({scale['lease_ratio_queued_vs_small']:.2f}x)"
+            )
+        finally:
+            periodic.stop()
+        figures.update({f"taskdash_{k}": v for k, v in ours.items()})
+        figures.update(scale)
+        if not args.skip_rq:
+            base = bench_rq(tmp, args)
+            print(
+                f"RQ + Redis ({args.workers} workers): {base['tasks_per_s']:.0f} tasks/s "
+                f"(enqueue {base['enqueue_s']:.2f} s, process {base['process_s']:.2f} s)"
+            )
+            figures.update({f"rq_{k}": v for k, v in base.items()})
+            figures["ratio"] = ours["tasks_per_s"] / base["tasks_per_s"]
+            print(f"ratio TaskDash / RQ: {figures['ratio']:.2f} (target >= 1)")
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()

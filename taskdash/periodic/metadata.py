@@ -1,0 +1,75 @@
+"""The periodic service's tasks as TaskDash ``TaskMetaData`` records (what ``/metadata`` lists).
+
+Status mapping (the seed's examples are running, finish, shutdown, restart):
+
+==========  ============  ==============================================
+task state  ``status``    meaning
+==========  ============  ==============================================
+pending     ``pending``   created, never handed out
+leased      ``running``   a worker holds it (lease not yet ended)
+failed      ``restart``   its worker reported failure; it will run again
+done        ``finish``    completed successfully
+dead        ``shutdown``  failed or expired ``max_attempts`` times
+==========  ============  ==============================================
+
+Every node lists the same shared store under one TaskDash service id, so the records are
+the same whichever node the fetcher asks.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+from taskdash.periodic.leasing import Leasing
+from taskdash.periodic.views import iso
+from taskdash.store.periodic import DEAD, DONE, FAILED, LEASED, PENDING
+
+STATUS = {
+    PENDING: "pending",
+    LEASED: "running",
+    FAILED: "restart",
+    DONE: "finish",
+    DEAD: "shutdown",
+}
+# listed first when there are more tasks than the limit: what needs attention
+ORDER = (LEASED, FAILED, PENDING, DEAD, DONE)
+
+
+def task_url(base: str, service: str, queue: str, task_id: int) -> str:
+    """The HTTP address of one task (``GET`` it with the service's secret)."""
+    quote = urllib.parse.quote
+    return (
+        f"{base.rstrip('/')}/v1/services/{quote(service, safe='')}/queues/"
+        f"{quote(queue, safe='')}/tasks/{task_id}"
+    )
+
+
+def record(doc: dict[str, Any], base: str) -> dict[str, str]:
+    """One task as ``TaskMetaData {id, name, url, description, status, reserved}``."""
+    extra = {
+        "service_name": doc["service"],
+        "queue_name": doc["queue"],
+        "state": doc["state"],
+        "attempts": doc["attempts"],
+        "created_at": iso(doc["created_at"]),
+    }
+    return {
+        "id": f"periodic-{doc['_id']}",
+        "name": doc["task_type"] or f"task {doc['_id']}",
+        "url": task_url(base, doc["service"], doc["queue"], doc["_id"]),
+        "description": f"{doc['service']} / {doc['queue']}",
+        "status": STATUS[doc["state"]],
+        "reserved": json.dumps(extra, ensure_ascii=False, separators=(",", ":")),
+    }
+
+
+async def metadata(leasing: Leasing, base: str, limit: int) -> list[dict[str, str]]:
+    """Up to ``limit`` tasks, the ones in progress first."""
+    docs: list[dict[str, Any]] = []
+    for state in ORDER:
+        if len(docs) >= limit:
+            break
+        docs += await leasing.store.sample(state, limit - len(docs))
+    return [record(doc, base) for doc in docs]

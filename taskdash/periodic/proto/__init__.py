@@ -1,0 +1,1 @@
+"""The seed's proto and the code ``make proto`` generates from it (generated: do not edit)."""

@@ -1,0 +1,121 @@
+"""One ``taskdash periodic`` process: store, gRPC, HTTP, then the announcer; stopped in reverse.
+
+It runs on other machines than the daemon, so it is its own process with its own unit, but it
+has the daemon's shape: the start/stop bookkeeping, signals, systemd READY/STOPPING and the
+bounded shutdown come from :class:`~taskdash.daemon.Daemon`; only :meth:`start` differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import structlog
+import tornado.httpserver
+import tornado.netutil
+
+from taskdash.daemon import Daemon, nsqd_http_address
+from taskdash.models import TaskService
+from taskdash.nsq.announce import Announcer
+from taskdash.periodic.grpc import GrpcServer
+from taskdash.periodic.http import make_app
+from taskdash.periodic.leasing import Leasing
+from taskdash.settings import PeriodicSettings
+from taskdash.store.periodic import PeriodicStore
+
+log = structlog.get_logger("taskdash.periodic.service")
+
+
+def advertised_base(cfg: PeriodicSettings, port: int) -> str:
+    """Where TaskDash reaches this node's HTTP API: configured, else its own host and port."""
+    if cfg.advertise_url:
+        return cfg.advertise_url.rstrip("/")
+    host = cfg.http_host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://{host}:{port}"
+
+
+class PeriodicService(Daemon):
+    """The periodic task service as a process (``taskdash periodic``)."""
+
+    grpc_port: int | None = None
+
+    @property
+    def node_name(self) -> str:
+        return self.settings.periodic.node_id or self.node_id
+
+    async def start(self) -> None:
+        """Store, then gRPC and HTTP on the same rules, then (with NSQ) the announcer."""
+        try:
+            store = await self._start_store()
+            self.store = store
+            cfg = self.settings.periodic
+            leasing = Leasing(PeriodicStore(store), cfg, node_id=self.node_name)
+            await self._start_grpc(leasing, cfg)
+            await self._start_http(leasing, cfg)
+            await self._start_announcer(cfg)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("periodic_ready", node_id=self.node_name, grpc_port=self.grpc_port)
+
+    async def _start_grpc(self, leasing: Leasing, cfg: PeriodicSettings) -> None:
+        server = GrpcServer(
+            leasing, host=cfg.grpc_host, port=cfg.grpc_port, max_message=cfg.max_body_size
+        )
+        await server.start()
+        self.grpc_port = server.port
+        grace = self.settings.daemon.shutdown_timeout / 2
+
+        async def stop() -> None:
+            await server.stop(grace)
+
+        self._started("grpc", stop)
+        log.info("grpc_listening", host=cfg.grpc_host, port=server.port)
+
+    async def _start_http(self, leasing: Leasing, cfg: PeriodicSettings) -> None:
+        # twice the limit: a body up to that gets a JSON 413, a larger one is cut off by Tornado
+        server = tornado.httpserver.HTTPServer(
+            make_app(leasing, cfg, self.health), max_body_size=cfg.max_body_size * 2
+        )
+        sockets = tornado.netutil.bind_sockets(cfg.http_port, cfg.http_host)
+        server.add_sockets(sockets)
+        self.web_port = sockets[0].getsockname()[1]
+
+        async def stop() -> None:
+            server.stop()
+            await server.close_all_connections()
+
+        self._started("http", stop)
+        log.info("http_listening", host=cfg.http_host, port=self.web_port)
+
+    async def _start_announcer(self, cfg: PeriodicSettings) -> None:
+        """With NSQ configured: register as a task service and heartbeat, like any other."""
+        nsq = self.settings.nsq
+        nsqd_http = nsqd_http_address(nsq)
+        if not nsqd_http:
+            log.info("announce_disabled", why="no [nsq] nsqd_http_address or nsqd_tcp_addresses")
+            return
+        assert self.web_port is not None
+        service = TaskService(
+            id=cfg.service_id,
+            name="periodic task service",
+            type="periodic",
+            url=f"{advertised_base(cfg, self.web_port)}/metadata",
+            description="TaskDash periodic task service (gRPC PeriodicTask + HTTP)",
+        )
+        announcer = Announcer(
+            nsqd_http,
+            service,
+            every=cfg.announce_interval,
+            service_topic=nsq.service_topic,
+            heartbeat_topic=nsq.heartbeat_topic,
+        )
+        announcer.start()
+
+        async def stop() -> None:
+            await asyncio.to_thread(announcer.stop)
+
+        self._started("announcer", stop)
+        log.info("announcing", nsqd_http=nsqd_http, service_id=cfg.service_id, url=service.url)

@@ -1,0 +1,42 @@
+"""Tasks as callers see them: ``task_list`` items, listing entries, times as ISO-8601 text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from taskdash.store.periodic import LEASED
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC text, e.g. ``2026-11-26T10:30:00.123Z``."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def lease_item(doc: dict[str, Any]) -> dict[str, Any]:
+    """One element of ``task_list``; ``task_data`` is embedded as the JSON it holds."""
+    return {
+        "task_id": doc["_id"],
+        "task_type": doc["task_type"],
+        "task_data": msgspec.Raw(doc["task_data"].encode()),
+        "attempts": doc["attempts"],
+        "created_at": iso(doc["created_at"]),
+    }
+
+
+def task_view(doc: dict[str, Any], now: int) -> dict[str, Any]:
+    """A task as the HTTP listing shows it: the lease item plus its state."""
+    view = lease_item(doc)
+    view["state"] = doc["state"]
+    view["updated_at"] = iso(doc["updated_at"])
+    if doc["state"] == LEASED:
+        view["lease_until"] = iso(doc["lease_until"])
+        view["lease_expired"] = doc["lease_until"] <= now
+    return view
+
+
+def encode(value: Any) -> str:
+    """JSON text of ``value`` (``msgspec.Raw`` values are spliced in as they are)."""
+    return msgspec.json.encode(value).decode()

@@ -1,0 +1,316 @@
+"""The periodic task service's collections: services, queues, tasks and the task-id counter.
+
+Only queries live here; the rules (who may do what, when a task is dead) are in
+:mod:`taskdash.periodic.leasing`. Times are epoch milliseconds (see :mod:`.times`).
+
+A task document::
+
+    {_id: <uint64 id>, service, queue, task_type, task_data: <JSON text>, state, attempts,
+     created_at, updated_at, due: <ms it may be handed out from; absent when done or dead>,
+     lease: <token of the last lease>, lease_until: <ms>}
+
+``state`` is ``pending`` (never handed out), ``leased``, ``failed``, ``done`` or ``dead``. A
+task can be handed out exactly when ``due <= now``: a new or failed task is due at once, a
+leased one when its lease expires. So one index (service, queue, due) answers "what can be
+leased", whatever the reason, and a claim that sets ``due`` into the future is what keeps a
+second worker from taking the same task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from taskdash.store.mongo import Doc, Store, eq, insert_new, translated
+
+PENDING, LEASED, FAILED, DONE, DEAD = "pending", "leased", "failed", "done", "dead"
+STATES = (PENDING, LEASED, FAILED, DONE, DEAD)
+
+_COUNTER_ID = "periodic_task_id"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def queue_key(service: str, queue: str) -> str:
+    """The queue document's ``_id``: unambiguous for any names (a JSON array as text)."""
+    return json.dumps([service, queue], ensure_ascii=False)
+
+
+def _in_queue(service: str, queue: str) -> Doc:
+    return {"service": eq(service), "queue": eq(queue)}
+
+
+class PeriodicStore:
+    """The queries of the periodic task service, on TaskDash's store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.services = store["periodic_services"]
+        self.queues = store["periodic_queues"]
+        self.tasks = store["periodic_tasks"]
+        self.counters = store["periodic_counters"]
+        self._inserts: Group[Doc, None] = Group("periodic_inserts", self._insert_many)
+
+    # services ---------------------------------------------------------------------------
+
+    async def insert_service(self, name: str, secret_hash: str, now: int) -> bool:
+        """Register ``name``; False if it exists (its secret was handed out already)."""
+        async with translated("periodic_insert_service"):
+            return await insert_new(
+                self.services, {"_id": name, "secret_hash": secret_hash, "created_at": now}
+            )
+
+    async def secret_hash(self, name: str) -> str | None:
+        """The stored hash of ``name``'s secret, None for an unknown service."""
+        async with translated("periodic_secret_hash"):
+            doc = await self.services.find_one({"_id": eq(name)}, {"secret_hash": 1})
+        return doc["secret_hash"] if doc else None
+
+    async def list_services(self, after: str, limit: int) -> list[Doc]:
+        """Services by name, after ``after`` (a page cursor), without their hashes."""
+        query = {"_id": {"$gt": after}} if after else {}
+        async with translated("periodic_list_services"):
+            cursor = self.services.find(query, {"secret_hash": 0}).sort("_id", 1).limit(limit)
+            return [doc async for doc in cursor]
+
+    async def delete_service(self, name: str) -> bool:
+        """Delete a service with its queues and tasks; the service itself goes last.
+
+        If this is cut short, the service still exists and deregistering again (with the same
+        secret) finishes the job; nothing is left behind unreachable.
+        """
+        async with translated("periodic_delete_service"):
+            await self.tasks.delete_many({"service": eq(name)})
+            await self.queues.delete_many({"service": eq(name)})
+            result = await self.services.delete_one({"_id": eq(name)})
+        return result.deleted_count == 1
+
+    # queues -----------------------------------------------------------------------------
+
+    async def insert_queue(self, service: str, queue: str, now: int) -> bool:
+        """Create a queue; False if the service has one by that name."""
+        doc = {"_id": queue_key(service, queue), "service": service, "queue": queue}
+        async with translated("periodic_insert_queue"):
+            return await insert_new(self.queues, {**doc, "created_at": now})
+
+    async def queue_exists(self, service: str, queue: str) -> bool:
+        """Whether the service has this queue."""
+        async with translated("periodic_queue_exists"):
+            doc = await self.queues.find_one({"_id": eq(queue_key(service, queue))}, {"_id": 1})
+        return doc is not None
+
+    async def list_queues(self, service: str) -> list[Doc]:
+        """The service's queues, by name."""
+        async with translated("periodic_list_queues"):
+            cursor = self.queues.find({"service": eq(service)}, {"_id": 0}).sort("queue", 1)
+            return [doc async for doc in cursor]
+
+    async def delete_queue(self, service: str, queue: str) -> bool:
+        """Delete a queue and its tasks (tasks first: a cut-short call can be repeated)."""
+        async with translated("periodic_delete_queue"):
+            await self.tasks.delete_many(_in_queue(service, queue))
+            result = await self.queues.delete_one({"_id": eq(queue_key(service, queue))})
+        return result.deleted_count == 1
+
+    # tasks ------------------------------------------------------------------------------
+
+    async def reserve_ids(self, count: int) -> int:
+        """Reserve ``count`` task ids for this node; returns the last one.
+
+        One ``$inc`` on a counter document: every node sharing the store gets its own range,
+        so ids are unique without coordination.
+        """
+        async with translated("periodic_reserve_ids"):
+            doc = await self.counters.find_one_and_update(
+                {"_id": _COUNTER_ID},
+                {"$inc": {"value": count}},
+                upsert=True,
+                return_document=True,
+            )
+        return int(doc["value"])
+
+    async def insert_task(self, doc: Doc) -> None:
+        """Store a new task (its id comes from :meth:`reserve_ids`); returns once it is stored.
+
+        Concurrent calls share one ``insert_many`` (see :class:`Group`).
+        """
+        await self._inserts.add(doc)
+
+    async def _insert_many(self, docs: list[Doc]) -> list[None]:
+        async with translated("periodic_insert_tasks"):
+            await self.tasks.insert_many(docs, ordered=False)
+        return [None] * len(docs)
+
+    async def candidates(self, service: str, queue: str, now: int, limit: int) -> list[Doc]:
+        """Up to ``limit`` tasks that may be handed out now, longest waiting first.
+
+        Read without claiming: the claim is the conditional update that follows. The sort is
+        exactly the index's order, so this stays an index range read however long the queue
+        is; a second sort key (the id, for ties) would make the database sort every task due
+        in the same millisecond — all of them after a mass redrive. Ties come in index order,
+        which is insertion order on MongoDB and nx-27017 alike.
+        """
+        query = {**_in_queue(service, queue), "due": {"$lte": now}}
+        async with translated("periodic_candidates"):
+            cursor = self.tasks.find(query, {"attempts": 1, "due": 1})
+            cursor = cursor.sort("due", 1).limit(limit)
+            return [doc async for doc in cursor]
+
+    async def claim(
+        self, ids: list[int], *, now: int, until: int, token: str, max_attempts: int
+    ) -> None:
+        """Lease those of ``ids`` still due and under ``max_attempts`` to ``token``.
+
+        Each document is matched and updated atomically, and the update moves ``due`` past
+        ``now``: of two workers (or nodes) claiming the same task, exactly one matches it.
+        """
+        query = {"_id": {"$in": ids}, "due": {"$lte": now}, "attempts": {"$lt": max_attempts}}
+        update = {
+            "$set": {
+                "state": LEASED,
+                "lease": token,
+                "lease_until": until,
+                "due": until,
+                "updated_at": now,
+            },
+            "$inc": {"attempts": 1},
+        }
+        async with translated("periodic_claim"):
+            await self.tasks.update_many(query, update)
+
+    async def bury(self, ids: list[int], *, now: int, max_attempts: int) -> int:
+        """Move those of ``ids`` that are due but delivered ``max_attempts`` times to dead."""
+        query = {"_id": {"$in": ids}, "due": {"$lte": now}, "attempts": {"$gte": max_attempts}}
+        update = {"$set": {"state": DEAD, "updated_at": now}, "$unset": {"due": ""}}
+        async with translated("periodic_bury"):
+            result = await self.tasks.update_many(query, update)
+        return result.modified_count
+
+    async def leased_to(self, token: str) -> list[Doc]:
+        """The tasks one claim won (read back by its token)."""
+        async with translated("periodic_leased_to"):
+            return [doc async for doc in self.tasks.find({"lease": eq(token)})]
+
+    async def get_task(self, task_id: int) -> Doc | None:
+        """One task by id."""
+        async with translated("periodic_get_task"):
+            return await self.tasks.find_one({"_id": eq(task_id)})
+
+    async def settle(
+        self,
+        service: str,
+        queue: str,
+        task_id: int,
+        now: int,
+        changes: Doc,
+        attempts: Doc | None = None,
+    ) -> bool:
+        """Apply ``changes`` to a task of this queue only while it is leased and unexpired.
+
+        One conditional update: an answer that comes after the lease ended, or for a task
+        that is not leased, matches nothing and changes nothing (the caller says why).
+        """
+        query: Doc = {
+            "_id": eq(task_id),
+            **_in_queue(service, queue),
+            "state": eq(LEASED),
+            "lease_until": {"$gt": now},
+        }
+        if attempts is not None:
+            query["attempts"] = attempts
+        set_, unset = _split(changes)
+        update: Doc = {"$set": {**set_, "updated_at": now}}
+        if unset:
+            update["$unset"] = unset
+        async with translated("periodic_settle"):
+            result = await self.tasks.update_one(query, update)
+        return result.modified_count == 1
+
+    async def delete_task(self, service: str, queue: str, task_id: int) -> bool:
+        """Delete one task of this queue; False if there is none."""
+        async with translated("periodic_delete_task"):
+            result = await self.tasks.delete_one({"_id": eq(task_id), **_in_queue(service, queue)})
+        return result.deleted_count == 1
+
+    async def redrive(self, service: str, queue: str, now: int, task_id: int | None) -> int:
+        """Dead tasks of the queue (or just ``task_id``) become pending again, attempts reset."""
+        query: Doc = {**_in_queue(service, queue), "state": eq(DEAD)}
+        if task_id is not None:
+            query["_id"] = eq(task_id)
+        update = {"$set": {"state": PENDING, "attempts": 0, "due": now, "updated_at": now}}
+        async with translated("periodic_redrive"):
+            result = await self.tasks.update_many(query, update)
+        return result.modified_count
+
+    async def list_tasks(
+        self, service: str, queue: str, *, state: str | None, after: int, limit: int
+    ) -> list[Doc]:
+        """A page of the queue's tasks by id, optionally in one state."""
+        query: Doc = {**_in_queue(service, queue), "_id": {"$gt": after}}
+        if state:
+            query["state"] = eq(state)
+        async with translated("periodic_list_tasks"):
+            cursor = self.tasks.find(query).sort("_id", 1).limit(limit)
+            return [doc async for doc in cursor]
+
+    async def sample(self, state: str, limit: int) -> list[Doc]:
+        """Up to ``limit`` tasks in ``state`` (for the metadata listing), without their data."""
+        async with translated("periodic_sample"):
+            cursor = self.tasks.find({"state": eq(state)}, {"task_data": 0}).limit(limit)
+            return [doc async for doc in cursor]
+
+
+class Group(Generic[T, R]):
+    """Group commit: writes that arrive while one batch is in flight go together in the next.
+
+    Alone, a write costs one round trip as before; under load (many clients at once) one
+    round trip and one commit carry many, which is most of what CreateTask costs (measured:
+    CompleteTask, answered by few workers one at a time, gained nothing, so it is not
+    grouped). Every caller returns only once its own write is acknowledged, with its own result;
+    if a batch fails, every caller in it gets the error (as with any lost reply, some of its
+    writes may have been applied).
+    """
+
+    MAX_BATCH = 500
+
+    def __init__(self, name: str, write: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self.name = name
+        self.write = write
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def add(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name=self.name)
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.MAX_BATCH]
+            del self._pending[: self.MAX_BATCH]
+            try:
+                results = await self.write([item for item, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+
+
+def _split(changes: dict[str, Any]) -> tuple[Doc, Doc]:
+    """``None`` values are fields to remove (``$unset``), the rest to set."""
+    set_ = {k: v for k, v in changes.items() if v is not None}
+    unset = {k: "" for k, v in changes.items() if v is None}
+    return set_, unset

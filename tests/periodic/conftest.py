@@ -1,0 +1,140 @@
+"""Periodic service nodes for tests: real gRPC servers on loopback over the test's nx-27017 DB."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+from taskdash.periodic.grpc import GrpcServer
+from taskdash.periodic.leasing import Caller, Leasing, now_ms
+from taskdash.periodic.proto import periodic_task_pb2 as pb
+from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
+from taskdash.settings import PeriodicSettings
+from taskdash.store import Store
+from taskdash.store.periodic import PeriodicStore
+
+
+@dataclass
+class Clock:
+    """A clock the test moves by hand (epoch ms), so lease expiry needs no sleeping."""
+
+    now: int = field(default_factory=now_ms)
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1000)
+
+
+@dataclass
+class Node:
+    """One periodic service node: its rules, its gRPC server and a client stub to it."""
+
+    leasing: Leasing
+    server: GrpcServer
+    channel: grpc.aio.Channel
+    stub: pb_grpc.PeriodicTaskStub
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+
+NodeFactory = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def make_node(store: Store, clock: Clock) -> AsyncIterator[NodeFactory]:
+    """Start nodes sharing the test's database (each its own gRPC port); stopped afterwards."""
+    nodes: list[Node] = []
+
+    async def make(node_id: str = "node-a", **settings: Any) -> Node:
+        cfg = PeriodicSettings(grpc_port=0, http_port=0, **settings)
+        leasing = Leasing(PeriodicStore(store), cfg, node_id=node_id, clock=clock)
+        server = GrpcServer(leasing, host="127.0.0.1", port=0, max_message=cfg.max_body_size)
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        node = Node(leasing, server, channel, pb_grpc.PeriodicTaskStub(channel))
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        await node.channel.close()
+        await node.server.stop(0)
+
+
+@pytest.fixture
+async def node(make_node: NodeFactory) -> Node:
+    return await make_node()
+
+
+@dataclass
+class Registered:
+    """A registered service with one created and started queue, on one node."""
+
+    stub: pb_grpc.PeriodicTaskStub
+    service: str
+    secret: str
+    queue: str = "q1"
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.service, self.secret)
+
+    def auth(self, **extra: Any) -> dict[str, Any]:
+        return {"service_name": self.service, "secret": self.secret, **extra}
+
+    def q(self, **extra: Any) -> dict[str, Any]:
+        return self.auth(queue_name=self.queue, **extra)
+
+    async def create(self, count: int, task_type: str = "t") -> None:
+        for i in range(count):
+            await self.stub.CreateTask(
+                pb.CreateTaskRequest(**self.q(task_type=task_type, task_data=f'{{"n": {i}}}'))
+            )
+
+    async def lease(self, limit: int = 0) -> list[dict[str, Any]]:
+        reply = await self.stub.GetTaskList(pb.GetTaskListRequest(**self.q(limit=limit)))
+        return json.loads(reply.task_list)
+
+    async def complete(self, task_id: int, success: bool = True) -> Any:
+        return await self.stub.CompleteTask(
+            pb.CompleteTaskRequest(**self.q(task_id=task_id, success=success))
+        )
+
+
+async def register(
+    stub: pb_grpc.PeriodicTaskStub, service: str = "svc", queue: str = "q1"
+) -> Registered:
+    """Register ``service``, create and start ``queue`` through ``stub``."""
+    reply = await stub.ServiceRegistry(pb.ServiceRegistryRequest(service_name=service))
+    who = Registered(stub, service, reply.secret, queue)
+    await stub.CreatePeriodicTaskQueue(pb.CreatePeriodicTaskQueueRequest(**who.q()))
+    await stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**who.q()))
+    return who
+
+
+@contextlib.asynccontextmanager
+async def refused(code: grpc.StatusCode, *fragments: str) -> AsyncIterator[None]:
+    """The block must fail with ``code`` and a message holding every fragment."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == code, (err.code(), err.details())
+        for fragment in fragments:
+            assert fragment in (err.details() or ""), err.details()
+    else:
+        raise AssertionError(f"expected {code}")
