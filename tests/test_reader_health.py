@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_helpers import heartbeat_consumer, mpub_binary, new_broker
+from ingest_helpers import broker_fixture, heartbeat_consumer, mpub_binary, new_broker
 from support import async_wait_for, free_port
 
 from taskdash.health import Health
@@ -20,14 +19,7 @@ pytestmark = pytest.mark.timeout(60)
 TOPIC = "taskdash.heartbeat"
 
 
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    broker = new_broker(tmp_path)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
+broker = broker_fixture()
 
 
 async def never_dead_letter(*args: object) -> None:
