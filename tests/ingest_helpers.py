@@ -184,6 +184,12 @@ async def drained(broker: Broker, topic: str) -> dict[str, Any] | None:
     return stats if stats and stats["deferred_count"] == 0 else None
 
 
+def nsq_log_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What pynsq's own catch-all logs when a handler lets an exception out."""
+    texts = [r.getMessage() for r in caplog.records if r.name.startswith("nsq")]
+    return [t for t in texts if "failed to handle_message" in t or "uncaught exception" in t]
+
+
 def store_dead_letter(store: Store) -> Callable[..., Awaitable[None]]:
     """The real dead-letter write, as a consumer built by hand needs it."""
 

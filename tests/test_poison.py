@@ -17,6 +17,7 @@ from ingest_helpers import (
     heartbeat_consumer,
     ingestion_fixture,
     mpub_binary,
+    nsq_log_failures,
     own_mongodb,
     store_dead_letter,
 )
@@ -45,12 +46,6 @@ TOPICS = (NSQ.service_topic, NSQ.heartbeat_topic)
 
 broker = broker_fixture()
 ingestion = ingestion_fixture(NSQ)
-
-
-def nsq_log_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """What pynsq's own catch-all logs when a handler lets an exception out."""
-    texts = [r.getMessage() for r in caplog.records if r.name.startswith("nsq")]
-    return [t for t in texts if "failed to handle_message" in t or "uncaught exception" in t]
 
 
 async def assert_finished_without_requeue(broker: Broker, topic: str) -> None:

@@ -9,11 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_helpers import broker_fixture, heartbeat_consumer, mpub_binary, new_broker
+import structlog.testing
+from ingest_helpers import (
+    broker_fixture,
+    heartbeat_consumer,
+    mpub_binary,
+    new_broker,
+    nsq_log_failures,
+)
 from support import async_wait_for, free_port
 
 from taskdash.health import Health
-from taskdash.models import HeartBeat
+from taskdash.models import HeartBeat, Model, decode
 from taskdash.nsq.broker import Broker
 from taskdash.nsq.consumer import Received
 
@@ -149,3 +156,53 @@ async def test_a_lost_nsqd_connection_makes_the_reader_not_ready_after_stall_aft
     finally:
         await consumer.stop()
         await broker.stop()
+
+
+class Undescribable(Exception):
+    """A failure that cannot even be described: its text raises another one of its kind."""
+
+    def __str__(self) -> str:
+        raise Undescribable
+
+
+def decode_or_fail(model: type[Model], body: bytes) -> Model:
+    """The real decoder, except for one body, on which it fails undescribably."""
+    if body == b"undescribable":
+        raise Undescribable
+    return decode(model, body)
+
+
+async def test_a_message_left_to_the_broker_timeout_is_not_held_in_flight(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our handler's last resort: its failure path failed too (describing the error raised).
+
+    The message is left unanswered for nsqd to redeliver after its own timeout: it is no
+    longer in flight here, so once the topic goes idle the reader is idle, not stalled.
+    """
+    applied: list[str] = []
+
+    async def apply(batch: list[Received[HeartBeat]]) -> None:
+        applied.extend(r.item.id for r in batch)
+
+    consumer = heartbeat_consumer(
+        broker, apply, never_dead_letter, stall_after=0.3, decode=decode_or_fail
+    )
+    with structlog.testing.capture_logs() as logs:
+        await consumer.start()
+        try:
+            await async_wait_for(lambda: consumer.check()[1]["connections"] == 1)
+            await mpub_binary(broker, TOPIC, [b"undescribable", b'{"id":"svc-1"}'])
+            await async_wait_for(lambda: applied == ["svc-1"])
+            events = [e["event"] for e in logs]
+            assert events.count("message_left_to_broker_timeout") == 1, events
+            ready, details = consumer.check()
+            assert (details["received"], details["stored"], details["in_flight"]) == (2, 1, 0)
+            assert ready and "reason" not in details, details
+            # an hour on, still nothing in flight: idle, never stalled
+            assert consumer.progress.stalled_for(time.monotonic() + 3600) == 0
+            await asyncio.sleep(0.6)  # twice stall_after, idle
+            assert consumer.check()[0], consumer.check()
+        finally:
+            await consumer.stop()
+    assert nsq_log_failures(caplog) == []
