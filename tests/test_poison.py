@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import nsq
 import pytest
 from ingest_helpers import (
+    CHANNEL,
     answered,
     broker_fixture,
     channel_stats,
@@ -27,6 +28,7 @@ from taskdash.errors import StoreUnavailable
 from taskdash.models import HeartBeat, Model, decode
 from taskdash.nsq.broker import Broker
 from taskdash.nsq.consumer import Consumer, Received
+from taskdash.nsq.reader import ClosableReader
 from taskdash.nsq.readers import Ingestion
 from taskdash.settings import NsqSettings
 from taskdash.store import Store
@@ -224,7 +226,33 @@ async def test_a_store_outage_is_retried_beyond_max_attempts(
         assert services.counters.dead_lettered == 0
 
 
-def test_handler_logs_are_not_pynsq_tracebacks_for_poison(caplog: pytest.LogCaptureFixture) -> None:
-    """Sanity of the helper above: pynsq's catch-all text is what we look for."""
-    logging.getLogger("nsq.reader").error("[x:y] failed to handle_message() %r", "m")
-    assert nsq_log_failures(caplog) == ["[x:y] failed to handle_message() 'm'"]
+async def test_nsq_log_failures_sees_pynsq_catching_a_handler_error(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The helper the tests above expect empty does see pynsq's real catch-all.
+
+    A bare reader whose handler lets an exception out (what ours must never do): pynsq logs
+    it with a traceback and requeues the message.
+    """
+    failed: list[nsq.Message] = []
+
+    def leaky_handler(message: nsq.Message) -> None:
+        failed.append(message)
+        raise RuntimeError("a handler that lets an exception out")
+
+    reader = ClosableReader(
+        topic=NSQ.heartbeat_topic,
+        channel=CHANNEL,
+        message_handler=leaky_handler,
+        nsqd_tcp_addresses=[f"127.0.0.1:{broker.tcp_port}"],
+        max_in_flight=1,
+        max_tries=0,
+    )
+    try:
+        await mpub_binary(broker, NSQ.heartbeat_topic, [b'{"id":"svc-1"}'])
+        failures = await async_wait_for(lambda: nsq_log_failures(caplog))
+        assert failed and "uncaught exception while handling message" in failures[0], failures
+        caught = [r.exc_info[1] for r in caplog.records if r.name.startswith("nsq") and r.exc_info]
+        assert any("lets an exception out" in str(exc) for exc in caught), caught
+    finally:
+        reader.shut()
