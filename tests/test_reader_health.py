@@ -136,6 +136,7 @@ async def test_a_lost_nsqd_connection_makes_the_reader_not_ready_after_stall_aft
         pass
 
     consumer = heartbeat_consumer(broker, apply, never_dead_letter, stall_after=stall_after)
+    stopping: asyncio.Future[None] | None = None
     await consumer.start()
     try:
         await async_wait_for(lambda: consumer.check()[1]["connections"] == 1)
@@ -150,12 +151,11 @@ async def test_a_lost_nsqd_connection_makes_the_reader_not_ready_after_stall_aft
         reader, now = consumer._reader, time.monotonic()
         assert reader is not None
         assert reader.missing_for([address], now)[address] <= now - lost_from, "since the loss"
-        await stopping
         details = await async_wait_for(lambda: not_ready_because(consumer, "no connection"))
         assert details["connections"] == 0 and address in details["reason"]
     finally:
         await consumer.stop()
-        await broker.stop()
+        await (stopping or broker.stop())
 
 
 class Undescribable(Exception):
@@ -193,7 +193,7 @@ async def test_a_message_left_to_the_broker_timeout_is_not_held_in_flight(
         try:
             await async_wait_for(lambda: consumer.check()[1]["connections"] == 1)
             await mpub_binary(broker, TOPIC, [b"undescribable", b'{"id":"svc-1"}'])
-            await async_wait_for(lambda: applied == ["svc-1"])
+            await async_wait_for(lambda: applied == ["svc-1"] and consumer.counters.received == 2)
             events = [e["event"] for e in logs]
             assert events.count("message_left_to_broker_timeout") == 1, events
             ready, details = consumer.check()
