@@ -6,18 +6,28 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import nsq
 import pytest
-import requests
 import structlog
 import structlog.testing
+from ingest_helpers import (
+    answered,
+    broker_fixture,
+    channel_stats,
+    drained,
+    http,
+    ingestion_fixture,
+    mpub_binary,
+    own_mongodb,
+    start_ingestion,
+    stop_ingestion,
+)
 from pymongo.errors import PyMongoError
-from support import NxServer, async_wait_for
+from support import async_wait_for
 
 from taskdash.models import HeartBeat, TaskService
 from taskdash.nsq.announce import Announcer, publish
@@ -39,73 +49,12 @@ NSQ = NsqSettings(
 )
 
 
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    broker = Broker(
-        host="127.0.0.1", tcp_port=0, http_port=0, lookupd_http_port=0, data_dir=tmp_path / "nsq"
-    )
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
-
-
-def http(broker: Broker) -> str:
-    return f"http://127.0.0.1:{broker.http_port}"
+broker = broker_fixture()
+ingestion = ingestion_fixture(NSQ)
 
 
 async def pub(broker: Broker, topic: str, body: bytes) -> None:
     await asyncio.to_thread(publish, http(broker), topic, body)
-
-
-async def mpub(broker: Broker, topic: str, bodies: list[bytes]) -> None:
-    def send() -> None:
-        resp = requests.post(
-            f"{http(broker)}/mpub", params={"topic": topic}, data=b"\n".join(bodies), timeout=10
-        )
-        assert resp.status_code == 200, resp.text
-
-    await asyncio.to_thread(send)
-
-
-async def channel_stats(broker: Broker, topic: str) -> dict[str, Any]:
-    def get() -> dict[str, Any]:
-        return requests.get(f"{http(broker)}/stats?format=json", timeout=5).json()
-
-    stats = await asyncio.to_thread(get)
-    (t,) = [t for t in stats["topics"] if t["topic_name"] == topic]
-    (c,) = [c for c in t["channels"] if c["channel_name"] == "taskdash"]
-    return c
-
-
-async def start_ingestion(
-    store: Store, broker: Broker, node: str = "n1", settings: NsqSettings = NSQ
-) -> Ingestion:
-    ingestion = Ingestion(
-        store,
-        settings,
-        node_id=node,
-        nsqd_tcp_addresses=[f"127.0.0.1:{broker.tcp_port}"],
-        lookupd_http_addresses=[],
-    )
-    for consumer in ingestion.consumers:
-        await consumer.start()
-    return ingestion
-
-
-async def stop_ingestion(ingestion: Ingestion) -> None:
-    for consumer in reversed(ingestion.consumers):
-        await consumer.stop()
-
-
-@pytest.fixture
-async def ingestion(store: Store, broker: Broker) -> AsyncIterator[Ingestion]:
-    ingestion = await start_ingestion(store, broker)
-    try:
-        yield ingestion
-    finally:
-        await stop_ingestion(ingestion)
 
 
 def service(i: int | str, **extra: str) -> bytes:
@@ -132,14 +81,14 @@ async def test_registration_is_stored(store: Store, broker: Broker, ingestion: I
 async def test_heartbeats_are_coalesced(store: Store, broker: Broker, ingestion: Ingestion) -> None:
     await pub(broker, NSQ.service_topic, service(1))
     await async_wait_for(lambda: store.services.find_one({"_id": "svc-1"}))
-    await mpub(broker, NSQ.heartbeat_topic, [beat(1)] * 300)
+    await mpub_binary(broker, NSQ.heartbeat_topic, [beat(1)] * 300)
 
     async def all_counted() -> bool:
         doc = await store.services.find_one({"_id": "svc-1"})
         return doc.get("heartbeats_total") == 300
 
     await async_wait_for(all_counted)
-    await async_wait_for(lambda: _drained(broker, NSQ.heartbeat_topic))
+    await async_wait_for(lambda: drained(broker, NSQ.heartbeat_topic))
     doc = await store.services.find_one({"_id": "svc-1"})
     assert doc["heartbeats_total"] == 300 and doc["beats"] == 300, "each beat counted once"
     counters = ingestion.heartbeats.counters
@@ -161,11 +110,11 @@ async def test_beats_within_the_resolution_ride_on_a_stored_one(
     store: Store, broker: Broker
 ) -> None:
     settings = NsqSettings(heartbeat_flush_interval=0.05, heartbeat_resolution=30.0)
-    ingestion = await start_ingestion(store, broker, settings=settings)
+    ingestion = await start_ingestion(store, broker, settings)
     try:
         await register_and_beat(store, broker, ingestion)
         first = await store.services.find_one({"_id": "svc-1"})
-        await mpub(broker, NSQ.heartbeat_topic, [beat(1)] * 50)
+        await mpub_binary(broker, NSQ.heartbeat_topic, [beat(1)] * 50)
         await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 51)
         assert ingestion.absorbed_heartbeats == 50
         assert await store.services.find_one({"_id": "svc-1"}) == first, "no write for them"
@@ -177,7 +126,7 @@ async def test_beats_within_the_resolution_ride_on_a_stored_one(
     assert doc["heartbeats_total"] == 51, "the absorbed ones are counted at the stop"
     assert doc["last_heartbeat_at"] == first["last_heartbeat_at"] and doc["beats"] == 1
     # the next daemon has no memory of the stored beat: it writes, carrying nothing lost
-    ingestion = await start_ingestion(store, broker, settings=settings)
+    ingestion = await start_ingestion(store, broker, settings)
     try:
         await pub(broker, NSQ.heartbeat_topic, beat(1))
         await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 1)
@@ -191,7 +140,7 @@ async def test_beats_within_the_resolution_ride_on_a_stored_one(
 async def test_unknown_heartbeats_are_counted_not_registered(
     store: Store, broker: Broker, ingestion: Ingestion
 ) -> None:
-    await mpub(broker, NSQ.heartbeat_topic, [beat("ghost")] * 5)
+    await mpub_binary(broker, NSQ.heartbeat_topic, [beat("ghost")] * 5)
     await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 5)
     assert ingestion.unknown_heartbeats == 5
     assert await store.services.count_documents({}) == 0
@@ -222,7 +171,7 @@ async def test_poison_messages_are_dead_lettered_and_finished(
     assert letter["topic"] == NSQ.service_topic and letter["size"] == len(body)
     assert bytes(letter["body"]) == body[: len(letter["body"])]
     await async_wait_for(lambda: ingestion.services.counters.dead_lettered == 1)
-    stats = await async_wait_for(lambda: _answered(broker, NSQ.service_topic))
+    stats = await async_wait_for(lambda: answered(broker, NSQ.service_topic))
     assert stats["requeue_count"] == 0 and stats["deferred_count"] == 0, "finished, not requeued"
     assert await store.services.find_one({"_id": "svc-kept"}) == before
     assert await store.services.count_documents({}) == 1
@@ -233,7 +182,7 @@ async def test_a_beat_absorbed_before_a_silence_does_not_count_after_it(
 ) -> None:
     """Absorbed beats join the next write only if they came just before it (damping)."""
     settings = NsqSettings(heartbeat_flush_interval=0.02, heartbeat_resolution=1.0)
-    ingestion = await start_ingestion(store, broker, settings=settings)
+    ingestion = await start_ingestion(store, broker, settings)
     try:
         await register_and_beat(store, broker, ingestion)
         await pub(broker, NSQ.heartbeat_topic, beat(1))  # within 1 s: absorbed
@@ -253,9 +202,9 @@ async def test_a_flood_of_poison_is_all_kept_but_logged_at_a_bounded_rate(
     store: Store, broker: Broker
 ) -> None:
     with structlog.testing.capture_logs() as logs:
-        ingestion = await start_ingestion(store, broker)
+        ingestion = await start_ingestion(store, broker, NSQ)
         try:
-            await mpub(broker, NSQ.service_topic, [b"not json %d" % i for i in range(30)])
+            await mpub_binary(broker, NSQ.service_topic, [b"not json %d" % i for i in range(30)])
             await async_wait_for(lambda: ingestion.services.counters.dead_lettered == 30)
         finally:
             await stop_ingestion(ingestion)
@@ -267,7 +216,7 @@ async def test_a_flood_of_poison_is_all_kept_but_logged_at_a_bounded_rate(
 async def test_dead_letters_expire(store: Store, broker: Broker) -> None:
     """Each carries ``expires_at`` under a TTL index: a poison flood cannot fill MongoDB."""
     settings = NsqSettings(dead_letter_ttl_days=2.5)
-    ingestion = await start_ingestion(store, broker, settings=settings)
+    ingestion = await start_ingestion(store, broker, settings)
     try:
         await pub(broker, NSQ.service_topic, b"{")
         letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
@@ -280,19 +229,15 @@ async def test_dead_letters_expire(store: Store, broker: Broker) -> None:
 
 
 async def test_mongodb_outage_loses_nothing(tmp_path: Path, broker: Broker) -> None:
-    server = NxServer(tmp_path / "mongo")
-    server.start()
-    store = Store(server.uri, "taskdash", server_selection_timeout=0.5)
-    await store.ensure_indexes()
-    ingestion = await start_ingestion(store, broker)
-    try:
-        await mpub(broker, NSQ.service_topic, [service(i) for i in range(20)])
+    async with own_mongodb(tmp_path, broker, NSQ) as own:
+        store, ingestion = own.store, own.ingestion
+        await mpub_binary(broker, NSQ.service_topic, [service(i) for i in range(20)])
         await async_wait_for(lambda: ingestion.services.counters.stored == 20)
-        server.stop()
-        await mpub(broker, NSQ.service_topic, [service(i) for i in range(20, 60)])
-        await mpub(broker, NSQ.heartbeat_topic, [beat(i) for i in range(20)] * 3)
+        own.server.stop()
+        await mpub_binary(broker, NSQ.service_topic, [service(i) for i in range(20, 60)])
+        await mpub_binary(broker, NSQ.heartbeat_topic, [beat(i) for i in range(20)] * 3)
         await async_wait_for(lambda: ingestion.services.counters.requeued > 0, timeout=30)
-        server.start()  # same port, same data directory
+        own.server.start()  # same port, same data directory
 
         async def all_registered() -> bool:
             return await store.services.count_documents({}) == 60
@@ -306,13 +251,9 @@ async def test_mongodb_outage_loses_nothing(tmp_path: Path, broker: Broker) -> N
         await async_wait_for(beats_applied, timeout=60, every=0.2)
         for topic in (NSQ.service_topic, NSQ.heartbeat_topic):
             stats = await channel_stats(broker, topic)
-            await async_wait_for(lambda t=topic: _drained(broker, t), timeout=30)
+            await async_wait_for(lambda t=topic: drained(broker, t), timeout=30)
             assert stats["requeue_count"] > 0 or topic == NSQ.heartbeat_topic
         assert await store.dead_letters.count_documents({}) == 0
-    finally:
-        await stop_ingestion(ingestion)
-        await store.close()
-        server.stop()
 
 
 async def test_after_an_outage_intake_is_not_throttled(
@@ -326,19 +267,14 @@ async def test_after_an_outage_intake_is_not_throttled(
     """
     caplog.set_level(logging.INFO, logger="nsq")
     settings = NsqSettings(requeue_delay=0.5, requeue_delay_max=8.0, max_message_size=4096)
-    server = NxServer(tmp_path / "mongo")
-    server.start()
-    store = Store(server.uri, "taskdash", server_selection_timeout=0.3)
-    await store.ensure_indexes()
-    ingestion = await start_ingestion(store, broker, settings=settings)
-    try:
-        await async_wait_for(lambda: ingestion.services.check()[1]["connections"] == 1)
-        server.stop()
-        await mpub(broker, NSQ.service_topic, [service(i) for i in range(300)])
+    async with own_mongodb(tmp_path, broker, settings) as own:
+        store, ingestion = own.store, own.ingestion
+        own.server.stop()
+        await mpub_binary(broker, NSQ.service_topic, [service(i) for i in range(300)])
         await async_wait_for(lambda: ingestion.services.counters.requeued >= 300, timeout=30)
         await asyncio.sleep(6)  # an outage long enough for the retries to space out
-        server.start()
-        await mpub(broker, NSQ.service_topic, [service(f"new-{i}") for i in range(50)])
+        own.server.start()
+        await mpub_binary(broker, NSQ.service_topic, [service(f"new-{i}") for i in range(50)])
 
         async def registered(query: dict[str, Any], n: int) -> bool:
             try:  # the test's own client may not have seen the server come back yet
@@ -354,48 +290,35 @@ async def test_after_an_outage_intake_is_not_throttled(
         assert not [m for m in backoff if "backing off" in m or "backoff" in m], backoff
         reader = ingestion.services._reader
         assert reader is not None and reader.backoff_timer.get_interval() == 0
-    finally:
-        await stop_ingestion(ingestion)
-        await store.close()
-        server.stop()
 
 
 async def test_absorbed_beats_are_counted_once_when_their_batch_is_retried(
     tmp_path: Path, broker: Broker
 ) -> None:
     """Absorbed beats count only once their batch is durable: a retried batch adds them once."""
-    server = NxServer(tmp_path / "mongo")
-    server.start()
-    store = Store(server.uri, "taskdash", server_selection_timeout=0.3)
-    await store.ensure_indexes()
     # batches of exactly 11 (a long flush interval): the absorbed beats share a batch that fails
     settings = NsqSettings(
         heartbeat_batch_size=11, heartbeat_flush_interval=10.0, heartbeat_resolution=60.0,
         requeue_delay=0.05, requeue_delay_max=0.2,
     )  # fmt: skip
-    ingestion = await start_ingestion(store, broker, settings=settings)
-    try:
-        await mpub(broker, NSQ.service_topic, [service(i) for i in range(11)])
+    async with own_mongodb(tmp_path, broker, settings) as own:
+        ingestion = own.ingestion
+        await mpub_binary(broker, NSQ.service_topic, [service(i) for i in range(11)])
         await async_wait_for(lambda: ingestion.services.counters.stored == 11)
-        await mpub(broker, NSQ.heartbeat_topic, [beat(i) for i in range(10)] + [beat(0)])
+        await mpub_binary(broker, NSQ.heartbeat_topic, [beat(i) for i in range(10)] + [beat(0)])
         await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 11)
-        server.stop()
+        own.server.stop()
         # svc-0's ten beats are absorbed; svc-10's needs a write, which fails: all 11 retried
-        await mpub(broker, NSQ.heartbeat_topic, [beat(0)] * 10 + [beat(10)])
+        await mpub_binary(broker, NSQ.heartbeat_topic, [beat(0)] * 10 + [beat(10)])
         await async_wait_for(lambda: ingestion.heartbeats.counters.requeued >= 22, timeout=30)
         assert ingestion.absorbed_heartbeats == 0, "not counted while their batch is not durable"
-        server.start()
+        own.server.start()
         await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 22, timeout=30)
         assert ingestion.absorbed_heartbeats == 10
-    finally:
-        await stop_ingestion(ingestion)
-    try:
-        totals = {d["_id"]: d["heartbeats_total"] async for d in store.services.find({})}
+        await stop_ingestion(ingestion)  # the stop writes what was absorbed
+        totals = {d["_id"]: d["heartbeats_total"] async for d in own.store.services.find({})}
         assert totals["svc-0"] == 12 and totals["svc-10"] == 1, totals
         assert sum(totals.values()) == 22, "every beat exactly once"
-    finally:
-        await store.close()
-        server.stop()
 
 
 async def test_absorbed_beats_join_the_next_write_in_total_and_in_beats_only_if_recent(
@@ -425,11 +348,11 @@ async def test_a_mass_registration_is_logged_as_a_summary(store: Store, broker: 
     """Above ``[log] summary_threshold`` (20) per batch: one summary line, not one per service."""
     settings = NsqSettings(heartbeat_batch_size=30, heartbeat_flush_interval=10.0)
     with structlog.testing.capture_logs() as logs:
-        ingestion = await start_ingestion(store, broker, settings=settings)
+        ingestion = await start_ingestion(store, broker, settings)
         try:
-            await mpub(broker, NSQ.service_topic, [service(i) for i in range(30)])
+            await mpub_binary(broker, NSQ.service_topic, [service(i) for i in range(30)])
             await async_wait_for(lambda: ingestion.services.counters.stored == 30)
-            await mpub(broker, NSQ.service_topic, [service(i) for i in range(30, 33)])
+            await mpub_binary(broker, NSQ.service_topic, [service(i) for i in range(30, 33)])
             await async_wait_for(lambda: ingestion.services.counters.received == 33)
         finally:
             await stop_ingestion(ingestion)  # writes the last, short batch
@@ -440,26 +363,15 @@ async def test_a_mass_registration_is_logged_as_a_summary(store: Store, broker: 
     assert each == ["svc-30", "svc-31", "svc-32"]
 
 
-async def _answered(broker: Broker, topic: str) -> dict[str, Any] | None:
-    """The channel's stats once nothing is queued or in flight (deferred ones may remain)."""
-    stats = await channel_stats(broker, topic)
-    return stats if stats["depth"] == 0 and stats["in_flight_count"] == 0 else None
-
-
-async def _drained(broker: Broker, topic: str) -> bool:
-    stats = await channel_stats(broker, topic)
-    return stats["depth"] == 0 and stats["in_flight_count"] == 0 and stats["deferred_count"] == 0
-
-
 async def test_two_readers_on_one_channel_apply_each_message_once(
     store: Store, broker: Broker
 ) -> None:
-    first = await start_ingestion(store, broker, "n1")
-    second = await start_ingestion(store, broker, "n2")
+    first = await start_ingestion(store, broker, NSQ, node="n1")
+    second = await start_ingestion(store, broker, NSQ, node="n2")
     try:
         await async_wait_for(lambda: first.services.check()[1]["connections"] == 1)
         await async_wait_for(lambda: second.services.check()[1]["connections"] == 1)
-        await mpub(broker, NSQ.service_topic, [service(i) for i in range(400)])
+        await mpub_binary(broker, NSQ.service_topic, [service(i) for i in range(400)])
         await async_wait_for(
             lambda: first.services.counters.stored + second.services.counters.stored == 400
         )
@@ -478,13 +390,13 @@ async def test_unfinished_messages_survive_a_broker_restart(store: Store, tmp_pa
         host="127.0.0.1", tcp_port=0, http_port=0, lookupd_http_port=None, data_dir=data
     )
     await broker.start()
-    await mpub(broker, NSQ.service_topic, [service(i) for i in range(10)])
+    await mpub_binary(broker, NSQ.service_topic, [service(i) for i in range(10)])
     await broker.stop()
     broker = Broker(
         host="127.0.0.1", tcp_port=0, http_port=0, lookupd_http_port=None, data_dir=data
     )
     await broker.start()
-    ingestion = await start_ingestion(store, broker)
+    ingestion = await start_ingestion(store, broker, NSQ)
     try:
         await async_wait_for(lambda: ingestion.services.counters.stored == 10)
         assert await store.services.count_documents({}) == 10

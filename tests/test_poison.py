@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import nsq
 import pytest
 from ingest_helpers import (
+    CHANNEL,
     answered,
+    broker_fixture,
     channel_stats,
     drained,
     heartbeat_consumer,
+    ingestion_fixture,
     mpub_binary,
-    new_broker,
+    nsq_log_failures,
+    own_mongodb,
     store_dead_letter,
 )
-from support import NxServer, async_wait_for
+from support import async_wait_for
 
 from taskdash.errors import StoreUnavailable
 from taskdash.models import HeartBeat, Model, decode
 from taskdash.nsq.broker import Broker
 from taskdash.nsq.consumer import Consumer, Received
+from taskdash.nsq.reader import ClosableReader
 from taskdash.nsq.readers import Ingestion
 from taskdash.settings import NsqSettings
 from taskdash.store import Store
@@ -42,47 +46,8 @@ NSQ = NsqSettings(
 TOPICS = (NSQ.service_topic, NSQ.heartbeat_topic)
 
 
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    broker = new_broker(tmp_path)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
-
-
-async def start_ingestion(store: Store, broker: Broker, settings: NsqSettings = NSQ) -> Ingestion:
-    ingestion = Ingestion(
-        store,
-        settings,
-        node_id="n1",
-        nsqd_tcp_addresses=[f"127.0.0.1:{broker.tcp_port}"],
-        lookupd_http_addresses=[],
-    )
-    for consumer in ingestion.consumers:
-        await consumer.start()
-    return ingestion
-
-
-async def stop_ingestion(ingestion: Ingestion) -> None:
-    for consumer in reversed(ingestion.consumers):
-        await consumer.stop()
-
-
-@pytest.fixture
-async def ingestion(store: Store, broker: Broker) -> AsyncIterator[Ingestion]:
-    ingestion = await start_ingestion(store, broker)
-    try:
-        yield ingestion
-    finally:
-        await stop_ingestion(ingestion)
-
-
-def nsq_log_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """What pynsq's own catch-all logs when a handler lets an exception out."""
-    texts = [r.getMessage() for r in caplog.records if r.name.startswith("nsq")]
-    return [t for t in texts if "failed to handle_message" in t or "uncaught exception" in t]
+broker = broker_fixture()
+ingestion = ingestion_fixture(NSQ)
 
 
 async def assert_finished_without_requeue(broker: Broker, topic: str) -> None:
@@ -226,62 +191,68 @@ async def test_a_dead_letter_that_cannot_be_written_is_requeued_then_kept(
     tmp_path: Path, broker: Broker
 ) -> None:
     """Store down while poison arrives: requeued (not lost, not finished), kept once it is back."""
-    server = NxServer(tmp_path / "mongo")
-    server.start()
-    store = Store(server.uri, "taskdash", server_selection_timeout=0.3)
-    await store.ensure_indexes()
-    ingestion = await start_ingestion(store, broker)
-    try:
-        await async_wait_for(lambda: ingestion.services.check()[1]["connections"] == 1)
-        server.stop()
+    async with own_mongodb(tmp_path, broker, NSQ) as own:
+        services = own.ingestion.services
+        own.server.stop()
         await mpub_binary(broker, NSQ.service_topic, [b"not json"])
         # a dead letter that cannot be written is retried like any store write: past max_attempts
-        await async_wait_for(
-            lambda: ingestion.services.counters.requeued > NSQ.max_attempts, timeout=30
-        )
+        await async_wait_for(lambda: services.counters.requeued > NSQ.max_attempts, timeout=30)
         stats = await channel_stats(broker, NSQ.service_topic)
         assert stats["requeue_count"] > NSQ.max_attempts
-        assert ingestion.services.counters.dead_lettered == 0
-        server.start()
-        await async_wait_for(lambda: ingestion.services.counters.dead_lettered == 1, timeout=30)
+        assert services.counters.dead_lettered == 0
+        own.server.start()
+        await async_wait_for(lambda: services.counters.dead_lettered == 1, timeout=30)
         stats = await async_wait_for(lambda: drained(broker, NSQ.service_topic), timeout=30)
-        (letter,) = [d async for d in store.dead_letters.find({})]
+        (letter,) = [d async for d in own.store.dead_letters.find({})]
         assert "not valid JSON" in letter["reason"] and letter["attempts"] > NSQ.max_attempts
-    finally:
-        await stop_ingestion(ingestion)
-        await store.close()
-        server.stop()
 
 
 async def test_a_store_outage_is_retried_beyond_max_attempts(
     tmp_path: Path, broker: Broker
 ) -> None:
     """Only store unavailability is retried without limit: good messages are never dead-lettered."""
-    server = NxServer(tmp_path / "mongo")
-    server.start()
-    store = Store(server.uri, "taskdash", server_selection_timeout=0.3)
-    await store.ensure_indexes()
     settings = NsqSettings(
         heartbeat_flush_interval=0.02, requeue_delay=0.05, requeue_delay_max=0.1, max_attempts=1
     )
-    ingestion = await start_ingestion(store, broker, settings)
-    try:
-        await async_wait_for(lambda: ingestion.services.check()[1]["connections"] == 1)
-        server.stop()
+    async with own_mongodb(tmp_path, broker, settings) as own:
+        services = own.ingestion.services
+        own.server.stop()
         await mpub_binary(broker, NSQ.service_topic, [b'{"id":"svc-1"}'])
-        await async_wait_for(lambda: ingestion.services.counters.requeued >= 3, timeout=30)
-        server.start()
-        await async_wait_for(lambda: ingestion.services.counters.stored == 1, timeout=30)
+        await async_wait_for(lambda: services.counters.requeued >= 3, timeout=30)
+        own.server.start()
+        await async_wait_for(lambda: services.counters.stored == 1, timeout=30)
         await async_wait_for(lambda: drained(broker, NSQ.service_topic), timeout=30)
-        assert await store.dead_letters.count_documents({}) == 0
-        assert ingestion.services.counters.dead_lettered == 0
+        assert await own.store.dead_letters.count_documents({}) == 0
+        assert services.counters.dead_lettered == 0
+
+
+async def test_nsq_log_failures_sees_pynsq_catching_a_handler_error(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The helper the tests above expect empty does see pynsq's real catch-all.
+
+    A bare reader whose handler lets an exception out (what ours must never do): pynsq logs
+    it with a traceback and requeues the message.
+    """
+    failed: list[nsq.Message] = []
+
+    def leaky_handler(message: nsq.Message) -> None:
+        failed.append(message)
+        raise RuntimeError("a handler that lets an exception out")
+
+    reader = ClosableReader(
+        topic=NSQ.heartbeat_topic,
+        channel=CHANNEL,
+        message_handler=leaky_handler,
+        nsqd_tcp_addresses=[f"127.0.0.1:{broker.tcp_port}"],
+        max_in_flight=1,
+        max_tries=0,
+    )
+    try:
+        await mpub_binary(broker, NSQ.heartbeat_topic, [b'{"id":"svc-1"}'])
+        failures = await async_wait_for(lambda: nsq_log_failures(caplog))
+        assert failed and "uncaught exception while handling message" in failures[0], failures
+        caught = [r.exc_info[1] for r in caplog.records if r.name.startswith("nsq") and r.exc_info]
+        assert any("lets an exception out" in str(exc) for exc in caught), caught
     finally:
-        await stop_ingestion(ingestion)
-        await store.close()
-        server.stop()
-
-
-def test_handler_logs_are_not_pynsq_tracebacks_for_poison(caplog: pytest.LogCaptureFixture) -> None:
-    """Sanity of the helper above: pynsq's catch-all text is what we look for."""
-    logging.getLogger("nsq.reader").error("[x:y] failed to handle_message() %r", "m")
-    assert nsq_log_failures(caplog) == ["[x:y] failed to handle_message() 'm'"]
+        reader.shut()

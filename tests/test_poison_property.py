@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from ingest_helpers import channel_stats, drained, mpub_binary, new_broker
+from ingest_helpers import (
+    channel_stats,
+    drained,
+    mpub_binary,
+    new_broker,
+    start_ingestion,
+    stop_ingestion,
+)
 from support import async_wait_for
 
 from taskdash.nsq.broker import Broker
@@ -97,15 +104,7 @@ class World:
         await broker.start()
         store = Store(mongo_uri, f"t_{uuid.uuid4().hex[:12]}", server_selection_timeout=5)
         await store.ensure_indexes()
-        ingestion = Ingestion(
-            store,
-            NSQ,
-            node_id="prop",
-            nsqd_tcp_addresses=[f"127.0.0.1:{broker.tcp_port}"],
-            lookupd_http_addresses=[],
-        )
-        for consumer in ingestion.consumers:
-            await consumer.start()
+        ingestion = await start_ingestion(store, broker, NSQ, node="prop")
         world = cls(broker, store, ingestion)
         for consumer in ingestion.consumers:
             await async_wait_for(lambda c=consumer: c.check()[1]["connections"] == 1)
@@ -114,8 +113,7 @@ class World:
         return world
 
     async def stop(self) -> None:
-        for consumer in reversed(self.ingestion.consumers):
-            await consumer.stop()
+        await stop_ingestion(self.ingestion)
         await self.broker.stop()
         await self.store.client.drop_database(self.store.db.name)
         await self.store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import urllib.parse
@@ -111,7 +112,23 @@ async def test_errors_have_one_shape(api: Api, nx: NxServer) -> None:
         await store.close()
 
 
-async def test_a_freeze_the_monitor_has_not_seen_is_a_bounded_503(api: Api, nx: NxServer) -> None:
+def server_selections(caplog: pytest.LogCaptureFixture) -> int:
+    """How many operations the driver was asked for so far, from pymongo's own DEBUG log.
+
+    Each operation starts with a server selection (logged on ``pymongo.serverSelection``);
+    against a frozen server it can fail before any command is sent, so a CommandListener
+    would not see it.
+    """
+    return sum(
+        r.name == "pymongo.serverSelection" and "Server selection started" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_a_freeze_the_monitor_has_not_seen_is_a_bounded_503(
+    api: Api, nx: NxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pymongo.serverSelection")
     store = Store(nx.uri, f"t_{uuid.uuid4().hex[:8]}", server_selection_timeout=60)
     monitor = StoreMonitor(store, interval=60, retry_initial=60, retry_max=60, timeout=0.5)
     try:
@@ -120,13 +137,18 @@ async def test_a_freeze_the_monitor_has_not_seen_is_a_bounded_503(api: Api, nx: 
         assert nx.proc is not None
         os.kill(nx.proc.pid, signal.SIGSTOP)
         # the request's own deadline (0.5 s), not the driver's 60 s, ends it
+        before = server_selections(caplog)
         status, body = await api.call("/api/services")
         assert (status, body["error"]) == (503, "store_unavailable"), body
         assert "timed out" not in body["message"], "driver text stays in the logs"
+        assert server_selections(caplog) > before, "this one went to MongoDB"
         assert monitor.probe_requested, "the monitor was told to probe now"
         assert not await monitor.probe()
+        # now the monitor knows: the gate answers, without asking the driver for anything
+        before = server_selections(caplog)
         status, body = await api.call("/api/services")
         assert (status, body["message"]) == (503, STORE_DOWN)
+        assert server_selections(caplog) == before, "answered by the gate, not by a timeout"
     finally:
         os.kill(nx.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
         await store.close()

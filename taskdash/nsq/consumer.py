@@ -227,13 +227,15 @@ class Consumer(Generic[M]):
             try:
                 self._handler_failed(message, exc)
             except Exception:  # the last resort: unanswered, nsqd redelivers it after its timeout
+                # no longer ours: held in flight, it would show the reader stalled once idle
+                self.progress.let_go(message)
                 self.log.exception("message_left_to_broker_timeout")
 
     def _take(self, message: nsq.Message) -> None:
         """Decide now for messages that can never succeed, else queue for the next batch."""
         message.enable_async()
         self.counters.received += 1
-        self.progress.received()
+        self.progress.received(message)
         body: bytes = message.body
         if len(body) > self.max_message_size:
             reason = f"message is {len(body)} bytes, over the limit of {self.max_message_size}"
@@ -371,7 +373,7 @@ class Consumer(Generic[M]):
             message.requeue(time_ms=self._delay_ms(message), backoff=False)
         else:
             message.finish()
-        self.progress.settled()
+        self.progress.settled(message)
 
     def _requeue(self, messages: list[nsq.Message]) -> None:
         for message in messages:

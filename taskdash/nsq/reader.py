@@ -15,28 +15,45 @@ import nsq
 
 
 class Progress:
-    """Messages in flight and when one was last settled: tells a stalled reader from an idle one."""
+    """Messages in flight and when one was last settled: tells a stalled reader from an idle one.
+
+    Each delivery is tracked by identity (pynsq builds one Message object per delivery), not
+    merely counted: a message we give up on (left to nsqd's timeout) can be let go without
+    knowing whether some later path still answers it, and neither leaks nor counts twice.
+    """
 
     def __init__(self) -> None:
-        self.in_flight = 0
+        self._in_flight: dict[int, object] = {}  # id() -> the message, kept so ids stay unique
         self.since = time.monotonic()  # last settle, or when messages started being in flight
         self.last_settled_at: datetime | None = None
 
-    def received(self) -> None:
-        """One more message handed to us and not yet answered."""
-        if self.in_flight == 0:
-            self.since = time.monotonic()
-        self.in_flight += 1
+    @property
+    def in_flight(self) -> int:
+        """Messages handed to us and neither answered nor let go."""
+        return len(self._in_flight)
 
-    def settled(self) -> None:
+    def received(self, message: object) -> None:
+        """One more message handed to us and not yet answered."""
+        if not self._in_flight:
+            self.since = time.monotonic()
+        self._in_flight[id(message)] = message
+
+    def settled(self, message: object) -> None:
         """One message answered (FIN or REQ): the reader makes progress."""
-        self.in_flight = max(self.in_flight - 1, 0)
+        self._in_flight.pop(id(message), None)
         self.since = time.monotonic()
         self.last_settled_at = datetime.now(UTC)
 
+    def let_go(self, message: object) -> None:
+        """A message we will not answer (nsqd redelivers it after its timeout): not ours now.
+
+        Not progress either: the stall clock of the others still in flight keeps running.
+        """
+        self._in_flight.pop(id(message), None)
+
     def stalled_for(self, now: float) -> float:
         """Seconds with messages in flight and none settled (0 when nothing is in flight)."""
-        return now - self.since if self.in_flight else 0.0
+        return now - self.since if self._in_flight else 0.0
 
 
 class ClosableReader(nsq.Reader):  # type: ignore[misc]
