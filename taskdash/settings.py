@@ -213,8 +213,9 @@ class NsqSettings(_Section):
     heartbeat_flush_interval: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.25
     heartbeat_resolution: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
     dead_letter_ttl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 30.0
-    # an unexpected error applying a message is retried this many times, then dead-lettered
-    # (a store outage is retried without limit)
+    # an unexpected error applying a message (a bug, a write the store refuses) dead-letters it
+    # once nsqd has delivered it this many times (max_attempts - 1 retries; deliveries requeued
+    # during an outage count); only an unavailable store is retried without limit
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 5
     # a reader with messages in flight that settles none, or without a connection, this long
     # is not ready

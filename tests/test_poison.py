@@ -24,7 +24,7 @@ from ingest_helpers import (
 )
 from support import async_wait_for
 
-from taskdash.errors import StoreUnavailable
+from taskdash.errors import StoreError, StoreUnavailable
 from taskdash.models import HeartBeat, Model, decode
 from taskdash.nsq.broker import Broker
 from taskdash.nsq.consumer import Consumer, Received
@@ -133,7 +133,7 @@ async def test_an_apply_that_keeps_failing_on_one_message_dead_letters_only_that
 
 
 async def test_store_unavailability_is_retried_without_limit(store: Store, broker: Broker) -> None:
-    """A StoreError is an outage, not poison: retried past ``max_attempts``, never dead-lettered."""
+    """An outage is not poison: retried past ``max_attempts``, never dead-lettered."""
     failures: list[int] = []
 
     async def apply(batch: list[Received[HeartBeat]]) -> None:
@@ -150,6 +150,32 @@ async def test_store_unavailability_is_retried_without_limit(store: Store, broke
         stats = await async_wait_for(lambda: drained(broker, NSQ.heartbeat_topic))
         assert stats["requeue_count"] == 3 and consumer.counters.dead_lettered == 0
         assert await store.dead_letters.count_documents({}) == 0
+    finally:
+        await consumer.stop()
+
+
+async def test_a_write_the_store_always_refuses_is_bounded_like_a_bug(
+    store: Store, broker: Broker
+) -> None:
+    """Only unavailability is retried without limit: a refused write (a StoreError that is not
+    an outage) is isolated from its batch and dead-lettered after ``max_attempts``."""
+    applied: list[str] = []
+
+    async def apply(batch: list[Received[HeartBeat]]) -> None:
+        if any(r.item.id == "refused" for r in batch):
+            raise StoreError("record_heartbeats: document failed validation")
+        applied.extend(r.item.id for r in batch)
+
+    consumer = heartbeat_consumer(broker, apply, store_dead_letter(store), max_attempts=2)
+    await consumer.start()
+    try:
+        bodies = [json.dumps({"id": f"g{i}"}).encode() for i in range(4)]
+        bodies.insert(2, b'{"id":"refused"}')
+        await mpub_binary(broker, NSQ.heartbeat_topic, bodies)
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+        assert "document failed validation" in letter["reason"] and letter["attempts"] == 2
+        await async_wait_for(lambda: drained(broker, NSQ.heartbeat_topic))
+        assert sorted(applied) == ["g0", "g1", "g2", "g3"], "the good ones, each once"
     finally:
         await consumer.stop()
 

@@ -3,11 +3,12 @@
 Every message gets exactly one answer (:meth:`Consumer._answer`), decided by these rules:
 
 * stored durably                          -> FIN
-* the store failed (StoreError)           -> REQ with exponential backoff, without limit
+* the store is unavailable                -> REQ with exponential backoff, without limit
+  (StoreUnavailable: down, unreachable, timed out)
 * can never succeed: too big, or decoding -> dead letter + FIN (whatever the decoder raised:
   raised anything                            invalid UTF-8, deep nesting, wrong types...)
-* anything else went wrong (a bug: in     -> REQ with backoff; dead letter + FIN once nsqd has
-  ``apply`` or in our own handler)           delivered it ``max_attempts`` times
+* anything else went wrong (a bug, or a   -> REQ with backoff; dead letter + FIN once nsqd has
+  write the store refuses)                   delivered it ``max_attempts`` times
 
 No exception ever leaves our handler for pynsq's: its catch-all requeues with reader-wide
 backoff and a traceback, forever, so one poison message would block its topic. A batch whose
@@ -32,7 +33,7 @@ import nsq
 import structlog
 
 from taskdash.background import Background
-from taskdash.errors import StoreError, ValidationError
+from taskdash.errors import StoreError, StoreUnavailable, ValidationError
 from taskdash.logs import RateLimitedLog
 from taskdash.models import Model, decode
 from taskdash.nsq.reader import ClosableReader, Progress
@@ -323,7 +324,7 @@ class Consumer(Generic[M]):
         error = await self._apply(batch)
         if error is None:
             self._stored(batch)
-        elif isinstance(error, StoreError):
+        elif isinstance(error, StoreUnavailable):
             self._store_failed(error, len(batch))
             self._requeue([r.message for r in batch])
         elif len(batch) == 1:
@@ -346,7 +347,7 @@ class Consumer(Generic[M]):
             error = await self._apply([received])
             if error is None:
                 self._stored([received])
-            elif isinstance(error, StoreError):
+            elif isinstance(error, StoreUnavailable):
                 rest = batch[index:]
                 self._store_failed(error, len(rest))
                 self._requeue([r.message for r in rest])
