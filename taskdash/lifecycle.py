@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -26,13 +26,18 @@ from taskdash.settings import NsqSettings
 log = structlog.get_logger("taskdash.daemon")
 
 Stopper = Callable[[], Awaitable[None]]
+#: a synchronous step that keeps data (the broker's save): no awaits, safe from any thread
+Rescue = Callable[[], object]
 
-#: after the budget: at most this long for all the emergency steps (the broker's save)...
+#: after the budget, once the rescue steps (the broker's save, no awaits) have run: at most
+#: this long for all the emergency steps that await (closing the web server, reaping)...
 ABORT_STEP = 0.4
 #: ...and this long for the cancelled tasks to end before the process exits regardless
 CANCEL_WAIT = 0.2
-#: the watchdog ends the process this long after the budget, whatever the loop is doing
-HARD_EXIT_AFTER = 0.9
+#: the watchdog ends the process this long after the budget, whatever the loop is doing; it
+#: leaves the loop's path (rescue + ABORT_STEP + CANCEL_WAIT) 0.2 s, and the rest of the
+#: second to its own rescue and exit
+HARD_EXIT_AFTER = 0.8
 
 
 class ListenError(TaskDashError):
@@ -94,23 +99,37 @@ def on_reload_signal(log_file: ReopenableFileHandler | None) -> None:
 
 @dataclass
 class Component:
-    """A started part: how to stop it, and what to do if the budget runs out (``abort``)."""
+    """A started part: how to stop it, and what to do if the budget runs out.
+
+    ``rescue`` runs first once the budget is spent (and from the watchdog if the loop never
+    gets there): synchronous, so no deadline can cancel it half-way. ``abort`` follows, within
+    :data:`ABORT_STEP`.
+    """
 
     name: str
     stop: Stopper
     abort: Stopper | None = None
+    rescue: Rescue | None = None
 
 
 class HardExit:
     """The last guarantee that a stop request ends the process: a timer thread.
 
     Runs only if the event loop could not finish in time (a library swallowing cancellation,
-    a blocking call): kills the children, writes one line, flushes the logs, ``os._exit(1)``.
+    a blocking call): kills the children, runs the rescue steps (the broker's save, which is
+    thread-safe), writes one line, flushes the logs, ``os._exit(1)``. ``rescue`` is read when
+    the timer fires, so a list that grows as parts start can be passed.
     """
 
-    def __init__(self, seconds: float, kill_children: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        kill_children: Callable[[], None],
+        rescue: Iterable[Rescue] = (),
+    ) -> None:
         self.seconds = seconds
         self.kill_children = kill_children
+        self.rescue = rescue
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
 
@@ -124,10 +143,22 @@ class HardExit:
 
     def _fire(self) -> None:
         try:
-            self.kill_children()
+            self.kill_children()  # signals only: first, so no child outlives us
+            run_rescue(list(self.rescue))
             log.error("shutdown_forced", after=self.seconds)
             for handler in logging.getLogger().handlers:
                 handler.flush()
             faulthandler.dump_traceback(all_threads=True)  # where it hung, on stderr
         finally:
             os._exit(1)
+
+
+def run_rescue(steps: Iterable[Rescue]) -> None:
+    """Run every rescue step; one failing must not keep the others from saving."""
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            log.error(
+                "rescue_failed", step=getattr(step, "__qualname__", repr(step)), error=str(exc)
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from broker_helpers import RawClient, channel_stats, stats
 
-from taskdash.nsq.broker import Broker
+from taskdash.nsq.broker import Broker, persist
 from taskdash.nsq.broker.persist import FILENAME
 
 Connect = Callable[..., Awaitable[RawClient]]
@@ -152,3 +153,53 @@ async def test_memory_only_broker_and_restart_rules(tmp_path: Path) -> None:
         await broker.start()
     await broker.stop()
     assert file_names(tmp_path) == []
+
+
+async def unfinished_three(broker: Broker, clients: list[RawClient]) -> None:
+    """One message in flight to a connected consumer, two queued behind it."""
+    consumer, producer = await connect(broker, clients), await connect(broker, clients)
+    await consumer.subscribe("kept", "ch", rdy=1)
+    for body in (b"one", b"two", b"three"):
+        await producer.pub("kept", body)
+    assert (await consumer.message()).body == b"one"  # in flight, the client still connected
+
+
+def saved_bodies(data_dir: Path) -> list[bytes]:
+    """The message bodies in the saved file, sorted."""
+    return sorted(m.body for m in persist.load(data_dir).messages)
+
+
+@pytest.mark.parametrize("turns", range(8))
+async def test_a_stop_cut_short_at_any_point_still_saves_everything(
+    tmp_path: Path, turns: int
+) -> None:
+    # the shutdown budget can run out at any await of a stop: the emergency save (no awaits,
+    # whatever the phase) still writes every unfinished message
+    data_dir = tmp_path / f"nsq-{turns}"
+    broker = Broker(tcp_port=0, http_port=0, lookupd_http_port=None, data_dir=data_dir)
+    await broker.start()
+    clients: list[RawClient] = []
+    await unfinished_three(broker, clients)
+    stopping = asyncio.create_task(broker.stop())
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    stopping.cancel()
+    assert broker.save_now() == 3
+    assert saved_bodies(data_dir) == [b"one", b"three", b"two"]
+    assert broker.save_now() is None, "saved once: a later call changes nothing"
+    await asyncio.gather(stopping, return_exceptions=True)
+    for client in clients:
+        await client.close()
+    await broker.stop()
+    assert saved_bodies(data_dir) == [b"one", b"three", b"two"]
+
+
+async def test_after_the_emergency_save_nothing_more_is_accepted(data_dir: Path) -> None:
+    # a message accepted after the save would be answered OK and then lost with the process
+    async with running(data_dir) as (broker, clients):
+        await unfinished_three(broker, clients)
+        late = await connect(broker, clients)
+        assert broker.save_now() == 3
+        await late.command("PUB kept", b"late")
+        assert await late.closed(), "the emergency save closes every connection"
+    assert saved_bodies(data_dir) == [b"one", b"three", b"two"]

@@ -7,7 +7,7 @@ import heapq
 import itertools
 import random
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
@@ -170,12 +170,26 @@ class Channel:
         """Queued messages only (not in flight, not deferred), as nsqd's stats count them."""
         return len(self.queue)
 
-    def unfinished(self) -> Iterator[tuple[Message, float | None]]:
-        """Every message not FINished, with seconds left of deferral (None = deliverable now)."""
-        now = asyncio.get_running_loop().time()
-        yield from ((msg, None) for msg in self.queue)
-        yield from ((msg, None) for msg in self.in_flight.values())
-        yield from ((msg, max(0.0, msg.due - now)) for msg in self.deferred.values())
+    def unfinished(self, now: float) -> list[tuple[Message, float | None]]:
+        """Every message not FINished, with seconds left of deferral (None = deliverable now).
+
+        ``now`` is the loop's clock, passed in so the watchdog thread can call this too. Each
+        container is copied in one C-level step (atomic under the GIL), in the order messages
+        move while the broker is frozen (in flight -> deferred -> queue): a message moving
+        during the copy is seen twice (at worst delivered again), never missed.
+        """
+        in_flight = list(self.in_flight.values())
+        deferred = list(self.deferred.values())
+        queue = list(self.queue)
+        return [
+            *((msg, None) for msg in queue),
+            *((msg, None) for msg in in_flight),
+            *((msg, max(0.0, msg.due - now)) for msg in deferred),
+        ]
+
+    def freeze(self) -> None:
+        """No more deliveries or timer re-arming; a flag only, so safe from any thread."""
+        self.closed = True
 
     def close(self) -> None:
         """Stop timers and delivery; messages stay readable for persistence."""

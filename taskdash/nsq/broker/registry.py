@@ -81,21 +81,37 @@ class Registry:
         for topic in self.topics.values():
             topic.close()
 
-    def snapshot(self) -> Snapshot:
-        """Durable topics/channels and their unfinished messages (ephemeral ones die, as nsqd)."""
+    def freeze(self) -> None:
+        """Refuse intake and stop deliveries with flags only: safe from any thread."""
+        self.closing = True
+        for topic in list(self.topics.values()):
+            for channel in list(topic.channels.values()):
+                channel.freeze()
+
+    def snapshot(self, now: float, passes: int = 1) -> Snapshot:
+        """Durable topics/channels and their unfinished messages (ephemeral ones die, as nsqd).
+
+        ``now`` is the loop's clock (deferrals are kept as wall-clock due times). From another
+        thread (the watchdog, while the loop may still run) take two passes: their union holds
+        any message that moved between containers during the first.
+        """
         # Deferred messages keep their due time; nsqd would make them deliverable at restart.
         wall_ns = time.time_ns()
         snap = Snapshot()
-        for topic in self.topics.values():
-            if topic.ephemeral:
-                continue
-            durable = [name for name, ch in topic.channels.items() if not ch.ephemeral]
-            snap.topics[topic.name] = durable
-            for msg in topic.backlog:
-                snap.messages.append(_stored(topic.name, None, msg, None, wall_ns))
-            for name in durable:
-                for msg, due_in in topic.channels[name].unfinished():
-                    snap.messages.append(_stored(topic.name, name, msg, due_in, wall_ns))
+        seen: set[tuple[str, str | None, bytes]] = set()
+        for _ in range(passes):
+            for topic in list(self.topics.values()):
+                if topic.ephemeral:
+                    continue
+                durable = [ch for ch in list(topic.channels.values()) if not ch.ephemeral]
+                snap.topics.setdefault(topic.name, [ch.name for ch in durable])
+                found = [(None, msg, None) for msg in list(topic.backlog)]
+                for ch in durable:
+                    found += [(ch.name, msg, due) for msg, due in ch.unfinished(now)]
+                for channel, msg, due_in in found:
+                    if (topic.name, channel, msg.id) not in seen:
+                        seen.add((topic.name, channel, msg.id))
+                        snap.messages.append(_stored(topic.name, channel, msg, due_in, wall_ns))
         return snap
 
     def restore(self, snap: Snapshot) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +22,9 @@ from taskdash.nsq.broker.registry import Registry
 from taskdash.nsq.broker.tcp import TcpServer
 
 log = structlog.get_logger("taskdash.nsq.broker")
+
+#: how long an emergency save waits for one already being written (by the other thread)
+SAVE_LOCK_WAIT = 0.15
 
 
 class _Phase(enum.Enum):
@@ -70,6 +75,10 @@ class Broker:
         self._phase = _Phase.NEW
         self._tcp = TcpServer(self.registry)
         self._http_servers: list[tornado.httpserver.HTTPServer] = []
+        # the save can come from the loop (stop, emergency step) or the watchdog thread
+        self._save_lock = threading.Lock()
+        self._can_save = False  # from a successful start until the first save
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
@@ -81,12 +90,14 @@ class Broker:
         if self._phase is not _Phase.NEW:
             raise RuntimeError("a Broker starts once; build a new one to restart")
         self._phase = _Phase.RUNNING
+        self._loop = asyncio.get_running_loop()
         try:
             self._load()
             await self._listen()
         except BaseException:
             await self._shutdown(persist_state=False)
             raise
+        self._can_save = self.data_dir is not None
         log.info(
             "broker_started",
             host=self.host,
@@ -102,6 +113,55 @@ class Broker:
             return
         await self._shutdown(persist_state=True)
         log.info("broker_stopped", tcp_port=self.tcp_port)
+
+    def save_now(self, lock_wait: float = SAVE_LOCK_WAIT) -> int | None:
+        """Freeze the broker and save its unfinished messages at once; the emergency step.
+
+        No awaits, whatever the phase (even a stop cut short half-way), so a spent shutdown
+        budget cannot cancel it. Freezing first matters: a message accepted after the save
+        would be answered OK and lost with the process. Returns the count saved, or None if
+        there was nothing to do (memory only, never started, already saved).
+
+        Thread-safe, for the watchdog thread while the loop is stuck: the lock keeps the
+        loop's save and the watchdog's from writing one file at once, and the second finds
+        the work done. Off the loop only flags are set (no asyncio calls) and the snapshot
+        takes two passes (see :meth:`Registry.snapshot`).
+        """
+        if not self._save_lock.acquire(timeout=lock_wait):
+            log.error("messages_not_persisted", why="another save did not finish in time")
+            return None
+        try:
+            if not self._can_save or self.data_dir is None or self._loop is None:
+                return None
+            on_loop = self._on_loop()
+            if on_loop:
+                self._freeze_on_loop()
+            else:
+                self.registry.freeze()
+            snap = self.registry.snapshot(self._loop.time(), passes=1 if on_loop else 2)
+            path = persist.save(self.data_dir, snap)
+            self._can_save = False
+            log.info("messages_persisted", count=len(snap.messages), path=str(path))
+            return len(snap.messages)
+        finally:
+            self._save_lock.release()
+
+    def _on_loop(self) -> bool:
+        """True on the broker's own event loop thread."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _freeze_on_loop(self) -> None:
+        """Intake refused, timers off, listeners closed, clients dropped; nothing awaited.
+
+        The phase stays: a later :meth:`stop` still waits for the connections to end.
+        """
+        self.registry.close()
+        for server in self._http_servers:
+            server.stop()
+        self._tcp.close_now()
 
     def _load(self) -> None:
         """Messages left by the last clean stop come back (attempts preserved)."""
@@ -149,7 +209,5 @@ class Broker:
                 await server.close_all_connections()
         self._http_servers.clear()
         self.registry.close()
-        if persist_state and self.data_dir is not None:
-            snap = self.registry.snapshot()
-            path = persist.save(self.data_dir, snap)
-            log.info("messages_persisted", count=len(snap.messages), path=str(path))
+        if persist_state:
+            self.save_now()

@@ -203,12 +203,16 @@ class TcpServer:
             self._tasks.discard(task)
             self._connections.pop(conn.client.id, None)
 
-    async def stop(self, grace: float = 2.0) -> None:
-        """Stop listening, close every client, wait a bounded time, cancel stragglers."""
+    def close_now(self) -> None:
+        """Stop listening and close every client, without waiting (loop thread only)."""
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections.values()):
             conn.client.close()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop listening, close every client, wait a bounded time, cancel stragglers."""
+        self.close_now()
         tasks = set(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
