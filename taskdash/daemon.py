@@ -2,10 +2,12 @@
 
 The HTTP server starts first, so ``/healthz`` answers from the first second (``/readyz`` says
 503 until everything started). A signal handler only sets an event; shutdown then stops
-intake and the parts in reverse order within ``[daemon] shutdown_timeout``. After the budget
-the embedded broker saves its unfinished messages, child processes are killed, the rest is
-cancelled and the process exits; a watchdog thread ends the process a moment later whatever
-the event loop is doing, so SIGTERM always ends TaskDash within the budget plus a second.
+intake and the parts in reverse order within ``[daemon] shutdown_timeout``, counted from the
+stop signal. After the budget the embedded broker saves its unfinished messages first (a
+synchronous step no deadline can cut short), child processes are killed, the rest is
+cancelled and the process exits; a watchdog thread, armed at the signal on the same deadline,
+ends the process a moment later whatever the event loop is doing (saving the broker itself if
+the loop never got to it), so SIGTERM always ends TaskDash within the budget plus a second.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import structlog
@@ -29,10 +32,12 @@ from taskdash.lifecycle import (
     HARD_EXIT_AFTER,
     Component,
     HardExit,
+    Rescue,
     Stopper,
     bind_setting,
     broker_bind_error,
     on_reload_signal,
+    run_rescue,
 )
 from taskdash.logs import ReopenableFileHandler
 from taskdash.nsq.publisher import StatusPublisher
@@ -79,15 +84,26 @@ class Daemon:
         self._components: list[Component] = []
         self._stopping_now: Component | None = None
         self._children: list[EmbeddedMongo] = []
+        self._rescues: list[Rescue] = []  # kept after the stop: the watchdog reads it
         self._watchdog: HardExit | None = None
+        self._deadline: float | None = None  # loop clock: the end of the shutdown budget
+        self._deadline_wall = 0.0  # the same moment as a timestamp, for the logs
         self.store: Store | None = None
         self.monitor: StoreMonitor | None = None
         self.broker: Any = None
         self.checker: Checker | None = None
         self.web_port: int | None = None
 
-    def _started(self, name: str, stop: Stopper, abort: Stopper | None = None) -> None:
-        self._components.append(Component(name, stop, abort))
+    def _started(
+        self,
+        name: str,
+        stop: Stopper,
+        abort: Stopper | None = None,
+        rescue: Rescue | None = None,
+    ) -> None:
+        self._components.append(Component(name, stop, abort, rescue))
+        if rescue is not None:
+            self._rescues.append(rescue)
         log.info("component_started", component=name)
 
     async def _start_embedded_mongodb(self) -> EmbeddedMongo:
@@ -183,8 +199,9 @@ class Daemon:
             await broker.start()
         except OSError as exc:
             raise broker_bind_error(exc, cfg) from None
-        # after the budget the broker still saves what is unfinished: nothing queued is lost
-        self._started("embedded_nsqd", broker.stop, broker.stop)
+        # after the budget (or from the watchdog) the broker still saves what is unfinished,
+        # synchronously: a stop cut short half-way cannot keep it from saving
+        self._started("embedded_nsqd", broker.stop, rescue=broker.save_now)
         self.broker = broker
         host = cfg.embedded_host
         http = f"http://{host}:{broker.http_port}"
@@ -255,16 +272,16 @@ class Daemon:
         self._started("tcp", server.stop)
 
     async def start(self) -> None:
-        """Start every part (web first, intake last); on failure, stop what already started."""
-        try:
-            await self._start_web()
-            self.store = await self._start_store()
-            await self._start_ingestion(self.store)
-            await self._start_fetcher(self.store)
-            await self._start_tcp(self.store)
-        except Exception:
-            await self._bounded_stop()
-            raise
+        """Start every part (web first, intake last); on failure the caller stops what started.
+
+        Never the bounded stop here: once the budget is spent it cancels every task but its
+        own, and inside the start task that would cancel :meth:`run`.
+        """
+        await self._start_web()
+        self.store = await self._start_store()
+        await self._start_ingestion(self.store)
+        await self._start_fetcher(self.store)
+        await self._start_tcp(self.store)
 
     async def stop(self) -> None:
         """Stop the parts in reverse order, each at most once. Idempotent."""
@@ -279,24 +296,58 @@ class Daemon:
             finally:
                 self._stopping_now = None
 
-    async def _bounded_stop(self) -> None:
-        """:meth:`stop` within the budget; after it, abort what is left (see module doc)."""
+    def _begin_stop(self) -> float:
+        """The one deadline (loop clock) for the budget and the watchdog, from the first request.
+
+        Taken at the stop signal (or when a failed start begins its stop), so nothing done
+        before the bounded stop runs (a start being cancelled) can push the emergency steps
+        past the watchdog.
+        """
+        if self._deadline is not None:
+            return self._deadline
         budget = self.settings.daemon.shutdown_timeout
+        self._deadline = asyncio.get_running_loop().time() + budget
+        self._deadline_wall = round(time.time() + budget, 6)
+        if self.hard_exit:
+            self._watchdog = HardExit(
+                budget + HARD_EXIT_AFTER, self._kill_children, rescue=self._rescues
+            )
+            self._watchdog.start()
+        log.info(
+            "shutdown_deadline",
+            deadline=self._deadline_wall,
+            budget=budget,
+            watchdog_after=HARD_EXIT_AFTER if self.hard_exit else None,
+        )
+        return self._deadline
+
+    def _remaining(self) -> float:
+        """Seconds left of the budget (0 once spent); starts the budget if not started."""
+        return max(self._begin_stop() - asyncio.get_running_loop().time(), 0.0)
+
+    async def _bounded_stop(self, exit_code: int = 0) -> None:
+        """:meth:`stop` within the budget; after it, rescue, abort, cancel (see module doc)."""
         stopping = asyncio.create_task(self.stop(), name="daemon_stop")
-        done, _ = await asyncio.wait({stopping}, timeout=budget)
+        done, _ = await asyncio.wait({stopping}, timeout=self._remaining())
         if stopping in done:
             return
         left = [c for c in (self._stopping_now, *reversed(self._components)) if c is not None]
         self._components.clear()  # the stop task ends with the component it is in
-        log.error("shutdown_timed_out", timeout=budget, left=[c.name for c in left])
+        log.error(
+            "shutdown_timed_out",
+            timeout=self.settings.daemon.shutdown_timeout,
+            deadline=self._deadline_wall,
+            left=[c.name for c in left],
+        )
         stopping.cancel()
+        run_rescue(self._rescues)  # synchronous: nothing can cancel the broker's save
         deadline = asyncio.get_running_loop().time() + ABORT_STEP
         for component in left:
             await self._abort(component, deadline)
         self._kill_children()
-        await self._cancel_the_rest()
+        await self._cancel_the_rest(exit_code)
 
-    async def _cancel_the_rest(self) -> None:
+    async def _cancel_the_rest(self, exit_code: int) -> None:
         """Cancel every other task; exit at once if some will not end (they were given up)."""
         me = asyncio.current_task()
         rest = [t for t in asyncio.all_tasks() if t is not me]
@@ -313,10 +364,10 @@ class Daemon:
             tasks=sorted({t.get_name() for t in stuck})[:10],
         )
         if self.hard_exit:
-            log.info("daemon_stopped", forced=True)
+            log.info("daemon_stopped", forced=True, exit_code=exit_code)
             for handler in logging.getLogger().handlers:
                 handler.flush()
-            os._exit(0)
+            os._exit(exit_code)
 
     async def _abort(self, component: Component, deadline: float) -> None:
         """The component's emergency step, if any; all of them share one short deadline."""
@@ -350,11 +401,8 @@ class Daemon:
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         log.info("stop_requested", signal=sig.name)
-        if self.hard_exit and self._watchdog is None:
-            # from the signal on, whatever happens (even during the start): budget + 1 s
-            budget = self.settings.daemon.shutdown_timeout
-            self._watchdog = HardExit(budget + HARD_EXIT_AFTER, self._kill_children)
-            self._watchdog.start()
+        # from the signal on, whatever happens (even during the start): budget + 1 s
+        self._begin_stop()
         self.stop_requested.set()
 
     async def _run_start(self) -> bool:
@@ -365,7 +413,8 @@ class Daemon:
         stop.cancel()
         if not starting.done():
             starting.cancel()  # what started is stopped by the shutdown that follows
-            await asyncio.wait({starting}, timeout=CANCEL_WAIT)
+            # within the budget, which runs from the signal
+            await asyncio.wait({starting}, timeout=min(CANCEL_WAIT, self._remaining()))
             return False
         exc = starting.exception()
         if isinstance(exc, TaskDashError | OSError):
@@ -376,16 +425,25 @@ class Daemon:
         return True
 
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the process exit code."""
+        """Run until SIGTERM/SIGINT; returns the process exit code.
+
+        Every stop, a failed start's included, is bounded here in this task: the emergency
+        path cancels all other tasks, and this one must live to return the exit code.
+        """
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
-        started = await self._run_start()
+        try:
+            started = await self._run_start()
+        except Exception:
+            await self._bounded_stop(exit_code=1)  # a bug: stop what started, then show it
+            raise
         if started:
             self.health.set_phase("running")
             self.notifier.ready()
             log.info("daemon_ready", node_id=self.node_id, web_port=self.web_port)
             await self.stop_requested.wait()
         elif not self.stop_requested.is_set():
+            await self._bounded_stop(exit_code=1)  # start_failed is logged: stop what started
             return 1
         self.health.set_phase("stopping")
         self.notifier.stopping()
