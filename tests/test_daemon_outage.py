@@ -17,6 +17,8 @@ from support import (
     wait_for,
 )
 
+from taskdash.nsq.broker import persist
+
 
 def test_frozen_store_turns_not_ready_then_shutdown_kills_it_within_budget(
     tmp_path: Path,
@@ -74,6 +76,10 @@ def check_frozen_store(tmp_path: Path, env: dict[str, str]) -> None:
     assert "embedded_mongodb_killed" in names
     persisted = [e for e in events if e["event"] == "messages_persisted"]
     assert persisted and persisted[0]["count"] >= 1, "the broker saved what was unfinished"
+    # every heartbeat the frozen store never took is in the saved file, none lost
+    saved = persist.load(Path(data_dir) / "nsq").messages
+    kept = {m.body for m in saved if (m.topic, m.channel) == ("taskdash.heartbeat", "taskdash")}
+    assert kept == set(beats.split(b"\n")), len(kept)
     assert names[-1] == "daemon_stopped"
     assert not pid_alive(child), "the frozen nx-27017 was killed, not orphaned"
     assert not pids_with_arg(data_dir), "no child survives"

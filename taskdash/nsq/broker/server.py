@@ -128,7 +128,7 @@ class Broker:
         takes two passes (see :meth:`Registry.snapshot`).
         """
         if not self._save_lock.acquire(timeout=lock_wait):
-            log.error("messages_not_persisted", why="another save did not finish in time")
+            log.error("messages_save_skipped", why=f"another save still running after {lock_wait}s")
             return None
         try:
             if not self._can_save or self.data_dir is None or self._loop is None:
