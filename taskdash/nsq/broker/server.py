@@ -23,8 +23,9 @@ from taskdash.nsq.broker.tcp import TcpServer
 
 log = structlog.get_logger("taskdash.nsq.broker")
 
-#: how long an emergency save waits for one already being written (by the other thread)
-SAVE_LOCK_WAIT = 0.15
+#: how long an emergency save waits for one being written by the other thread (the loop's,
+#: from the watchdog): longer than any normal save, since giving up loses what it holds
+SAVE_LOCK_WAIT = 2.0
 
 
 class _Phase(enum.Enum):
