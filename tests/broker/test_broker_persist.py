@@ -214,3 +214,31 @@ async def test_after_the_emergency_save_nothing_more_is_accepted(data_dir: Path)
         await late.command("PUB kept", b"late")
         assert await late.closed(), "the emergency save closes every connection"
     assert saved_bodies(data_dir) == [b"one", b"three", b"two"]
+
+
+async def test_a_save_from_another_thread_while_the_loop_runs_keeps_every_message(
+    data_dir: Path,
+) -> None:
+    # the watchdog's case when the loop is slow rather than stuck: a consumer keeps
+    # requeueing (messages move between queue, in flight and deferred) while another thread
+    # saves; every message is in the file, none missing
+    async with running(data_dir) as (broker, clients):
+        producer, consumer = await connect(broker, clients), await connect(broker, clients)
+        bodies = [f"m-{i}".encode() for i in range(200)]
+        for body in bodies:
+            await producer.pub("busy", body)  # before the SUB: waiting in the topic
+        await consumer.subscribe("busy", "ch", rdy=50)
+
+        async def churn() -> None:
+            while True:
+                msg = await consumer.message()
+                delay = 0 if msg.attempts % 2 else 1  # back to the queue, or deferred
+                await consumer.command(f"REQ {msg.id.decode()} {delay}")
+
+        churning = asyncio.create_task(churn())
+        await consumer.message()  # the churn is under way (one message stays in flight)
+        saved = await asyncio.to_thread(broker.save_now)
+        churning.cancel()
+        await asyncio.gather(churning, return_exceptions=True)
+        assert saved == len(bodies)
+    assert saved_bodies(data_dir) == sorted(bodies)
