@@ -73,6 +73,7 @@ def test_a_failed_start_whose_stop_runs_out_of_budget_exits_1(tmp_path: Path) ->
     assert failed["error"].startswith(f"nsq.embedded_http_port 127.0.0.1:{port} already in use")
     # the bounded stop ran after the start task ended, under a watchdog, to its end
     assert names.index("start_failed") < names.index("shutdown_deadline")
+    assert one(events, "shutdown_deadline")["watchdog_after"] == HARD_EXIT_AFTER, "armed"
     assert "shutdown_timed_out" in names
     assert "CancelledError" not in daemon.logs()
     assert not pids_with_arg(env["TASKDASH_DAEMON__DATA_DIR"]), "nothing left running"
