@@ -46,18 +46,17 @@ class PeriodicService(Daemon):
         return self.settings.periodic.node_id or self.node_id
 
     async def start(self) -> None:
-        """Store, then gRPC and HTTP on the same rules, then (with NSQ) the announcer."""
-        try:
-            store = await self._start_store()
-            self.store = store
-            cfg = self.settings.periodic
-            leasing = Leasing(PeriodicStore(store), cfg, node_id=self.node_name)
-            await self._start_grpc(leasing, cfg)
-            await self._start_http(leasing, cfg)
-            await self._start_announcer(cfg)
-        except BaseException:
-            await self.stop()
-            raise
+        """Store, then gRPC and HTTP on the same rules, then (with NSQ) the announcer.
+
+        On failure :meth:`Daemon.run` stops what started, within the shutdown budget.
+        """
+        store = await self._start_store()
+        self.store = store
+        cfg = self.settings.periodic
+        leasing = Leasing(PeriodicStore(store), cfg, node_id=self.node_name)
+        await self._start_grpc(leasing, cfg)
+        await self._start_http(leasing, cfg)
+        await self._start_announcer(cfg)
         log.info("periodic_ready", node_id=self.node_name, grpc_port=self.grpc_port)
 
     async def _start_grpc(self, leasing: Leasing, cfg: PeriodicSettings) -> None:
