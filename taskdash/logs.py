@@ -16,6 +16,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, TextIO
 
 import structlog
+import structlog.tracebacks
 
 from taskdash.settings import LogSettings
 
@@ -95,7 +96,12 @@ def configure(
     renderer: Any
     if use_json(fmt, stream):
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
-        exc = [structlog.processors.dict_tracebacks]
+        # never the frames' local variables: they may hold a request with its secret
+        exc = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        ]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
         exc = []

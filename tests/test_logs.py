@@ -127,3 +127,22 @@ def test_log_each_or_summary_switches_to_one_line_above_the_threshold() -> None:
             "examples": ["s0", "s1"],
         }
     ]
+
+
+def test_tracebacks_never_carry_local_variables() -> None:
+    """A traceback's locals may hold a request with its secret: they are never written."""
+    out = io.StringIO()
+    logs.configure(LogSettings(), "json", out)
+
+    def handler(secret_value: str) -> None:
+        raise ValueError("boom")
+
+    secret = "-".join(["hunter2", "top", "secret"])  # in a local only, never in the source
+    for logger in (logging.getLogger("grpc.aio"), structlog.get_logger("taskdash.x")):
+        try:
+            handler(secret)
+        except ValueError:
+            logger.exception("failed")
+    text = out.getvalue()
+    assert len(lines(out)) == 2 and text.count("boom") >= 2, "both tracebacks are there"
+    assert secret not in text
