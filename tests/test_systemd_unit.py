@@ -1,4 +1,4 @@
-"""The shipped systemd unit is valid for the systemd on this machine."""
+"""The shipped systemd units are valid for the systemd on this machine."""
 
 from __future__ import annotations
 
@@ -6,16 +6,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from support import VENV_BIN
 
-UNIT = Path(__file__).resolve().parent.parent / "config" / "taskdash.service"
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+UNIT = CONFIG / "taskdash.service"
+PERIODIC_UNIT = CONFIG / "taskdash-periodic.service"
 
 
-def test_unit_verifies_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("path", "command"), [(UNIT, "run"), (PERIODIC_UNIT, "periodic")])
+def test_unit_verifies_cleanly(tmp_path: Path, path: Path, command: str) -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is required (.ci/run installs the systemd package)"
-    text = UNIT.read_text().replace("/opt/taskdash/.venv/bin/taskdash", str(VENV_BIN / "taskdash"))
-    unit = tmp_path / "taskdash.service"
+    text = path.read_text().replace("/opt/taskdash/.venv/bin/taskdash", str(VENV_BIN / "taskdash"))
+    assert f" {command} --config " in text and "\nType=notify\n" in text
+    unit = tmp_path / path.name
     unit.write_text(text)
     result = subprocess.run(
         [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
