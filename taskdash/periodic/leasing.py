@@ -22,7 +22,13 @@ import structlog
 
 from taskdash.periodic.auth import hash_secret, matches, new_secret
 from taskdash.periodic.cache import RecentlySeen
-from taskdash.periodic.checks import check_name, check_task_data, check_task_id, check_task_type
+from taskdash.periodic.checks import (
+    INT64_MAX,
+    check_name,
+    check_task_data,
+    check_task_id,
+    check_task_type,
+)
 from taskdash.periodic.errors import Kind, PeriodicError
 from taskdash.periodic.views import iso, lease_item, task_view
 from taskdash.settings import PeriodicSettings
@@ -241,6 +247,7 @@ class Leasing:
         """
         check_task_id(task_id)
         ref = await self._queue(who, queue)
+        self._require_storable(ref, task_id)
         now, max_attempts = self.clock(), self.settings.max_attempts
         if success:
             outcomes = [(DONE, {"state": DONE, "due": None}, None)]
@@ -264,6 +271,7 @@ class Leasing:
             )
         check_task_id(task_id)
         ref = await self._queue(who, queue)
+        self._require_storable(ref, task_id)
         now = self.clock()
         until = now + int(seconds * 1000)
         changes = {"lease_until": until, "due": until}
@@ -318,6 +326,7 @@ class Leasing:
             )
         limit = self._limit(limit)
         ref = await self._queue(who, queue)
+        after = min(after, INT64_MAX)  # no id is larger (and the store takes no larger int)
         docs = await self.store.list_tasks(ref.inc, state=state, after=after, limit=limit)
         now = self.clock()
         return [task_view(doc, now) for doc in docs]
@@ -326,6 +335,7 @@ class Leasing:
         """One task of the queue, as the listing shows it."""
         check_task_id(task_id)
         ref = await self._queue(who, queue)
+        self._require_storable(ref, task_id)
         doc = await self.store.get_task(task_id)
         if not self._in_queue(doc, ref):
             raise self._not_found(ref, task_id)
@@ -336,6 +346,7 @@ class Leasing:
         """Delete one task, whatever its state."""
         check_task_id(task_id)
         ref = await self._queue(who, queue)
+        self._require_storable(ref, task_id)
         if not await self.store.delete_task(ref.inc, task_id):
             raise self._not_found(ref, task_id)
 
@@ -344,6 +355,8 @@ class Leasing:
         if task_id is not None:
             check_task_id(task_id)
         ref = await self._queue(who, queue)
+        if task_id is not None:
+            self._require_storable(ref, task_id)
         count = await self.store.redrive(ref.inc, self.clock(), task_id)
         if task_id is not None and not count:
             doc = await self.store.get_task(task_id)
@@ -386,6 +399,13 @@ class Leasing:
     def _in_queue(doc: dict[str, Any] | None, ref: QueueRef) -> bool:
         """Whether ``doc`` is a task of this incarnation of the queue (not just its names)."""
         return doc is not None and doc.get("queue_inc") == ref.inc
+
+    @classmethod
+    def _require_storable(cls, ref: QueueRef, task_id: int) -> None:
+        """A valid uint64 above int64 names no task: NOT_FOUND, without asking the store
+        (BSON holds int64 only; encoding such an id raises OverflowError)."""
+        if task_id > INT64_MAX:
+            raise cls._not_found(ref, task_id)
 
     @staticmethod
     def _not_found(ref: QueueRef, task_id: int) -> PeriodicError:
