@@ -30,7 +30,7 @@ from taskdash.periodic.checks import (
     check_task_type,
 )
 from taskdash.periodic.errors import Kind, PeriodicError
-from taskdash.periodic.views import iso, lease_item, task_view
+from taskdash.periodic.views import iso, item_size, lease_item, task_view
 from taskdash.settings import PeriodicSettings
 from taskdash.store.periodic import DEAD, DONE, FAILED, LEASED, PENDING, STATES, PeriodicStore
 from taskdash.store.times import to_ms, utcnow
@@ -186,6 +186,7 @@ class Leasing:
                 "queue_inc": ref.inc,
                 "task_type": task_type,
                 "task_data": task_data,
+                "size": item_size(task_type, task_data),
                 "state": PENDING,
                 "attempts": 0,
                 "created_at": now,
@@ -207,22 +208,43 @@ class Leasing:
                 "not share which queues they started)",
             )
         won: list[dict[str, Any]] = []
+        budget = self.settings.max_reply_size - 2  # the array's brackets
         for _ in range(MAX_ROUNDS):
             wanted = limit - len(won)
-            round_won, exhausted = await self._claim_round(ref, wanted)
+            left = budget - sum(self._size(doc) for doc in won)
+            round_won, exhausted, full = await self._claim_round(ref, wanted, left, not won)
             won.extend(round_won)
-            if exhausted or len(won) >= limit:
+            if exhausted or full or len(won) >= limit:
                 break
         won.sort(key=lambda doc: (doc["created_at"], doc["_id"]))
         return [lease_item(doc) for doc in won]
 
-    async def _claim_round(self, ref: QueueRef, wanted: int) -> tuple[list[dict[str, Any]], bool]:
-        """One read-claim-read pass; (tasks won, whether the queue had no more candidates)."""
+    async def _claim_round(
+        self, ref: QueueRef, wanted: int, left: int, first: bool
+    ) -> tuple[list[dict[str, Any]], bool, bool]:
+        """One read-claim-read pass: (tasks won, whether the queue had no more candidates,
+        whether the reply is full).
+
+        Only candidates that fit in ``left`` bytes of reply are claimed, so a client never
+        gets a reply over its limit with every task in it leased (and one attempt spent).
+        When nothing is won yet (``first``), the first candidate is claimed whatever its
+        size, so a task larger than the budget still goes out, alone.
+        """
         now = self.clock()
         candidates = await self.store.candidates(ref.inc, now, wanted)
         max_attempts = self.settings.max_attempts
         spent = [c["_id"] for c in candidates if c["attempts"] >= max_attempts]
-        live = [c["_id"] for c in candidates if c["attempts"] < max_attempts]
+        live: list[int] = []
+        full = False
+        for c in candidates:
+            if c["attempts"] >= max_attempts:
+                continue
+            size = self._size(c)
+            if size > left and not (first and not live):
+                full = True
+                break
+            live.append(c["_id"])
+            left -= size
         if spent:
             buried = await self.store.bury(spent, now=now, max_attempts=max_attempts)
             if buried:
@@ -237,7 +259,7 @@ class Leasing:
                 live, now=now, until=until, token=token, max_attempts=max_attempts
             )
             won = await self.store.leased_to(token)
-        return won, len(candidates) < wanted
+        return won, len(candidates) < wanted, full
 
     async def complete(self, who: Caller, queue: str, task_id: int, success: bool) -> str:
         """CompleteTask: done on success; failed (handed out again) or dead on failure.
@@ -384,6 +406,10 @@ class Leasing:
                 f"{self.settings.max_limit} ([periodic] max_limit), got {limit}",
             )
         return limit
+
+    def _size(self, doc: dict[str, Any]) -> int:
+        """A task's bytes in a reply (tasks stored before sizes were: the largest possible)."""
+        return int(doc.get("size") or self.settings.max_task_data_size + 2048)
 
     async def _next_id(self) -> int:
         """The next id of this node's reserved block (a new block when it runs out)."""
