@@ -92,6 +92,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("queue_inc", ASCENDING), ("state", ASCENDING)], name="queue_state"),
         IndexModel([("service_inc", ASCENDING)], name="service_inc"),
         IndexModel([("lease", ASCENDING)], name="lease"),
+        # /metadata's per-state sample: without it every fetch scans the whole collection
+        IndexModel([("state", ASCENDING)], name="by_state"),
     ],
 }
 

@@ -56,6 +56,12 @@ def new_incarnation() -> str:
     return secrets.token_hex(12)
 
 
+def sample_filter(state: str) -> Doc:
+    """The metadata listing's query: equality on ``state`` alone, answered by the
+    ``by_state`` index (``$eq``: a bare value would scan on nx-27017, see :func:`eq`)."""
+    return {"state": eq(state)}
+
+
 def _in_queue(queue_inc: str) -> Doc:
     return {"queue_inc": eq(queue_inc)}
 
@@ -308,7 +314,7 @@ class PeriodicStore:
     async def sample(self, state: str, limit: int) -> list[Doc]:
         """Up to ``limit`` tasks in ``state`` (for the metadata listing), without their data."""
         async with translated("periodic_sample"):
-            cursor = self.tasks.find({"state": eq(state)}, {"task_data": 0}).limit(limit)
+            cursor = self.tasks.find(sample_filter(state), {"task_data": 0}).limit(limit)
             return [doc async for doc in cursor]
 
 
