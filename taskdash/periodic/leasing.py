@@ -180,6 +180,7 @@ class Leasing:
         await self.store.insert_task(
             {
                 "_id": task_id,
+                "seq": task_id,  # the id again: listing pages are index ranges on it
                 "service": who.service,
                 "queue": queue,
                 "service_inc": ref.service_inc,

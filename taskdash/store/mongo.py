@@ -89,7 +89,12 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "periodic_tasks": [
         IndexModel([("queue_inc", ASCENDING), ("due", ASCENDING)], name="queue_due"),
-        IndexModel([("queue_inc", ASCENDING), ("state", ASCENDING)], name="queue_state"),
+        # listing pages by id (seq, a copy of _id: see store/periodic.py list_filter)
+        IndexModel([("queue_inc", ASCENDING), ("seq", ASCENDING)], name="queue_seq"),
+        IndexModel(
+            [("queue_inc", ASCENDING), ("state", ASCENDING), ("seq", ASCENDING)],
+            name="queue_state_seq",
+        ),
         IndexModel([("service_inc", ASCENDING)], name="service_inc"),
         IndexModel([("lease", ASCENDING)], name="lease"),
         # /metadata's per-state sample: without it every fetch scans the whole collection

@@ -5,8 +5,9 @@ Only queries live here; the rules (who may do what, when a task is dead) are in
 
 A task document::
 
-    {_id: <uint64 id>, service, queue, service_inc, queue_inc, task_type,
-     task_data: <JSON text>, size: <bytes it adds to a lease reply>, state, attempts,
+    {_id: <uint64 id>, seq: <the id again, for listing>, service, queue, service_inc,
+     queue_inc, task_type, task_data: <JSON text>, size: <bytes it adds to a lease reply>,
+     state, attempts,
      created_at, updated_at, due: <ms it may be handed out from; absent when done or dead>,
      lease: <token of the last lease>, lease_until: <ms>}
 
@@ -60,6 +61,20 @@ def sample_filter(state: str) -> Doc:
     """The metadata listing's query: equality on ``state`` alone, answered by the
     ``by_state`` index (``$eq``: a bare value would scan on nx-27017, see :func:`eq`)."""
     return {"state": eq(state)}
+
+
+def list_filter(queue_inc: str, state: str | None, after: int) -> tuple[Doc, str]:
+    """The task listing's query and sort field: ``seq``, a copy of the id.
+
+    Not ``_id``: nx-27017 answers an ``_id`` range by scanning the collection (1.4-2.8 s a
+    page at 100,000 tasks) and refuses ``_id`` in a compound index; ``seq`` in the indexes
+    ``(queue_inc, seq)`` and ``(queue_inc, state, seq)`` makes every page an index range.
+    """
+    query: Doc = {**_in_queue(queue_inc)}
+    if state:
+        query["state"] = eq(state)
+    query["seq"] = {"$gt": after}
+    return query, "seq"
 
 
 def _in_queue(queue_inc: str) -> Doc:
@@ -298,11 +313,9 @@ class PeriodicStore:
         self, queue_inc: str, *, state: str | None, after: int, limit: int
     ) -> list[Doc]:
         """A page of the queue's tasks by id, optionally in one state."""
-        query: Doc = {**_in_queue(queue_inc), "_id": {"$gt": after}}
-        if state:
-            query["state"] = eq(state)
+        query, order = list_filter(queue_inc, state, after)
         async with translated("periodic_list_tasks"):
-            cursor = self.tasks.find(query).sort("_id", 1).limit(limit)
+            cursor = self.tasks.find(query).sort(order, 1).limit(limit)
             return [doc async for doc in cursor]
 
     async def delete_tasks(self, ids: list[int]) -> int:
