@@ -28,9 +28,13 @@ class RecentlySeen:
         self._seen: dict[Any, tuple[int, str]] = {}
 
     def get(self, key: Any) -> str | None:
-        """The value confirmed for ``key`` lately, or None."""
+        """The value confirmed for ``key`` lately, or None.
+
+        An entry ending more than ``ttl_ms`` from now was added before the clock (wall time)
+        went back: it is not trusted, or it would be for as long as the clock jumped.
+        """
         seen = self._seen.get(key)
-        if seen is None or seen[0] <= self.clock():
+        if seen is None or not 0 < seen[0] - self.clock() <= self.ttl_ms:
             return None
         return seen[1]
 

@@ -84,8 +84,10 @@ async def metadata(leasing: Leasing, base: str, limit: int) -> list[dict[str, st
             break
         docs += await store.sample(state, limit - len(docs))
     live = await store.live_queues(sorted({d.get("queue_inc", "") for d in docs}))
-    orphans = [d["_id"] for d in docs if d.get("queue_inc") not in live]
-    if orphans:  # their queue incarnation is gone for good: nobody can ever reach them
+    # a task stamped with a queue incarnation that is gone can never be reached again (ids
+    # are random, never reused); one without a stamp predates incarnations: left alone
+    orphans = [d["_id"] for d in docs if d.get("queue_inc") and d["queue_inc"] not in live]
+    if orphans:
         await store.delete_tasks(orphans)
     now = leasing.clock()
     return [record(doc, base, now) for doc in docs if doc.get("queue_inc") in live]

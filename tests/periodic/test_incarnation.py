@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 from conftest import Clock, NodeFactory, Registered, refused, register
 
+from taskdash.periodic.cache import RecentlySeen
 from taskdash.periodic.metadata import metadata
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 
@@ -58,3 +59,28 @@ async def test_a_recreated_queue_never_gets_the_old_queues_tasks(make_node: Node
     await a.stub.CreatePeriodicTaskQueue(pb.CreatePeriodicTaskQueueRequest(**who.q()))
     await a.stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**who.q()))
     assert await who.lease(0) == []
+
+
+def test_the_cache_trusts_no_longer_than_its_ttl_when_the_clock_goes_back() -> None:
+    """The service's clock is wall time: set back an hour, an entry must not live an hour."""
+    now = [1_000_000]
+    seen = RecentlySeen(1000, lambda: now[0])
+    seen.add("key", "inc")
+    assert seen.get("key") == "inc"
+    now[0] -= 3_600_000
+    assert seen.get("key") is None
+    now[0] += 3_600_000 + 1000
+    assert seen.get("key") is None
+
+
+async def test_metadata_removes_orphans_but_leaves_unstamped_tasks(make_node: NodeFactory) -> None:
+    """Only a task stamped with a queue incarnation that is gone is provably unreachable."""
+    node = await make_node()
+    store = node.leasing.store
+    base = {"service": "s", "queue": "q", "task_type": "", "task_data": "{}", "attempts": 0}
+    base |= {"state": "pending", "created_at": 0, "updated_at": 0, "due": 0}
+    await store.tasks.insert_many(
+        [{"_id": 1, **base}, {"_id": 2, **base, "queue_inc": "gone", "service_inc": "gone"}]
+    )
+    assert await metadata(node.leasing, "http://x", 10) == []
+    assert [doc["_id"] async for doc in store.tasks.find({})] == [1]
