@@ -180,10 +180,14 @@ def fill(mongo_uri: str, service: str, queue: str, count: int) -> None:
             {"_id": "periodic_task_id"}, {"$inc": {"value": count}}, upsert=True, new=True
         )["value"]
         now = int(time.time() * 1000)
+        # tasks are found by their queue's incarnation (see taskdash/store/periodic.py)
+        owner = db.periodic_queues.find_one({"service": service, "queue": queue})
         docs = [
-            {"_id": last - count + 1 + i, "service": service, "queue": queue, "task_type": "",
-             "task_data": "{}", "state": "pending", "attempts": 0, "created_at": now,
-             "updated_at": now, "due": now}
+            {"_id": last - count + 1 + i, "seq": last - count + 1 + i,
+             "service": service, "queue": queue,
+             "service_inc": owner["service_inc"], "queue_inc": owner["incarnation"],
+             "task_type": "", "task_data": "{}", "size": 130, "state": "pending",
+             "attempts": 0, "created_at": now, "updated_at": now, "due": now}
             for i in range(count)
         ]  # fmt: skip
         for k in range(0, count, 5000):

@@ -338,6 +338,11 @@ class PeriodicSettings(_Section):
     service_id: Annotated[str, msgspec.Meta(pattern=r"^\S{1,128}$")] = "taskdash-periodic"
     announce_interval: Seconds = 5.0
     metadata_limit: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 1000
+    # bytes of task_list in one lease reply: gRPC clients refuse replies over 4 MiB by default,
+    # and a refused reply would still have leased its tasks; 64 KiB is left for the framing
+    max_reply_size: Annotated[int, msgspec.Meta(ge=4096, le=1024 * 1024 * 1024)] = (
+        4 * 1024 * 1024 - 64 * 1024
+    )
 
     def __post_init__(self) -> None:
         self._require_host("grpc_host")
@@ -350,6 +355,10 @@ class PeriodicSettings(_Section):
             raise ValueError(f"advertise_url must be an {HTTP_URL} URL")
         if self.max_task_data_size > self.max_body_size:
             raise ValueError("max_task_data_size must be at most max_body_size")
+        if self.max_task_data_size + 2048 > self.max_reply_size:
+            raise ValueError(
+                "max_reply_size must hold one task of max_task_data_size (plus 2048 bytes)"
+            )
 
 
 class Settings(_Section):

@@ -38,6 +38,7 @@ HTTP_STATUS = {
 }
 
 _TYPES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
+MAX_DIGITS = 20  # UINT64_MAX has 20 digits; int() of thousands of digits raises ValueError
 
 
 def _bad(message: str) -> PeriodicError:
@@ -100,12 +101,22 @@ class Handler(tornado.web.RequestHandler):
     # --- inputs ------------------------------------------------------------------------
 
     def body(self) -> dict[str, Any]:
-        """The JSON object sent (an empty body is an empty object)."""
+        """The JSON object sent (an empty body is an empty object).
+
+        Any failure to decode it is the client's: a RecursionError (deep nesting) is a 400
+        like a syntax error. NaN and Infinity are not JSON, here as in ``task_data``.
+        """
         if not self.request.body.strip():
             return {}
+
+        def refuse_constant(name: str) -> None:
+            raise ValueError(f"{name} is not JSON")
+
         try:
-            value = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            value = json.loads(self.request.body, parse_constant=refuse_constant)
+        except RecursionError:
+            raise _bad("the body is nested too deeply to be decoded") from None
+        except Exception as exc:  # any decoding failure is the input's, never ours
             raise _bad(f"the body is not valid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise _bad("the body must be a JSON object")
@@ -125,13 +136,23 @@ class Handler(tornado.web.RequestHandler):
             raise _bad(f"{name} must be {_TYPES[kind]}")
         return value
 
-    def query_int(self, name: str, default: int) -> int:
+    def query_int(self, name: str, default: int, *, saturate: bool = False) -> int:
+        """A non-negative integer query argument in ASCII digits (``"²".isdigit()`` is true).
+
+        More than 20 digits is over any uint64: with ``saturate`` (a cursor such as
+        ``after``) it means "after everything", 2**64; otherwise it is refused.
+        """
         raw = self.get_query_argument(name, None)
         if raw is None:
             return default
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise _bad(f"{name} must be a non-negative integer, got {raw[:40]!r}")
-        return int(raw)
+        digits = raw.lstrip("0") or "0"
+        if len(digits) > MAX_DIGITS:
+            if saturate:
+                return 2**64
+            raise _bad(f"{name} is too large, got {raw[:40]!r}...")
+        return int(digits)
 
     def caller(self, service: str) -> Caller:
         """The service in the path, with the secret of its ``Authorization: Bearer`` header."""
@@ -145,9 +166,12 @@ class Handler(tornado.web.RequestHandler):
 
 
 def task_id_arg(raw: str) -> int:
-    if not raw.isdigit():
-        raise _bad(f"task_id must be a positive integer, got {raw[:40]!r}")
-    return int(raw)
+    """The task id in a path: ASCII digits only, at most 20 of them (the range is checked
+    with the other fields: above uint64 is refused, above int64 is not found)."""
+    digits = raw.lstrip("0") or "0"
+    if not (raw.isascii() and raw.isdigit()) or len(digits) > MAX_DIGITS:
+        raise _bad(f"task_id must be a positive integer (uint64), got {raw[:40]!r}")
+    return int(digits)
 
 
 class ServicesHandler(Handler):
@@ -231,13 +255,16 @@ class TasksHandler(Handler):
         task_type = self.field(body, "task_type", str, "")
         if "task_data" not in body:
             raise _bad("task_data is required (any JSON value)")
-        data = json.dumps(body["task_data"], ensure_ascii=False, separators=(",", ":"))
+        try:
+            data = json.dumps(body["task_data"], ensure_ascii=False, separators=(",", ":"))
+        except RecursionError:  # decoded within the limit, but encoding nests deeper
+            raise _bad("task_data is nested too deeply to be decoded") from None
         task_id = await self.leasing.create_task(self.caller(service), queue, task_type, data)
         self.reply({"success": True, "task_id": task_id}, 201)
 
     async def get(self, service: str, queue: str) -> None:
         state = self.get_query_argument("state", None)
-        after = self.query_int("after", 0)
+        after = self.query_int("after", 0, saturate=True)
         limit = self.query_int("limit", 0)
         tasks = await self.leasing.list_tasks(
             self.caller(service), queue, state=state, after=after, limit=limit
@@ -269,7 +296,13 @@ class TaskActionHandler(Handler):
             self.reply({"success": True, "state": state})
         else:
             seconds = self.field(body, "seconds", float, self.settings_.visibility_timeout)
-            until = await self.leasing.extend(who, queue, task_id, float(seconds))
+            try:
+                as_float = float(seconds)
+            except OverflowError:  # an integer too large for a float (10**400)
+                raise _bad(
+                    f"seconds must be > 0 and <= 43200, got {str(seconds)[:40]}..."
+                ) from None
+            until = await self.leasing.extend(who, queue, task_id, as_float)
             self.reply({"success": True, "lease_until": until})
 
 

@@ -7,13 +7,16 @@ task state  ``status``    meaning
 ==========  ============  ==============================================
 pending     ``pending``   created, never handed out
 leased      ``running``   a worker holds it (lease not yet ended)
+leased      ``restart``   its lease expired: it will be handed out again
 failed      ``restart``   its worker reported failure; it will run again
 done        ``finish``    completed successfully
 dead        ``shutdown``  failed or expired ``max_attempts`` times
 ==========  ============  ==============================================
 
 Every node lists the same shared store under one TaskDash service id, so the records are
-the same whichever node the fetcher asks.
+the same whichever node the fetcher asks. Tasks whose queue no longer exists (inserted by a
+node that still trusted a queue or service deleted a moment before) are never listed: they
+can never be handed out, and the listing removes them.
 """
 
 from __future__ import annotations
@@ -46,7 +49,14 @@ def task_url(base: str, service: str, queue: str, task_id: int) -> str:
     )
 
 
-def record(doc: dict[str, Any], base: str) -> dict[str, str]:
+def status(doc: dict[str, Any], now: int) -> str:
+    """The TaskMetaData status: a lease that has ended is not running any more."""
+    if doc["state"] == LEASED and doc["lease_until"] <= now:
+        return "restart"
+    return STATUS[doc["state"]]
+
+
+def record(doc: dict[str, Any], base: str, now: int) -> dict[str, str]:
     """One task as ``TaskMetaData {id, name, url, description, status, reserved}``."""
     extra = {
         "service_name": doc["service"],
@@ -60,16 +70,24 @@ def record(doc: dict[str, Any], base: str) -> dict[str, str]:
         "name": doc["task_type"] or f"task {doc['_id']}",
         "url": task_url(base, doc["service"], doc["queue"], doc["_id"]),
         "description": f"{doc['service']} / {doc['queue']}",
-        "status": STATUS[doc["state"]],
+        "status": status(doc, now),
         "reserved": json.dumps(extra, ensure_ascii=False, separators=(",", ":")),
     }
 
 
 async def metadata(leasing: Leasing, base: str, limit: int) -> list[dict[str, str]]:
-    """Up to ``limit`` tasks, the ones in progress first."""
+    """Up to ``limit`` tasks of existing queues, the ones in progress first."""
+    store = leasing.store
     docs: list[dict[str, Any]] = []
     for state in ORDER:
         if len(docs) >= limit:
             break
-        docs += await leasing.store.sample(state, limit - len(docs))
-    return [record(doc, base) for doc in docs]
+        docs += await store.sample(state, limit - len(docs))
+    live = await store.live_queues(sorted({d.get("queue_inc", "") for d in docs}))
+    # a task stamped with a queue incarnation that is gone can never be reached again (ids
+    # are random, never reused); one without a stamp predates incarnations: left alone
+    orphans = [d["_id"] for d in docs if d.get("queue_inc") and d["queue_inc"] not in live]
+    if orphans:
+        await store.delete_tasks(orphans)
+    now = leasing.clock()
+    return [record(doc, base, now) for doc in docs if doc.get("queue_inc") in live]

@@ -15,6 +15,14 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+ITEM_OVERHEAD = 128  # bytes of a task_list item besides task_type and task_data (115 at most)
+
+
+def item_size(task_type: str, task_data: str) -> int:
+    """Bytes the task adds to a ``task_list`` at most (stored at creation as ``size``)."""
+    return len(task_data.encode()) + len(msgspec.json.encode(task_type)) + ITEM_OVERHEAD
+
+
 def lease_item(doc: dict[str, Any]) -> dict[str, Any]:
     """One element of ``task_list``; ``task_data`` is embedded as the JSON it holds."""
     return {

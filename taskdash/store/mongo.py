@@ -80,17 +80,25 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("claim", ASCENDING)], name="claim"),
     ],
     "nodes": [IndexModel([("seen_at", ASCENDING)], name="seen_at")],
-    # the periodic task service (taskdash/store/periodic.py); nx-27017 refuses _id in a
-    # compound index, so ties in the lease order are broken by the sort, not the index
-    "periodic_queues": [IndexModel([("service", ASCENDING)], name="service")],
+    # the periodic task service (taskdash/store/periodic.py): tasks are found by their
+    # queue's incarnation (queue_inc), never by names; nx-27017 refuses _id in a compound
+    # index, so ties in the lease order come in index order
+    "periodic_queues": [
+        IndexModel([("service", ASCENDING)], name="service"),
+        IndexModel([("incarnation", ASCENDING)], name="incarnation"),
+    ],
     "periodic_tasks": [
+        IndexModel([("queue_inc", ASCENDING), ("due", ASCENDING)], name="queue_due"),
+        # listing pages by id (seq, a copy of _id: see store/periodic.py list_filter)
+        IndexModel([("queue_inc", ASCENDING), ("seq", ASCENDING)], name="queue_seq"),
         IndexModel(
-            [("service", ASCENDING), ("queue", ASCENDING), ("due", ASCENDING)], name="claimable"
+            [("queue_inc", ASCENDING), ("state", ASCENDING), ("seq", ASCENDING)],
+            name="queue_state_seq",
         ),
-        IndexModel(
-            [("service", ASCENDING), ("queue", ASCENDING), ("state", ASCENDING)], name="state"
-        ),
+        IndexModel([("service_inc", ASCENDING)], name="service_inc"),
         IndexModel([("lease", ASCENDING)], name="lease"),
+        # /metadata's per-state sample: without it every fetch scans the whole collection
+        IndexModel([("state", ASCENDING)], name="by_state"),
     ],
 }
 

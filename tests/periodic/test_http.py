@@ -3,82 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import tornado.httpclient
-import tornado.httpserver
-import tornado.netutil
-from conftest import Clock, Node, NodeFactory, register
+from conftest import Clock, register
 
-from taskdash.health import Health
 from taskdash.models import TaskMetaData, convert
-from taskdash.periodic.http import make_app
 
 ADMIN = "admin-token-0123456789"
-
-
-@dataclass
-class Api:
-    """A real HTTP client against one node's HTTP server."""
-
-    base: str
-    node: Node
-    client: tornado.httpclient.AsyncHTTPClient
-
-    async def call(
-        self, method: str, path: str, body: Any = None, token: str | None = None, raw: bytes = b""
-    ) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        data = raw or (json.dumps(body).encode() if body is not None else None)
-        if data is None and method == "POST":
-            data = b""
-        resp = await self.client.fetch(
-            self.base + path,
-            method=method,
-            body=data,
-            headers=headers,
-            raise_error=False,
-            allow_nonstandard_methods=True,
-        )
-        return resp.code, json.loads(resp.body) if resp.body else None
-
-    async def setup(self, service: str = "svc", queue: str = "q1") -> str:
-        """Register, create and start a queue; returns the secret."""
-        _, reg = await self.call("POST", "/v1/services", {"service_name": service})
-        secret = reg["secret"]
-        await self.call("POST", f"/v1/services/{service}/queues", {"queue_name": queue}, secret)
-        await self.call("POST", f"/v1/services/{service}/queues/{queue}/start", token=secret)
-        return secret
-
-
-async def _serve(node: Node) -> tuple[tornado.httpserver.HTTPServer, int]:
-    settings = node.leasing.settings
-    server = tornado.httpserver.HTTPServer(
-        make_app(node.leasing, settings, Health()), max_body_size=settings.max_body_size * 2
-    )
-    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server.add_sockets([sock])
-    return server, sock.getsockname()[1]
-
-
-@pytest.fixture
-async def make_api(make_node: NodeFactory) -> AsyncIterator[Any]:
-    servers = []
-
-    async def make(**settings: Any) -> Api:
-        node = await make_node(**settings)
-        server, port = await _serve(node)
-        servers.append(server)
-        client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
-        return Api(f"http://127.0.0.1:{port}", node, client)
-
-    yield make
-    for server in servers:
-        server.stop()
-        await server.close_all_connections()
 
 
 Q = "/v1/services/svc/queues/q1"

@@ -13,6 +13,7 @@ def test_defaults() -> None:
     assert (cfg.grpc_port, cfg.http_port) == (50051, 8081)
     assert (cfg.visibility_timeout, cfg.max_attempts, cfg.max_limit) == (300, 5, 1000)
     assert cfg.admin_token == "" and cfg.service_id == "taskdash-periodic"
+    assert cfg.max_reply_size == 4 * 1024 * 1024 - 64 * 1024  # under gRPC clients' 4 MiB
 
 
 def test_env_override() -> None:
@@ -34,6 +35,7 @@ def test_env_override() -> None:
             "periodic.max_task_data_size: must be at most max_body_size",
         ),
         ("GRPC_HOST", " ", "periodic.grpc_host: must not be empty"),
+        ("MAX_REPLY_SIZE", "66000", "periodic.max_reply_size: must hold one task"),
     ],
 )
 def test_refused(key: str, value: str, fragment: str) -> None:
