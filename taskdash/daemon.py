@@ -184,9 +184,11 @@ class Daemon:
                 except StoreError as exc:
                     log.error("initial_admin_failed", error=str(exc), hint=users.ADD_HINT)
                     return
-                if password is not None:
-                    print(users.first_admin_notice(password), file=sys.stderr, flush=True)
-                    log.warning("initial_admin_created", user=users.FIRST_ADMIN, hint=users.HINT)
+                if password is None:
+                    log.info("initial_admin_not_needed", why="users exist")
+                    return
+                print(users.first_admin_notice(password), file=sys.stderr, flush=True)
+                log.warning("initial_admin_created", user=users.FIRST_ADMIN, hint=users.HINT)
                 return
 
         task = Background("first_admin", once)
