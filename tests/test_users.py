@@ -10,7 +10,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from taskdash.errors import ValidationError
-from taskdash.passwords import Passwords, password_error
+from taskdash.passwords import Passwords, Verdict, password_error
 from taskdash.store import Store, users
 
 GOOD = "correct horse battery"
@@ -103,6 +103,26 @@ async def test_a_weaker_hash_is_renewed_at_login(store: Store) -> None:
     after = (await store.users.find_one({"_id": "alice"}))["password"]  # type: ignore[index]
     assert after != before and not PasswordHasher().check_needs_rehash(after)
     assert await users.verify_login(store, "alice", GOOD) is not None
+
+
+class PasswdDuringLogin(Passwords):
+    """A real hasher; someone sets a new password while a login's verification runs."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+
+    async def verify(self, encoded: str, password: str) -> Verdict:
+        verdict = await super().verify(encoded, password)
+        await users.set_password(self.store, "alice", "changed meanwhile", passwords=WEAK)
+        return verdict
+
+
+async def test_a_renewed_hash_never_overwrites_a_password_changed_meanwhile(store: Store) -> None:
+    await users.add_user(store, "alice", GOOD, passwords=WEAK)
+    assert await users.verify_login(store, "alice", GOOD, passwords=PasswdDuringLogin(store))
+    assert await users.verify_login(store, "alice", GOOD) is None
+    assert await users.verify_login(store, "alice", "changed meanwhile") is not None
 
 
 async def test_a_wrong_password_renews_nothing(store: Store) -> None:
