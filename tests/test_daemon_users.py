@@ -42,6 +42,17 @@ def _verify(uri: str, database: str, name: str, password: str) -> users.User | N
     return asyncio.run(check())
 
 
+def _start_creates_nothing(tmp_path: Path, env: dict[str, str]) -> None:
+    """A start that finds an account: no admin created, nothing printed."""
+    daemon = DaemonProcess(tmp_path, env, stderr_apart=True).start()
+    try:
+        daemon.wait_ready()
+        assert _decided(daemon) == "initial_admin_not_needed"
+        assert "password" not in daemon.console()
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_first_start_creates_admin_and_prints_its_password_once(tmp_path: Path) -> None:
     env = daemon_env(tmp_path)
     daemon = DaemonProcess(tmp_path, env, stderr_apart=True).start()
@@ -68,26 +79,13 @@ def test_first_start_creates_admin_and_prints_its_password_once(tmp_path: Path) 
         assert _verify(uri, "taskdash", "admin", password) is not None
     finally:
         assert daemon.stop() == 0
-    # the next start finds a user: nothing created, nothing printed
-    again = DaemonProcess(tmp_path, env, stderr_apart=True).start()
-    try:
-        again.wait_ready()
-        assert _decided(again) == "initial_admin_not_needed"
-        assert "password" not in again.console()
-    finally:
-        assert again.stop() == 0
+    _start_creates_nothing(tmp_path, env)  # the next start finds a user
 
 
 def test_no_admin_when_a_user_was_added_before_the_first_start(tmp_path: Path) -> None:
     env = daemon_env(tmp_path)
     assert user_cmd("add", "alice", "--password-stdin", env=env, stdin=GOOD).returncode == 0
-    daemon = DaemonProcess(tmp_path, env, stderr_apart=True).start()
-    try:
-        daemon.wait_ready()
-        assert _decided(daemon) == "initial_admin_not_needed"
-        assert "password" not in daemon.console()
-    finally:
-        assert daemon.stop() == 0
+    _start_creates_nothing(tmp_path, env)
     listed = user_cmd("list", env=env)
     assert [line.split()[0] for line in listed.stdout.splitlines()] == ["NAME", "alice"]
 
