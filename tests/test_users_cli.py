@@ -96,6 +96,20 @@ def on_terminal(args: list[str], env: dict[str, str], answers: list[str]) -> tup
     return code, seen.decode(errors="replace")
 
 
+@pytest.mark.parametrize("action", ["", "add", "list", "passwd", "disable", "enable"])
+def test_help_shows_examples_and_exit_codes(action: str) -> None:
+    result = subprocess.run(
+        [TASKDASH, "user", *([action] if action else []), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    examples = result.stdout.split("Examples:")[1]
+    assert f"taskdash user {action}".strip() in examples and "Exit codes: 0" in examples
+
+
 async def test_add_with_password_stdin(store: Store, env: dict[str, str]) -> None:
     result = user_cmd("add", "alice", "--role", "admin", "--password-stdin", env=env, stdin=GOOD)
     assert (result.returncode, result.stderr) == (0, "")
