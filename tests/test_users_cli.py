@@ -6,6 +6,7 @@ what the store refuses or when it cannot be reached.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import select
@@ -22,6 +23,7 @@ from taskdash.store import Store, users
 
 TASKDASH = str(VENV_BIN / "taskdash")
 GOOD = "correct horse battery"
+CTRL_D = "\x04"  # end of input, typed at a prompt
 
 
 def user_cmd(
@@ -78,7 +80,7 @@ def on_terminal(args: list[str], env: dict[str, str], answers: list[str]) -> tup
     try:
         for answer in answers:
             _read_until(master, b"assword: ", seen, len(seen))
-            os.write(master, answer.encode() + b"\n")
+            os.write(master, answer.encode() + (b"" if answer == CTRL_D else b"\n"))
         code = proc.wait(60)
         while select.select([master], [], [], 0.2)[0]:
             try:
@@ -243,6 +245,28 @@ async def test_a_weak_password_is_refused_at_the_first_prompt(
     code, screen = on_terminal(["add", "alice"], env, ["short"])
     assert code == 2
     assert "password too short" in screen and "Repeat" not in screen
+    assert await users.count_users(store) == 0
+
+
+async def test_end_of_input_at_the_prompt_is_exit_2(store: Store, env: dict[str, str]) -> None:
+    code, screen = on_terminal(["add", "alice"], env, [CTRL_D])
+    assert code == 2
+    assert "taskdash: no password given" in screen and "Traceback" not in screen
+    assert await users.count_users(store) == 0
+
+
+async def test_a_password_on_stdin_must_be_utf8(store: Store, env: dict[str, str]) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [TASKDASH, "user", "add", "alice", "--password-stdin"],
+        env=env,
+        input=b"\xff" * 20,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert one_line(result.stderr.decode()) == "taskdash: the password on stdin is not UTF-8"
     assert await users.count_users(store) == 0
 
 
