@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from taskdash import __version__, logs
+from taskdash import __version__, logs, users_cli
 from taskdash.errors import ConfigError
 from taskdash.periodic import cli as periodic_cli
 from taskdash.settings import (
@@ -50,6 +50,7 @@ Examples:
   taskdash check-config --config /etc/taskdash/taskdash.toml
   taskdash nsqd                                  only the embedded NSQ broker
   taskdash publish heartbeat --id svc-1 --every 5
+  taskdash user add alice --role admin           a dashboard account
 
 Configuration: one TOML file (--config; config/taskdash.toml lists every key with its
 default) plus TASKDASH_<SECTION>__<KEY> environment variables, e.g. TASKDASH_WEB__PORT=9090.
@@ -247,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_publish(sub, common)
     tcp_cli.add_parser(sub, [common])
     periodic_cli.add_parser(sub, [common])
+    users_cli.add_parser(sub, [common])
     return parser
 
 
@@ -489,6 +491,7 @@ COMMANDS: dict[str, Command] = {
     "publish": cmd_publish,
     "tcp": tcp_cli.run,
     "periodic": periodic_cli.run,
+    "user": users_cli.run,
 }
 
 

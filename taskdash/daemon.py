@@ -16,14 +16,16 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
 import structlog
 import tornado.httpserver
 
+from taskdash.background import Background
 from taskdash.checker import Checker
-from taskdash.errors import TaskDashError
+from taskdash.errors import StoreError, StoreUnavailable, TaskDashError
 from taskdash.fetcher import Fetcher
 from taskdash.health import Health
 from taskdash.lifecycle import (
@@ -43,7 +45,7 @@ from taskdash.logs import ReopenableFileHandler
 from taskdash.nsq.publisher import StatusPublisher
 from taskdash.nsq.readers import Ingestion
 from taskdash.settings import NsqSettings, Settings
-from taskdash.store import Store
+from taskdash.store import Store, users
 from taskdash.store.embedded import EmbeddedMongo
 from taskdash.store.monitor import StoreMonitor, probe_timeout
 from taskdash.systemd import Notifier
@@ -109,11 +111,10 @@ class Daemon:
     async def _start_embedded_mongodb(self) -> EmbeddedMongo:
         """The supervised nx-27017 child, killed (not waited for) if the budget runs out."""
         cfg = self.settings.mongodb
-        data_dir = self.settings.data_path("mongodb")
-        if cfg.embedded_data_dir:
-            data_dir = type(data_dir)(cfg.embedded_data_dir)
         embedded = EmbeddedMongo(
-            host=cfg.embedded_host, port=cfg.embedded_port, data_dir=data_dir.absolute()
+            host=cfg.embedded_host,
+            port=cfg.embedded_port,
+            data_dir=self.settings.embedded_mongodb_dir().absolute(),
         )
         self._children.append(embedded)
         await embedded.start()
@@ -160,6 +161,39 @@ class Daemon:
         if not await monitor.wait_ready(cfg.server_selection_timeout):
             log.warning("store_not_ready_at_start", note="continuing; retrying in the background")
         return store
+
+    async def _start_first_admin(self, store: Store) -> None:
+        """With no user at all, create ``admin`` as soon as the store is ready (docs/users.md).
+
+        In the background, so a store that is down at start delays nothing; the password goes
+        to stderr once, never to the log. Several daemons may race: one insert wins.
+        """
+        monitor = self.monitor
+        assert monitor is not None
+        retry = self.settings.mongodb.retry_initial
+
+        async def once() -> None:
+            while True:
+                await monitor.until_ready()
+                try:
+                    password = await users.create_first_admin(store)
+                except StoreUnavailable:
+                    monitor.suspect()  # the next readiness is a new chance
+                    await asyncio.sleep(retry)
+                    continue
+                except StoreError as exc:
+                    log.error("initial_admin_failed", error=str(exc), hint=users.ADD_HINT)
+                    return
+                if password is None:
+                    log.info("initial_admin_not_needed", why="users exist")
+                    return
+                print(users.first_admin_notice(password), file=sys.stderr, flush=True)
+                log.warning("initial_admin_created", user=users.FIRST_ADMIN, hint=users.HINT)
+                return
+
+        task = Background("first_admin", once)
+        await task.start()
+        self._started("first_admin", task.stop)
 
     async def _start_web(self) -> None:
         """First of all: /healthz answers while the rest starts; a taken port fails at once."""
@@ -279,6 +313,7 @@ class Daemon:
         """
         await self._start_web()
         self.store = await self._start_store()
+        await self._start_first_admin(self.store)
         await self._start_ingestion(self.store)
         await self._start_fetcher(self.store)
         await self._start_tcp(self.store)

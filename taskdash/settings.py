@@ -384,6 +384,11 @@ class Settings(_Section):
         """A path under the daemon's data directory."""
         return Path(self.daemon.data_dir).joinpath(*parts)
 
+    def embedded_mongodb_dir(self) -> Path:
+        """Where the embedded nx-27017 keeps its data: the daemon's and the CLI's, the same."""
+        configured = self.mongodb.embedded_data_dir
+        return Path(configured) if configured else self.data_path("mongodb")
+
 
 def _parse_env_value(raw: str) -> Any:
     """Read an override as a TOML value (``8081``, ``true``, ``["a:1"]``), else as a string."""

@@ -194,12 +194,21 @@ def pids_with_arg(fragment: str) -> list[int]:
 class DaemonProcess:
     """``taskdash run`` as a user runs it: a subprocess with its own env, output to a file."""
 
-    def __init__(self, tmp: Path, env: dict[str, str], config: Path | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        env: dict[str, str],
+        config: Path | None = None,
+        *,
+        stderr_apart: bool = False,
+    ) -> None:
         self.tmp = tmp
         self.env = env
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
         self.output = tmp / f"daemon-{time.monotonic_ns()}.log"
+        #: with ``stderr_apart``, stderr (the console, not the log) goes here instead
+        self.stderr = self.output.with_suffix(".stderr") if stderr_apart else None
 
     @property
     def web(self) -> str:
@@ -209,11 +218,20 @@ class DaemonProcess:
         args = [str(VENV_BIN / "taskdash"), "run"]
         if self.config:
             args += ["--config", str(self.config)]
-        with open(self.output, "wb") as out:
+        with open(self.output, "wb") as out, open(self.stderr or os.devnull, "wb") as err:
             self.proc = subprocess.Popen(
-                args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp
+                args,
+                env=self.env,
+                stdout=out,
+                stderr=err if self.stderr else subprocess.STDOUT,
+                cwd=self.tmp,
             )
         return self
+
+    def console(self) -> str:
+        """What went to stderr (with ``stderr_apart``)."""
+        assert self.stderr is not None
+        return self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
 
     def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
         def ready() -> Any:

@@ -177,7 +177,7 @@ def test_help_is_written_for_users(command: list[str]) -> None:
 
 def test_top_level_help_lists_every_command_and_the_exit_codes() -> None:
     text = taskdash("--help").stdout
-    for name in ("run", "check-config", "nsqd", "publish"):
+    for name in ("run", "check-config", "nsqd", "publish", "user"):
         assert f"\n    {name}" in text
     assert "Exit codes: 0" in " ".join(text.split())
 

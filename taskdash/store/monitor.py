@@ -134,6 +134,10 @@ class StoreMonitor:
                 await self._sleep(delay)
                 delay = min(delay * 2, self.retry_max)
 
+    async def until_ready(self) -> None:
+        """Return once the store is ready (at once if it is): for work that needs it only once."""
+        await self._became_ready.wait()
+
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the first successful probe."""
         with contextlib.suppress(TimeoutError):
