@@ -20,8 +20,9 @@ from taskdash.tcp.protocol import Frame, pack
 REQUESTS = ("Register", "Update", "Find")
 UNKNOWN = "Unknown"  # the reply name when the request's RequestID cannot be read
 
-#: The seed's daily window, e.g. "12:00" ("" = not set).
-Clock = Annotated[str, msgspec.Meta(pattern=r"^((([01]?[0-9]|2[0-3]):[0-5][0-9])|)$")]
+#: The seed's daily window, e.g. "12:00" ("" = not set). ``\Z``, not ``$``: msgspec searches
+#: with Python's ``re``, where ``$`` also matches before a final newline ("12:00\n").
+Clock = Annotated[str, msgspec.Meta(pattern=r"^(?:(?:[01]?[0-9]|2[0-3]):[0-5][0-9])?\Z")]
 User = Annotated[str, msgspec.Meta(max_length=128)]
 
 
@@ -125,6 +126,8 @@ def _decoded(decoder: msgspec.json.Decoder[Any], data: bytes) -> Any:
     would drop the connection with no reply.
     """
     try:
+        if not data.isascii():  # JSON is UTF-8 (RFC 8259); msgspec skips ignored keys unchecked
+            data.decode("utf-8")
         return decoder.decode(data)
     except _DECODE_ERRORS as exc:
         return _Unreadable(str(exc))
