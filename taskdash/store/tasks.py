@@ -339,17 +339,25 @@ async def write_registered(
 
     One conditional write on the common path: it matches only a task no service owns, so a
     service's task is never overwritten, even by a fetch adopting it at the same moment.
+
+    Register's upsert fails with DuplicateKeyError when the id exists and does not match:
+    a service owns it, or — on MongoDB — another writer inserted it between this upsert's
+    match and its insert (two Registers of a new id at once). The server retries that race
+    itself only when the filter is exactly the unique key (SERVER-37124), and ours also says
+    "no owner". So the same conditional update is tried once more without upsert: the id
+    exists now, a match means updated, and only no match means owned.
     """
     unowned = {"_id": task_id, "service_id": eq(None)}
     update = _tcp_update(fields, window, now_ms, create)
     async with translated("write_registered"):
         try:
             done = await store.tasks.update_one(unowned, update, upsert=create)
-        except DuplicateKeyError:  # the id exists and a service owns it
-            done = None
-        if done is not None and done.upserted_id is not None:
+        except DuplicateKeyError:  # owned, or inserted meanwhile: see the docstring
+            retry = _tcp_update(fields, window, now_ms, create=False)
+            done = await store.tasks.update_one(unowned, retry)
+        if done.upserted_id is not None:
             return TcpWrite("created")
-        if done is not None and done.matched_count:
+        if done.matched_count:
             return TcpWrite("updated")
         doc = await store.tasks.find_one({"_id": task_id})
         if doc is None:

@@ -20,8 +20,9 @@ from taskdash.tcp.protocol import Frame, pack
 REQUESTS = ("Register", "Update", "Find")
 UNKNOWN = "Unknown"  # the reply name when the request's RequestID cannot be read
 
-#: The seed's daily window, e.g. "12:00" ("" = not set).
-Clock = Annotated[str, msgspec.Meta(pattern=r"^((([01]?[0-9]|2[0-3]):[0-5][0-9])|)$")]
+#: The seed's daily window, e.g. "12:00" ("" = not set). ``\Z``, not ``$``: msgspec searches
+#: with Python's ``re``, where ``$`` also matches before a final newline ("12:00\n").
+Clock = Annotated[str, msgspec.Meta(pattern=r"^(?:(?:[01]?[0-9]|2[0-3]):[0-5][0-9])?\Z")]
 User = Annotated[str, msgspec.Meta(max_length=128)]
 
 
@@ -106,36 +107,76 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 
-def _name_of(header: bytes) -> str:
+class _Unreadable:
+    """Bytes that did not decode, and why (for the 1000 reply's log line)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _decoded(decoder: msgspec.json.Decoder[Any], data: bytes) -> Any:
+    """``data`` decoded, or :class:`_Unreadable`; never raises.
+
+    The bytes are the client's, so whatever decoding them raises means "this request cannot
+    be read": errid 1000, and the connection stays open. Besides msgspec's own errors that
+    includes RecursionError, which valid JSON nested ~1,000 levels deep (4 KB) raises, and
+    anything else a future msgspec may raise on hostile input: such an exception escaping
+    would drop the connection with no reply.
+    """
     try:
-        name = _header_decoder.decode(header).RequestID
-    except _DECODE_ERRORS:
+        if not data.isascii():  # JSON is UTF-8 (RFC 8259); msgspec skips ignored keys unchecked
+            data.decode("utf-8")
+        return decoder.decode(data)
+    except _DECODE_ERRORS as exc:
+        return _Unreadable(str(exc))
+    except RecursionError:
+        return _Unreadable("JSON nested too deep")
+    except Exception as exc:  # see the docstring: anything else is unreadable too
+        return _Unreadable(f"{type(exc).__name__}: {exc}")
+
+
+_any_decoder = msgspec.json.Decoder()
+
+
+def _name_of(header: bytes) -> str:
+    decoded = _decoded(_header_decoder, header)
+    if isinstance(decoded, _Unreadable):
         return UNKNOWN
+    name = decoded.RequestID
     return name if _SAFE_NAME.fullmatch(name) else UNKNOWN
 
 
 def _id_hint(body: bytes) -> str:
     """The body's ``id`` if it is a usable one, to echo in a 1000 reply; else ""."""
-    try:
-        value = msgspec.json.decode(body)
-    except _DECODE_ERRORS:
-        return ""
+    value = _decoded(_any_decoder, body)
     hint = value.get("id") if isinstance(value, dict) else None
     return hint if isinstance(hint, str) and 0 < len(hint) <= 128 else ""
 
 
 def parse_request(frame: Frame) -> Request | BadRequest:
-    """Decode a messageID-2 frame (or any non-heartbeat id, which is refused here)."""
+    """Decode a messageID-2 frame (or any non-heartbeat id, which is refused here).
+
+    Never raises: whatever the frame holds, the answer is a :class:`Request` or a
+    :class:`BadRequest` (errid 1000), so a client's bytes cannot cost it its connection.
+    """
+    try:
+        return _parse(frame)
+    except Exception as exc:  # a bug here must not cost the client its reply
+        return BadRequest(UNKNOWN, frame.message_id, "", f"unparsable: {type(exc).__name__}")
+
+
+def _parse(frame: Frame) -> Request | BadRequest:
     name = _name_of(frame.header)
     decoder = _body_decoders.get(name)
     if frame.message_id != 2:
         return BadRequest(name, frame.message_id, "", f"unknown messageID {frame.message_id}")
     if decoder is None:
         return BadRequest(name, frame.message_id, _id_hint(frame.body), "unknown RequestID")
-    try:
-        body = decoder.decode(frame.body)
-    except _DECODE_ERRORS as exc:
-        return BadRequest(name, frame.message_id, _id_hint(frame.body), str(exc))
+    body = _decoded(decoder, frame.body)
+    if isinstance(body, _Unreadable):
+        return BadRequest(name, frame.message_id, _id_hint(frame.body), body.reason)
     return Request(name, frame.message_id, body)
 
 

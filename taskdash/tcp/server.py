@@ -126,10 +126,11 @@ class Connection(asyncio.Protocol):
                 transport.resume_reading()
             if frame.message_id == HEARTBEAT_ID:
                 continue
+            request = parse_request(frame)  # never raises: unreadable bytes are errid 1000
             try:
-                answer = await self.server.handler.handle(parse_request(frame), self.peer)
+                answer = await self.server.handler.handle(request, self.peer)
             except Exception:  # a bug, not the client's fault: no errid fits, so close
-                log.exception("tcp_internal_error", peer=self.peer)
+                self.server.internal_error(self)
                 transport.abort()
                 return
             self.server.requests += 1
@@ -150,14 +151,26 @@ class TcpServer:
         self.connections: set[Connection] = set()
         self.port: int | None = None
         self.requests = 0
-        self.counts = {"refused_connections": 0, "frame_errors": 0, "slow_clients": 0, "idle": 0}
+        self.counts = {
+            "refused_connections": 0,
+            "frame_errors": 0,
+            "slow_clients": 0,
+            "idle": 0,
+            "internal_errors": 0,
+        }
         self._server: asyncio.Server | None = None
         self._stopping = False
         self._sweeper = Background("tcp-idle-sweeper", self._sweep_idle)
         self._gone = asyncio.Event()
         self._logs = {
             name: RateLimitedLog(log, f"tcp_{name}")
-            for name in ("connection_refused", "frame_error", "client_too_slow", "idle_closed")
+            for name in (
+                "connection_refused",
+                "frame_error",
+                "client_too_slow",
+                "idle_closed",
+                "internal_error",
+            )
         }
 
     async def start(self) -> None:
@@ -199,6 +212,15 @@ class TcpServer:
         """A frame that cannot be trusted: log it; the connection closes after its answers."""
         self.counts["frame_errors"] += 1
         self._logs["frame_error"](peer=conn.peer, error=str(error))
+
+    def internal_error(self, conn: Connection) -> None:
+        """A request whose handling raised (a bug): counted, logged with its traceback.
+
+        Rate-limited like every event a client can cause at will: if some input reaches a
+        bug, repeating it must not flood the log with tracebacks. Call it from ``except``.
+        """
+        self.counts["internal_errors"] += 1
+        self._logs["internal_error"](peer=conn.peer, exc_info=True)
 
     def too_slow(self, conn: Connection) -> None:
         """A client that does not read its replies."""

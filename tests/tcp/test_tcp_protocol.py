@@ -122,6 +122,13 @@ REGISTER = b'{"RequestID":"Register"}'
         (REGISTER, b'{"id":"a","start_time":"25:00"}', "Register", "a"),
         (REGISTER, b'{"id":"a","status":"' + b"x" * 65 + b'"}', "Register", "a"),
         (REGISTER, b'{"id":"a","user":"\xff"}', "Register", ""),
+        # JSON is UTF-8 (RFC 8259), in a key that is ignored too
+        (REGISTER, b'{"id":"a","extra":"\xff"}', "Register", ""),
+        (REGISTER, b'{"id":"a","\xff":1}', "Register", ""),
+        (b'{"RequestID":"Find","x":"\xfe"}', b'{"id":"a"}', "Unknown", "a"),
+        # the window is exactly "H:MM" / "HH:MM": a trailing newline is not
+        (REGISTER, b'{"id":"a","start_time":"12:00\\n"}', "Register", "a"),
+        (REGISTER, b'{"id":"a","stop_time":"9:30\\n"}', "Register", "a"),
         (b'{"RequestID":"Find"}', b'{"id":["a"]}', "Find", ""),
     ],
 )

@@ -1,0 +1,231 @@
+"""Two writers at once, interleaved certainly (``tcp_race``): nothing lost, nothing overwritten.
+
+Each test freezes one writer between its read and its write (or between its write and the
+reply), lets another writer act in full, and checks the database-side condition that keeps
+the first from undoing the second. Every one of them fails when that condition is removed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import structlog.testing
+from tcp_helpers import OK, client, serving
+from tcp_race import Between, listened_store, other_store, run_elsewhere
+
+from taskdash.models import TaskMetaData
+from taskdash.store import Store
+from taskdash.store.assignments import (
+    AssignmentConflict,
+    assignment_history,
+    get_assignments,
+    set_assignment,
+)
+from taskdash.store.tasks import (
+    ApplyResult,
+    Conflict,
+    ServiceListing,
+    TcpWrite,
+    apply_listings,
+    load_known,
+    write_registered,
+)
+
+WINNER = {"name": "winner", "url": "http://w", "description": "w", "status": "new"}
+LOSER = {"name": "loser", "url": "http://l", "description": "l", "status": "running"}
+
+
+async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: int) -> ApplyResult:
+    """Store a service's listing exactly as the fetcher does."""
+    known = (await load_known(store, [service_id]))[service_id]
+    return await apply_listings(store, [ServiceListing(service_id, list(tasks), known)], now_ms)
+
+
+# -- two Registers of a new id -----------------------------------------------------------------
+
+
+async def lost_insert_race(store: Store, mongo_uri: str) -> Between:
+    """The world a Register's upsert meets when another Register inserted the id first.
+
+    On MongoDB both upserts can find no document; one inserts, the other's insert then fails
+    on the unique ``_id`` with DuplicateKeyError, which the server retries by itself only when
+    the filter is exactly the unique key (SERVER-37124) — ours also says "no owner". nx-27017
+    applies an upsert atomically, so this shows the loser exactly what MongoDB shows it: the
+    winner's document is stored, not matching the upsert's filter (MongoDB's match did not
+    see it), and it is the winner's unowned document once the failed upsert has returned.
+    """
+    done = await write_registered(store, "t1", WINNER, {}, create=True, now_ms=1)
+    assert done.outcome == "created"
+    await store.tasks.update_one({"_id": "t1"}, {"$set": {"service_id": "not-seen"}})
+
+    async def winner_visible() -> None:
+        other = other_store(mongo_uri, store.db.name)
+        try:
+            await other.tasks.update_one({"_id": "t1"}, {"$set": {"service_id": None}})
+        finally:
+            await other.close()
+
+    return Between("update", "tasks", lambda: run_elsewhere(winner_visible), when="after")
+
+
+async def test_a_register_losing_the_insert_race_is_applied_not_taken_as_owned(
+    store: Store, mongo_uri: str
+) -> None:
+    race = await lost_insert_race(store, mongo_uri)
+    loser = await listened_store(mongo_uri, store.db.name, race)
+    try:
+        window = {"start_time": "9:00", "stop_time": "10:00"}
+        done = await write_registered(loser, "t1", LOSER, window, create=True, now_ms=2)
+    finally:
+        await loser.close()
+    assert race.fired == 1, "the upsert met the duplicate key"
+    assert done == TcpWrite("updated")
+    doc = await store.tasks.find_one({"_id": "t1"})
+    assert {k: doc[k] for k in (*LOSER, *window)} == {**LOSER, **window}, "last writer wins"
+    assert doc["service_id"] is None and doc["first_seen_at"] == 1
+
+
+async def test_over_tcp_the_losing_register_is_stored_and_not_logged_as_ignored(
+    store: Store, mongo_uri: str
+) -> None:
+    race = await lost_insert_race(store, mongo_uri)
+    loser = await listened_store(mongo_uri, store.db.name, race)
+    try:
+        async with serving(loser) as server:
+            c = await client(server)
+            with structlog.testing.capture_logs() as logs:
+                assert await c.register({"id": "t1", **LOSER, "user": "ann"}) == {"id": "t1", **OK}
+            found = await c.find("t1")
+            await c.close()
+    finally:
+        await loser.close()
+    assert race.fired == 1
+    assert {k: found[k] for k in (*LOSER, "user")} == {**LOSER, "user": "ann"}
+    assert not [e for e in logs if e["event"] == "tcp_owned_fields_ignored"]
+
+
+async def test_a_register_of_a_service_task_is_still_owned_after_the_duplicate_key(
+    store: Store,
+) -> None:
+    """The retry after a duplicate key matches only an unowned task: an owned one stays owned."""
+    await harvest(store, "svc", TaskMetaData(id="t1", name="svc-name"), now_ms=1)
+    done = await write_registered(
+        store, "t1", {"name": "tcp"}, {"start_time": "9:00"}, create=True, now_ms=2
+    )
+    assert done == TcpWrite("owned", owner="svc", ignored=("name",))
+    doc = await store.tasks.find_one({"_id": "t1"})
+    assert (doc["name"], doc["service_id"], doc["start_time"]) == ("svc-name", "svc", "9:00")
+
+
+# -- two services adopting one task registered over TCP ----------------------------------------
+
+
+async def test_an_adoption_between_the_owner_read_and_the_adopt_is_not_overwritten(
+    store: Store, mongo_uri: str
+) -> None:
+    """Service A reads "no owner", then B adopts, then A's adopt arrives: B keeps the task."""
+    await write_registered(store, "t1", {"name": "tcp"}, {"start_time": "12:00"}, create=True,
+                           now_ms=1)  # fmt: skip
+
+    async def b_adopts() -> None:
+        other = other_store(mongo_uri, store.db.name)
+        try:
+            await harvest(other, "svc-b", TaskMetaData(id="t1", name="from-b"), now_ms=20)
+        finally:
+            await other.close()
+
+    # A's first update of ``tasks`` is its adopt, sent after it read the owner (None)
+    race = Between("update", "tasks", lambda: run_elsewhere(b_adopts))
+    a = await listened_store(mongo_uri, store.db.name, race)
+    try:
+        first = await harvest(a, "svc-a", TaskMetaData(id="t1", name="from-a"), now_ms=10)
+    finally:
+        await a.close()
+    assert race.fired == 1
+    doc = await store.tasks.find_one({"_id": "t1"})
+    assert (doc["service_id"], doc["name"], doc["start_time"]) == ("svc-b", "from-b", "12:00")
+    assert first.conflicts == [] and "svc-a" in first.stale, "A reloads and tries again"
+    again = await harvest(store, "svc-a", TaskMetaData(id="t1", name="from-a"), now_ms=30)
+    assert again.conflicts == [Conflict("t1", "svc-a", "svc-b")]
+
+
+# -- two assignments of one task ---------------------------------------------------------------
+
+
+def assign_elsewhere(mongo_uri: str, database: str, user: str, **kwargs: object) -> None:
+    """Another writer's :func:`set_assignment`, run to its end before the hooked command."""
+
+    async def work() -> None:
+        other = other_store(mongo_uri, database)
+        try:
+            await set_assignment(other, "t", user=user, now_ms=2, **kwargs)  # type: ignore[arg-type]
+        finally:
+            await other.close()
+
+    run_elsewhere(work)
+
+
+async def history_of(store: Store) -> list[tuple[str, str, int]]:
+    """(user, previous user, version), newest first."""
+    return [
+        (h["user"], h["previous_user"], h["version"]) for h in await assignment_history(store, "t")
+    ]
+
+
+async def test_a_claim_losing_between_read_and_write_is_refused(
+    store: Store, mongo_uri: str
+) -> None:
+    """Ann's claim read version 1; Bob's claim of version 1 lands first: Ann's must fail.
+
+    ``expect_version`` is checked in Python on the read, so only the write's condition on
+    ``version`` can see Bob's change.
+    """
+    await set_assignment(store, "t", user="x", source="web", now_ms=1)
+    race = Between(
+        "update",
+        "assignments",
+        lambda: assign_elsewhere(mongo_uri, store.db.name, "bob", source="web", expect_version=1),
+    )
+    ann = await listened_store(mongo_uri, store.db.name, race)
+    try:
+        with pytest.raises(AssignmentConflict):
+            await set_assignment(ann, "t", user="ann", source="web", now_ms=3, expect_version=1)
+    finally:
+        await ann.close()
+    assert race.fired == 1
+    current = (await get_assignments(store, ["t"]))["t"]
+    assert (current.user, current.version) == ("bob", 2)
+    assert await history_of(store) == [("bob", "x", 2), ("x", "", 1)]
+
+
+async def test_tcp_assignments_racing_both_apply_in_order(store: Store, mongo_uri: str) -> None:
+    """Without ``expect_version`` the newest wins, but Bob's change is not silently erased:
+    Ann's write misses on ``version``, she reads again and writes version 3 after Bob's 2."""
+    await set_assignment(store, "t", user="x", source="tcp", now_ms=1)
+    race = Between(
+        "update", "assignments", lambda: assign_elsewhere(mongo_uri, store.db.name, "bob",
+                                                          source="tcp")
+    )  # fmt: skip
+    ann = await listened_store(mongo_uri, store.db.name, race)
+    try:
+        now, changed = await set_assignment(ann, "t", user="ann", source="tcp", now_ms=3)
+    finally:
+        await ann.close()
+    assert race.fired == 1 and changed and (now.user, now.version) == ("ann", 3)
+    assert await history_of(store) == [("ann", "bob", 3), ("bob", "x", 2), ("x", "", 1)]
+
+
+async def test_a_first_assignment_losing_the_insert_retries_on_the_winner(
+    store: Store, mongo_uri: str
+) -> None:
+    """Never assigned: Bob's insert lands between Ann's read and her insert."""
+    race = Between(
+        "insert", "assignments", lambda: assign_elsewhere(mongo_uri, store.db.name, "bob",
+                                                          source="tcp")
+    )  # fmt: skip
+    ann = await listened_store(mongo_uri, store.db.name, race)
+    try:
+        now, changed = await set_assignment(ann, "t", user="ann", source="tcp", now_ms=3)
+    finally:
+        await ann.close()
+    assert race.fired == 1 and changed and (now.user, now.version) == ("ann", 2)
+    assert await history_of(store) == [("ann", "bob", 2), ("bob", "", 1)]
