@@ -12,7 +12,8 @@ import msgspec
 
 from taskdash.errors import ValidationError
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^\S(.*\S)?$")]
+# \Z, not $: $ also matches before a final newline, which let "id\n" through
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^\S(.*\S)?\Z")]
 Name = Annotated[str, msgspec.Meta(max_length=256)]
 Url = Annotated[str, msgspec.Meta(max_length=2048)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]

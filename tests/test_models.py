@@ -51,6 +51,7 @@ def test_extra_keys_are_ignored_and_missing_optional_default_empty() -> None:
         (b"{}", "id", "missing required field `id`"),
         (b'{"id": ""}', "id", "length >= 1"),
         (b'{"id": " padded "}', "id", "matching regex"),
+        (b'{"id": "trailing-newline\\n"}', "id", "matching regex"),
         (b'{"id": "' + b"x" * 129 + b'"}', "id", "length <= 128"),
         (b'{"id": "a", "name": ["x"]}', "name", "Expected `str`, got `array`"),
         (b'{"id": "a", "url": null}', "url", "Expected `str`, got `null`"),
