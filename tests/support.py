@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from taskdash.store.embedded import nx_command, port_open
+from taskdash.store.embedded import die_with_parent, nx_command, port_open
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -133,6 +133,8 @@ class NxServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # a test run killed midway (Ctrl-C twice, a timeout) must not leave servers behind
+            preexec_fn=die_with_parent,
         )
         wait_for(lambda: port_open("127.0.0.1", self.port), timeout=20)
 

@@ -32,7 +32,7 @@ _PR_SET_PDEATHSIG = 1
 RESTART_DELAY = 0.5
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: kill it when the daemon goes away, however it dies.
 
     SIGKILL, not SIGTERM: a frozen child would keep a SIGTERM pending forever and hold its
@@ -131,7 +131,7 @@ class EmbeddedMongo:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # only prctl: safe before exec
+            preexec_fn=die_with_parent,  # only prctl: safe before exec
         )
 
     async def _wait_listening(self, proc: subprocess.Popen[bytes]) -> None:
