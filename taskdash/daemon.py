@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 import tornado.httpserver
+import tornado.web
 
 from taskdash.background import Background
 from taskdash.checker import Checker
@@ -199,10 +200,21 @@ class Daemon:
         """First of all: /healthz answers while the rest starts; a taken port fails at once."""
         cfg = self.settings.web
         app = make_app(health=self.health, gate=self.gate)
-        sockets = bind_setting("web.port", cfg.host, cfg.port)
-        server = tornado.httpserver.HTTPServer(app, xheaders=False)
+        self.web_port = self._serve_http("web", app, "web.port", cfg.host, cfg.port)
+
+    def _serve_http(
+        self, name: str, app: tornado.web.Application, setting: str, host: str, port: int,
+        **options: Any,
+    ) -> int:  # fmt: skip
+        """Serve ``app`` on ``host:port`` as component ``name``; returns the bound port.
+
+        A taken port is one line naming ``setting``. Stopping closes every connection; after
+        the shutdown budget only the listener is closed.
+        """
+        sockets = bind_setting(setting, host, port)
+        server = tornado.httpserver.HTTPServer(app, **options)
         server.add_sockets(sockets)
-        self.web_port = sockets[0].getsockname()[1]
+        bound: int = sockets[0].getsockname()[1]
 
         async def stop() -> None:
             server.stop()
@@ -211,8 +223,9 @@ class Daemon:
         async def abort() -> None:
             server.stop()
 
-        self._started("web", stop, abort)
-        log.info("web_listening", host=cfg.host, port=self.web_port)
+        self._started(name, stop, abort)
+        log.info(f"{name}_listening", host=host, port=bound)
+        return bound
 
     async def _start_nsq(self) -> tuple[list[str], list[str], str]:
         """The embedded broker when no NSQ is configured; returns (nsqd tcp, lookupd, nsqd http)."""

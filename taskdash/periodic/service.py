@@ -11,8 +11,6 @@ import asyncio
 import socket
 
 import structlog
-import tornado.httpserver
-import tornado.netutil
 
 from taskdash.daemon import Daemon, nsqd_http_address
 from taskdash.models import TaskService
@@ -75,19 +73,11 @@ class PeriodicService(Daemon):
 
     async def _start_http(self, leasing: Leasing, cfg: PeriodicSettings) -> None:
         # twice the limit: a body up to that gets a JSON 413, a larger one is cut off by Tornado
-        server = tornado.httpserver.HTTPServer(
-            make_app(leasing, cfg, self.health), max_body_size=cfg.max_body_size * 2
-        )
-        sockets = tornado.netutil.bind_sockets(cfg.http_port, cfg.http_host)
-        server.add_sockets(sockets)
-        self.web_port = sockets[0].getsockname()[1]
-
-        async def stop() -> None:
-            server.stop()
-            await server.close_all_connections()
-
-        self._started("http", stop)
-        log.info("http_listening", host=cfg.http_host, port=self.web_port)
+        app = make_app(leasing, cfg, self.health)
+        self.web_port = self._serve_http(
+            "http", app, "periodic.http_port", cfg.http_host, cfg.http_port,
+            max_body_size=cfg.max_body_size * 2,
+        )  # fmt: skip
 
     async def _start_announcer(self, cfg: PeriodicSettings) -> None:
         """With NSQ configured: register as a task service and heartbeat, like any other."""
