@@ -32,6 +32,7 @@ from taskdash.settings import (
     load,
     origin_of,
 )
+from taskdash.subcommands import subparser
 from taskdash.tcp import cli as tcp_cli
 
 log = structlog.get_logger("taskdash.cli")
@@ -144,21 +145,6 @@ def _non_negative(kind: type[int] | type[float]) -> Callable[[str], int | float]
     return parse
 
 
-def _subparser(
-    sub: Any, name: str, help_: str, description: str, epilog: str, **kw: Any
-) -> argparse.ArgumentParser:
-    """A subcommand whose --help shows its description and examples as written."""
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_,
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        **kw,
-    )
-    return parser
-
-
 def _common() -> argparse.ArgumentParser:
     """Options every command that reads the config accepts."""
     common = argparse.ArgumentParser(add_help=False)
@@ -172,11 +158,11 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _add_publish(sub: Any, common: argparse.ArgumentParser) -> None:
-    pub = _subparser(
+    pub = subparser(
         sub, "publish", "publish a TaskService or HeartBeat", PUBLISH_DESCRIPTION, PUBLISH_EPILOG
     )
     kinds = pub.add_subparsers(dest="kind", required=True, metavar="KIND")
-    svc = _subparser(
+    svc = subparser(
         kinds,
         "service",
         "announce a task service",
@@ -189,7 +175,7 @@ def _add_publish(sub: Any, common: argparse.ArgumentParser) -> None:
     for name in ("name", "type", "description"):
         svc.add_argument(f"--{name}", default="", help=f"the service's {name}")
     svc.add_argument("--reserved", default="", help="free text, carried as is")
-    hb = _subparser(
+    hb = subparser(
         kinds,
         "heartbeat",
         "send heartbeats",
@@ -228,8 +214,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"taskdash {__version__}")
     common = _common()
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _subparser(sub, "run", "run the daemon", RUN_DESCRIPTION, RUN_EPILOG, parents=[common])
-    _subparser(
+    subparser(sub, "run", "run the daemon", RUN_DESCRIPTION, RUN_EPILOG, parents=[common])
+    subparser(
         sub,
         "check-config",
         "validate the configuration and exit",
@@ -237,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
         CHECK_EPILOG,
         parents=[common],
     )
-    _subparser(
+    subparser(
         sub,
         "nsqd",
         "run only the embedded NSQ broker",

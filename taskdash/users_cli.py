@@ -25,6 +25,7 @@ from taskdash.settings import EnvWarning, Settings
 from taskdash.store import Store, users
 from taskdash.store.embedded import EmbeddedMongo, port_open
 from taskdash.store.times import from_ms
+from taskdash.subcommands import subparser
 
 DESCRIPTION = """\
 Manage the accounts of the dashboard: role 'user' or 'admin', a password (argon2id hash, at
@@ -68,21 +69,15 @@ class UsageError(Exception):
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Register ``user`` and its actions on the ``taskdash`` command line."""
-    user = sub.add_parser(
-        "user",
-        help="manage dashboard accounts",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    user = subparser(sub, "user", "manage dashboard accounts", DESCRIPTION, EPILOG)
     actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, (help_, example) in ACTIONS.items():
-        parser = actions.add_parser(
+        parser = subparser(
+            actions,
             action,
-            help=help_,
-            description=help_.capitalize() + ".",
-            epilog=f"Examples:\n  {example}\n\n{EXIT_CODES}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            help_,
+            help_.capitalize() + ".",
+            f"Examples:\n  {example}\n\n{EXIT_CODES}",
             parents=parents,
         )
         if action != "list":

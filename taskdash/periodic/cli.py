@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from taskdash.settings import EnvWarning, Settings
+from taskdash.subcommands import subparser
 
 DESCRIPTION = """\
 Run the periodic task service of seed 000: the gRPC service PeriodicTask ([periodic] grpc_host,
@@ -27,12 +28,12 @@ configuration."""
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Register the ``periodic`` subcommand."""
-    sub.add_parser(
+    subparser(
+        sub,
         "periodic",
-        help="run the periodic task service (gRPC + HTTP task queue)",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "run the periodic task service (gRPC + HTTP task queue)",
+        DESCRIPTION,
+        EPILOG,
         parents=parents,
     )
 

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from taskdash.settings import Settings
+from taskdash.subcommands import subparser
 from taskdash.tcp.client import ClientError, TcpClient
 
 DESCRIPTION = """\
@@ -55,22 +56,18 @@ def _seconds(text: str) -> float:
 
 def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = None) -> None:
     """Add ``tcp register|update|find`` to the ``taskdash`` command line."""
-    tcp = subparsers.add_parser(
-        "tcp",
-        help="send a Register/Update/Find request over TCP",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    tcp = subparser(
+        subparsers, "tcp", "send a Register/Update/Find request over TCP", DESCRIPTION, EPILOG
     )
     kinds = tcp.add_subparsers(dest="request", required=True, metavar="REQUEST")
     for name in ("register", "update", "find"):
-        sub = kinds.add_parser(
+        sub = subparser(
+            kinds,
             name,
-            help=f"send {name.title()}",
-            description=f"Send one {name.title()} request and print the reply body as JSON.",
-            epilog=f"Examples:\n  {EXAMPLES[name]}\n\nExit codes: 0 errid 0; 1 another errid, "
+            f"send {name.title()}",
+            f"Send one {name.title()} request and print the reply body as JSON.",
+            f"Examples:\n  {EXAMPLES[name]}\n\nExit codes: 0 errid 0; 1 another errid, "
             "or the server unreachable; 2 bad arguments.",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
             parents=parents or [],
         )
         sub.add_argument("--id", required=True, help="the task id")
