@@ -52,6 +52,7 @@ from taskdash.store.monitor import StoreMonitor, probe_timeout
 from taskdash.systemd import Notifier
 from taskdash.web.app import make_app
 from taskdash.web.base import StoreGate
+from taskdash.web.context import WebContext
 
 log = structlog.get_logger("taskdash.daemon")
 
@@ -199,7 +200,7 @@ class Daemon:
     async def _start_web(self) -> None:
         """First of all: /healthz answers while the rest starts; a taken port fails at once."""
         cfg = self.settings.web
-        app = make_app(health=self.health, gate=self.gate)
+        app = make_app(WebContext(settings=self.settings, health=self.health, gate=self.gate))
         self.web_port = self._serve_http("web", app, "web.port", cfg.host, cfg.port)
 
     def _serve_http(

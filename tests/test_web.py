@@ -20,11 +20,13 @@ from support import NxServer
 
 from taskdash.health import Health
 from taskdash.models import TaskService
+from taskdash.settings import load
 from taskdash.store import Store
 from taskdash.store.monitor import StoreMonitor
 from taskdash.store.services import register_services
 from taskdash.web.app import make_app
 from taskdash.web.base import STORE_DOWN, StoreGate
+from taskdash.web.context import WebContext
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,7 +37,9 @@ class Api:
     def __init__(self, gate: StoreGate, health: Health) -> None:
         self.gate, self.health = gate, health
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        self.server = tornado.httpserver.HTTPServer(make_app(health=health, gate=gate))
+        self.server = tornado.httpserver.HTTPServer(
+            make_app(WebContext(settings=load(env={}), health=health, gate=gate))
+        )
         self.server.add_sockets(sockets)
         self.base = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
         self.client = tornado.httpclient.AsyncHTTPClient()

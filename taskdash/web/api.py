@@ -100,3 +100,17 @@ class FetchResultHandler(StoreHandler):
         if result is None:
             raise tornado.web.HTTPError(404, "this service was not fetched yet")
         self.send_json(result)
+
+
+#: an id in a path, still percent-encoded: ids are at most 128 characters once decoded, and one
+#: character may take 4 bytes of UTF-8, each written as 3 characters (%XX)
+ID = r"([^/]{1,1536})"
+
+ROUTES = [
+    (r"/api/services", ServicesHandler),
+    (rf"/api/services/{ID}", ServiceHandler),
+    (rf"/api/services/{ID}/history", ServiceHistoryHandler),
+    (rf"/api/services/{ID}/fetch", FetchResultHandler),
+    (r"/api/tasks", TasksHandler),
+    (r"/api/dead-letters", DeadLettersHandler),
+]

@@ -1,52 +1,37 @@
-"""The Tornado application: routes and the shared resources handlers need."""
+"""The Tornado application: every module's routes, each handler given the one WebContext."""
 
 from __future__ import annotations
 
 import tornado.web
 
-from taskdash.health import Health
-from taskdash.web.api import (
-    DeadLettersHandler,
-    FetchResultHandler,
-    ServiceHandler,
-    ServiceHistoryHandler,
-    ServicesHandler,
-    TasksHandler,
-)
-from taskdash.web.base import JsonHandler, StoreGate
-from taskdash.web.health import HealthzHandler, ReadyzHandler
+from taskdash.web import api, health
+from taskdash.web.base import JsonHandler
+from taskdash.web.context import WebContext
 
 
 class NotFoundHandler(JsonHandler):
     """A JSON 404 for every unknown path."""
 
+    def initialize(self, ctx: WebContext | None = None) -> None:  # type: ignore[override]
+        """The default handler is built without the route's keyword arguments."""
+
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404, "not found")
 
 
-#: an id in a path, still percent-encoded: ids are at most 128 characters once decoded, and one
-#: character may take 4 bytes of UTF-8, each written as 3 characters (%XX)
-_ID = r"([^/]{1,1536})"
+#: (pattern, handler) of every route, module by module; each handler's ``initialize`` takes
+#: the WebContext
+ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [*health.ROUTES, *api.ROUTES]
 
 
-def make_app(*, health: Health, gate: StoreGate) -> tornado.web.Application:
-    """Build the application; resources are passed in, never looked up globally.
+def make_app(ctx: WebContext) -> tornado.web.Application:
+    """Build the application; resources come in ``ctx``, never looked up globally.
 
-    The store comes through ``gate``, attached once it exists: the application serves
+    The store comes through ``ctx.gate``, attached once it exists: the application serves
     ``/healthz`` before MongoDB is reachable.
     """
-    store = {"gate": gate}
     return tornado.web.Application(
-        [
-            (r"/healthz", HealthzHandler),
-            (r"/readyz", ReadyzHandler, {"health": health}),
-            (r"/api/services", ServicesHandler, store),
-            (rf"/api/services/{_ID}", ServiceHandler, store),
-            (rf"/api/services/{_ID}/history", ServiceHistoryHandler, store),
-            (rf"/api/services/{_ID}/fetch", FetchResultHandler, store),
-            (r"/api/tasks", TasksHandler, store),
-            (r"/api/dead-letters", DeadLettersHandler, store),
-        ],
+        [(pattern, handler, {"ctx": ctx}) for pattern, handler in ROUTES],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,
         max_body_size=1024 * 1024,

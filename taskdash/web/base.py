@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import http
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import tornado.escape
@@ -18,6 +18,9 @@ import tornado.web
 from taskdash.errors import StoreError, StoreUnavailable
 from taskdash.store import Store, deadline
 from taskdash.store.monitor import StoreMonitor
+
+if TYPE_CHECKING:
+    from taskdash.web.context import WebContext
 
 log = structlog.get_logger("taskdash.web")
 
@@ -76,6 +79,11 @@ def error_code(status: int) -> str:
 
 class JsonHandler(tornado.web.RequestHandler):
     """Writes JSON bodies and JSON errors; never leaks a traceback to the client."""
+
+    ctx: WebContext
+
+    def initialize(self, ctx: WebContext) -> None:
+        self.ctx = ctx
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -145,8 +153,9 @@ class StoreHandler(JsonHandler):
 
     store: Store
 
-    def initialize(self, gate: StoreGate) -> None:
-        self.gate = gate
+    def initialize(self, ctx: WebContext) -> None:
+        super().initialize(ctx)
+        self.gate = ctx.gate
 
     def prepare(self) -> None:
         self.store = self.gate.acquire()

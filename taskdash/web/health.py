@@ -7,7 +7,6 @@ orchestrators often probe with HEAD.
 from __future__ import annotations
 
 from taskdash import __version__
-from taskdash.health import Health
 from taskdash.web.base import JsonHandler
 
 
@@ -23,16 +22,19 @@ class HealthzHandler(JsonHandler):
 class ReadyzHandler(JsonHandler):
     """Readiness: 200 when every component is ready, else 503, with per-component details."""
 
-    def initialize(self, health: Health) -> None:
-        self.health = health
-
     def get(self) -> None:
-        ready, components = self.health.report()
+        ready, components = self.ctx.health.report()
         body = {
             "status": "ready" if ready else "not ready",
-            "phase": self.health.phase,
+            "phase": self.ctx.health.phase,
             "components": components,
         }
         self.send_json(body, 200 if ready else 503)
 
     head = get
+
+
+ROUTES = [
+    (r"/healthz", HealthzHandler),
+    (r"/readyz", ReadyzHandler),
+]
