@@ -37,8 +37,10 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LoginBody(_Body):
-    name: Text
-    password: Text
+    # no length limit of their own: a login too long for any account fails like any other
+    # (the body's limit bounds them)
+    name: str
+    password: str
 
 
 class TokenBody(_Body):
