@@ -32,7 +32,7 @@ from taskdash.store import deadline, sessions, throttle, tokens, users
 from taskdash.store.throttle import Policy, Rule
 from taskdash.store.times import Clock, to_ms, utcnow
 from taskdash.store.users import User
-from taskdash.web.base import STORE_DOWN, StoreHandler
+from taskdash.web.base import STORE_DOWN, StoreHandler, _ours
 
 if TYPE_CHECKING:
     from taskdash.settings import WebSettings
@@ -377,7 +377,7 @@ class PublicPage(Authenticated):
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, StoreUnavailable):
             self.ctx.gate.failed()
-            self.send_error(503, message=STORE_DOWN)
+            self.send_error(503, message=str(e) if _ours(e) else STORE_DOWN)
         elif isinstance(e, StoreError):
             self.send_error(500, message="the store refused the operation")
         else:
