@@ -276,6 +276,13 @@ async def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(people: Peop
         status, body = await root.call("/api/v1/users/root", "PATCH", change)
         assert (status, body["error"]) == (409, "last_admin"), change
         assert "last enabled admin" in body["message"]
+    # all or nothing: a refused change sets no password, a bad password changes no role
+    status, _ = await root.call(
+        "/api/v1/users/root", "PATCH", {"role": "user", "password": "never-stored-1"}
+    )
+    assert status == 409 and await users.verify_login(store, "root", "never-stored-1") is None
+    status, _ = await root.call("/api/v1/users/alice", "PATCH", {"role": "admin", "password": "x"})
+    assert status == 400 and (await users.get_user(store, "alice")).role == "user"  # type: ignore[union-attr]
     user = await users.get_user(store, "root")
     assert user is not None and (user.role, user.disabled) == ("admin", False)
     assert (await root.call("/api/v1/me"))[0] == 200

@@ -415,3 +415,15 @@ async def test_store_down_is_503_json_for_the_api_and_a_page_for_pages(app: Serv
         reply = await client.fetch(path)
         assert reply.status == 503 and reply.headers["Content-Type"].startswith("text/html")
         assert "<p>503: TaskDash is stopping</p>" in reply.text
+
+
+async def test_a_login_over_a_session_replaces_it(app: Served) -> None:
+    await make_user(app.store, "alice")
+    client, phone = app.client(), app.client()
+    await phone.login("alice", password_for("alice"))
+    await client.login("alice", password_for("alice"))
+    first = client.session
+    await client.login("alice", password_for("alice"))
+    assert client.session != first, "a new id at every login (no session fixation)"
+    assert await sessions.count_for_user(app.store, "alice") == 2, "the phone's and the new one"
+    assert (await phone.call("/api/v1/me"))[0] == 200

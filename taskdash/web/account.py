@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from taskdash.passwords import check_password
 from taskdash.store import audit as audit_log
 from taskdash.store import tokens, users
 from taskdash.store.times import iso, to_ms
@@ -25,6 +26,7 @@ from taskdash.web.auth import (
     PublicPage,
     safe_next,
 )
+from taskdash.web.base import bounded
 
 #: what every failed login is told, whatever failed (no such name, disabled, wrong password)
 WRONG = "wrong name or password"
@@ -113,6 +115,7 @@ class LoginPage(PublicPage):
             return
         self.render("login.html", next=target, error="", name="")
 
+    @bounded
     async def post(self) -> None:
         name = self.get_body_argument("name", "")
         password = self.get_body_argument("password", "")
@@ -134,6 +137,7 @@ class LoginPage(PublicPage):
 class LogoutPage(PublicPage):
     """``POST /logout``: the session ends, the cookie goes, back to the form."""
 
+    @bounded
     async def post(self) -> None:
         await self.log_out()
         self.redirect(LOGIN_URL)
@@ -142,6 +146,7 @@ class LogoutPage(PublicPage):
 class LoginApi(PublicApi):
     """``POST /api/v1/login`` ``{"name", "password"}``: the form's JSON twin (sets the cookie)."""
 
+    @bounded
     async def post(self) -> None:
         body = self.body(LoginBody)
         outcome = await self.log_in(body.name, body.password)
@@ -155,6 +160,7 @@ class LoginApi(PublicApi):
 class LogoutApi(ApiHandler):
     """``POST /api/v1/logout``: ends the session the request came with (204)."""
 
+    @bounded
     async def post(self) -> None:
         await self.log_out()
         self.set_status(204)
@@ -172,10 +178,12 @@ class MyTokensApi(ApiHandler):
     """``GET /api/v1/me/tokens``; ``POST`` ``{"name", "expires_in_days"?}`` makes one (201,
     the secret in this reply only)."""
 
+    @bounded
     async def get(self) -> None:
         listed = await tokens.list_for(self.store, self.user.name)
         self.send_json({"tokens": [token_json(t) for t in listed]})
 
+    @bounded
     async def post(self) -> None:
         body = self.body(TokenBody)
         secret, token = await tokens.create(
@@ -201,6 +209,7 @@ async def revoke_token(handler: ApiHandler, owner: str, token_id: str) -> None:
 class MyTokenApi(ApiHandler):
     """``DELETE /api/v1/me/tokens/<id>``: only one's own (another's id is not found)."""
 
+    @bounded
     async def delete(self, token_id: str) -> None:
         await revoke_token(self, self.user.name, token_id)
 
@@ -212,6 +221,7 @@ class MyPasswordApi(ApiHandler):
     way to guess it faster.
     """
 
+    @bounded
     async def post(self) -> None:
         body = self.body(PasswordBody)
         outcome = await self.check_password(body.current)
@@ -233,10 +243,12 @@ class MyPasswordApi(ApiHandler):
 class UsersApi(ApiHandler):
     """Admin: ``GET /api/v1/users``; ``POST`` ``{"name", "password", "role"?}`` (201)."""
 
+    @bounded
     async def get(self) -> None:
         self.require_admin()
         self.send_json({"users": [user_json(u) for u in await users.list_users(self.store)]})
 
+    @bounded
     async def post(self) -> None:
         self.require_admin()
         body = self.body(NewUserBody)
@@ -252,6 +264,7 @@ class UserApi(ApiHandler):
     enabled admin (409 ``last_admin``).
     """
 
+    @bounded
     async def get(self, name: str) -> None:
         self.require_admin()
         user = await users.get_user(self.store, name)
@@ -259,25 +272,29 @@ class UserApi(ApiHandler):
             raise ApiError(404, "not_found", f"no user {name[:64]!r}")
         self.send_json(user_json(user))
 
+    @bounded
     async def patch(self, name: str) -> None:
         self.require_admin()
         body = self.body(UserChangeBody)
         if body.password is not None:
-            keep = self.session_key if name == self.user.name else None
-            await users.set_password(self.store, name, body.password, keep_session=keep)
-            await self.audit("user.password", target=name)
+            check_password(body.password)  # before anything changes: all or nothing
         user = await users.change_guarded(self.store, name, role=body.role, disabled=body.disabled)
         changed = {
             k: v for k, v in (("role", body.role), ("disabled", body.disabled)) if v is not None
         }
         if changed:
             await self.audit("user.change", target=name, **changed)
+        if body.password is not None:
+            keep = self.session_key if name == self.user.name else None
+            await users.set_password(self.store, name, body.password, keep_session=keep)
+            await self.audit("user.password", target=name)
         self.send_json(user_json(user))
 
 
 class UserTokensApi(ApiHandler):
     """Admin: ``GET /api/v1/users/<name>/tokens``."""
 
+    @bounded
     async def get(self, name: str) -> None:
         self.require_admin()
         listed = await tokens.list_for(self.store, name)
@@ -287,6 +304,7 @@ class UserTokensApi(ApiHandler):
 class UserTokenApi(ApiHandler):
     """Admin: ``DELETE /api/v1/users/<name>/tokens/<id>`` revokes anyone's token."""
 
+    @bounded
     async def delete(self, name: str, token_id: str) -> None:
         self.require_admin()
         await revoke_token(self, name, token_id)
@@ -312,6 +330,7 @@ def since_argument(raw: str | None) -> int | None:
 class AuditApi(ApiHandler):
     """Admin: ``GET /api/v1/audit?actor=&action=&since=&limit=``, newest first."""
 
+    @bounded
     async def get(self) -> None:
         self.require_admin()
         filters = {k: self.get_query_argument(k, None) for k in ("actor", "action")}

@@ -265,6 +265,8 @@ class Authenticated(tornado.web.RequestHandler):
             await self.audit("login", outcome="failed")
             return outcome
         user = outcome.user
+        if self.session_key is not None:  # a login over a session replaces it
+            await sessions.end(self.store, self.session_key)
         ttl = self.web.session_ttl
         session_id = await sessions.create(self.store, user.name, now=self.now(), ttl=ttl)
         self.set_signed_cookie(
@@ -351,6 +353,7 @@ class PublicPage(Authenticated):
 
     def initialize(self, ctx: WebContext) -> None:
         self.ctx = ctx
+        self.gate = ctx.gate  # for :func:`~taskdash.web.base.bounded`
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
