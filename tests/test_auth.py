@@ -427,3 +427,9 @@ async def test_a_login_over_a_session_replaces_it(app: Served) -> None:
     assert client.session != first, "a new id at every login (no session fixation)"
     assert await sessions.count_for_user(app.store, "alice") == 2, "the phone's and the new one"
     assert (await phone.call("/api/v1/me"))[0] == 200
+
+
+async def test_an_unknown_path_is_404_whatever_the_method(app: Served) -> None:
+    for method in ("GET", "POST", "DELETE"):
+        reply = await app.client().fetch("/nope", method)
+        assert (reply.status, reply.json["error"]) == (404, "not_found"), method

@@ -18,6 +18,9 @@ class NotFoundHandler(JsonHandler):
     def initialize(self, ctx: WebContext | None = None) -> None:  # type: ignore[override]
         """The default handler is built without the route's keyword arguments."""
 
+    def check_xsrf_cookie(self) -> None:
+        """A 404 whatever the method (``xsrf_cookies`` would answer a POST 403 first)."""
+
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404, "not found")
 
