@@ -179,7 +179,6 @@ class Daemon:
             while True:
                 await monitor.until_ready()
                 try:
-                    await users.ensure_indexes(store)
                     password = await users.create_first_admin(store)
                 except StoreUnavailable:
                     monitor.suspect()  # the next readiness is a new chance
@@ -190,10 +189,14 @@ class Daemon:
                     return
                 if password is None:
                     log.info("initial_admin_not_needed", why="users exist")
-                    return
-                print(users.first_admin_notice(password), file=sys.stderr, flush=True)
-                log.warning("initial_admin_created", user=users.FIRST_ADMIN, hint=users.HINT)
-                return
+                else:
+                    print(users.first_admin_notice(password), file=sys.stderr, flush=True)
+                    log.warning("initial_admin_created", user=users.FIRST_ADMIN, hint=users.HINT)
+                break
+            try:  # sessions, tokens, login failures, audit: until store/mongo.py lists them
+                await users.ensure_indexes(store)
+            except StoreError as exc:
+                log.error("account_indexes_failed", error=str(exc), note="retried at next start")
 
         task = Background("first_admin", once)
         await task.start()

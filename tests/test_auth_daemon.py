@@ -13,6 +13,7 @@ from support import DaemonProcess, daemon_env, running_daemon, wait_for
 from web_client import WebClient
 
 from taskdash.cookie_secret import FILE_NAME
+from taskdash.store import Store
 
 NOTICE = re.compile(r"created the first user 'admin' \(role admin\), password: (\S+)")
 
@@ -36,6 +37,16 @@ async def _me(base: str, cookies: dict[str, str]) -> int:
     return (await client.call("/api/v1/me"))[0]
 
 
+async def _has_session_ttl(uri: str) -> bool:
+    """Whether the daemon created the sessions' TTL index."""
+    store = Store(uri, "taskdash")
+    try:
+        indexes = (await store["sessions"].index_information()).values()
+        return any(i.get("expireAfterSeconds") == 0 for i in indexes)
+    finally:
+        await store.close()
+
+
 def test_first_admin_logs_in_and_the_session_survives_a_restart(tmp_path: Path) -> None:
     env = daemon_env(tmp_path)
     daemon = DaemonProcess(tmp_path, env, stderr_apart=True).start()
@@ -46,6 +57,9 @@ def test_first_admin_logs_in_and_the_session_survives_a_restart(tmp_path: Path) 
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
         secret = secret_file.read_text()
         cookies = asyncio.run(_login_and_ask(daemon.web, found.group(1)))
+        port = env["TASKDASH_MONGODB__EMBEDDED_PORT"]
+        uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        assert wait_for(lambda: asyncio.run(_has_session_ttl(uri)), timeout=30)
         assert secret.strip() not in daemon.logs() + daemon.console()
     finally:
         assert daemon.stop() == 0
