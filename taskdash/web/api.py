@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import tornado.web
 
-from taskdash.store.assignments import get_assignments
 from taskdash.store.deadletters import list_dead_letters
 from taskdash.store.services import get_service, list_services
 from taskdash.store.status import history
@@ -80,12 +79,7 @@ class TasksHandler(StoreHandler):
             status=self.get_query_argument("status", None),
             include_gone=include_gone == "true",
             limit=self.int_argument("limit", 100, 1, 1000),
-            skip=self.int_argument("skip", 0, 0, 10_000_000),
         )
-        bindings = await get_assignments(self.store, [task["id"] for task in tasks])
-        for task in tasks:
-            binding = bindings.get(task["id"])
-            task["assignment"] = binding.public() if binding else None
         self.send_json({"tasks": tasks, "count": len(tasks)})
 
 
