@@ -20,8 +20,6 @@ from taskdash.store.assignments import (
 )
 from taskdash.store.tasks import ServiceListing, apply_listings, load_known, write_registered
 
-pytestmark = pytest.mark.asyncio
-
 
 async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: int) -> None:
     """Store a service's listing exactly as the fetcher does."""

@@ -185,10 +185,11 @@ class _Cond:
     field: str
     seek: Doc
     scan: Doc
+    equality: bool  # an equality on a KEYED field comes in ``key`` order; a range does not
 
 
 def _equal(name: str, value: str) -> _Cond:
-    return _Cond(name, {name: eq(value)}, {name: {"$in": [value]}})
+    return _Cond(name, {name: eq(value)}, {name: {"$in": [value]}}, equality=True)
 
 
 def _prefix(name: str, text: str) -> _Cond:
@@ -197,6 +198,7 @@ def _prefix(name: str, text: str) -> _Cond:
         name,
         {name: {"$gte": folded, "$lt": folded + _TOP}},
         {name: {"$regex": "^" + re.escape(folded)}},
+        equality=False,
     )
 
 
@@ -243,7 +245,9 @@ class _Sizes:
 
 def _aligned(cond: _Cond, sort_field: str) -> bool:
     """Whether the filter's own index also gives the sort order."""
-    return cond.field == sort_field or (sort_field == "key" and cond.field in KEYED)
+    if cond.field == sort_field:
+        return True
+    return sort_field == "key" and cond.equality and cond.field in KEYED
 
 
 async def _filter(sizes: _Sizes, conds: Sequence[_Cond], sort_field: str) -> Doc:
@@ -267,7 +271,11 @@ async def _filter(sizes: _Sizes, conds: Sequence[_Cond], sort_field: str) -> Doc
 
 
 def _after(sort_field: str, cursor: Cursor, descending: bool) -> list[Doc]:
-    """ "After ``cursor`` in this order", as conditions whose results follow each other."""
+    """Where "after ``cursor``" is in this order: conditions whose results follow each other.
+
+    The first is the ties (same sort value, later key), read in ``key`` order alone: the same
+    order there, and one SQLite serves from an index far better.
+    """
     later = "$lt" if descending else "$gt"
     ties = {sort_field: eq(cursor.value), "key": {later: cursor.key}}
     if sort_field == "key":
@@ -280,6 +288,27 @@ def _after(sort_field: str, cursor: Cursor, descending: bool) -> list[Doc]:
     return parts
 
 
+def _both(base: Doc, part: Doc) -> Doc | None:
+    """``base`` and ``part`` at once (None: they contradict, nothing matches).
+
+    Without ``$and``, which nx-27017 answers with a scan: conditions on one field are merged
+    into one operator document, the tighter bound kept where both give one.
+    """
+    out = dict(base)
+    for name, ops in part.items():
+        merged = dict(out.get(name, {}))
+        for op, value in ops.items():
+            if op not in merged:
+                merged[op] = value
+            elif op in ("$lt", "$gt"):
+                tighter = min if op == "$lt" else max
+                merged[op] = tighter(merged[op], value)
+            elif merged[op] != value:
+                return None
+        out[name] = merged
+    return out
+
+
 def _order_key(doc: Doc, sort_field: str) -> tuple[Any, ...]:
     value = doc.get(sort_field)
     return (0, "") if value is None else (1, value), doc.get("key", doc["_id"])
@@ -290,14 +319,14 @@ async def _branch(
 ) -> list[Doc]:
     """Up to ``limit`` tasks matching ``base``, from each part in turn (they are in order)."""
     direction = -1 if descending else 1
-    order = (
-        [(sort_field, direction)]
-        if sort_field == "key"
-        else [(sort_field, direction), ("key", direction)]
-    )
     found: list[Doc] = []
     for part in parts:
-        cursor = store.tasks.find({**base, **part}).sort(order).limit(limit - len(found))
+        condition = _both(base, part)
+        if condition is None:
+            continue
+        ties = "$eq" in part.get(sort_field, {})
+        order = [("key", direction)] if ties else [(sort_field, direction), ("key", direction)]
+        cursor = store.tasks.find(condition).sort(order).limit(limit - len(found))
         found.extend([doc async for doc in cursor])
         if len(found) >= limit:
             break
