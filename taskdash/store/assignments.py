@@ -29,6 +29,7 @@ nothing is migrated from it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -140,6 +141,15 @@ async def get_assignment(store: Store, task_id: str) -> Assignment:
     if doc is None:
         raise NoSuchTask(f"no task {task_id!r}")
     return Assignment.from_doc(doc)
+
+
+async def get_assignments(store: Store, task_ids: Sequence[str]) -> dict[str, Assignment]:
+    """The bindings of these tasks, by id (a task that is not stored is left out)."""
+    if not task_ids:
+        return {}
+    async with translated("get_assignments"):
+        cursor = store.tasks.find({"_id": {"$in": list(task_ids)}}, _PROJECTION)
+        return {doc["_id"]: Assignment.from_doc(doc) async for doc in cursor}
 
 
 async def set_assignment(

@@ -386,3 +386,10 @@ async def every_task(store: Store, query: TaskQuery, limit: int) -> list[dict[st
             break
         page_query = replace(page_query, after=Cursor.decode(page.next, "after"))
     return tasks[:limit]
+
+
+async def get_task(store: Store, task_id: str) -> dict[str, Any] | None:
+    """One task as the API shows it (gone or not), or None."""
+    async with translated("get_task"):
+        doc = await store.tasks.find_one({"_id": task_id})
+    return public_task(doc) if doc else None
