@@ -182,7 +182,7 @@ def build(routes: Iterable[tuple[str, type[tornado.web.RequestHandler]]]) -> Sch
         bodies, ref_template="#/components/schemas/{name}"
     )
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "TaskDash",
             "version": __version__,
@@ -208,9 +208,9 @@ def _object(properties: dict[str, Schema], required: Iterable[str] | None = None
 
 
 _TEXT: Schema = {"type": "string"}
-_TIME: Schema = {"type": "string", "format": "date-time", "nullable": True}
+_TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
 _INT: Schema = {"type": "integer"}
-_CURSOR: Schema = {"type": "string", "nullable": True}
+_CURSOR: Schema = {"type": ["string", "null"]}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": _object(
@@ -228,12 +228,12 @@ SCHEMAS: dict[str, Schema] = {
                 "version": _INT,
             }
         ),
-        "nullable": True,
+        "type": ["object", "null"],  # null: never bound
     },
     "Task": _object(
         {
             **dict.fromkeys(("id", "name", "url", "description", "status", "reserved"), _TEXT),
-            "service_id": {"type": "string", "nullable": True},
+            "service_id": _CURSOR,
             "start_time": _TEXT,
             "stop_time": _TEXT,
             "first_seen_at": _TIME,
