@@ -24,6 +24,7 @@ from taskdash.store.tasks import ServiceListing, apply_listings, load_known, wri
 STATUSES = ("running", "finish", "new")
 NAMES = ("Backup", "backup daily", "Straße", "zeta", "Alpha", "alpha", "Mail <b>", "mail")
 USERS = ("", "ann", "bob")
+EPOCH = 1_795_000_000_000  # times as stored: epoch ms, beyond 32 bits (BSON int64)
 
 
 async def harvest(store: Store, service_id: str, tasks: list[TaskMetaData], now_ms: int) -> None:
@@ -45,12 +46,12 @@ async def world(store: Store) -> list[dict[str, Any]]:
             )
             for i in range(10)
         ]
-        await harvest(store, f"svc-{s}", tasks, now_ms=1000 + s % 2)
+        await harvest(store, f"svc-{s}", tasks, now_ms=EPOCH + s % 2)
         if s == 2:  # the first three stop being listed: gone
-            await harvest(store, "svc-2", tasks[3:], now_ms=2000)
+            await harvest(store, "svc-2", tasks[3:], now_ms=EPOCH + 1000)
     for i in range(4):
         fields = {"name": NAMES[i], "status": STATUSES[i % 3], "description": "over tcp"}
-        await write_registered(store, f"tcp-{i}", fields, {}, create=True, now_ms=1500)
+        await write_registered(store, f"tcp-{i}", fields, {}, create=True, now_ms=EPOCH + 500)
     every = await everything(store)
     for n, task in enumerate(every):
         user = USERS[n % 3]
