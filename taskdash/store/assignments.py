@@ -228,23 +228,9 @@ async def claim(
     condition: Doc = {"_id": task_id, "assignee": eq("")}
     if expect_version is not None:
         condition["assignment.version"] = eq(expect_version)
-    update = {
-        "$set": {
-            "assignee": user,
-            "assignment.source": "web",
-            "assignment.by": user,
-            "assignment.at": now_ms,
-        },
-        "$inc": {"assignment.version": 1},
-    }
-    async with translated("claim"):
-        doc = await store.tasks.find_one_and_update(
-            condition, update, projection=_PROJECTION, return_document=ReturnDocument.AFTER
-        )
-        if doc is not None:
-            claimed = Assignment.from_doc(doc)
-            await _record(store, claimed, "")
-            return claimed, True
+    claimed = await _hand_over(store, condition, user, by=user, now_ms=now_ms, previous="")
+    if claimed is not None:
+        return claimed, True
     current = await get_assignment(store, task_id)
     if current.user == user and expect_version in (None, current.version):
         return current, False
@@ -262,30 +248,39 @@ async def release(store: Store, task_id: str, user: str, *, now_ms: int) -> tupl
     Returns (the binding, whether it changed); releasing a task nobody holds changes nothing.
     NotHolder names the holder when it is someone else; NoSuchTask if there is no such task.
     """
-    update = {
-        "$set": {
-            "assignee": "",
-            "assignment.source": "web",
-            "assignment.by": user,
-            "assignment.at": now_ms,
-        },
-        "$inc": {"assignment.version": 1},
-    }
-    async with translated("release"):
-        doc = await store.tasks.find_one_and_update(
-            {"_id": task_id, "assignee": eq(user)},
-            update,
-            projection=_PROJECTION,
-            return_document=ReturnDocument.AFTER,
-        )
-        if doc is not None:
-            released = Assignment.from_doc(doc)
-            await _record(store, released, user)
-            return released, True
+    condition = {"_id": task_id, "assignee": eq(user)}
+    released = await _hand_over(store, condition, "", by=user, now_ms=now_ms, previous=user)
+    if released is not None:
+        return released, True
     current = await get_assignment(store, task_id)
     if not current.user:
         return current, False
     raise NotHolder(f"task {task_id} is held by {current.user}, not by {user}", current.user)
+
+
+async def _hand_over(
+    store: Store, condition: Doc, holder: str, *, by: str, now_ms: int, previous: str
+) -> Assignment | None:
+    """A web claim or release: one update making ``holder`` hold the task if ``condition``
+    still matches, recorded in the history; None when it no longer matched."""
+    update = {
+        "$set": {
+            "assignee": holder,
+            "assignment.source": "web",
+            "assignment.by": by,
+            "assignment.at": now_ms,
+        },
+        "$inc": {"assignment.version": 1},
+    }
+    async with translated("hand_over"):
+        doc = await store.tasks.find_one_and_update(
+            condition, update, projection=_PROJECTION, return_document=ReturnDocument.AFTER
+        )
+        if doc is None:
+            return None
+        changed = Assignment.from_doc(doc)
+        await _record(store, changed, previous)
+    return changed
 
 
 async def _record(store: Store, new: Assignment, previous_user: str) -> None:

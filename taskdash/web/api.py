@@ -11,12 +11,13 @@ assignments and unassignments are audited, refusals included. The pre-v1 paths
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ClassVar, NoReturn, TypeVar
 
 import msgspec
 import tornado.web
 
-from taskdash.store import users
+from taskdash.store import Store, users
 from taskdash.store.assignments import (
     AssignmentConflict,
     NoSuchTask,
@@ -112,6 +113,21 @@ class Api(ApiHandler):
     def fail(self, status: int, code: str, message: str, **extra: Any) -> NoReturn:
         raise Refusal(status, code, message, **extra)
 
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, NoSuchTask):  # gone between a handler's check and its write
+            self.send_failure(404, "not_found", "no task with this id")
+            return
+        super()._handle_request_exception(e)
+
+    async def found(
+        self, get: Callable[[Store, str], Awaitable[dict[str, Any] | None]], name: str, value: str
+    ) -> dict[str, Any]:
+        """``get(store, id)`` of the id in the path parameter ``name``, or 404."""
+        found = await get(self.store, self.path_id(name, value))
+        if found is None:
+            raise tornado.web.HTTPError(404, f"no {name.removesuffix('_id')} with this id")
+        return found
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, Refusal):
@@ -158,10 +174,7 @@ class ServiceApi(Api):
 
     async def service(self, service_id: str) -> dict[str, Any]:
         """The service, or 404."""
-        found = await get_service(self.store, self.path_id("service_id", service_id))
-        if found is None:
-            raise tornado.web.HTTPError(404, "no service with this id")
-        return found
+        return await self.found(get_service, "service_id", service_id)
 
 
 class ServiceHandler(ServiceApi):
@@ -287,10 +300,7 @@ class TaskApi(Api):
 
     async def task(self, task_id: str) -> dict[str, Any]:
         """The task, or 404."""
-        found = await get_task(self.store, self.path_id("task_id", task_id))
-        if found is None:
-            raise tornado.web.HTTPError(404, "no task with this id")
-        return found
+        return await self.found(get_task, "task_id", task_id)
 
     def now_ms(self) -> int:
         return to_ms(self.now())
@@ -369,8 +379,6 @@ class ClaimHandler(TaskApi):
             )
         except AssignmentConflict as exc:
             await self.refuse("claim", task_id, 409, str(exc), exc.holder)
-        except NoSuchTask:
-            raise tornado.web.HTTPError(404, "no task with this id") from None
         await self.done("claim", task_id, changed)
 
 
@@ -392,8 +400,6 @@ class ReleaseHandler(TaskApi):
                 _, changed = await release(self.store, task_id, self.user.name, now_ms=now)
         except NotHolder as exc:
             await self.refuse("release", task_id, 403, str(exc), exc.holder)
-        except NoSuchTask:
-            raise tornado.web.HTTPError(404, "no task with this id") from None
         await self.done("release", task_id, changed, holder=holder)
 
 
@@ -418,18 +424,15 @@ class AssignHandler(TaskApi):
         if account is None or account.disabled:
             self.fail(400, "bad_request", f"user: no enabled account {wanted.user!r}")
         holder = (await self.task(task_id))["assignee"]
-        try:
-            _, changed = await set_assignment(
-                self.store,
-                task_id,
-                user=wanted.user,
-                group_id=wanted.group_id,
-                source="web",
-                by=self.user.name,
-                now_ms=self.now_ms(),
-            )
-        except NoSuchTask:
-            raise tornado.web.HTTPError(404, "no task with this id") from None
+        _, changed = await set_assignment(
+            self.store,
+            task_id,
+            user=wanted.user,
+            group_id=wanted.group_id,
+            source="web",
+            by=self.user.name,
+            now_ms=self.now_ms(),
+        )
         await self.done("assign", task_id, changed, user=wanted.user, holder=holder)
 
 
@@ -442,12 +445,9 @@ class UnassignHandler(TaskApi):
     async def post(self, task_id: str) -> None:
         await self.admin_only("unassign", task_id)
         holder = (await self.task(task_id))["assignee"]
-        try:
-            _, changed = await set_assignment(
-                self.store, task_id, user="", source="web", by=self.user.name, now_ms=self.now_ms()
-            )
-        except NoSuchTask:
-            raise tornado.web.HTTPError(404, "no task with this id") from None
+        _, changed = await set_assignment(
+            self.store, task_id, user="", source="web", by=self.user.name, now_ms=self.now_ms()
+        )
         await self.done("unassign", task_id, changed, holder=holder)
 
 

@@ -8,6 +8,7 @@ the first from undoing the second. Every one of them fails when that condition i
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 import structlog.testing
@@ -17,6 +18,7 @@ from tcp_race import Between, listened_store, other_store, run_elsewhere
 from taskdash.models import TaskMetaData
 from taskdash.store import Store
 from taskdash.store.assignments import (
+    Assignment,
     AssignmentConflict,
     NotHolder,
     assignment_history,
@@ -35,6 +37,7 @@ from taskdash.store.tasks import (
     write_registered,
 )
 
+T = TypeVar("T")
 WINNER = {"name": "winner", "url": "http://w", "description": "w", "status": "new"}
 LOSER = {"name": "loser", "url": "http://l", "description": "l", "status": "running"}
 
@@ -156,26 +159,39 @@ async def test_an_adoption_between_the_owner_read_and_the_adopt_is_not_overwritt
 # -- two assignments of one task ---------------------------------------------------------------
 
 
-def elsewhere(mongo_uri: str, database: str, work: Callable[[Store], Awaitable[object]]) -> None:
-    """Another writer's call (own client, own loop), run to its end before the hooked command."""
+def bob_binds(other: Store) -> Awaitable[object]:
+    """Bob's binding over TCP (newest wins), as another writer makes it."""
+    return set_assignment(other, "t", user="bob", source="tcp", now_ms=2)
 
-    async def run() -> None:
-        other = other_store(mongo_uri, database)
+
+def bob_claims(other: Store) -> Awaitable[object]:
+    return claim(other, "t", "bob", now_ms=2)
+
+
+async def ann_during(
+    store: Store,
+    mongo_uri: str,
+    command: str,
+    other: Callable[[Store], Awaitable[object]],
+    work: Callable[[Store], Awaitable[T]],
+) -> T:
+    """Ann's ``work``, with ``other`` (another writer: own client, own loop) run to its end
+    just before Ann's first ``command`` on ``tasks`` is sent."""
+
+    async def another() -> None:
+        theirs = other_store(mongo_uri, store.db.name)
         try:
-            await work(other)
+            await other(theirs)
         finally:
-            await other.close()
+            await theirs.close()
 
-    run_elsewhere(run)
-
-
-def assign_elsewhere(mongo_uri: str, database: str, user: str) -> None:
-    """Another writer's :func:`set_assignment` over TCP."""
-    elsewhere(
-        mongo_uri,
-        database,
-        lambda other: set_assignment(other, "t", user=user, source="tcp", now_ms=2),
-    )
+    race = Between(command, "tasks", lambda: run_elsewhere(another))
+    ann = await listened_store(mongo_uri, store.db.name, race)
+    try:
+        return await work(ann)
+    finally:
+        await ann.close()
+        assert race.fired == 1, "the other writer ran in between"
 
 
 async def history_of(store: Store) -> list[tuple[str, str, int]]:
@@ -196,23 +212,22 @@ async def test_two_claims_at_once_one_wins_the_other_is_told_the_holder(
     """Bob's claim lands between Ann's request and its arrival: her one conditional update
     (nobody holds it) no longer matches, and she is told Bob holds it."""
     await a_task(store)
-    race = Between(
-        "findAndModify",
-        "tasks",
-        lambda: elsewhere(
-            mongo_uri, store.db.name, lambda other: claim(other, "t", "bob", now_ms=2)
-        ),
-    )
-    ann = await listened_store(mongo_uri, store.db.name, race)
-    try:
-        with pytest.raises(AssignmentConflict) as lost:
-            await claim(ann, "t", "ann", now_ms=3)
-    finally:
-        await ann.close()
-    assert race.fired == 1 and lost.value.holder == "bob"
+    with pytest.raises(AssignmentConflict) as lost:
+        await ann_during(
+            store,
+            mongo_uri,
+            "findAndModify",
+            bob_claims,
+            lambda ann: claim(ann, "t", "ann", now_ms=3),
+        )
+    assert lost.value.holder == "bob"
     current = await get_assignment(store, "t")
     assert (current.user, current.version, current.source) == ("bob", 1, "web")
     assert await history_of(store) == [("bob", "", 1)]
+
+
+def ann_binds(ann: Store) -> Awaitable[tuple[Assignment, bool]]:
+    return set_assignment(ann, "t", user="ann", source="tcp", now_ms=3)
 
 
 async def test_tcp_assignments_racing_both_apply_in_order(store: Store, mongo_uri: str) -> None:
@@ -220,13 +235,8 @@ async def test_tcp_assignments_racing_both_apply_in_order(store: Store, mongo_ur
     write misses on ``version``, she reads again and writes version 3 after Bob's 2."""
     await a_task(store)
     await set_assignment(store, "t", user="x", source="tcp", now_ms=1)
-    race = Between("update", "tasks", lambda: assign_elsewhere(mongo_uri, store.db.name, "bob"))
-    ann = await listened_store(mongo_uri, store.db.name, race)
-    try:
-        now, changed = await set_assignment(ann, "t", user="ann", source="tcp", now_ms=3)
-    finally:
-        await ann.close()
-    assert race.fired == 1 and changed and (now.user, now.version) == ("ann", 3)
+    now, changed = await ann_during(store, mongo_uri, "update", bob_binds, ann_binds)
+    assert changed and (now.user, now.version) == ("ann", 3)
     assert await history_of(store) == [("ann", "bob", 3), ("bob", "x", 2), ("x", "", 1)]
 
 
@@ -235,13 +245,8 @@ async def test_a_first_assignment_losing_the_race_retries_on_the_winner(
 ) -> None:
     """Never assigned: Bob's first binding lands between Ann's read and her write."""
     await a_task(store)
-    race = Between("update", "tasks", lambda: assign_elsewhere(mongo_uri, store.db.name, "bob"))
-    ann = await listened_store(mongo_uri, store.db.name, race)
-    try:
-        now, changed = await set_assignment(ann, "t", user="ann", source="tcp", now_ms=3)
-    finally:
-        await ann.close()
-    assert race.fired == 1 and changed and (now.user, now.version) == ("ann", 2)
+    now, changed = await ann_during(store, mongo_uri, "update", bob_binds, ann_binds)
+    assert changed and (now.user, now.version) == ("ann", 2)
     assert await history_of(store) == [("ann", "bob", 2), ("bob", "", 1)]
 
 
@@ -252,14 +257,14 @@ async def test_a_release_after_someone_else_took_the_task_over_is_refused(
     release (conditional on her holding it) must not free Bob's task."""
     await a_task(store)
     await claim(store, "t", "ann", now_ms=1)
-    take_over = lambda: assign_elsewhere(mongo_uri, store.db.name, "bob")  # noqa: E731
-    race = Between("findAndModify", "tasks", take_over)
-    ann = await listened_store(mongo_uri, store.db.name, race)
-    try:
-        with pytest.raises(NotHolder) as refused:
-            await release(ann, "t", "ann", now_ms=3)
-    finally:
-        await ann.close()
-    assert race.fired == 1 and refused.value.holder == "bob"
+    with pytest.raises(NotHolder) as refused:
+        await ann_during(
+            store,
+            mongo_uri,
+            "findAndModify",
+            bob_binds,
+            lambda ann: release(ann, "t", "ann", now_ms=3),
+        )
+    assert refused.value.holder == "bob"
     assert (await get_assignment(store, "t")).user == "bob"
     assert await history_of(store) == [("bob", "ann", 2), ("ann", "", 1)]
