@@ -26,6 +26,7 @@ import tornado.web
 
 from taskdash.background import Background
 from taskdash.checker import Checker
+from taskdash.cookie_secret import cookie_secret
 from taskdash.errors import StoreError, StoreUnavailable, TaskDashError
 from taskdash.fetcher import Fetcher
 from taskdash.health import Health
@@ -180,6 +181,7 @@ class Daemon:
             while True:
                 await monitor.until_ready()
                 try:
+                    await users.ensure_indexes(store)
                     password = await users.create_first_admin(store)
                 except StoreUnavailable:
                     monitor.suspect()  # the next readiness is a new chance
@@ -202,7 +204,8 @@ class Daemon:
     async def _start_web(self) -> None:
         """First of all: /healthz answers while the rest starts; a taken port fails at once."""
         cfg = self.settings.web
-        ctx = WebContext(settings=self.settings, health=self.health, gate=self.gate)
+        secret = cookie_secret(self.settings)
+        ctx = WebContext(self.settings, self.health, self.gate, cookie_secret=secret)
         ctx.extra["pipeline"] = self.pipeline
         app = make_app(ctx)
         self.web_port = self._serve_http("web", app, "web.port", cfg.host, cfg.port)

@@ -164,14 +164,52 @@ class MongoSettings(_Section):
             raise ValueError("retry_max must be >= retry_initial")
 
 
+#: up to 30 days: a longer session or lock is a setting mistake more likely than a wish
+LongSeconds = Annotated[float, msgspec.Meta(gt=0, le=30 * 86400)]
+Count = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+#: what a cookie secret must have at least when configured (a generated one has 64)
+COOKIE_SECRET_MIN = 32
+
+
 class WebSettings(_Section):
-    """The HTTP server (dashboard, API, health)."""
+    """The HTTP server (dashboard, API, health), its logins and its audit log."""
 
     host: str = "127.0.0.1"
     port: Port = 8080
+    # signs the session cookie; "" = generated once into <data_dir>/cookie_secret (mode 0600).
+    # Every daemon behind one address needs the same secret.
+    cookie_secret: str = ""
+    # mark cookies Secure on plain HTTP too (TLS ends at a proxy in front of TaskDash)
+    secure_cookies: bool = False
+    session_ttl: LongSeconds = 43200.0
+    session_idle_timeout: LongSeconds = 3600.0
+    # failed logins within this long count towards the delay and the lock
+    login_window: LongSeconds = 900.0
+    login_user_delay_after: Count = 3
+    login_user_lock_after: Count = 10
+    login_address_delay_after: Count = 10
+    login_address_lock_after: Count = 50
+    login_delay_initial: Seconds = 1.0
+    login_delay_max: Seconds = 60.0
+    login_lock_time: LongSeconds = 900.0
+    audit_ttl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
 
     def __post_init__(self) -> None:
         self._require_host("host")
+        if self.cookie_secret and len(self.cookie_secret) < COOKIE_SECRET_MIN:
+            raise ValueError(
+                f"cookie_secret must be at least {COOKIE_SECRET_MIN} characters (or empty: "
+                "generated under data_dir)"
+            )
+        if self.session_idle_timeout > self.session_ttl:
+            raise ValueError("session_idle_timeout must be at most session_ttl")
+        if self.login_delay_max < self.login_delay_initial:
+            raise ValueError("login_delay_max must be >= login_delay_initial")
+        for kind in ("user", "address"):
+            if getattr(self, f"login_{kind}_lock_after") < getattr(
+                self, f"login_{kind}_delay_after"
+            ):
+                raise ValueError(f"login_{kind}_lock_after must be >= login_{kind}_delay_after")
 
 
 class TcpSettings(_Section):

@@ -14,7 +14,8 @@ from typing import Literal
 
 from taskdash.errors import StoreError, ValidationError
 from taskdash.passwords import Passwords, check_password
-from taskdash.store.mongo import Doc, Store, insert_new, translated
+from taskdash.store import audit, sessions, throttle, tokens
+from taskdash.store.mongo import Doc, Store, eq, insert_new, translated
 from taskdash.store.times import Clock, to_ms, utcnow
 
 Role = Literal["user", "admin"]
@@ -36,6 +37,10 @@ class UserExists(StoreError):
 
 class UnknownUser(StoreError):
     """No user of that name."""
+
+
+class LastAdmin(StoreError):
+    """The change would leave no enabled admin."""
 
 
 @dataclass(frozen=True)
@@ -140,15 +145,63 @@ async def set_password(
     *,
     clock: Clock = utcnow,
     passwords: Passwords = _PASSWORDS,
+    keep_session: str | None = None,
 ) -> None:
-    """Replace the password (rules checked first); UnknownUser if there is no such account."""
+    """Replace the password (rules checked first) and end every session of the account but
+    ``keep_session`` (the one that changed it); UnknownUser if there is no such account."""
     encoded = await passwords.hash(check_password(password))
     await _update(store, name, {"password": encoded}, clock)
+    await sessions.end_for_user(store, name, keep=keep_session)
 
 
 async def set_disabled(store: Store, name: str, disabled: bool, *, clock: Clock = utcnow) -> None:
-    """Disable (no login, whatever the password) or enable again an account."""
+    """Disable (no login, whatever the password; its sessions end) or enable an account."""
     await _update(store, name, {"disabled": disabled}, clock)
+    if disabled:
+        await sessions.end_for_user(store, name)
+
+
+async def count_enabled_admins(store: Store) -> int:
+    """How many accounts could still administer TaskDash."""
+    async with translated("count_admins"):
+        return await store.users.count_documents({"role": eq("admin"), "disabled": eq(False)})
+
+
+async def change_guarded(
+    store: Store,
+    name: str,
+    *,
+    role: Role | None = None,
+    disabled: bool | None = None,
+    clock: Clock = utcnow,
+) -> User:
+    """Change role and/or disabled, refusing (LastAdmin) to leave no enabled admin.
+
+    The change is written, then the admins are counted; with none left it is undone. Two
+    admins demoting each other at the same moment may then both be refused, never both
+    succeed. (The CLI's ``disable`` is not guarded: it is the way back in.)
+    """
+    before = await get_user(store, name)
+    if before is None:
+        raise UnknownUser(f"no user {name!r}")
+    if role is not None and role not in ROLES:
+        raise ValidationError(f"invalid role {role!r}: one of {', '.join(ROLES)}", field="role")
+    changes: Doc = {}
+    if role is not None:
+        changes["role"] = role
+    if disabled is not None:
+        changes["disabled"] = disabled
+    if not changes:
+        return before
+    await _update(store, name, changes, clock)
+    if before.role == "admin" and not before.disabled and not await count_enabled_admins(store):
+        await _update(store, name, {"role": before.role, "disabled": before.disabled}, clock)
+        raise LastAdmin(f"{name!r} is the last enabled admin: make another admin first")
+    if disabled:
+        await sessions.end_for_user(store, name)
+    after = await get_user(store, name)
+    assert after is not None
+    return after
 
 
 async def verify_login(
@@ -201,3 +254,26 @@ def first_admin_notice(password: str) -> str:
         f"taskdash: created the first user {FIRST_ADMIN!r} (role admin), password: {password}\n"
         f"taskdash: it is shown only this once; {HINT}"
     )
+
+
+#: collection -> (keys, options) of the indexes behind logins; created by
+#: :func:`ensure_indexes` (at daemon start and in tests) until store/mongo.py lists them
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, object]]]] = {
+    sessions.COLLECTION: [([("user", 1)], {"name": "user"})],
+    tokens.COLLECTION: [([("user", 1)], {"name": "user"})],
+    throttle.COLLECTION: [([("key", 1), ("at", 1)], {"name": "key_at"})],
+    audit.COLLECTION: [
+        ([("actor", 1), ("at", 1)], {"name": "actor_at"}),
+        ([("action", 1), ("at", 1)], {"name": "action_at"}),
+    ],
+}
+TTL = {"name": "ttl", "expireAfterSeconds": 0}
+
+
+async def ensure_indexes(store: Store) -> None:
+    """Create the indexes of sessions, tokens, login failures and audit (idempotent)."""
+    async with translated("ensure_account_indexes"):
+        for collection, indexes in INDEXES.items():
+            for keys, options in indexes:
+                await store[collection].create_index(keys, **options)
+            await store[collection].create_index([("expires_at", 1)], **TTL)

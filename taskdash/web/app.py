@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
+
 import tornado.web
 
-from taskdash.web import api, health
+from taskdash.web import account, api, health
 from taskdash.web.base import JsonHandler
 from taskdash.web.context import WebContext
 
@@ -21,7 +24,12 @@ class NotFoundHandler(JsonHandler):
 
 #: (pattern, handler) of every route, module by module; each handler's ``initialize`` takes
 #: the WebContext
-ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [*health.ROUTES, *api.ROUTES]
+ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
+    *health.ROUTES,
+    *api.ROUTES,
+    *account.ROUTES,
+]
+HERE = Path(__file__).parent
 
 
 def make_app(ctx: WebContext) -> tornado.web.Application:
@@ -35,4 +43,11 @@ def make_app(ctx: WebContext) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,
         max_body_size=1024 * 1024,
+        # no secret given (an app built by a test): one for this process only
+        cookie_secret=ctx.cookie_secret or secrets.token_urlsafe(48),
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"samesite": "Lax"},
+        template_path=str(HERE / "templates"),
+        static_path=str(HERE / "static"),
+        login_url="/login",
     )

@@ -1,0 +1,101 @@
+"""Server-side login sessions (collection ``sessions``).
+
+The browser holds a random 256-bit id (in a signed cookie); the store holds only its SHA-256
+as ``_id``, so a copy of the database opens no session. A session ends at ``expires_at`` (the
+login plus ``[web] session_ttl``, a BSON date written once, read by a TTL index) or after
+``[web] session_idle_timeout`` without a request, whichever comes first; logging out deletes
+it, and a password change or a disabled account deletes the user's sessions.
+
+``last_seen`` is rewritten at most once a minute, not on every request: the idle timeout is
+therefore exact to a minute, and a busy page costs no write per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from taskdash.store.mongo import Doc, Store, eq, translated
+from taskdash.store.times import to_ms
+
+COLLECTION = "sessions"
+#: ``last_seen`` is not rewritten more often than this (milliseconds)
+TOUCH_EVERY_MS = 60_000
+
+
+def digest(secret: str) -> str:
+    """What is stored for a session id or token: its SHA-256, hex."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Session:
+    """A live session: ``key`` is the stored digest (never the id the browser holds)."""
+
+    key: str
+    user: str
+    created_at: int
+    last_seen: int
+
+
+async def create(store: Store, user: str, *, now: datetime, ttl: float) -> str:
+    """Open a session for ``user``; returns the id for the cookie (shown nowhere else)."""
+    session_id = secrets.token_urlsafe(32)
+    now_ms = to_ms(now)
+    doc: Doc = {
+        "_id": digest(session_id),
+        "user": user,
+        "created_at": now_ms,
+        "last_seen": now_ms,
+        "expires_at": now + timedelta(seconds=ttl),
+    }
+    async with translated("create_session"):
+        await store[COLLECTION].insert_one(doc)
+    return session_id
+
+
+async def resolve(store: Store, session_id: str, *, now: datetime, idle: float) -> Session | None:
+    """The live session behind ``session_id`` (its last use noted), else None.
+
+    An expired or idle session found here is deleted at once: a TTL monitor may be slow (and
+    nx-27017 only expires on read).
+    """
+    key = digest(session_id)
+    async with translated("resolve_session"):
+        doc = await store[COLLECTION].find_one({"_id": key})
+    if doc is None:
+        return None
+    now_ms = to_ms(now)
+    if to_ms(doc["expires_at"]) <= now_ms or now_ms - doc["last_seen"] >= idle * 1000:
+        await end(store, key)
+        return None
+    if now_ms - doc["last_seen"] >= TOUCH_EVERY_MS:
+        async with translated("touch_session"):
+            await store[COLLECTION].update_one(
+                {"_id": key, "last_seen": eq(doc["last_seen"])}, {"$set": {"last_seen": now_ms}}
+            )
+    return Session(key=key, user=doc["user"], created_at=doc["created_at"], last_seen=now_ms)
+
+
+async def end(store: Store, key: str) -> None:
+    """Delete one session by its stored digest (logout)."""
+    async with translated("end_session"):
+        await store[COLLECTION].delete_one({"_id": key})
+
+
+async def end_for_user(store: Store, user: str, *, keep: str | None = None) -> int:
+    """Delete every session of ``user`` but ``keep`` (a digest); returns how many ended."""
+    query: Doc = {"user": eq(user)}
+    if keep is not None:
+        query["_id"] = {"$ne": keep}
+    async with translated("end_sessions"):
+        result = await store[COLLECTION].delete_many(query)
+    return result.deleted_count
+
+
+async def count_for_user(store: Store, user: str) -> int:
+    """How many sessions ``user`` has (expired ones not yet removed included)."""
+    async with translated("count_sessions"):
+        return await store[COLLECTION].count_documents({"user": eq(user)})

@@ -1,0 +1,378 @@
+"""Who is asking: sessions and API tokens behind every handler but ``/healthz`` and ``/readyz``.
+
+- :class:`ApiHandler` (JSON under ``/api``): a session cookie first, else ``Authorization:
+  Bearer <token>``; nobody (or a disabled user, an ended session, a revoked token) -> 401.
+- :class:`PageHandler` (HTML): nobody -> 302 to ``/login?next=<path>``; errors are pages.
+
+After ``prepare``: ``self.user`` (:class:`~taskdash.store.users.User`, read again on every
+request, so a disabled account is out at once) and ``self.via`` (``"session"`` | ``"token"``).
+A state-changing request (POST, PUT, PATCH, DELETE) authenticated by the session cookie must
+carry the XSRF token (``X-XSRFToken`` header or ``_xsrf`` form field), else 403 ``xsrf``; one
+authenticated by a bearer token needs none (a browser never adds that header by itself).
+Tornado's own check runs before ``prepare``, i.e. before we know which of the two it is, so
+it is deferred to after authentication.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tornado.escape
+import tornado.web
+
+from taskdash.errors import StoreError, StoreUnavailable
+from taskdash.store import audit as audit_log
+from taskdash.store import deadline, sessions, throttle, tokens, users
+from taskdash.store.throttle import Policy, Rule
+from taskdash.store.times import Clock, to_ms, utcnow
+from taskdash.store.users import User
+from taskdash.web.base import STORE_DOWN, StoreHandler
+
+if TYPE_CHECKING:
+    from taskdash.settings import WebSettings
+    from taskdash.store import Store
+    from taskdash.web.context import WebContext
+
+SESSION_COOKIE = "taskdash_session"
+LOGIN_URL = "/login"
+#: key of ``WebContext.extra`` holding the clock sessions and throttling read (tests set one)
+CLOCK = "clock"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+TEMPLATES = Path(__file__).parent / "templates"
+#: (path, label, admin only): the pages' navigation, filtered by role
+NAV: list[tuple[str, str, bool]] = [
+    ("/tasks", "Tasks", False),
+    ("/services", "Services", False),
+    ("/pipeline", "Pipeline", False),
+    ("/dead-letters", "Dead letters", False),
+    ("/users", "Users", True),
+    ("/audit", "Audit log", True),
+]
+#: an Authorization header longer than this is not read
+MAX_AUTHORIZATION = 256
+
+
+class ApiError(tornado.web.HTTPError):
+    """An error answer with its own stable code (``xsrf``, ``unauthorized``...) and headers."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status, message.replace("%", "%%"))
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def policy(web: WebSettings) -> Policy:
+    """``[web] login_*`` as the throttle takes it."""
+    return Policy(
+        user=Rule(web.login_user_delay_after, web.login_user_lock_after),
+        address=Rule(web.login_address_delay_after, web.login_address_lock_after),
+        window=web.login_window,
+        delay_initial=web.login_delay_initial,
+        delay_max=web.login_delay_max,
+        lock_time=web.login_lock_time,
+    )
+
+
+def safe_next(raw: str | None) -> str:
+    """Where to go after the login: a local path only (never ``//host``, ``/\\host``, a scheme)."""
+    if not raw or len(raw) > 2048 or not raw.startswith("/") or raw[1:2] in ("/", "\\"):
+        return "/"
+    if any(ch < " " or ch in "\\\x7f" for ch in raw):
+        return "/"
+    parts = urllib.parse.urlsplit(raw)
+    return "/" if parts.scheme or parts.netloc else raw
+
+
+def nav_for(user: User | None, current: str) -> list[dict[str, Any]]:
+    """The navigation links ``user`` may follow, the current one marked."""
+    if user is None:
+        return []
+    return [
+        {"href": href, "label": label, "current": current == href or current.startswith(href + "/")}
+        for href, label, admin_only in NAV
+        if not admin_only or user.role == "admin"
+    ]
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    """What a login attempt came to: a user with the new session id, or why not."""
+
+    user: User | None = None
+    session_id: str = ""
+    retry_after: float = 0.0
+    locked: bool = False
+
+    @property
+    def throttled(self) -> bool:
+        return self.retry_after > 0
+
+
+class Authenticated(tornado.web.RequestHandler):
+    """Identification, deferred XSRF check, admin check, audit and login, for both kinds."""
+
+    ctx: WebContext
+    store: Store
+    user: User | None = None
+    via: str = ""
+    #: the digest of the session this request came with (None for a token or nobody)
+    session_key: str | None = None
+    #: the name a login attempt gave, for the audit while nobody is logged in
+    attempted: str = ""
+
+    def now(self) -> datetime:
+        clock: Clock = self.ctx.extra.get(CLOCK, utcnow)
+        return clock()
+
+    @property
+    def web(self) -> WebSettings:
+        return self.ctx.settings.web
+
+    def check_xsrf_cookie(self) -> None:
+        """Tornado calls this before ``prepare``: too early, see :meth:`check_xsrf`."""
+
+    def check_xsrf(self) -> None:
+        """Tornado's double-submit check, answered 403 ``xsrf``."""
+        try:
+            super().check_xsrf_cookie()
+        except tornado.web.HTTPError as exc:
+            raise ApiError(
+                403, "xsrf", "missing or wrong XSRF token (_xsrf or X-XSRFToken)"
+            ) from exc
+
+    def check_session_xsrf(self) -> None:
+        """A state-changing request on a session's strength needs the XSRF token."""
+        if self.request.method not in SAFE_METHODS and self.via == "session":
+            self.check_xsrf()
+
+    async def identify(self) -> None:
+        """Set ``user``, ``via`` and ``session_key`` from the cookie, else the bearer token."""
+        with deadline(self.ctx.gate.request_timeout):
+            cookie = self.get_signed_cookie(
+                SESSION_COOKIE, max_age_days=self.web.session_ttl / 86400
+            )
+            if cookie is not None:
+                session = await sessions.resolve(
+                    self.store, cookie.decode(), now=self.now(), idle=self.web.session_idle_timeout
+                )
+                if session is not None and await self._accept(session.user, "session"):
+                    self.session_key = session.key
+                    return
+            bearer = self._bearer()
+            if bearer:
+                token = await tokens.resolve(self.store, bearer, now=self.now())
+                if token is not None:
+                    await self._accept(token.user, "token")
+
+    async def _accept(self, name: str, via: str) -> bool:
+        user = await users.get_user(self.store, name)
+        if user is None or user.disabled:
+            return False
+        self.user, self.via = user, via
+        return True
+
+    def _bearer(self) -> str:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if len(header) > MAX_AUTHORIZATION or scheme.lower() != "bearer":
+            return ""
+        return value.strip()
+
+    def require_admin(self) -> None:
+        """403 ``forbidden`` unless the user is an admin."""
+        if self.user is None or self.user.role != "admin":
+            raise ApiError(403, "forbidden", "this needs the admin role")
+
+    async def audit(
+        self, action: str, *, target: str = "", outcome: str = "ok", **details: Any
+    ) -> None:
+        """One audit entry: who (the user, or the name a login tried), what, from where, when."""
+        await audit_log.record(
+            self.store,
+            actor=self.user.name if self.user is not None else self.attempted,
+            action=action,
+            target=target,
+            outcome=outcome,
+            address=self.request.remote_ip or "",
+            details=details,
+            now_ms=to_ms(self.now()),
+            ttl_days=self.web.audit_ttl_days,
+        )
+
+    def _secure(self) -> bool:
+        return self.request.protocol == "https" or self.web.secure_cookies
+
+    async def log_in(self, name: str, password: str) -> LoginOutcome:
+        """Check one login (throttled, audited); on success open a session and set its cookie.
+
+        One argon2 verification per attempt that gets through the throttle, whatever the
+        name (see :func:`users.verify_login`); a name or password no account can have is
+        refused without one (their limits are public).
+        """
+        self.attempted = name[: audit_log.MAX_TEXT]
+        rules = policy(self.web)
+        now = self.now()
+        possible = (
+            users.name_error(name) is None and len(password.encode("utf-8", "replace")) <= 4096
+        )
+        keys = [(throttle.address_key(self.request.remote_ip or ""), rules.address)]
+        if possible:
+            keys.append((throttle.user_key(name), rules.user))
+        verdict = await throttle.check(self.store, keys, rules, now=now)
+        if not verdict.allowed:
+            retry = round(verdict.retry_after, 1)
+            await self.audit("login", outcome="throttled", retry_after=retry, locked=verdict.locked)
+            return LoginOutcome(retry_after=verdict.retry_after, locked=verdict.locked)
+        user = await users.verify_login(self.store, name, password) if possible else None
+        if user is None:
+            await throttle.record_failure(self.store, [k for k, _ in keys], rules, now=now)
+            await self.audit("login", outcome="failed")
+            return LoginOutcome()
+        await throttle.clear(self.store, throttle.user_key(name))
+        session_id = await sessions.create(self.store, user.name, now=now, ttl=self.web.session_ttl)
+        self.set_signed_cookie(
+            SESSION_COOKIE,
+            session_id,
+            expires_days=self.web.session_ttl / 86400,
+            httponly=True,
+            samesite="Lax",
+            secure=self._secure(),
+        )
+        self.user, self.via, self.session_key = user, "session", sessions.digest(session_id)
+        await self.audit("login")
+        return LoginOutcome(user=user, session_id=session_id)
+
+    async def log_out(self) -> None:
+        """End this request's session (if it came with one) and drop the cookie; audited."""
+        if self.session_key is not None:
+            await sessions.end(self.store, self.session_key)
+            await self.audit("logout")
+            self.session_key = None
+        self.clear_cookie(SESSION_COOKIE)
+
+
+class PublicApi(Authenticated, StoreHandler):
+    """A JSON endpoint anyone may call (the login); errors in the one shape, with their code."""
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        super().prepare()  # the store, or 503 at once
+        await self.identify()
+        self.admit()
+
+    def admit(self) -> None:
+        """A login posted here needs the XSRF token (see :meth:`PublicPage.admit`)."""
+        if self.request.method not in SAFE_METHODS:
+            self.check_xsrf()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if not isinstance(exc, ApiError):
+            super().write_error(status_code, **kwargs)
+            return
+        self.clear()
+        for name, value in exc.headers.items():
+            self.set_header(name, value)
+        body = {"error": exc.code, "message": exc.message, "status": status_code}
+        self.send_json(body, status_code)
+
+    def json_body(self, limit: int = 16384) -> Any:
+        """The request body as JSON; 400 if it is larger than ``limit`` bytes or not JSON."""
+        if len(self.request.body) > limit:
+            raise ApiError(400, "bad_request", f"body too large: at most {limit} bytes")
+        try:
+            return tornado.escape.json_decode(self.request.body)
+        except ValueError:
+            raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+
+
+class ApiHandler(PublicApi):
+    """A JSON endpoint that needs a user: see the module doc."""
+
+    user: User
+
+    def admit(self) -> None:
+        if self.user is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "log in, or send Authorization: Bearer <token>",
+                {"WWW-Authenticate": 'Bearer realm="taskdash"'},
+            )
+        self.check_session_xsrf()
+
+
+class PublicPage(Authenticated):
+    """An HTML page anyone may see (the login form); errors are pages too."""
+
+    def initialize(self, ctx: WebContext) -> None:
+        self.ctx = ctx
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "same-origin")
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        self.store = self.ctx.gate.acquire()
+        await self.identify()
+        self.admit()
+
+    def admit(self) -> None:
+        """Anyone may see the page; a form posted here needs the XSRF token all the same (a
+        forged login would log the victim's browser into the attacker's account)."""
+        if self.request.method not in SAFE_METHODS:
+            self.check_xsrf()
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        namespace.update(user=self.user, nav=nav_for(self.user, self.request.path))
+        return namespace
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, StoreUnavailable):
+            self.ctx.gate.failed()
+            self.send_error(503, message=STORE_DOWN)
+        elif isinstance(e, StoreError):
+            self.send_error(500, message="the store refused the operation")
+        else:
+            super()._handle_request_exception(e)  # type: ignore[arg-type]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """``error.html`` (the pages' own) when it exists, else a minimal page; never a trace."""
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = kwargs.get("message") or self._reason
+        if isinstance(exc, ApiError):
+            message = exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        if (Path(self.get_template_path() or TEMPLATES) / "error.html").exists():
+            self.render("error.html", status=status_code, message=message)
+            return
+        text = tornado.escape.xhtml_escape(f"{status_code}: {message}")
+        self.finish(f"<!doctype html><title>{text}</title><p>{text}</p>")
+
+
+class PageHandler(PublicPage):
+    """An HTML page that needs a user: nobody is sent to the login form."""
+
+    user: User
+
+    def admit(self) -> None:
+        if self.user is None:
+            if self.request.method in ("GET", "HEAD"):
+                query = urllib.parse.urlencode({"next": self.request.uri or "/"})
+                self.redirect(f"{LOGIN_URL}?{query}")
+                return
+            raise ApiError(401, "unauthorized", "log in first")
+        self.check_session_xsrf()
