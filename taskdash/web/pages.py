@@ -32,8 +32,9 @@ from taskdash.store.assignments import (
 )
 from taskdash.store.tasks import get_fetch_result, get_tasks, list_tasks, public_task
 from taskdash.store.times import from_ms, to_ms
+from taskdash.web.api import ID
 from taskdash.web.auth import PageHandler
-from taskdash.web.base import bounded
+from taskdash.web.base import JsonHandler, bounded
 from taskdash.web.context import WebContext
 from taskdash.web.pipeline import WINDOWS, Pipeline, node_rows
 
@@ -181,18 +182,8 @@ class Page(PageHandler):
             raise tornado.web.HTTPError(400, "%s is longer than %d characters", name, limit)
         return value
 
-    def number(self, name: str, default: int, low: int, high: int) -> int:
-        """An integer query argument within [low, high], else a 400 naming it."""
-        raw = self.get_query_argument(name, "")
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise tornado.web.HTTPError(400, "%s must be an integer", name) from None
-        if not low <= value <= high:
-            raise tornado.web.HTTPError(400, "%s must be between %d and %d", name, low, high)
-        return value
+    #: an integer query argument within bounds, else a 400 naming it (the API's own rule)
+    int_argument = JsonHandler.int_argument
 
     def qs(self, **changes: object) -> str:
         """This page's query string with ``changes`` (None or "" drops a key), ``?``-prefixed."""
@@ -260,7 +251,7 @@ class TasksPage(Page):
         sort = self.text_argument("sort") or "id"
         if sort.lstrip("-") not in SORTS:
             raise tornado.web.HTTPError(400, "sort must be one of %s", ", ".join(SORTS))
-        per = self.number("per", PAGE_SIZES[1], 1, PAGE_SIZES[-1])
+        per = self.int_argument("per", PAGE_SIZES[1], 1, PAGE_SIZES[-1])
         return TaskFilters(
             status=self.text_argument("status"),
             service=self.text_argument("service"),
@@ -270,7 +261,7 @@ class TasksPage(Page):
             unassigned=self.get_query_argument("unassigned", "") == "1",
             gone=self.get_query_argument("gone", "") == "1",
             sort=sort,
-            page=self.number("page", 1, 1, 100_000),
+            page=self.int_argument("page", 1, 1, 100_000),
             per=per,
         )
 
@@ -378,7 +369,7 @@ class ServicesPage(Page):
             raise tornado.web.HTTPError(
                 400, "status must be one of %s", ", ".join(SERVICE_STATUSES)
             )
-        page = self.number("page", 1, 1, 100_000)
+        page = self.int_argument("page", 1, 1, 100_000)
         rows = await services.list_services(
             self.store, status=state or None, limit=SERVICE_PAGE + 1, skip=(page - 1) * SERVICE_PAGE
         )
@@ -455,7 +446,7 @@ class DeadLettersPage(Page):
     @bounded
     async def get(self) -> None:
         topic = self.text_argument("topic")
-        limit = self.number("limit", 100, 1, 1000)
+        limit = self.int_argument("limit", 100, 1, 1000)
         letters = await deadletters.list_dead_letters(self.store, topic=topic or None, limit=limit)
         self.show("dead_letters.html", letters=letters, topic=topic, limit=limit)
 
@@ -524,15 +515,12 @@ class AuditPage(Page):
     @bounded
     async def get(self) -> None:
         actor, action = self.text_argument("actor"), self.text_argument("action")
-        limit = self.number("limit", 100, 1, audit_log.MAX_LIMIT)
+        limit = self.int_argument("limit", 100, 1, audit_log.MAX_LIMIT)
         entries = await audit_log.entries(
             self.store, actor=actor or None, action=action or None, limit=limit
         )
         self.show("audit.html", entries=entries, actor=actor, action=action, limit=limit)
 
-
-#: an id in a path, still percent-encoded (see taskdash/web/api.py)
-ID = r"([^/]{1,1536})"
 
 ROUTES = [
     (r"/", RootPage),
