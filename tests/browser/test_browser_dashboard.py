@@ -7,9 +7,10 @@ A screenshot of each page lands in tests/artifacts/ (git-ignored) for people to 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from conftest import PASSWORDS, XSS, Dashboard
+from browser_helpers import PASSWORDS, XSS, Dashboard, chromium_or_fail
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.timeout(240)
@@ -154,3 +155,8 @@ def test_phone_width(dashboard: Dashboard) -> None:
         "e => getComputedStyle(e, '::before').content", label.element_handle()
     ) == ('"Status"')
     log_out(page, dashboard)
+
+
+def test_no_chromium_is_a_failure_saying_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium"):
+        chromium_or_fail(tmp_path / "chromium")
