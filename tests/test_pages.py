@@ -17,7 +17,7 @@ from taskdash.checker import Checker
 from taskdash.models import TaskMetaData, TaskService
 from taskdash.settings import CheckerSettings
 from taskdash.store import Store, audit, nodes, users
-from taskdash.store.assignments import get_assignments
+from taskdash.store.assignments import get_assignment
 from taskdash.store.deadletters import add_dead_letter
 from taskdash.store.services import record_heartbeats, register_services
 from taskdash.store.tasks import ServiceListing, apply_listings
@@ -129,7 +129,7 @@ async def test_anonymous_goes_to_the_login_form(app: Served) -> None:
         assert location.path == "/login" and urllib.parse.parse_qs(location.query)["next"] == [path]
     reply = await client.fetch("/tasks/t-1", "POST", b"action=claim")
     assert reply.status in (401, 403)
-    assert await get_assignments(app.store, ["t-1"]) == {}
+    assert (await get_assignment(app.store, "t-1")).version == 0  # never bound
 
 
 async def test_every_page_renders_for_a_user_and_admin_pages_are_refused(app: Served) -> None:
@@ -158,9 +158,13 @@ async def test_unknown_objects_and_bad_input_are_html_error_pages(app: Served) -
         "/tasks/nope": (404, "no task with this id"),
         "/services/nope": (404, "no service with this id"),
         "/tasks?sort=password": (400, "sort must be one of"),
-        "/tasks?page=0": (400, "page must be between"),
+        "/tasks?per=0": (400, "per must be between 1 and 200"),
         "/tasks?per=many": (400, "per must be an integer"),
-        "/tasks?q=" + "x" * 129: (400, "q is longer than 128 characters"),
+        "/tasks?q=" + "x" * 65: (400, "q is longer than 64 characters"),
+        "/tasks?status=" + "x" * 129: (400, "status is longer than 128 characters"),
+        "/tasks?gone=maybe": (400, "gone must be one of hide, show, only"),
+        "/tasks?after=garbage": (400, "after is not a cursor this API gave"),
+        "/tasks?mine=1&unassigned=1": (400, "give one of assignee, mine, unassigned"),
         "/services?status=sleepy": (400, "status must be one of"),
         "/dead-letters?limit=5000": (400, "limit must be between"),
     }
@@ -209,16 +213,43 @@ async def test_ids_with_slashes_and_spaces_have_working_links(app: Served) -> No
 
 async def test_filters_and_pages(app: Served) -> None:
     alice = await logged_in(app, "alice")
-    assert ids_in((await alice.fetch("/tasks")).text) == ["b-1", "t-1", "t-2", "t-3"]
-    assert ids_in((await alice.fetch("/tasks?status=running")).text) == ["t-1", "t-3"]
-    assert ids_in((await alice.fetch("/tasks?service=svc-b")).text) == ["b-1"]
+    assert (await post_form(alice, "/tasks/t-3", action="claim")).status == 303
+    pages = {
+        "": ["b-1", "t-1", "t-2", "t-3"],
+        "status=running": ["t-1", "t-3"],
+        "service=svc-b": ["b-1"],
+        "mine=1": ["t-3"],
+        "assignee=alice": ["t-3"],
+        "assignee=bob": [],
+        "unassigned=1": ["b-1", "t-1", "t-2"],
+        "q=T-": ["t-1", "t-2", "t-3"],  # the id starts with it, any case
+        "q=sec": ["t-2"],  # the name starts with it
+        "description=%3Cb%3E": ["t-1"],
+        "sort=-id": ["t-3", "t-2", "t-1", "b-1"],
+        "sort=name": ["t-1", "b-1", "t-2", "t-3"],  # "<script>..." sorts first
+        "sort=-assignee": ["t-3", "t-2", "t-1", "b-1"],  # ties by id, the same way
+        "status=running&sort=-id": ["t-3", "t-1"],
+    }
+    for query, expected in pages.items():
+        assert ids_in((await alice.fetch(f"/tasks?{query}")).text) == expected, query
     empty = (await alice.fetch("/tasks?status=nothing")).text
-    assert ids_in(empty) == [] and "No task matches these filters." in empty
-    first = (await alice.fetch("/tasks?per=2")).text
-    assert ids_in(first) == ["b-1", "t-1"] and 'rel="next" href="?per=2&amp;page=2"' in first
-    second = (await alice.fetch("/tasks?per=2&page=2")).text
-    assert ids_in(second) == ["t-2", "t-3"] and 'rel="next"' not in second
-    assert 'rel="prev" href="?per=2"' in second
+    assert "No task matches these filters." in empty and 'rel="next"' not in empty
+
+    # keyset pages: next, then back
+    first = (await alice.fetch("/tasks?per=3")).text
+    assert ids_in(first) == ["b-1", "t-1", "t-2"] and 'rel="prev"' not in first
+    second = (await alice.fetch("/tasks" + html.unescape(link(first, "next")))).text
+    assert ids_in(second) == ["t-3"] and 'rel="next"' not in second
+    back = (await alice.fetch("/tasks" + html.unescape(link(second, "prev")))).text
+    assert ids_in(back) == ["b-1", "t-1", "t-2"]
+    assert "per=3" in link(second, "prev")  # the filters stay
+
+
+def link(page: str, rel: str) -> str:
+    """The href of the pager's ``rel`` link."""
+    found = re.search(rf'rel="{rel}" href="([^"]+)"', page)
+    assert found, rel
+    return found.group(1)
 
 
 async def test_the_fragment_is_the_table_alone(app: Served) -> None:
@@ -244,27 +275,43 @@ async def test_the_fragment_is_the_table_alone(app: Served) -> None:
 async def test_claim_and_release(app: Served) -> None:
     alice, bob = await logged_in(app, "alice"), await logged_in(app, "bob")
     reply = await post_form(alice, "/tasks/t-2", action="claim")
-    assert (reply.status, reply.headers["Location"]) == (303, "/tasks/t-2?done=claimed")
+    assert (reply.status, reply.headers["Location"]) == (303, "/tasks/t-2?done=claim")
     page = (await alice.fetch(reply.headers["Location"])).text
     assert "You claimed the task." in page and "Held by <strong>alice</strong> (you)" in page
-    assert (await get_assignments(app.store, ["t-2"]))["t-2"].user == "alice"
+    assert (await get_assignment(app.store, "t-2")).user == "alice"
 
     taken = await post_form(bob, "/tasks/t-2", action="claim")
-    assert taken.status == 409 and "this task is held by alice" in taken.text
+    assert taken.status == 409 and "task t-2 is held by alice" in taken.text
     refused = await post_form(bob, "/tasks/t-2", action="release")
-    assert refused.status == 409 and "you do not hold this task" in refused.text
-    assert (await get_assignments(app.store, ["t-2"]))["t-2"].user == "alice"
+    assert refused.status == 403 and "held by alice, not by bob" in refused.text
+    assert (await get_assignment(app.store, "t-2")).user == "alice"
 
     assert (await post_form(alice, "/tasks/t-2", action="release")).status == 303
-    assert (await get_assignments(app.store, ["t-2"]))["t-2"].user == ""
+    assert (await get_assignment(app.store, "t-2")).user == ""
     assert (await post_form(bob, "/tasks/t-2", action="claim")).status == 303
 
     entries = await audit.entries(app.store, action="claim")
     assert [(e.actor, e.target, e.outcome) for e in entries] == [
-        ("bob", "t-2", "ok"), ("bob", "t-2", "refused"), ("alice", "t-2", "ok"),
+        ("bob", "t-2", "ok"), ("bob", "t-2", "conflict"), ("alice", "t-2", "ok"),
     ]  # fmt: skip
+    (refusal,) = await audit.entries(app.store, action="release", actor="bob")
+    assert (refusal.outcome, refusal.details) == ("forbidden", {"holder": "alice"})
     history = (await alice.fetch("/tasks/t-2")).text
     assert history.count('<td data-label="Through">web</td>') == 3
+    assert "Held by <strong>bob</strong>" in history and "claimed" in history
+
+
+async def test_a_claim_made_on_an_old_page_is_refused(app: Served) -> None:
+    alice, bob = await logged_in(app, "alice"), await logged_in(app, "bob")
+    shown = (await alice.fetch("/tasks/t-1")).text
+    version = re.search(r'name="version" value="(\d+)"', shown)
+    assert version and version.group(1) == "0"
+    # meanwhile bob claims it and gives it back: free again, but not as alice saw it
+    assert (await post_form(bob, "/tasks/t-1", action="claim")).status == 303
+    assert (await post_form(bob, "/tasks/t-1", action="release")).status == 303
+    late = await post_form(alice, "/tasks/t-1", action="claim", version="0")
+    assert late.status == 409 and "changed meanwhile" in late.text
+    assert (await get_assignment(app.store, "t-1")).user == ""
 
 
 async def test_a_form_without_the_xsrf_token_changes_nothing(app: Served) -> None:
@@ -273,7 +320,7 @@ async def test_a_form_without_the_xsrf_token_changes_nothing(app: Served) -> Non
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     reply = await alice.fetch("/tasks/t-1", "POST", body, headers, xsrf=False)
     assert reply.status == 403
-    assert await get_assignments(app.store, ["t-1"]) == {}
+    assert (await get_assignment(app.store, "t-1")).version == 0  # never bound
 
 
 async def test_only_admins_assign(app: Served) -> None:
@@ -285,15 +332,19 @@ async def test_only_admins_assign(app: Served) -> None:
     detail = (await alice.fetch("/tasks/t-1")).text
     assert 'name="user"' not in detail  # no assign form for a user
 
+    refusals = await audit.entries(app.store, actor="alice", action="assign")
+    assert [(e.target, e.outcome) for e in refusals] == [("t-1", "forbidden")]
+
     form = (await root.fetch("/tasks/t-1")).text
     assert "<option>bob</option>" in form and "<option selected>alice</option>" in form
     reply = await post_form(root, "/tasks/t-1", action="assign", user="bob")
-    assert (reply.status, reply.headers["Location"]) == (303, "/tasks/t-1?done=assigned")
-    assert (await get_assignments(app.store, ["t-1"]))["t-1"].user == "bob"
-    (entry, *_) = await audit.entries(app.store, action="assign")
-    assert (entry.actor, entry.target, entry.details) == (
-        "root", "t-1", {"user": "bob", "previous": "alice"},
+    assert (reply.status, reply.headers["Location"]) == (303, "/tasks/t-1?done=assign")
+    assert (await get_assignment(app.store, "t-1")).user == "bob"
+    (entry, *_) = await audit.entries(app.store, action="assign", actor="root")
+    assert (entry.target, entry.details) == (
+        "t-1", {"changed": True, "user": "bob", "holder": "alice"},
     )  # fmt: skip
+    assert "assigned by root" in (await alice.fetch("/tasks/t-1")).text
 
     for bad in ("", "nobody", "x" * 200):
         reply = await post_form(root, "/tasks/t-1", action="assign", user=bad)
@@ -302,10 +353,10 @@ async def test_only_admins_assign(app: Served) -> None:
     assert (await post_form(root, "/tasks/t-1", action="assign", user="alice")).status == 400
     assert (await post_form(root, "/tasks/t-1", action="steal")).status == 400
     assert (await post_form(root, "/tasks/nope", action="claim")).status == 404
-    assert (await get_assignments(app.store, ["t-1"]))["t-1"].user == "bob"
+    assert (await get_assignment(app.store, "t-1")).user == "bob"
 
     assert (await post_form(root, "/tasks/t-1", action="unassign")).status == 303
-    assert (await get_assignments(app.store, ["t-1"]))["t-1"].user == ""
+    assert (await get_assignment(app.store, "t-1")).user == ""
 
 
 # -- services -----------------------------------------------------------------------------

@@ -22,15 +22,9 @@ from typing import Any
 import tornado.web
 
 from taskdash.errors import StoreError, ValidationError
+from taskdash.store import assignments, deadletters, services, status, tasklist, users
 from taskdash.store import audit as audit_log
-from taskdash.store import deadletters, services, status, users
-from taskdash.store.assignments import (
-    AssignmentConflict,
-    assignment_history,
-    get_assignments,
-    set_assignment,
-)
-from taskdash.store.tasks import get_fetch_result, get_tasks, list_tasks, public_task
+from taskdash.store.tasks import get_fetch_result
 from taskdash.store.times import from_ms, to_ms
 from taskdash.web.api import ID
 from taskdash.web.auth import PageHandler
@@ -47,10 +41,10 @@ MAX_FILTER = 128
 SERVICE_PAGE = 50
 SERVICE_STATUSES = (status.ONLINE, status.STALE, status.OFFLINE, status.UNKNOWN)
 DONE = {
-    "claimed": "You claimed the task.",
-    "released": "You released the task.",
-    "assigned": "The task is assigned.",
-    "unassigned": "The task is unassigned.",
+    "claim": "You claimed the task.",
+    "release": "You released the task.",
+    "assign": "The task is assigned.",
+    "unassign": "The task is unassigned.",
     "user_added": "The user is created.",
     "user_changed": "The user is changed.",
     "password_set": "The password is changed; the user's sessions are ended.",
@@ -222,66 +216,84 @@ class RootPage(Page):
         self.redirect("/tasks")
 
 
+#: the columns a table can be sorted by, with their heads (store/tasklist.py SORTS)
+SORT_LABELS = {"id": "ID", "name": "Name", "status": "Status", "service": "Service",
+               "assignee": "Assignee", "last_seen": "Last seen"}  # fmt: skip
+GONE_LABELS = {"hide": "hidden", "show": "shown too", "only": "only gone"}
+
+
 @dataclass
 class TaskFilters:
-    """The tasks page's filters, as given (bounded) in the query."""
+    """The tasks page's filters, as given (bounded) in the query string."""
 
     status: str = ""
     service: str = ""
     assignee: str = ""
     q: str = ""
+    description: str = ""
     mine: bool = False
     unassigned: bool = False
-    gone: bool = False
+    gone: str = "hide"
     sort: str = "id"
-    page: int = 1
     per: int = PAGE_SIZES[1]
 
-
-SORTS = {"id": "ID", "name": "Name", "status": "Status", "service": "Service",
-         "last_seen": "Last seen"}  # fmt: skip
+    @property
+    def descending(self) -> bool:
+        return self.sort.startswith("-")
 
 
 class TasksPage(Page):
-    """``/tasks``: the seed's table, filtered, sorted, a page at a time."""
+    """``/tasks``: the seed's table, filtered, searched, sorted, a keyset page at a time."""
 
     fragment = "_tasks_table.html"
 
     def filters(self) -> TaskFilters:
-        sort = self.text_argument("sort") or "id"
-        if sort.lstrip("-") not in SORTS:
-            raise tornado.web.HTTPError(400, "sort must be one of %s", ", ".join(SORTS))
-        per = self.int_argument("per", PAGE_SIZES[1], 1, PAGE_SIZES[-1])
-        return TaskFilters(
-            status=self.text_argument("status"),
-            service=self.text_argument("service"),
-            assignee=self.text_argument("assignee"),
-            q=self.text_argument("q"),
+        f = TaskFilters(
+            **{k: self.text_argument(k) for k in ("status", "service", "assignee", "q")},
+            description=self.text_argument("description"),
             mine=self.get_query_argument("mine", "") == "1",
             unassigned=self.get_query_argument("unassigned", "") == "1",
-            gone=self.get_query_argument("gone", "") == "1",
-            sort=sort,
-            page=self.int_argument("page", 1, 1, 100_000),
-            per=per,
+            gone=self.text_argument("gone") or "hide",
+            sort=self.text_argument("sort") or "id",
+            per=self.int_argument("per", PAGE_SIZES[1], 1, tasklist.MAX_PAGE),
         )
+        if sum((bool(f.assignee), f.mine, f.unassigned)) > 1:
+            raise tornado.web.HTTPError(400, "give one of assignee, mine, unassigned")
+        return f
+
+    def query(self, f: TaskFilters) -> tasklist.TaskQuery:
+        """The store's query for these filters and the page's cursor; 400 naming a bad one."""
+        assignee = self.user.name if f.mine else "" if f.unassigned else f.assignee or None
+        cursors = {k: self.text_argument(k, tasklist.MAX_CURSOR) for k in ("after", "before")}
+        return tasklist.TaskQuery(
+            status=f.status or None,
+            service_id=f.service or None,
+            assignee=assignee,
+            gone=f.gone,  # type: ignore[arg-type]  # checked by the store
+            q=f.q,
+            description=f.description,
+            sort=f.sort.removeprefix("-"),
+            descending=f.descending,
+            limit=f.per,
+            **{k: tasklist.Cursor.decode(v, k) for k, v in cursors.items() if v},
+        ).checked()
 
     @bounded
     async def get(self) -> None:
         f = self.filters()
-        rows = await list_tasks(
-            self.store,
-            service_id=f.service or None,
-            status=f.status or None,
-            include_gone=f.gone,
-            limit=f.per + 1,
-            skip=(f.page - 1) * f.per,
+        try:
+            page = await tasklist.find_tasks(self.store, self.query(f))
+        except tasklist.BadQuery as exc:
+            raise tornado.web.HTTPError(400, "%s", exc) from None
+        self.show(
+            "tasks.html",
+            tasks=page.tasks,
+            page=page,
+            f=f,
+            sorts=SORT_LABELS,
+            gones=GONE_LABELS,
+            page_sizes=PAGE_SIZES,
         )
-        more, rows = len(rows) > f.per, rows[: f.per]
-        bindings = await get_assignments(self.store, [t["id"] for t in rows])
-        for task in rows:
-            binding = bindings.get(task["id"])
-            task["assignee"] = binding.user if binding else ""
-        self.show("tasks.html", tasks=rows, f=f, more=more, sorts=SORTS, page_sizes=PAGE_SIZES)
 
 
 class TaskPage(Page):
@@ -292,17 +304,16 @@ class TaskPage(Page):
         await self.show_task(task_id)
 
     async def show_task(self, task_id: str, status: int = 200, problem: str = "") -> None:
-        found = await get_tasks(self.store, [task_id])
-        if task_id not in found:
+        task = await tasklist.get_task(self.store, task_id)
+        if task is None:
             raise tornado.web.HTTPError(404, "no task with this id")
-        binding = (await get_assignments(self.store, [task_id])).get(task_id)
         people = await users.list_users(self.store) if self.user.role == "admin" else []
         self.show(
             "task.html",
             status,
-            task=public_task(found[task_id]),
-            binding=binding,
-            history=await assignment_history(self.store, task_id, limit=50),
+            task=task,
+            binding=await assignments.get_assignment(self.store, task_id),
+            history=await assignments.assignment_history(self.store, task_id, limit=50),
             people=[p for p in people if not p.disabled],
             problem=problem,
         )
@@ -310,46 +321,67 @@ class TaskPage(Page):
     @bounded
     async def post(self, task_id: str) -> None:
         action = self.text_argument("action")
-        if not (await get_tasks(self.store, [task_id], fields=["_id"])):
-            raise tornado.web.HTTPError(404, "no task with this id")
-        try:
-            done = await self.change(task_id, action)
-        except AssignmentConflict as exc:
-            await self.audit(action, target=task_id, outcome="refused", why=str(exc))
-            await self.show_task(task_id, 409, str(exc))
-            return
-        self.back(done)
-
-    async def change(self, task_id: str, action: str) -> str:
-        """Apply one action; returns its ``done`` code, or raises (conflict, 400, 403)."""
-        binding = (await get_assignments(self.store, [task_id])).get(task_id)
-        holder = binding.user if binding else ""
-        version = binding.version if binding else 0
-        me = self.user.name
-        if action == "claim":
-            if holder and holder != me:
-                raise AssignmentConflict(f"this task is held by {holder}")
-            user, done = me, "claimed"
-        elif action == "release":
-            if holder != me:
-                raise AssignmentConflict("you do not hold this task")
-            user, done = "", "released"
-        elif action in ("assign", "unassign"):
-            self.require_admin()
-            user, done = await self.assignee(action), f"{action}ed"
-        else:
+        act = {
+            "claim": self.claim,
+            "release": self.release,
+            "assign": self.assign,
+            "unassign": self.unassign,
+        }.get(action)
+        if act is None:
             raise tornado.web.HTTPError(400, "action must be claim, release, assign or unassign")
-        await set_assignment(
-            self.store, task_id, user=user, source="web", now_ms=to_ms(self.now()),
-            expect_version=version,
-        )  # fmt: skip
-        await self.audit(action, target=task_id, user=user, previous=holder)
-        return done
+        if action in ("assign", "unassign") and self.user.role != "admin":
+            await self.audit(action, target=task_id, outcome="forbidden")
+            self.require_admin()
+        try:
+            changed, details = await act(task_id)
+        except assignments.NoSuchTask:
+            raise tornado.web.HTTPError(404, "no task with this id") from None
+        except assignments.AssignmentConflict as exc:
+            # NotHolder: a release of someone else's task is not this user's to do
+            status = 403 if isinstance(exc, assignments.NotHolder) else 409
+            outcome = "forbidden" if status == 403 else "conflict"
+            await self.audit(action, target=task_id, outcome=outcome, holder=exc.holder)
+            await self.show_task(task_id, status, str(exc))
+            return
+        await self.audit(action, target=task_id, changed=changed, **details)
+        self.back(action)
 
-    async def assignee(self, action: str) -> str:
-        """The user an admin assigns to (an enabled account), or "" to unassign."""
-        if action == "unassign":
-            return ""
+    async def claim(self, task_id: str) -> tuple[bool, dict[str, str]]:
+        """Take the task if nobody holds it and it is still as the page showed it."""
+        version = self.get_body_argument("version", "")
+        _, changed = await assignments.claim(
+            self.store,
+            task_id,
+            self.user.name,
+            now_ms=to_ms(self.now()),
+            expect_version=int(version) if version.isdigit() else None,
+        )
+        return changed, {}
+
+    async def release(self, task_id: str) -> tuple[bool, dict[str, str]]:
+        """Give back one's own task (an admin takes anyone's with unassign)."""
+        now_ms = to_ms(self.now())
+        _, changed = await assignments.release(self.store, task_id, self.user.name, now_ms=now_ms)
+        return changed, {}
+
+    async def assign(self, task_id: str) -> tuple[bool, dict[str, str]]:
+        """An admin gives the task to an enabled user, replacing any claim."""
+        return await self.hand_to(task_id, await self.assignee())
+
+    async def unassign(self, task_id: str) -> tuple[bool, dict[str, str]]:
+        """An admin takes the task from whoever holds it."""
+        return await self.hand_to(task_id, "")
+
+    async def hand_to(self, task_id: str, user: str) -> tuple[bool, dict[str, str]]:
+        holder = (await assignments.get_assignment(self.store, task_id)).user
+        _, changed = await assignments.set_assignment(
+            self.store, task_id, user=user, source="web", by=self.user.name,
+            now_ms=to_ms(self.now()),
+        )  # fmt: skip
+        return changed, {"user": user, "holder": holder} if user else {"holder": holder}
+
+    async def assignee(self) -> str:
+        """The user an admin assigns to: an enabled account (400 otherwise)."""
         name = self.text_argument("user")
         account = await users.get_user(self.store, name) if name else None
         if account is None or account.disabled:
@@ -398,14 +430,15 @@ class ServicePage(Page):
         found = await services.get_service(self.store, service_id)
         if found is None:
             raise tornado.web.HTTPError(404, "no service with this id")
-        tasks = await list_tasks(self.store, service_id=service_id, include_gone=True, limit=51)
+        query = tasklist.TaskQuery(service_id=service_id, gone="show", limit=50)
+        tasks = await tasklist.find_tasks(self.store, query)
         self.show(
             "service.html",
             service=found,
             fetch=await get_fetch_result(self.store, service_id),
             timeline=await status.history(self.store, service_id, limit=100),
-            tasks=tasks[:50],
-            more_tasks=len(tasks) > 50,
+            tasks=tasks.tasks,
+            more_tasks=tasks.next is not None,
             thresholds=self.ctx.settings.checker,
             checker=self.pipeline.checker_view(),
         )

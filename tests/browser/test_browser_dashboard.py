@@ -56,7 +56,7 @@ def test_user_filters_and_claims_then_admin_assigns(dashboard: Dashboard) -> Non
     assert rows(page) == ["report-1", "report-2"]
     page.get_by_role("link", name="Status").click()  # sort by status
     expect(page).to_have_url(re.compile(r"sort=status"))
-    # TODO(sort lands with store/tasklist.py): assert rows(page) == ["report-2", "report-1"]
+    assert rows(page) == ["report-2", "report-1"]  # running < waiting
     dashboard.shot(page, "tasks-filtered")
 
     page.get_by_role("link", name="report-1").click()
