@@ -498,3 +498,9 @@ async def test_store_down_is_an_html_503(app: Served) -> None:
     app.ctx.gate.close()
     reply = await alice.fetch("/tasks")
     assert reply.status == 503 and "Unavailable for now" in reply.text
+
+
+async def test_a_query_that_is_not_utf8_is_a_400(app: Served) -> None:
+    alice = await logged_in(app, "alice")
+    assert (await alice.fetch("/tasks?status=%ff")).status == 400
+    assert (await alice.fetch("/tasks?x=%ff")).status == 400  # kept in the links it builds

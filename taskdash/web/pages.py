@@ -181,7 +181,7 @@ class Page(PageHandler):
 
     def qs(self, **changes: object) -> str:
         """This page's query string with ``changes`` (None or "" drops a key), ``?``-prefixed."""
-        args = {k: v[-1].decode() for k, v in self.request.query_arguments.items()}
+        args = {k: self.get_query_argument(k) for k in self.request.query_arguments}
         for key in ("fragment", "done"):
             args.pop(key, None)
         for key, value in changes.items():
