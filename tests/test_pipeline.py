@@ -138,15 +138,17 @@ async def test_nsqd_stats_from_configured_and_lookupd_found_producers(
         assert (reader["name"], reader["depth"], reader["message_count"]) == ("taskdash", 0, 1)
 
         # configured and found: asked once; what cannot answer says why
+        text = f"{lookupd}/ping?"  # answers 200 "OK": not a stats document
         pipeline = Pipeline(
-            nsqd_http=[http(broker), closed, lookupd], lookupd_http=[lookupd, closed]
+            nsqd_http=[http(broker), closed, lookupd, text], lookupd_http=[lookupd, closed]
         )
         rows = await pipeline.nsqd_rows()
-        assert [r["address"] for r in rows] == [closed, http(broker), closed, lookupd]
+        assert [r["address"] for r in rows] == [closed, http(broker), closed, lookupd, text]
         assert rows[0]["error"].startswith("unreachable")  # the lookupd that is down
         assert "topics" in rows[1]
         assert rows[2]["error"].startswith("unreachable")
         assert rows[3]["error"] == "HTTP 404"  # a lookupd has no /stats
+        assert rows[4]["error"] == "not JSON"
         await pipeline.stop()
         await pipeline.stop()
     finally:

@@ -21,7 +21,7 @@ from typing import Any
 
 import tornado.web
 
-from taskdash.errors import StoreError, ValidationError
+from taskdash.errors import ValidationError
 from taskdash.store import assignments, deadletters, services, status, tasklist, users
 from taskdash.store import audit as audit_log
 from taskdash.store.tasks import get_fetch_result
@@ -453,15 +453,12 @@ class PipelinePage(Page):
     async def get(self) -> None:
         pipeline = self.pipeline
         fetcher = self.ctx.settings.fetcher
-        try:
-            nodes: list[dict[str, Any]] | str = await node_rows(
-                self.store,
-                node_id=pipeline.node_id,
-                now_ms=to_ms(self.now()),
-                live_within_ms=int(fetcher.node_timeout * 1000),
-            )
-        except StoreError as exc:
-            nodes = str(exc)
+        nodes = await node_rows(
+            self.store,
+            node_id=pipeline.node_id,
+            now_ms=to_ms(self.now()),
+            live_within_ms=int(fetcher.node_timeout * 1000),
+        )
         self.show(
             "pipeline.html",
             readers=pipeline.reader_rows(),
