@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from web_client import Served, WebClient, make_token, make_user, serve
 
-from taskdash.models import TaskMetaData
+from taskdash.models import TaskMetaData, TaskService
 from taskdash.settings import TcpSettings
 from taskdash.store import Store, audit, users
+from taskdash.store.services import register_services
 from taskdash.store.tasks import ServiceListing, apply_listings, load_known
 from taskdash.tcp.client import TcpClient
 from taskdash.tcp.server import TcpServer
@@ -265,4 +267,7 @@ async def test_the_old_paths_are_the_same_handlers(people: People) -> None:
     ):
         assert await people.ann.call(old) == await people.ann.call(new)
     assert (await people.ann.call("/api/services/svc"))[0] == 404
+    await register_services(people.served.store, [TaskService(id="svc")], datetime.now(UTC))
+    status, body = await people.ann.call("/api/services/svc/fetch")
+    assert (status, body["message"]) == (404, "this service was not fetched yet")
     assert (await WebClient(people.served.base).call("/api/tasks"))[0] == 401

@@ -220,3 +220,27 @@ def test_a_cursor_round_trips() -> None:
     for value in ("naïve <x>", 1700000000000, None):
         cursor = Cursor("service", True, value, "k/1")
         assert Cursor.decode(cursor.encode(), "after") == cursor
+
+
+async def test_a_cursor_used_with_another_filter_gives_what_that_filter_holds_after_it(
+    store: Store, world: list[dict[str, Any]]
+) -> None:
+    """A cursor of the status order taken on status=running, used with status=new: the ties
+    part (status == running) contradicts the filter and is skipped, nothing is invented."""
+    page = await find_tasks(store, TaskQuery(status="running", sort="status", limit=2))
+    assert page.next is not None
+    after = Cursor.decode(page.next, "after")
+    again = await find_tasks(store, TaskQuery(status="new", sort="status", after=after))
+    assert again.tasks == [], "every 'new' sorts before 'running'"
+    finish = await find_tasks(store, TaskQuery(status="running", sort="status", after=after))
+    expected = sorted(t["id"] for t in world if t["status"] == "running" and not t["gone"])
+    assert [t["id"] for t in finish.tasks] == expected[2:]
+
+
+async def test_remembered_filter_counts_stay_bounded(
+    store: Store, world: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasklist, "_SIZES_MAX", 2)
+    for status in STATUSES:
+        await find_tasks(store, TaskQuery(status=status, sort="name"))
+    assert len(tasklist._sizes) <= 2

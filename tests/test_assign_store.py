@@ -15,6 +15,7 @@ from taskdash.store.assignments import (
     assignment_history,
     claim,
     get_assignment,
+    get_assignments,
     release,
     set_assignment,
 )
@@ -55,6 +56,9 @@ async def test_a_claim_takes_a_free_task_once_and_names_the_holder_to_the_next(
     assert lost.value.holder == "ann"
     assert (await get_assignment(store, "t")).user == "ann"
     assert await changes(store) == [("ann", "", "web", "ann", 1)]
+    both = await get_assignments(store, ["t", "nope"])
+    assert list(both) == ["t"] and both["t"].user == "ann"
+    assert await get_assignments(store, []) == {}
 
 
 async def test_a_claim_at_an_expected_version_fails_once_the_task_moved_on(store: Store) -> None:

@@ -153,6 +153,9 @@ async def test_external_nsqd_and_mongodb_end_to_end(
             TASKDASH_NSQ__HEARTBEAT_FLUSH_INTERVAL=0.05,
             **where,
         )
+        # the API's token, made before the start: the service turns stale 1.5 s after its
+        # first beat, which the test must see online first
+        token = await new_daemon_token(env)
         try:
             with running_daemon(tmp_path, env) as daemon:
                 # nothing embedded: no nx-27017 child, no broker of its own
@@ -162,7 +165,6 @@ async def test_external_nsqd_and_mongodb_end_to_end(
                 assert not started & {"embedded_mongodb_started", "broker_started"}
 
                 # the registration published before the start is read from the external nsqd
-                token = await new_daemon_token(env)
                 wait_for(lambda: service(daemon.web, sid, token))
                 publish(nsqd, "heartbeat", "--id", sid, "--every", "0.2", "--count", "3")
                 wait_for(lambda: (service(daemon.web, sid, token) or {}).get("status") == "online")

@@ -37,6 +37,7 @@ from taskdash.models import TaskMetaData
 from taskdash.store.assignments import empty_binding
 from taskdash.store.mongo import Doc, Store, duplicates_only, eq, translated
 from taskdash.store.tasklist import FIELDS, WINDOW, TaskQuery, every_task, fold
+from taskdash.store.tasklist import public_task as public_task  # its former home
 from taskdash.store.times import iso
 
 log = structlog.get_logger("taskdash.store.tasks")
