@@ -7,7 +7,7 @@ from pathlib import Path
 
 import tornado.web
 
-from taskdash.web import account, api, health
+from taskdash.web import account, api, health, pages
 from taskdash.web.base import JsonHandler
 from taskdash.web.context import WebContext
 
@@ -31,6 +31,7 @@ ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     *health.ROUTES,
     *api.ROUTES,
     *account.ROUTES,
+    *pages.ROUTES,
 ]
 HERE = Path(__file__).parent
 
