@@ -103,11 +103,16 @@ async def test_the_size_bound_holds_and_evicts_the_least_recently_used(store: St
             assert (await c.find(f"none-{i}"))["errid"] == 1002
             assert len(cache) <= size
         assert len(cache) == size and cache.evictions == 530 - size
-        queries = server.handler.finder.queries
-        assert (await c.find("none-499"))["errid"] == 1002
-        assert server.handler.finder.queries == queries, "the most recent entry: a hit"
+        finder = server.handler.finder
+        queries = finder.queries
+        assert (await c.find("none-480"))["errid"] == 1002
+        assert finder.queries == queries, "the oldest entry left: a hit, now the most recent"
         assert (await c.find("t0"))["name"] == "n0"
-        assert server.handler.finder.queries == queries + 1, "the oldest was evicted"
+        assert finder.queries == queries + 1, "evicted long ago: read again"
+        assert (await c.find("none-480"))["errid"] == 1002
+        assert finder.queries == queries + 1, "the hit kept it: none-481 was evicted instead"
+        assert (await c.find("none-481"))["errid"] == 1002
+        assert finder.queries == queries + 2
         await c.close()
 
 
