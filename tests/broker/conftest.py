@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from broker_helpers import RawClient
+from nsq_tls import Pki, make_pki
 
 from taskdash.nsq.broker import Broker
 
@@ -51,3 +52,9 @@ async def raw(broker: Broker) -> AsyncIterator[Callable[..., Awaitable[RawClient
     yield connect
     for client in clients:
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throwaway CA with broker and client certificates (and a rogue CA's client)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
