@@ -7,6 +7,7 @@ the TLS handshake itself.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import nsq
 import pytest
 import tornado.httpclient
+import tornado.iostream
 from broker_helpers import RawClient, error_code, eventually, stats, stop_reader, stop_writer
 from nsq_tls import Pki
 
@@ -327,3 +329,57 @@ async def test_pynsq_reader_never_falls_back_to_clear_text(
     await publish_http(broker, "no_tls", b"must not be read in clear")
     await eventually(lambda: not reader.conns)
     assert not got
+
+
+# --- HTTPS -------------------------------------------------------------------------------------
+
+
+async def fetch(
+    url: str, ctx: ssl.SSLContext | None = None, **kw: Any
+) -> tornado.httpclient.HTTPResponse:
+    """One request; error statuses returned, not raised."""
+    client = tornado.httpclient.AsyncHTTPClient()
+    return await client.fetch(url, ssl_options=ctx, raise_error=False, **kw)
+
+
+async def test_tls_required_closes_plain_http_and_opens_https(
+    make_broker: BrokerFactory, pki: Pki
+) -> None:
+    broker = await make_broker(https=True, **tls_options(pki, tls_required=TLSRequired.REQUIRED))
+    plain = await fetch(f"http://127.0.0.1:{broker.http_port}/ping")
+    assert plain.code == 403
+    assert json.loads(plain.body) == {"message": "TLS_REQUIRED", "https_port": broker.https_port}
+    reply = await fetch(
+        f"https://127.0.0.1:{broker.https_port}/mpub?topic=over_https",
+        context(pki),
+        method="POST",
+        body=b"one\ntwo",
+    )
+    assert (reply.code, reply.body) == (200, b"OK")
+    doc = await fetch(f"https://127.0.0.1:{broker.https_port}/stats?format=json", context(pki))
+    assert json.loads(doc.body)["topics"][0]["message_count"] == 2
+
+
+async def test_tcp_https_leaves_plain_http_open(make_broker: BrokerFactory, pki: Pki) -> None:
+    broker = await make_broker(https=True, **tls_options(pki, tls_required=TLSRequired.EXCEPT_HTTP))
+    assert (await fetch(f"http://127.0.0.1:{broker.http_port}/ping")).code == 200
+
+
+async def test_https_asks_for_the_client_certificate_too(
+    make_broker: BrokerFactory, pki: Pki
+) -> None:
+    broker = await make_broker(
+        https=True,
+        **tls_options(pki, tls_client_auth_policy="require-verify", tls_root_ca_file=str(pki.ca)),
+    )
+    url = f"https://127.0.0.1:{broker.https_port}/ping"
+    assert (await fetch(url, context(pki, client_cert=True))).code == 200
+    with pytest.raises((ssl.SSLError, OSError, tornado.iostream.StreamClosedError)):
+        reply = await fetch(url, context(pki))
+        assert reply.code != 200  # a 599 also means refused
+        raise OSError(str(reply.error))
+
+
+def test_https_without_a_certificate_is_refused() -> None:
+    with pytest.raises(ValueError, match="--https-address needs --tls-cert and --tls-key"):
+        Broker(https_port=0)
