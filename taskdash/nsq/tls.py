@@ -24,24 +24,24 @@ def client_context(
         try:
             context.load_verify_locations(cafile=ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"tls_ca_file cannot be used: {ca_file}: {_reason(exc)}") from None
+            raise ValueError(f"tls_ca_file cannot be used: {ca_file}: {reason(exc)}") from None
     if cert_file:
         try:
-            context.load_cert_chain(cert_file, key_file or None, password=_no_password)
+            context.load_cert_chain(cert_file, key_file or None, password=no_password)
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(
                 f"tls_cert_file cannot be used with tls_key_file: {cert_file}, "
-                f"{key_file or '(no key file)'}: {_reason(exc)}"
+                f"{key_file or '(no key file)'}: {reason(exc)}"
             ) from None
     return context
 
 
-def _no_password() -> bytes:
+def no_password() -> bytes:
     """An encrypted key fails to load instead of prompting on the terminal."""
     return b""
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """The readable part of an OSError/SSLError."""
     if isinstance(exc, OSError) and exc.strerror:
         return str(exc.strerror)

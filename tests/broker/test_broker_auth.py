@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import nsq
@@ -15,7 +14,6 @@ from broker_helpers import RawClient, eventually, stats, stop_reader
 from nsq_tls import Pki
 
 from taskdash.nsq.broker import Broker
-from taskdash.nsq.broker.options import SecurityOptions
 from taskdash.nsq.broker.protocol import FRAME_RESPONSE, encode_mpub
 from taskdash.nsq.reader import ClosableReader
 from taskdash.nsq.tls import client_context
@@ -33,28 +31,6 @@ def auth_server() -> AsyncIterator[AuthServer]:
 
 
 @pytest.fixture
-async def make_broker(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """Brokers with the given SecurityOptions fields; all stopped afterwards."""
-    brokers: list[Broker] = []
-
-    async def build(**security: Any) -> Broker:
-        broker = Broker(
-            tcp_port=0,
-            http_port=0,
-            lookupd_http_port=None,
-            data_dir=tmp_path / f"nsq{len(brokers)}",
-            security=SecurityOptions(**security),
-        )
-        await broker.start()
-        brokers.append(broker)
-        return broker
-
-    yield build
-    for broker in brokers:
-        await broker.stop()
-
-
-@pytest.fixture
 async def broker(make_broker: Callable[..., Any], auth_server: AuthServer) -> Broker:
     """A broker asking ``auth_server``."""
     return await make_broker(auth_http_addresses=(auth_server.address,))
@@ -66,6 +42,21 @@ async def authed(broker: Broker, secret: str = SECRET) -> tuple[RawClient, dict[
     assert (await client.identify())["auth_required"] is True
     await client.command("AUTH", secret.encode())
     return client, json.loads(await client.response())
+
+
+async def error_for(
+    broker: Broker, line: str, body: bytes | None = None, *, secret: str | None = SECRET
+) -> bytes:
+    """The error frame ``line`` gets, after IDENTIFY and AUTH (none when ``secret`` is None)."""
+    if secret is None:
+        client = await RawClient.connect(broker.tcp_port)
+    else:
+        client, _ = await authed(broker, secret)
+    try:
+        await client.command(line, body)
+        return await client.error()
+    finally:
+        await client.close()
 
 
 async def test_auth_answer_and_what_the_auth_server_is_asked(
@@ -150,21 +141,12 @@ async def test_publish_needs_a_channel_pattern_matching_the_empty_name(
 ) -> None:
     """nsqd's quirk, kept: a publish grant whose channels all need a letter allows nothing."""
     auth_server.grants[SECRET] = grant("events", ["publish"], ["^taskdash$"])
-    client, _ = await authed(broker)
-    try:
-        await client.command("PUB events", b"x")
-        assert (await client.error()).startswith(b"E_UNAUTHORIZED")
-    finally:
-        await client.close()
+    assert (await error_for(broker, "PUB events", b"x")).startswith(b"E_UNAUTHORIZED")
 
 
 async def test_auth_first(broker: Broker) -> None:
-    client = await RawClient.connect(broker.tcp_port)
-    try:
-        await client.command("SUB events ch")
-        assert await client.error() == b"E_AUTH_FIRST AUTH required before SUB"
-    finally:
-        await client.close()
+    error = await error_for(broker, "SUB events ch", secret=None)
+    assert error == b"E_AUTH_FIRST AUTH required before SUB"
 
 
 async def test_a_refused_secret_is_auth_failed_without_detail(
@@ -184,12 +166,8 @@ async def test_a_refused_secret_is_auth_failed_without_detail(
 
 async def test_no_authorizations_is_unauthorized(broker: Broker, auth_server: AuthServer) -> None:
     auth_server.grants[SECRET] = {"ttl": 60, "identity": "nobody", "authorizations": []}
-    client = await RawClient.connect(broker.tcp_port)
-    try:
-        await client.command("AUTH", SECRET.encode())
-        assert await client.error() == b"E_UNAUTHORIZED AUTH no authorizations found"
-    finally:
-        await client.close()
+    error = await error_for(broker, "AUTH", SECRET.encode(), secret=None)
+    assert error == b"E_UNAUTHORIZED AUTH no authorizations found"
 
 
 @pytest.mark.parametrize(
@@ -214,12 +192,8 @@ async def test_unusable_answers_fail_auth(
     broker: Broker, auth_server: AuthServer, answer: dict[str, Any]
 ) -> None:
     auth_server.grants[SECRET] = answer
-    client = await RawClient.connect(broker.tcp_port)
-    try:
-        await client.command("AUTH", SECRET.encode())
-        assert await client.error() == b"E_AUTH_FAILED AUTH failed"
-    finally:
-        await client.close()
+    error = await error_for(broker, "AUTH", SECRET.encode(), secret=None)
+    assert error == b"E_AUTH_FAILED AUTH failed"
 
 
 async def test_auth_twice_and_auth_disabled(
@@ -266,12 +240,8 @@ async def test_an_unreachable_auth_server_fails_auth(
     gone.start()
     gone.stop()  # a port nobody listens on any more
     broker = await make_broker(auth_http_addresses=(gone.address,))
-    client = await RawClient.connect(broker.tcp_port)
-    try:
-        await client.command("AUTH", SECRET.encode())
-        assert await client.error() == b"E_AUTH_FAILED AUTH failed"
-    finally:
-        await client.close()
+    error = await error_for(broker, "AUTH", SECRET.encode(), secret=None)
+    assert error == b"E_AUTH_FAILED AUTH failed"
     out = capsys.readouterr().out
     assert f"failed to auth against {gone.address}" in out
     assert SECRET not in out

@@ -13,7 +13,6 @@ import ssl
 import struct
 import zlib
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import nsq
@@ -30,28 +29,6 @@ from taskdash.nsq.reader import ClosableReader
 from taskdash.nsq.tls import client_context
 
 BrokerFactory = Callable[..., Any]
-
-
-@pytest.fixture
-async def make_broker(tmp_path: Path) -> AsyncIterator[BrokerFactory]:
-    """Brokers with the given SecurityOptions fields; all stopped afterwards."""
-    brokers: list[Broker] = []
-
-    async def build(**security: Any) -> Broker:
-        broker = Broker(
-            tcp_port=0,
-            http_port=0,
-            lookupd_http_port=None,
-            data_dir=tmp_path / f"nsq{len(brokers)}",
-            security=SecurityOptions(**security),
-        )
-        await broker.start()
-        brokers.append(broker)
-        return broker
-
-    yield build
-    for broker in brokers:
-        await broker.stop()
 
 
 @pytest.fixture

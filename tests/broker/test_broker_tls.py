@@ -10,7 +10,6 @@ import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import nsq
@@ -21,35 +20,12 @@ from broker_helpers import RawClient, error_code, eventually, stats, stop_reader
 from nsq_tls import Pki
 
 from taskdash.nsq.broker import Broker
-from taskdash.nsq.broker.options import SecurityOptions, TLSRequired
+from taskdash.nsq.broker.options import TLSRequired
 from taskdash.nsq.broker.protocol import FRAME_RESPONSE
 from taskdash.nsq.reader import ClosableReader
 from taskdash.nsq.tls import client_context
 
 BrokerFactory = Callable[..., Any]
-
-
-@pytest.fixture
-async def make_broker(tmp_path: Path) -> AsyncIterator[BrokerFactory]:
-    """Brokers with the given SecurityOptions fields; all stopped afterwards."""
-    brokers: list[Broker] = []
-
-    async def build(https: bool = False, **security: Any) -> Broker:
-        broker = Broker(
-            tcp_port=0,
-            http_port=0,
-            lookupd_http_port=None,
-            data_dir=tmp_path / f"nsq{len(brokers)}",
-            security=SecurityOptions(**security),
-            https_port=0 if https else None,
-        )
-        await broker.start()
-        brokers.append(broker)
-        return broker
-
-    yield build
-    for broker in brokers:
-        await broker.stop()
 
 
 def tls_options(pki: Pki, **extra: Any) -> dict[str, Any]:

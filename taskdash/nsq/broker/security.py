@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 
 from taskdash.nsq.broker.options import SecurityOptions, TLSRequired
+from taskdash.nsq.tls import no_password, reason
 
 _VERSIONS = {
     "tls1.0": ssl.TLSVersion.TLSv1,
@@ -30,11 +31,11 @@ def server_context(options: SecurityOptions) -> ssl.SSLContext | None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(options.tls_cert, options.tls_key, password=_no_password)
+        context.load_cert_chain(options.tls_cert, options.tls_key, password=no_password)
     except (OSError, ssl.SSLError) as exc:
         raise TLSConfigError(
             f"--tls-cert/--tls-key: cannot load {options.tls_cert} with {options.tls_key}: "
-            f"{_reason(exc)}"
+            f"{reason(exc)}"
         ) from None
     if options.tls_min_version:
         context.minimum_version = _VERSIONS[options.tls_min_version]
@@ -45,23 +46,11 @@ def server_context(options: SecurityOptions) -> ssl.SSLContext | None:
                 context.load_verify_locations(cafile=options.tls_root_ca_file)
             except (OSError, ssl.SSLError) as exc:
                 raise TLSConfigError(
-                    f"--tls-root-ca-file: cannot load {options.tls_root_ca_file}: {_reason(exc)}"
+                    f"--tls-root-ca-file: cannot load {options.tls_root_ca_file}: {reason(exc)}"
                 ) from None
         else:
             context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
     return context
-
-
-def _no_password() -> bytes:
-    """An encrypted key fails to load instead of prompting on the terminal."""
-    return b""
-
-
-def _reason(exc: BaseException) -> str:
-    """The useful part of an OSError/SSLError, without Python's tuple formatting."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return str(exc.strerror)
-    return str(getattr(exc, "reason", None) or exc)
 
 
 def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str:
