@@ -23,6 +23,7 @@ import structlog
 
 from taskdash import __version__, logs, users_cli
 from taskdash.errors import ConfigError
+from taskdash.nsq.broker.flags import add_security_flags, security_options
 from taskdash.periodic import cli as periodic_cli
 from taskdash.settings import (
     EnvWarning,
@@ -223,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
         CHECK_EPILOG,
         parents=[common],
     )
-    subparser(
+    nsqd = subparser(
         sub,
         "nsqd",
         "run only the embedded NSQ broker",
@@ -231,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
         NSQD_EPILOG,
         parents=[common],
     )
+    add_security_flags(nsqd)  # --tls-*, --deflate, --snappy, --auth-http-address
     _add_publish(sub, common)
     tcp_cli.add_parser(sub, [common])
     periodic_cli.add_parser(sub, [common])
@@ -327,7 +329,11 @@ def _usable_data_dir(data_dir: Path) -> bool:
     return True
 
 
-async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler | None) -> int:
+async def _serve_broker(
+    settings: Settings,
+    log_file: logs.ReopenableFileHandler | None,
+    args: argparse.Namespace | None = None,
+) -> int:
     """Start the broker, wait for SIGTERM/SIGINT, stop it (saving unfinished messages)."""
     from taskdash.lifecycle import broker_bind_error, on_reload_signal
     from taskdash.nsq.broker import Broker
@@ -339,14 +345,22 @@ async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_reload_signal, log_file)
     data_dir = settings.data_path("nsq").absolute()
-    broker = Broker(
-        host=cfg.embedded_host,
-        tcp_port=cfg.embedded_tcp_port,
-        http_port=cfg.embedded_http_port,
-        lookupd_http_port=cfg.embedded_lookupd_port,
-        data_dir=data_dir,
-        broadcast_address=cfg.embedded_host,
-    )
+    # TLS, compression, AUTH: nsqd's flags (taskdash/nsq/broker/flags.py)
+    security, https_port = security_options(args) if args is not None else (None, None)
+    try:
+        broker = Broker(
+            host=cfg.embedded_host,
+            tcp_port=cfg.embedded_tcp_port,
+            http_port=cfg.embedded_http_port,
+            lookupd_http_port=cfg.embedded_lookupd_port,
+            data_dir=data_dir,
+            broadcast_address=cfg.embedded_host,
+            security=security,
+            https_port=https_port,
+        )
+    except ValueError as exc:  # a certificate that cannot be loaded, snappy missing
+        _error(f"nsqd: {exc}")
+        return EXIT_USAGE
     if not _usable_data_dir(data_dir):
         return EXIT_FAILED
     try:
@@ -367,8 +381,13 @@ async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler
 
 def cmd_nsqd(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
     """Run the embedded broker alone (nsqd TCP + HTTP, nsqlookupd HTTP) until a stop signal."""
+    try:
+        security_options(args)  # a bad flag combination: one line, before logging starts
+    except ValueError as exc:
+        _error(f"nsqd: {exc}")
+        return EXIT_USAGE
     log_file = _configure_logs(args, settings, warnings)
-    return asyncio.run(_serve_broker(settings, log_file))
+    return asyncio.run(_serve_broker(settings, log_file, args))
 
 
 class _StopSignals:

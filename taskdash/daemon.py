@@ -44,7 +44,7 @@ from taskdash.lifecycle import (
     run_rescue,
 )
 from taskdash.logs import ReopenableFileHandler
-from taskdash.nsq.publisher import StatusPublisher
+from taskdash.nsq.publisher import StatusPublisher, https_context
 from taskdash.nsq.readers import Ingestion
 from taskdash.settings import NsqSettings, Settings
 from taskdash.store import Store, users
@@ -273,7 +273,12 @@ class Daemon:
         cfg = self.settings.nsq
         on_change = None
         if nsqd_http:
-            publisher = StatusPublisher(store, nsqd_http=nsqd_http, topic=cfg.status_topic)
+            publisher = StatusPublisher(
+                store,
+                nsqd_http=nsqd_http,
+                topic=cfg.status_topic,
+                tls=https_context(cfg, nsqd_http),
+            )
             await publisher.start()
             self.health.add("status_publisher", publisher.check)
             self._started("status_publisher", publisher.stop)

@@ -10,6 +10,7 @@ without ``__`` is not an override at all: :func:`env_warnings` lists those for t
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -267,8 +268,32 @@ class NsqSettings(_Section):
     embedded_tcp_port: Port = 4150
     embedded_http_port: Port = 4151
     embedded_lookupd_port: Port = 4161
+    # --- toward nsqd: TLS, AUTH, compression, connection (pynsq's options; docs/nsq-security.md)
+    tls: bool = False
+    tls_ca_file: str = ""  # CA bundle nsqd's certificate must chain to ("" = the system's)
+    tls_cert_file: str = ""  # client certificate, for nsqd's --tls-client-auth-policy
+    tls_key_file: str = ""
+    tls_verify: bool = True  # check nsqd's name (and, without tls_ca_file, its certificate)
+    auth_secret: str = ""  # prefer TASKDASH_NSQ__AUTH_SECRET or auth_secret_file; never logged
+    auth_secret_file: str = ""
+    compression: Literal["none", "deflate", "snappy"] = "none"
+    deflate_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 6
+    msg_timeout: Annotated[float, msgspec.Meta(ge=0, le=900)] = 0.0  # 0 = nsqd's --msg-timeout
+    heartbeat_interval: Annotated[int, msgspec.Meta(ge=1, le=60)] = 30
+    user_agent: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "taskdash"
+
+    def __repr__(self) -> str:
+        """Never the secret, whoever prints the settings."""
+        fields = {f: getattr(self, f) for f in self.__struct_fields__}
+        if fields["auth_secret"]:
+            fields["auth_secret"] = "***"
+        return "NsqSettings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
     def __post_init__(self) -> None:
+        self._check_names_and_addresses()
+        self._check_connection()
+
+    def _check_names_and_addresses(self) -> None:
         for name in ("service_topic", "heartbeat_topic", "status_topic", "channel"):
             if not re.fullmatch(r"[.a-zA-Z0-9_-]{1,64}", getattr(self, name)):
                 raise ValueError(f"{name} is not a valid NSQ name ([.a-zA-Z0-9_-], 1-64 chars)")
@@ -284,6 +309,74 @@ class NsqSettings(_Section):
             raise ValueError("requeue_delay_max must be >= requeue_delay")
         self._require_host("embedded_host")
         self._require_distinct_ports()
+
+    def _check_connection(self) -> None:
+        """Impossible combinations of the options toward nsqd, each refused in one line."""
+        if self.tls_key_file and not self.tls_cert_file:
+            raise ValueError("tls_key_file needs tls_cert_file (a client certificate and its key)")
+        uses_tls = self.tls or self.nsqd_http_address.startswith("https://")
+        if not uses_tls:
+            for name in ("tls_ca_file", "tls_cert_file"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{name} has no use without TLS: set tls = true (or an https:// "
+                        "nsqd_http_address)"
+                    )
+        if self.embedded and (self.tls or self.auth_secret or self.auth_secret_file):
+            what = "tls" if self.tls else "auth_secret"
+            raise ValueError(
+                f"{what} needs a real nsqd: the embedded broker has neither TLS nor AUTH "
+                "(set nsqd_tcp_addresses or lookupd_http_addresses)"
+            )
+        if uses_tls:
+            from taskdash.nsq.tls import client_context
+
+            client_context(**self.tls_files())
+        if self.compression == "snappy" and importlib.util.find_spec("snappy") is None:
+            raise ValueError(
+                "compression snappy needs python-snappy: pip install 'taskdash[snappy]'"
+            )
+        if 0 < self.msg_timeout < 1:
+            raise ValueError("msg_timeout must be 0 (nsqd's default) or 1 to 900 seconds")
+        if self.msg_timeout and self.msg_timeout <= 2 * self.heartbeat_flush_interval:
+            raise ValueError(
+                "msg_timeout must be more than twice heartbeat_flush_interval, or batched "
+                "messages are redelivered before they are settled"
+            )
+        if self.auth_secret and self.auth_secret_file:
+            raise ValueError("auth_secret must be empty when auth_secret_file is set (keep one)")
+        if self.auth_secret_file:
+            self.secret()  # readable, private, not empty
+
+    def tls_files(self) -> dict[str, Any]:
+        """The TLS keys as :func:`taskdash.nsq.tls.client_context` takes them."""
+        return {
+            "ca_file": self.tls_ca_file,
+            "cert_file": self.tls_cert_file,
+            "key_file": self.tls_key_file,
+            "verify": self.tls_verify,
+        }
+
+    def secret(self) -> str:
+        """The AUTH secret: ``auth_secret``, else the first line of ``auth_secret_file``."""
+        if not self.auth_secret_file:
+            return self.auth_secret
+        path = Path(self.auth_secret_file)
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ValueError(f"auth_secret_file cannot be read: {path}: {reason}") from None
+        if mode & 0o077:
+            raise ValueError(
+                f"auth_secret_file {path} is readable by others (mode {mode & 0o777:o}): "
+                "chmod 600 it"
+            )
+        secret = text.strip()
+        if not secret:
+            raise ValueError(f"auth_secret_file {path} is empty")
+        return secret
 
     def _require_distinct_ports(self) -> None:
         """Two embedded servers on one port: the second bind would fail at start."""

@@ -95,6 +95,7 @@ class Consumer(Generic[M]):
         stall_after: float = 30.0,
         decode: Decode[M] = decode,
         drain: Drain | None = None,
+        connection: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self.channel = channel
@@ -114,6 +115,8 @@ class Consumer(Generic[M]):
         self.progress = Progress()
         self._addresses = (nsqd_tcp_addresses, lookupd_http_addresses)
         self._max_in_flight = max_in_flight
+        # pynsq's connection options (TLS, AUTH, compression, timeouts): readers.connection_options
+        self._connection = {"user_agent": "taskdash", **(connection or {})}
         self._pending: list[Received[M]] = []
         self._flush_lock = asyncio.Lock()
         self._kick = asyncio.Event()
@@ -144,7 +147,7 @@ class Consumer(Generic[M]):
             max_tries=0,
             lookupd_poll_interval=15,
             max_backoff_duration=max(1.0, self.requeue_delay_max),
-            user_agent="taskdash",
+            **self._connection,
         )
         await self._flusher.start()
 
@@ -200,6 +203,8 @@ class Consumer(Generic[M]):
             "dead_lettered": c.dead_lettered,
             "isolated": c.isolated,
             **c.extra,
+            # per nsqd: TLS, compression and AUTH identity as negotiated
+            "negotiated": self._reader.negotiation.report() if self._reader else {},
         }
 
     def _not_ready_reason(self, now: float) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from typing import Any
 
 import structlog
@@ -22,11 +23,20 @@ import tornado.httpclient
 
 from taskdash.background import Background
 from taskdash.errors import StoreError
+from taskdash.nsq.tls import client_context
+from taskdash.settings import NsqSettings
 from taskdash.store import Store
 from taskdash.store.status import claim_unpublished, mark_published
 from taskdash.store.times import Clock, to_ms, utcnow
 
 log = structlog.get_logger("taskdash.nsq.publisher")
+
+
+def https_context(settings: NsqSettings, nsqd_http: str) -> ssl.SSLContext | None:
+    """For an https:// nsqd: [nsq]'s CA, client certificate and name check, as the readers'."""
+    if not nsqd_http.startswith("https://"):
+        return None
+    return client_context(**settings.tls_files())
 
 
 def status_message(event: dict[str, Any]) -> bytes:
@@ -60,6 +70,7 @@ class StatusPublisher:
         batch: int = 500,
         lease: float = 30.0,
         clock: Clock = utcnow,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
         self.url = f"{nsqd_http.rstrip('/')}/mpub?topic={topic}"
@@ -67,6 +78,7 @@ class StatusPublisher:
         self.batch = batch
         self.lease = lease
         self.clock = clock
+        self.tls = tls  # for an https:// nsqd (https_context); None: the system's defaults
         self.published = 0
         self.last_error = ""
         self._held: list[dict[str, Any]] = []  # claimed by us, send failed: retried first
@@ -93,6 +105,7 @@ class StatusPublisher:
                 body=body,
                 request_timeout=self.request_timeout,
                 connect_timeout=self.request_timeout / 2,
+                ssl_options=self.tls,
             )
             self._held = []
             await mark_published(self.store, [e["_id"] for e in events])

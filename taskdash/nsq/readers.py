@@ -11,6 +11,7 @@ import structlog
 from taskdash.logs import RateLimitedLog, log_each_or_summary
 from taskdash.models import HeartBeat, TaskService
 from taskdash.nsq.consumer import Consumer, Received
+from taskdash.nsq.tls import client_context
 from taskdash.settings import NsqSettings
 from taskdash.store import Store
 from taskdash.store.deadletters import add_dead_letter
@@ -22,6 +23,31 @@ from taskdash.store.services import (
 from taskdash.store.times import to_ms
 
 log = structlog.get_logger("taskdash.nsq.readers")
+
+
+def connection_options(settings: NsqSettings) -> dict[str, Any]:
+    """pynsq's connection options from ``[nsq]``: TLS, AUTH, compression, timeouts.
+
+    The secret is read here (from the setting or its file), once per start.
+    """
+    options: dict[str, Any] = {
+        "heartbeat_interval": settings.heartbeat_interval,
+        "user_agent": settings.user_agent,
+    }
+    if settings.msg_timeout:
+        options["msg_timeout"] = settings.msg_timeout
+    if settings.tls:
+        options["tls_v1"] = True
+        options["tls_context"] = client_context(**settings.tls_files())
+    if settings.compression == "deflate":
+        options["deflate"] = True
+        options["deflate_level"] = settings.deflate_level
+    elif settings.compression == "snappy":
+        options["snappy"] = True
+    secret = settings.secret()
+    if secret:
+        options["auth_secret"] = secret
+    return options
 
 
 class Ingestion:
@@ -61,6 +87,7 @@ class Ingestion:
             "batch_size": settings.heartbeat_batch_size,
             "max_attempts": settings.max_attempts,
             "stall_after": settings.stall_after,
+            "connection": connection_options(settings),
         }
         self.services: Consumer[TaskService] = Consumer(
             topic=settings.service_topic, model=TaskService, apply=self._register, **common

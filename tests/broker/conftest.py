@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 from broker_helpers import RawClient
+from nsq_tls import Pki, make_pki
 
 from taskdash.nsq.broker import Broker
+from taskdash.nsq.broker.options import SecurityOptions
 
 # Short enough that a test forgetting to FIN never waits long; timeout tests still set their own
 # msg_timeout through IDENTIFY, as a client would.
@@ -51,3 +53,32 @@ async def raw(broker: Broker) -> AsyncIterator[Callable[..., Awaitable[RawClient
     yield connect
     for client in clients:
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throwaway CA with broker and client certificates (and a rogue CA's client)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def make_broker(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Broker]]]:
+    """Brokers with the given SecurityOptions fields (``https``: an HTTPS listener too)."""
+    brokers: list[Broker] = []
+
+    async def build(https: bool = False, **security: object) -> Broker:
+        instance = Broker(
+            tcp_port=0,
+            http_port=0,
+            lookupd_http_port=None,
+            data_dir=tmp_path / f"nsq{len(brokers)}",
+            security=SecurityOptions(**security),  # type: ignore[arg-type]
+            https_port=0 if https else None,
+        )
+        await instance.start()
+        brokers.append(instance)
+        return instance
+
+    yield build
+    for instance in brokers:
+        await instance.stop()

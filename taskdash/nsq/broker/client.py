@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskdash.nsq.broker.channel import Channel
 from taskdash.nsq.broker.message import Message
@@ -16,6 +17,13 @@ from taskdash.nsq.broker.protocol import (
     encode_frame,
     encode_message,
 )
+
+if TYPE_CHECKING:
+    from taskdash.nsq.broker.authz import AuthState
+    from taskdash.nsq.broker.wire import Codec
+
+#: Python's TLS version names -> nsqd's (/stats tls_version)
+_TLS_VERSIONS = {"TLSv1": "TLS1.0", "TLSv1.1": "TLS1.1", "TLSv1.2": "TLS1.2", "TLSv1.3": "TLS1.3"}
 
 
 class State(enum.IntEnum):
@@ -48,6 +56,12 @@ class Client:
         self.connect_ts = int(time.time())
         self.disconnected = False
         self._writer = writer
+        # TLS, compression and AUTH, as negotiated (nothing until IDENTIFY / AUTH)
+        self.tls: ssl.SSLObject | None = None
+        self.codec: Codec | None = None
+        self.auth: AuthState | None = None
+        self.auth_secret = ""  # kept to refresh ``auth`` after its ttl; never logged or shown
+        self._held: list[bytes] | None = None  # frames kept back during the TLS handshake
 
     # --- Consumer ---------------------------------------------------------------------------
 
@@ -105,8 +119,66 @@ class Client:
 
     def write(self, frame_type: int, data: bytes) -> None:
         """Queue one frame on the socket (dropped once the client is detached or closing)."""
-        if not self.disconnected and not self._writer.is_closing():
-            self._writer.write(encode_frame(frame_type, data))
+        if self.disconnected or self._writer.is_closing():
+            return
+        frame = encode_frame(frame_type, data)
+        if self._held is not None:
+            self._held.append(frame)
+        elif self.codec is not None:
+            self._writer.write(self.codec.encode(frame))
+        else:
+            self._writer.write(frame)
+
+    # --- TLS, compression, AUTH -------------------------------------------------------------
+
+    def hold(self) -> None:
+        """Keep frames (a heartbeat) back while the socket is being upgraded to TLS."""
+        self._held = []
+
+    def release(self) -> None:
+        """Send what was held, through the upgraded socket."""
+        held, self._held = self._held or [], None
+        for frame in held:
+            self._writer.write(frame)
+
+    @property
+    def has_authorizations(self) -> bool:
+        """nsqd's HasAuthorizations: an AUTH succeeded with at least one grant."""
+        return self.auth is not None and bool(self.auth.authorizations)
+
+    def _compression_and_auth_stats(self) -> dict[str, Any]:
+        """ClientV2Stats' deflate, snappy, user_agent and (when authed) auth fields."""
+        name = self.codec.name if self.codec is not None else ""
+        doc: dict[str, Any] = {
+            "deflate": name == "deflate",
+            "snappy": name == "snappy",
+            "user_agent": self.settings.user_agent,
+        }
+        if self.has_authorizations:
+            assert self.auth is not None
+            doc["authed"] = True
+            if self.auth.identity:
+                doc["auth_identity"] = self.auth.identity
+            if self.auth.identity_url:
+                doc["auth_identity_url"] = self.auth.identity_url
+        return doc
+
+    def _tls_stats(self) -> dict[str, Any]:
+        """ClientV2Stats' TLS fields (Python's cipher names: OpenSSL's, not Go's)."""
+        doc: dict[str, Any] = {
+            "tls": self.tls is not None,
+            "tls_cipher_suite": "",
+            "tls_version": "",
+            "tls_negotiated_protocol": "",
+            "tls_negotiated_protocol_is_mutual": False,
+        }
+        if self.tls is not None:
+            cipher = self.tls.cipher()
+            version = self.tls.version() or ""
+            doc["tls_cipher_suite"] = cipher[0] if cipher else ""
+            doc["tls_version"] = _TLS_VERSIONS.get(version, version)
+            doc["tls_negotiated_protocol"] = self.tls.selected_alpn_protocol() or ""
+        return doc
 
     def stats(self, topic: str = "") -> dict[str, Any]:
         """nsqd's ClientV2Stats."""
@@ -123,14 +195,8 @@ class Client:
             "requeue_count": self.requeue_count,
             "connect_ts": self.connect_ts,
             "sample_rate": self.settings.sample_rate,
-            "deflate": False,
-            "snappy": False,
-            "user_agent": self.settings.user_agent,
-            "tls": False,
-            "tls_cipher_suite": "",
-            "tls_version": "",
-            "tls_negotiated_protocol": "",
-            "tls_negotiated_protocol_is_mutual": False,
+            **self._compression_and_auth_stats(),
+            **self._tls_stats(),
         }
         counts = [
             {"topic": name, "count": count}

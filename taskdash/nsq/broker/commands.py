@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 import structlog
 
+from taskdash.nsq.broker.authz import AuthError
 from taskdash.nsq.broker.channel import Channel, MessageStateError
 from taskdash.nsq.broker.client import Client, State
 from taskdash.nsq.broker.protocol import (
     CLOSE_WAIT,
+    FRAME_RESPONSE,
     OK,
+    Features,
     ProtocolError,
     apply_identify,
     check_body_length,
+    go_quote,
     identify_response,
     message_id,
+    negotiate,
     parse_base10,
     parse_mpub,
     read_length,
@@ -24,6 +30,7 @@ from taskdash.nsq.broker.protocol import (
     validate_topic,
 )
 from taskdash.nsq.broker.registry import Registry
+from taskdash.nsq.broker.security import Security, peer_common_name
 
 log = structlog.get_logger("taskdash.nsq.broker")
 
@@ -44,12 +51,16 @@ class Commands:
         reader: asyncio.StreamReader,
         registry: Registry,
         on_identify: Callable[[], None],
+        security: Security | None = None,
+        upgrade: Callable[[Features], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.reader = reader
         self.registry = registry
         self.options = registry.options
         self._on_identify = on_identify
+        self.security = security or Security()
+        self._upgrade = upgrade
         self._handlers: dict[bytes, Handler] = {
             b"IDENTIFY": self.identify,
             b"FIN": self.fin,
@@ -67,6 +78,8 @@ class Commands:
 
     async def execute(self, params: list[bytes]) -> bytes | None:
         """Dispatch on the command name; unknown names are fatal."""
+        if params[0] != b"IDENTIFY":
+            self._enforce_tls_policy(params[0])
         handler = self._handlers.get(params[0])
         if handler is None:
             raise ProtocolError("E_INVALID", f"invalid command {_text(params[0])}")
@@ -125,16 +138,99 @@ class Commands:
         )
         if not settings.feature_negotiation:
             return OK
-        return identify_response(settings, self.options)
+        security = self.security
+        features = negotiate(
+            settings,
+            self.options,
+            tls=security.tls_context is not None,
+            snappy=security.snappy,
+            deflate=security.options.deflate,
+            auth=security.options.auth_enabled,
+        )
+        # nsqd sends the answer itself, then upgrades (each upgrade confirmed by an OK)
+        self.client.write(FRAME_RESPONSE, identify_response(settings, self.options, features))
+        if self._upgrade is not None and (features.tls_v1 or features.snappy or features.deflate):
+            await self._upgrade(features)
+        return None
+
+    # --- TLS policy and AUTH (nsqd's enforceTLSPolicy, AUTH, CheckAuth) ---------------------
+
+    def _enforce_tls_policy(self, command: bytes) -> None:
+        """With TLS required, nothing but IDENTIFY before the upgrade (unknown names too)."""
+        if self.security.tcp_tls_required and self.client.tls is None:
+            raise ProtocolError(
+                "E_INVALID", f"cannot {_text(command)} in current state (TLS required)"
+            )
 
     async def auth(self, params: list[bytes]) -> bytes | None:
-        """Auth is never enabled here, as on an nsqd without --auth-http-address."""
-        if self.client.state != State.INIT:
+        """Check the secret with the auth server; answer identity and permission count."""
+        client = self.client
+        if client.state != State.INIT:
             raise ProtocolError("E_INVALID", "cannot AUTH in current state")
         if len(params) != 1:
             raise ProtocolError("E_INVALID", "AUTH invalid number of parameters")
-        await self._small_body("AUTH")
-        raise ProtocolError("E_AUTH_DISABLED", "AUTH disabled")
+        secret = await self._small_body("AUTH")
+        if client.has_authorizations:
+            raise ProtocolError("E_INVALID", "AUTH already set")
+        if self.security.auth is None:
+            raise ProtocolError("E_AUTH_DISABLED", "AUTH disabled")
+        client.auth_secret = secret.decode("utf-8", "surrogateescape")
+        await self._query_auth()
+        if not client.has_authorizations:
+            raise ProtocolError("E_UNAUTHORIZED", "AUTH no authorizations found")
+        assert client.auth is not None
+        log.info(
+            "client_authenticated",
+            client=client.remote_address,
+            identity=client.auth.identity,
+            permissions=len(client.auth.authorizations),
+        )
+        client.write(
+            FRAME_RESPONSE,
+            json.dumps(
+                {
+                    "identity": client.auth.identity,
+                    "identity_url": client.auth.identity_url,
+                    "permission_count": len(client.auth.authorizations),
+                },
+                separators=(",", ":"),
+            ).encode(),
+        )
+        return None
+
+    async def _query_auth(self) -> None:
+        """Ask the auth server about the client's secret; E_AUTH_FAILED if it cannot answer."""
+        client = self.client
+        assert self.security.auth is not None
+        try:
+            client.auth = await self.security.auth.query(
+                client.auth_secret,
+                remote_ip=client.remote_address.rpartition(":")[0],
+                tls=client.tls is not None,
+                common_name=peer_common_name(client.tls),
+            )
+        except AuthError as exc:
+            # as nsqd: the reason goes to the log (never the secret), not to the client
+            log.warning("client_auth_failed", client=client.remote_address, error=str(exc))
+            raise ProtocolError("E_AUTH_FAILED", "AUTH failed") from None
+
+    async def _check_auth(self, command: str, topic: str, channel: str = "") -> None:
+        """nsqd's CheckAuth: AUTH first, refreshed after its ttl, then the grants decide."""
+        if self.security.auth is None:
+            return
+        client = self.client
+        if not client.has_authorizations:
+            raise ProtocolError("E_AUTH_FIRST", f"AUTH required before {command}")
+        assert client.auth is not None
+        if client.auth.expired:
+            await self._query_auth()
+        assert client.auth is not None
+        if not client.auth.allows(topic, channel):
+            raise ProtocolError(
+                "E_UNAUTHORIZED",
+                f"AUTH failed for {command} on {go_quote(topic.encode())} "
+                f"{go_quote(channel.encode())}",
+            )
 
     async def sub(self, params: list[bytes]) -> bytes | None:
         """Join a channel (creating topic and channel); once per connection."""
@@ -147,6 +243,7 @@ class Commands:
             raise ProtocolError("E_INVALID", "SUB insufficient number of parameters")
         topic_name = validate_topic("SUB", params[1])
         channel_name = validate_channel(params[2])
+        await self._check_auth("SUB", topic_name, channel_name)
         if self.registry.closing:
             raise ProtocolError("E_SUB_FAILED", "SUB failed exiting")
         channel = self.registry.get_topic(topic_name).get_channel(channel_name)
@@ -257,6 +354,7 @@ class Commands:
             raise ProtocolError("E_INVALID", "PUB insufficient number of parameters")
         topic = validate_topic("PUB", params[1])
         body = await self._message_body("PUB")
+        await self._check_auth("PUB", topic)
         self._publish("PUB", topic, [body])
         return OK
 
@@ -275,6 +373,7 @@ class Commands:
         if delay > limit:
             raise ProtocolError("E_INVALID", f"DPUB timeout {delay} out of range 0-{limit}")
         body = await self._message_body("DPUB")
+        await self._check_auth("DPUB", topic)
         self._publish("DPUB", topic, [body], delay)
         return OK
 
@@ -283,6 +382,7 @@ class Commands:
         if len(params) < 2:
             raise ProtocolError("E_INVALID", "MPUB insufficient number of parameters")
         topic = validate_topic("MPUB", params[1])
+        await self._check_auth("MPUB", topic)
         if not self.registry.closing:
             self.registry.get_topic(topic)
         size = await self._length("E_BAD_BODY", "MPUB failed to read body size")

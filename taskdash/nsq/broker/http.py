@@ -33,6 +33,9 @@ class HttpContext:
     host: str
     tcp_port: int = 0
     http_port: int = 0
+    # --tls-required=true: plain HTTP answers 403 TLS_REQUIRED, HTTPS (https_port) serves
+    http_tls_required: bool = False
+    https_port: int = 0
 
     def peer_info(self) -> dict[str, Any]:
         """nsqlookupd's PeerInfo for this broker: where readers should connect."""
@@ -62,6 +65,12 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, ctx: HttpContext) -> None:
         """Routes hand every handler the same context."""
         self.ctx = ctx
+
+    def prepare(self) -> None:
+        """nsqd refuses every plain HTTP request when TLS is required (tcp-https spares it)."""
+        if self.ctx.http_tls_required and self.request.protocol != "https":
+            self.set_status(403)
+            self.reply_json({"message": "TLS_REQUIRED", "https_port": self.ctx.https_port})
 
     def set_default_headers(self) -> None:
         """nsqd marks every reply as the v1 format."""
@@ -122,7 +131,9 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         """Answer before any method handler runs."""
-        raise ApiError(404, "NOT_FOUND")
+        super().prepare()
+        if not self._finished:
+            raise ApiError(404, "NOT_FOUND")
 
 
 class PingHandler(BaseHandler):
@@ -147,6 +158,7 @@ class BodyHandler(BaseHandler):
         self._size = 0
         declared = self.request.headers.get("Content-Length", "")
         self._declared_too_big = declared.isdigit() and int(declared) > self.body_limit()
+        super().prepare()
 
     def data_received(self, chunk: bytes) -> None:
         """Buffer while under the limit; past it, only count."""

@@ -59,6 +59,11 @@ class ClientSettings:
     sample_rate: int = 0
     msg_timeout_ms: int = 60000
     feature_negotiation: bool = False
+    # asked for in IDENTIFY; what is granted is decided by the broker's options (negotiate)
+    tls_v1: bool = False
+    snappy: bool = False
+    deflate: bool = False
+    deflate_level: int = 0
 
     @classmethod
     def defaults(cls, options: Options, identifier: str) -> ClientSettings:
@@ -294,6 +299,10 @@ def apply_identify(body: bytes, settings: ClientSettings, options: Options) -> C
         hostname=fields.get("hostname", ""),
         user_agent=fields.get("user_agent", ""),
         feature_negotiation=fields.get("feature_negotiation", False),
+        tls_v1=fields.get("tls_v1", False),
+        snappy=fields.get("snappy", False),
+        deflate=fields.get("deflate", False),
+        deflate_level=fields.get("deflate_level", 0),
     )
     heartbeat = fields.get("heartbeat_interval", 0)
     if heartbeat == -1:
@@ -322,21 +331,68 @@ def apply_identify(body: bytes, settings: ClientSettings, options: Options) -> C
     return settings
 
 
-def identify_response(settings: ClientSettings, options: Options) -> bytes:
-    """The feature-negotiation JSON; TLS, snappy and deflate are always refused (not offered)."""
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What IDENTIFY granted: nsqd upgrades the connection in this order (TLS, snappy, deflate)."""
+
+    tls_v1: bool = False
+    snappy: bool = False
+    deflate: bool = False
+    deflate_level: int = 6
+    auth_required: bool = False
+
+
+def negotiate(
+    settings: ClientSettings,
+    options: Options,
+    *,
+    tls: bool = False,
+    snappy: bool = False,
+    deflate: bool = False,
+    auth: bool = False,
+) -> Features:
+    """nsqd's answer to the features asked for, given what this broker offers.
+
+    ``deflate_level`` is 6 unless deflate is granted with a positive level asked for; either
+    way at most ``max_deflate_level``. Both compressions at once is a fatal E_IDENTIFY_FAILED.
+    """
+    granted_deflate = deflate and settings.deflate
+    level = 6
+    if granted_deflate and settings.deflate_level > 0:
+        level = settings.deflate_level
+    level = min(level, options.max_deflate_level)
+    granted_snappy = snappy and settings.snappy
+    if granted_deflate and granted_snappy:
+        raise ProtocolError(
+            "E_IDENTIFY_FAILED", "cannot enable both deflate and snappy compression"
+        )
+    return Features(
+        tls_v1=tls and settings.tls_v1,
+        snappy=granted_snappy,
+        deflate=granted_deflate,
+        deflate_level=level,
+        auth_required=auth,
+    )
+
+
+def identify_response(
+    settings: ClientSettings, options: Options, features: Features | None = None
+) -> bytes:
+    """The feature-negotiation JSON (nothing granted when ``features`` is None)."""
+    features = features or Features(deflate_level=min(6, options.max_deflate_level))
     return json.dumps(
         {
             "max_rdy_count": options.max_rdy_count,
             "version": VERSION,
             "max_msg_timeout": options.max_msg_timeout_ms,
             "msg_timeout": settings.msg_timeout_ms,
-            "tls_v1": False,
-            "deflate": False,
-            "deflate_level": min(6, options.max_deflate_level),
+            "tls_v1": features.tls_v1,
+            "deflate": features.deflate,
+            "deflate_level": features.deflate_level,
             "max_deflate_level": options.max_deflate_level,
-            "snappy": False,
+            "snappy": features.snappy,
             "sample_rate": settings.sample_rate,
-            "auth_required": False,
+            "auth_required": features.auth_required,
             "output_buffer_size": settings.output_buffer_size,
             "output_buffer_timeout": settings.output_buffer_timeout_ms,
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ import tornado.web
 from taskdash.nsq.broker import persist
 from taskdash.nsq.broker.http import HttpContext, nsqd_app
 from taskdash.nsq.broker.lookupd import lookupd_app
-from taskdash.nsq.broker.options import Options
+from taskdash.nsq.broker.options import Options, SecurityOptions
 from taskdash.nsq.broker.registry import Registry
+from taskdash.nsq.broker.security import Security
 from taskdash.nsq.broker.tcp import TcpServer
 
 log = structlog.get_logger("taskdash.nsq.broker")
@@ -55,6 +57,10 @@ class Broker:
         max_heartbeat_interval_ms: int = 60000,
         heartbeat_interval_ms: int = 30000,
         max_req_timeout_ms: int = 3600000,
+        # TLS, compression, AUTH (nsqd's --tls-*, --deflate, --snappy, --auth-http-address)
+        # and the HTTPS listener (--https-address); None = off
+        security: SecurityOptions | None = None,
+        https_port: int | None = None,
     ) -> None:
         self.host = host
         self.tcp_port = tcp_port
@@ -71,10 +77,15 @@ class Broker:
             max_heartbeat_interval_ms=max_heartbeat_interval_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_req_timeout_ms=max_req_timeout_ms,
+            max_deflate_level=(security or SecurityOptions()).max_deflate_level,
         )
+        self.security = Security(security)
+        self.https_port = https_port
+        if https_port is not None and self.security.tls_context is None:
+            raise ValueError("--https-address needs --tls-cert and --tls-key")
         self.registry = Registry(self.options)
         self._phase = _Phase.NEW
-        self._tcp = TcpServer(self.registry)
+        self._tcp = TcpServer(self.registry, self.security)
         self._http_servers: list[tornado.httpserver.HTTPServer] = []
         # the save can come from the loop (stop, emergency step) or the watchdog thread
         self._save_lock = threading.Lock()
@@ -181,17 +192,26 @@ class Broker:
             broadcast_address=self.broadcast_address,
             host=self.host,
             tcp_port=self.tcp_port,
+            http_tls_required=self.security.http_tls_required,
         )
+        if self.https_port is not None:
+            self.https_port = self._serve_http(
+                nsqd_app(ctx), self.https_port, tls=self.security.tls_context
+            )
+            ctx.https_port = self.https_port
         self.http_port = self._serve_http(nsqd_app(ctx), self.http_port)
         ctx.http_port = self.http_port
         if self.lookupd_http_port is not None:
             self.lookupd_http_port = self._serve_http(lookupd_app(ctx), self.lookupd_http_port)
 
-    def _serve_http(self, app: tornado.web.Application, port: int) -> int:
-        """Bind one tornado HTTP server; bodies above 4x max_body_size are cut off unread."""
+    def _serve_http(
+        self, app: tornado.web.Application, port: int, tls: ssl.SSLContext | None = None
+    ) -> int:
+        """Bind one tornado HTTP(S) server; bodies above 4x max_body_size are cut off unread."""
         server = tornado.httpserver.HTTPServer(
             app,
             max_body_size=4 * max(self.options.max_body_size, self.options.max_msg_size),
+            ssl_options=tls,
         )
         sockets = tornado.netutil.bind_sockets(port, address=self.host)
         server.add_sockets(sockets)

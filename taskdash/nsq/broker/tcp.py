@@ -15,10 +15,14 @@ from taskdash.nsq.broker.protocol import (
     FRAME_RESPONSE,
     HEARTBEAT,
     MAGIC_V2,
+    OK,
+    Features,
     ProtocolError,
     split_command,
 )
 from taskdash.nsq.broker.registry import Registry
+from taskdash.nsq.broker.security import Security
+from taskdash.nsq.broker.wire import Codec, Deflate, Snappy, WireReader
 
 log = structlog.get_logger("taskdash.nsq.broker")
 
@@ -26,6 +30,8 @@ log = structlog.get_logger("taskdash.nsq.broker")
 # most this long, so the error frame is read instead of being lost to a TCP reset.
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 1 << 20
+#: nsqd's deadline for the TLS handshake after IDENTIFY
+TLS_HANDSHAKE_TIMEOUT = 5.0
 
 
 class Connection:
@@ -37,12 +43,21 @@ class Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         registry: Registry,
+        security: Security | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.registry = registry
+        self.security = security or Security()
         self.client = Client(client_id, writer, registry.options)
-        self.commands = Commands(self.client, reader, registry, self._restart_heartbeat)
+        self.commands = Commands(
+            self.client,
+            reader,
+            registry,
+            self._restart_heartbeat,
+            security=self.security,
+            upgrade=self._upgrade,
+        )
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -101,6 +116,46 @@ class Connection:
         except asyncio.LimitOverrunError:
             log.warning("line_too_long", client=self.client.remote_address)
             return None
+
+    # --- TLS and compression upgrades (nsqd's UpgradeTLS/UpgradeSnappy/UpgradeDeflate) ------
+
+    async def _upgrade(self, features: Features) -> None:
+        """After the IDENTIFY answer: TLS in place, then one compression; each confirmed by OK."""
+        client = self.client
+        if features.tls_v1:
+            await self._upgrade_tls()
+            client.write(FRAME_RESPONSE, OK)
+        codec: Codec | None = None
+        if features.snappy:
+            codec = Snappy()
+        elif features.deflate:
+            codec = Deflate(features.deflate_level)
+        if codec is not None:
+            if isinstance(self.reader, WireReader):
+                self.reader.decompress_with(codec)
+            client.codec = codec
+            client.write(FRAME_RESPONSE, OK)
+        log.info(
+            "client_upgraded",
+            client=client.remote_address,
+            tls=client.tls is not None,
+            tls_version=client.tls.version() if client.tls is not None else None,
+            compression=codec.name if codec is not None else None,
+            deflate_level=features.deflate_level if features.deflate else None,
+        )
+
+    async def _upgrade_tls(self) -> None:
+        """The TLS handshake on this very socket; a failed one ends the connection."""
+        context = self.security.tls_context
+        assert context is not None
+        self.client.hold()
+        try:
+            await self.writer.start_tls(context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        except OSError as exc:  # ssl.SSLError, a reset, the handshake deadline
+            log.warning("client_tls_failed", client=self.client.remote_address, error=str(exc))
+            raise ConnectionError(f"TLS handshake failed: {exc}") from None
+        self.client.tls = self.writer.get_extra_info("ssl_object")
+        self.client.release()
 
     def _read_timeout(self) -> float | None:
         """nsqd's read deadline: twice the heartbeat interval; none when heartbeats are off."""
@@ -175,8 +230,9 @@ class Connection:
 class TcpServer:
     """Accepts clients and tracks their tasks so ``stop`` can end them."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, security: Security | None = None) -> None:
         self.registry = registry
+        self.security = security or Security()
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -184,17 +240,24 @@ class TcpServer:
         self._ids = itertools.count(1)
 
     async def start(self, host: str, port: int) -> None:
-        """Listen; the line limit doubles as the stream buffer limit."""
-        self._server = await asyncio.start_server(
-            self._accept, host, port, limit=self.registry.options.max_line_length
-        )
+        """Listen; the line limit doubles as the stream buffer limit.
+
+        asyncio.start_server's own factory, with a reader that can decompress mid-stream.
+        """
+        loop = asyncio.get_running_loop()
+        limit = self.registry.options.max_line_length
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(WireReader(limit, loop), self._accept, loop=loop)
+
+        self._server = await loop.create_server(factory, host, port)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One task per client."""
         task = asyncio.current_task()
         assert task is not None
-        conn = Connection(next(self._ids), reader, writer, self.registry)
+        conn = Connection(next(self._ids), reader, writer, self.registry, self.security)
         self._tasks.add(task)
         self._connections[conn.client.id] = conn
         try:
