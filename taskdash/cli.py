@@ -223,14 +223,19 @@ def _parser() -> argparse.ArgumentParser:
         CHECK_EPILOG,
         parents=[common],
     )
-    subparser(
+    nsqd = subparser(
         sub,
         "nsqd",
         "run only the embedded NSQ broker",
         NSQD_DESCRIPTION,
         NSQD_EPILOG,
         parents=[common],
+        allow_abbrev=False,  # as Go's flag package: --mem is not --mem-queue-size
     )
+    # --- nsqd's own flags (taskdash/nsq/broker/nsqd_flags.py) ---
+    from taskdash.nsq.broker import nsqd_flags
+
+    nsqd_flags.add_arguments(nsqd)
     _add_publish(sub, common)
     tcp_cli.add_parser(sub, [common])
     periodic_cli.add_parser(sub, [common])
@@ -327,7 +332,9 @@ def _usable_data_dir(data_dir: Path) -> bool:
     return True
 
 
-async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler | None) -> int:
+async def _serve_broker(
+    settings: Settings, log_file: logs.ReopenableFileHandler | None, kwargs: dict[str, Any]
+) -> int:
     """Start the broker, wait for SIGTERM/SIGINT, stop it (saving unfinished messages)."""
     from taskdash.lifecycle import broker_bind_error, on_reload_signal
     from taskdash.nsq.broker import Broker
@@ -338,15 +345,8 @@ async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_reload_signal, log_file)
-    data_dir = settings.data_path("nsq").absolute()
-    broker = Broker(
-        host=cfg.embedded_host,
-        tcp_port=cfg.embedded_tcp_port,
-        http_port=cfg.embedded_http_port,
-        lookupd_http_port=cfg.embedded_lookupd_port,
-        data_dir=data_dir,
-        broadcast_address=cfg.embedded_host,
-    )
+    data_dir = kwargs["data_dir"]
+    broker = Broker(**kwargs)
     if not _usable_data_dir(data_dir):
         return EXIT_FAILED
     try:
@@ -367,8 +367,20 @@ async def _serve_broker(settings: Settings, log_file: logs.ReopenableFileHandler
 
 def cmd_nsqd(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
     """Run the embedded broker alone (nsqd TCP + HTTP, nsqlookupd HTTP) until a stop signal."""
+    from taskdash.nsq.broker.embedded import broker_kwargs
+    from taskdash.nsq.broker.nsqd_flags import FlagError, broker_overrides
+
+    defaults = broker_kwargs(settings.nsq, settings.data_path("nsq").absolute())
+    try:
+        kwargs = broker_overrides(args, defaults)
+        from taskdash.nsq.broker import Options
+
+        Options(**{k: v for k, v in kwargs.items() if k in Options.__dataclass_fields__})
+    except (FlagError, ValueError) as exc:
+        _error(f"nsqd: {exc}")
+        return EXIT_USAGE
     log_file = _configure_logs(args, settings, warnings)
-    return asyncio.run(_serve_broker(settings, log_file))
+    return asyncio.run(_serve_broker(settings, log_file, kwargs))
 
 
 class _StopSignals:
@@ -483,7 +495,15 @@ COMMANDS: dict[str, Command] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``taskdash`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if args.command != "nsqd":
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        from taskdash.nsq.broker.nsqd_flags import unknown_flag_error
+
+        _error(f"nsqd: {unknown_flag_error(extras)}")
+        return EXIT_USAGE
     try:
         settings = load(args.config)
     except ConfigError as exc:

@@ -120,7 +120,8 @@ async def test_file_is_json_lines_with_base64_bodies(data_dir: Path) -> None:
     [message] = [line for line in lines if line["type"] == "message"]
     assert base64.b64decode(message["body"]) == b"\x00binary\xff"
     assert message["topic"] == "format" and message["channel"] is None
-    assert file_names(data_dir) == [FILENAME]  # no temp file left
+    assert FILENAME in file_names(data_dir)
+    assert not [name for name in file_names(data_dir) if name.startswith(".")]  # no temp file
 
 
 async def test_damaged_lines_are_skipped_and_file_kept_aside(data_dir: Path) -> None:
@@ -134,7 +135,7 @@ async def test_damaged_lines_are_skipped_and_file_kept_aside(data_dir: Path) -> 
     write_file(path, "\n".join(lines) + "\n")
     async with running(data_dir) as (broker, _):
         topic = broker.registry.topics["damaged"]
-        assert [m.body for m in topic.backlog] == [b"one"]
+        assert [m.body for m in topic.backlog.memory_messages()] == [b"one"]
     assert any(name.startswith(f"{FILENAME}.damaged-") for name in file_names(data_dir))
 
 

@@ -7,6 +7,7 @@ import contextlib
 import enum
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -55,6 +56,13 @@ class Broker:
         max_heartbeat_interval_ms: int = 60000,
         heartbeat_interval_ms: int = 30000,
         max_req_timeout_ms: int = 3600000,
+        # --- disk-backed queues (used with a data_dir) ---
+        mem_queue_size: int = 10000,
+        max_bytes_per_file: int = 104857600,
+        sync_every: int = 2500,
+        sync_timeout_ms: int = 2000,
+        # --- nsqlookupd registration (nsqd's --lookupd-tcp-address) ---
+        lookupd_tcp_addresses: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.tcp_port = tcp_port
@@ -71,8 +79,13 @@ class Broker:
             max_heartbeat_interval_ms=max_heartbeat_interval_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_req_timeout_ms=max_req_timeout_ms,
+            mem_queue_size=mem_queue_size,
+            max_bytes_per_file=max_bytes_per_file,
+            sync_every=sync_every,
+            sync_timeout_ms=sync_timeout_ms,
         )
-        self.registry = Registry(self.options)
+        self.registry = Registry(self.options, self.data_dir)
+        self.lookupd_tcp_addresses = list(lookupd_tcp_addresses)
         self._phase = _Phase.NEW
         self._tcp = TcpServer(self.registry)
         self._http_servers: list[tornado.httpserver.HTTPServer] = []
@@ -143,6 +156,7 @@ class Broker:
             path = persist.save(self.data_dir, snap)
             self._can_save = False
             log.info("messages_persisted", count=len(snap.messages), path=str(path))
+            self.registry.close_queues()  # after the snapshot: what the disk holds is synced
             return len(snap.messages)
         finally:
             self._save_lock.release()
@@ -165,11 +179,14 @@ class Broker:
         self._tcp.close_now()
 
     def _load(self) -> None:
-        """Messages left by the last clean stop come back (attempts preserved)."""
+        """The disk queues (topics and channels with their records), then the messages that
+        were in memory at the last clean stop (attempts preserved)."""
         if self.data_dir is None:
             return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        queues = self.registry.load_queues()
         count = self.registry.restore(persist.load(self.data_dir))
-        log.info("messages_loaded", count=count, data_dir=str(self.data_dir))
+        log.info("messages_loaded", count=count, queues=queues, data_dir=str(self.data_dir))
 
     async def _listen(self) -> None:
         """TCP first (its port goes into lookupd answers), then the HTTP listeners."""
@@ -212,3 +229,5 @@ class Broker:
         self.registry.close()
         if persist_state:
             self.save_now()
+        else:
+            self.registry.close_queues()
