@@ -50,6 +50,7 @@ Examples:
   taskdash run --config /etc/taskdash/taskdash.toml
   taskdash check-config --config /etc/taskdash/taskdash.toml
   taskdash nsqd                                  only the embedded NSQ broker
+  taskdash nsqlookupd                            a standalone nsqlookupd
   taskdash publish heartbeat --id svc-1 --every 5
   taskdash user add alice --role admin           a dashboard account
 
@@ -236,6 +237,19 @@ def _parser() -> argparse.ArgumentParser:
     from taskdash.nsq.broker import nsqd_flags
 
     nsqd_flags.add_arguments(nsqd)
+    # --- taskdash nsqlookupd (taskdash/nsq/broker/lookupd_cli.py) ---
+    from taskdash.nsq.broker import lookupd_cli
+
+    lookupd = subparser(
+        sub,
+        "nsqlookupd",
+        "run a standalone nsqlookupd",
+        lookupd_cli.DESCRIPTION,
+        lookupd_cli.EPILOG,
+        parents=[common],
+        allow_abbrev=False,
+    )
+    lookupd_cli.add_arguments(lookupd)
     _add_publish(sub, common)
     tcp_cli.add_parser(sub, [common])
     periodic_cli.add_parser(sub, [common])
@@ -383,6 +397,14 @@ def cmd_nsqd(args: argparse.Namespace, settings: Settings, warnings: list[EnvWar
     return asyncio.run(_serve_broker(settings, log_file, kwargs))
 
 
+def cmd_nsqlookupd(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
+    """A standalone nsqlookupd (TCP registrations + HTTP API) until a stop signal."""
+    from taskdash.nsq.broker.lookupd_cli import serve
+
+    _configure_logs(args, settings, warnings)
+    return asyncio.run(serve(args))
+
+
 class _StopSignals:
     """SIGINT/SIGTERM only set an event while heartbeats repeat: the loop ends between two
     publishes, so the count printed is exactly what nsqd acknowledged."""
@@ -486,6 +508,7 @@ COMMANDS: dict[str, Command] = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "nsqd": cmd_nsqd,
+    "nsqlookupd": cmd_nsqlookupd,
     "publish": cmd_publish,
     "tcp": tcp_cli.run,
     "periodic": periodic_cli.run,
@@ -497,12 +520,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``taskdash`` console script."""
     parser = _parser()
     args, extras = parser.parse_known_args(argv)
-    if extras:
-        if args.command != "nsqd":
+    if extras:  # nsqd's and nsqlookupd's flags: one line naming the first one refused
+        if args.command == "nsqd":
+            from taskdash.nsq.broker.nsqd_flags import unknown_flag_error
+        elif args.command == "nsqlookupd":
+            from taskdash.nsq.broker.lookupd_cli import unknown_flag_error
+        else:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
-        from taskdash.nsq.broker.nsqd_flags import unknown_flag_error
-
-        _error(f"nsqd: {unknown_flag_error(extras)}")
+        _error(f"{args.command}: {unknown_flag_error(extras)}")
         return EXIT_USAGE
     try:
         settings = load(args.config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,6 +56,8 @@ class Registry:
         self.connections: dict[int, Connection] = {}
         self.ids = IdFactory()
         self.closing = False
+        # --- nsqlookupd registration: told (registered?, topic, channel or "") of every change
+        self.listeners: list[Callable[[bool, str, str], None]] = []
 
     def get_topic(self, name: str) -> Topic:
         """The topic, created on first use (PUB, SUB, /pub, /topic/create)."""
@@ -65,9 +68,11 @@ class Registry:
                 max_msg_timeout=self.options.max_msg_timeout_ms / 1000,
                 on_empty=self._topic_empty,
                 storage=self.storage,
+                on_channel=self._notify,
             )
             self.topics[name] = topic
             log.info("topic_created", topic=name)
+            self._notify(True, name, "")
         return topic
 
     def publish(self, topic_name: str, bodies: list[bytes], defer_ms: int = 0) -> None:
@@ -87,6 +92,7 @@ class Registry:
             for client in list(channel.clients.values()):
                 client.close()
         log.info("topic_deleted", topic=name)
+        self._notify(False, name, "")
         return True
 
     def close(self) -> None:
@@ -182,6 +188,11 @@ class Registry:
                     queue.close()
                 except OSError as exc:
                     log.error("diskqueue_close_failed", topic=topic.name, error=str(exc))
+
+    def _notify(self, registered: bool, topic: str, channel: str) -> None:
+        """Tell the listeners (lookupd registration) a topic or channel came or went."""
+        for listener in self.listeners:
+            listener(registered, topic, channel)
 
     def _topic_empty(self, topic: Topic) -> None:
         """An ephemeral topic lost its last channel: it goes away, as in nsqd."""

@@ -18,6 +18,7 @@ import tornado.web
 from taskdash.nsq.broker import persist
 from taskdash.nsq.broker.http import HttpContext, nsqd_app
 from taskdash.nsq.broker.lookupd import lookupd_app
+from taskdash.nsq.broker.lookupd_peer import LookupdPeers
 from taskdash.nsq.broker.options import Options
 from taskdash.nsq.broker.registry import Registry
 from taskdash.nsq.broker.tcp import TcpServer
@@ -86,6 +87,7 @@ class Broker:
         )
         self.registry = Registry(self.options, self.data_dir)
         self.lookupd_tcp_addresses = list(lookupd_tcp_addresses)
+        self._lookupd_peers: LookupdPeers | None = None
         self._phase = _Phase.NEW
         self._tcp = TcpServer(self.registry)
         self._http_servers: list[tornado.httpserver.HTTPServer] = []
@@ -112,6 +114,7 @@ class Broker:
             await self._shutdown(persist_state=False)
             raise
         self._can_save = self.data_dir is not None
+        self._register_with_lookupd()
         log.info(
             "broker_started",
             host=self.host,
@@ -215,9 +218,27 @@ class Broker:
         self._http_servers.append(server)
         return int(sockets[0].getsockname()[1])
 
+    # --- nsqlookupd registration ---
+
+    def _register_with_lookupd(self) -> None:
+        """nsqd's lookup loop toward every --lookupd-tcp-address (none: nothing to do)."""
+        if not self.lookupd_tcp_addresses:
+            return
+        self._lookupd_peers = LookupdPeers(
+            self.lookupd_tcp_addresses,
+            self.registry,
+            broadcast_address=self.broadcast_address,
+            tcp_port=self.tcp_port,
+            http_port=self.http_port,
+        )
+        self._lookupd_peers.start()
+
     async def _shutdown(self, *, persist_state: bool) -> None:
-        """Listeners, then clients, then timers, then the snapshot to disk."""
+        """Lookupd first (no one is sent here any more), listeners, then clients, then
+        timers, then the snapshot to disk."""
         self._phase = _Phase.STOPPED
+        if self._lookupd_peers is not None:
+            await self._lookupd_peers.stop()
         self.registry.closing = True
         for server in self._http_servers:
             server.stop()

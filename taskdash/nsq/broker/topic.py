@@ -32,6 +32,7 @@ class Topic:
         max_msg_timeout: float,
         on_empty: Callable[[Topic], None],
         storage: Storage | None = None,
+        on_channel: Callable[[bool, str, str], None] | None = None,
     ) -> None:
         self.name = name
         self.ephemeral = is_ephemeral(name)
@@ -43,6 +44,7 @@ class Topic:
         self.message_bytes = 0
         self._max_msg_timeout = max_msg_timeout
         self._on_empty = on_empty
+        self._on_channel = on_channel or (lambda registered, topic, channel: None)
 
     @property
     def depth(self) -> int:
@@ -75,6 +77,7 @@ class Topic:
         log.info("channel_created", topic=self.name, channel=name)
         if first and self.backlog:
             self._hand_backlog_to(channel)
+        self._on_channel(True, self.name, name)
         return channel
 
     def publish(self, messages: list[Message]) -> None:
@@ -106,6 +109,7 @@ class Topic:
         for client in list(channel.clients.values()):
             client.close()
         log.info("channel_deleted", topic=self.name, channel=name)
+        self._on_channel(False, self.name, name)
         if not self.channels and self.ephemeral:
             self._on_empty(self)
         return True
