@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
-from support import VENV_BIN, free_port, wait_for
+from support import VENV_BIN, DaemonProcess, free_port, wait_for
 
 from taskdash.store.embedded import die_with_parent, port_open
 
@@ -23,20 +20,18 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-class Process:
-    """One taskdash subcommand on loopback, output (JSON logs) to a file under ``tmp``."""
+class Process(DaemonProcess):
+    """One taskdash subcommand on loopback, output (JSON logs) to a file under ``tmp``; stop,
+    logs and events as for ``taskdash run``."""
 
     def __init__(self, tmp: Path, command: str, args: list[str], env: dict[str, str]) -> None:
-        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        super().__init__(tmp, env)
         self.command = command
         self.args = args
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.output = tmp / f"{command}-{time.monotonic_ns()}.log"
 
     def start(self) -> Process:
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        with open(self.output, "wb") as out:
+        with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(
                 [str(VENV_BIN / "taskdash"), self.command, *self.args],
                 env=self.env,
@@ -64,29 +59,6 @@ class Process:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
-
-    def stop(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"{self.command} did not stop\n{self.logs()}") from None
-
-    def logs(self) -> str:
-        return self.output.read_text(errors="replace") if self.output.exists() else ""
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.logs().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
 
 
 def clean_env(**overrides: str | int) -> dict[str, str]:

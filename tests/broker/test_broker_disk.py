@@ -2,41 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
-from broker_helpers import RawClient, channel_stats, error_code, http, stats
+from broker_helpers import (
+    RawClient,
+    channel_stats,
+    connect,
+    error_code,
+    file_names,
+    http,
+    stats,
+)
+from broker_helpers import running as broker_running
 
 from taskdash.nsq.broker import Broker
 
 
-@asynccontextmanager
-async def running(data_dir: Path, mem: int) -> AsyncIterator[tuple[Broker, list[RawClient]]]:
-    """A broker keeping ``mem`` messages per queue in memory; its clients closed before stop."""
-    broker = Broker(
-        tcp_port=0,
-        http_port=0,
-        lookupd_http_port=None,
-        data_dir=data_dir,
-        mem_queue_size=mem,
-        max_bytes_per_file=4096,  # several segments even for small tests
-    )
-    await broker.start()
-    clients: list[RawClient] = []
-    try:
-        yield broker, clients
-    finally:
-        for client in clients:
-            await client.close()
-        await broker.stop()
-
-
-async def connect(broker: Broker, clients: list[RawClient]) -> RawClient:
-    client = await RawClient.connect(broker.tcp_port)
-    clients.append(client)
-    return client
+def running(
+    data_dir: Path, mem: int
+) -> AbstractAsyncContextManager[tuple[Broker, list[RawClient]]]:
+    """A broker keeping ``mem`` messages per queue in memory, in small segment files."""
+    return broker_running(data_dir, mem_queue_size=mem, max_bytes_per_file=4096)
 
 
 async def take(consumer: RawClient, count: int, fin: bool = True) -> list[bytes]:
@@ -48,11 +36,6 @@ async def take(consumer: RawClient, count: int, fin: bool = True) -> list[bytes]
         if fin:
             await consumer.command(b"FIN " + msg.id)
     return out
-
-
-def names(directory: Path) -> list[str]:
-    """Sorted file names (sync: a tiny local read)."""
-    return sorted(p.name for p in directory.iterdir())
 
 
 BODIES = [b"m%03d" % i for i in range(120)]
@@ -87,7 +70,7 @@ async def test_a_topic_backlog_on_disk_goes_to_its_first_channel_in_order(
         consumer = await connect(broker, clients)
         await consumer.subscribe("late", "first", rdy=1)
         assert await take(consumer, 120) == BODIES
-        files = names(data_dir)
+        files = file_names(data_dir)
         # the files were handed over (renamed), and read; the topic has a fresh, empty queue
         assert "late.diskqueue.meta.json" in files
         assert not [n for n in files if n.startswith("late.diskqueue.") and n.endswith(".dat")]
@@ -168,13 +151,13 @@ async def test_deleting_a_channel_or_topic_removes_its_files(data_dir: Path) -> 
         consumer, producer = await connect(broker, clients), await connect(broker, clients)
         await consumer.subscribe("doomed", "ch", rdy=0)
         await producer.pub("doomed", b"x")
-        assert any(p.startswith("doomed:ch.") for p in names(data_dir))
+        assert any(p.startswith("doomed:ch.") for p in file_names(data_dir))
         reply = await http(broker.http_port, "/channel/delete?topic=doomed&channel=ch", "POST")
         assert reply.status == 200
-        assert not any(p.startswith("doomed:ch.") for p in names(data_dir))
+        assert not any(p.startswith("doomed:ch.") for p in file_names(data_dir))
         reply = await http(broker.http_port, "/topic/delete?topic=doomed", "POST")
         assert reply.status == 200
-        assert not any(p.startswith("doomed") for p in names(data_dir))
+        assert not any(p.startswith("doomed") for p in file_names(data_dir))
     async with running(data_dir, 0) as (broker, _):
         assert "doomed" not in broker.registry.topics
 

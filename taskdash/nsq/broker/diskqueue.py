@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 import structlog
 
 from taskdash.nsq.broker.message import Message
+from taskdash.nsq.broker.persist import fsync_dir as _fsync_dir
 
 log = structlog.get_logger("taskdash.nsq.broker")
 
@@ -667,15 +668,6 @@ def _scan(path: Path, offset: int) -> tuple[int, int, str]:
             offset += _REC_HEAD.size + length
             count += 1
     return offset, count, ""
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make file creations and renames in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MessageQueue:

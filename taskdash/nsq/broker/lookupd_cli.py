@@ -8,7 +8,7 @@ import signal
 
 import structlog
 
-from taskdash.nsq.broker.nsqd_flags import go_duration, host_port
+from taskdash.nsq.broker.nsqd_flags import go_duration, host_port, refused_flag
 
 log = structlog.get_logger("taskdash.nsq.lookupd")
 
@@ -83,14 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def unknown_flag_error(extras: list[str]) -> str:
-    """One line naming the first argument nsqlookupd does not take here."""
-    first = extras[0]
-    name = first.lstrip("-").split("=", 1)[0]
-    if first.startswith("-") and name in NSQLOOKUPD_FLAGS:
-        return f"nsqlookupd flag --{name} is not supported by taskdash nsqlookupd"
-    if first.startswith("-"):
-        return f"unknown nsqlookupd flag {first.split('=', 1)[0]}"
-    return f"unexpected argument {first!r}"
+    """For ``taskdash nsqlookupd``."""
+    return refused_flag("nsqlookupd", NSQLOOKUPD_FLAGS, extras)
 
 
 async def serve(args: argparse.Namespace) -> int:

@@ -214,15 +214,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def unknown_flag_error(extras: list[str]) -> str:
-    """One line for arguments ``taskdash nsqd`` does not take (the first one named)."""
+def refused_flag(program: str, known: frozenset[str], extras: list[str]) -> str:
+    """One line naming the first argument ``taskdash <program>`` does not take: one of the
+    real program's flags it does not support, an unknown flag, or a stray argument."""
     first = extras[0]
     name = first.lstrip("-").split("=", 1)[0]
-    if first.startswith("-") and name in NSQD_FLAGS:
-        return f"nsqd flag --{name} is not supported by taskdash nsqd"
+    if first.startswith("-") and name in known:
+        return f"{program} flag --{name} is not supported by taskdash {program}"
     if first.startswith("-"):
-        return f"unknown nsqd flag {first.split('=', 1)[0]}"
+        return f"unknown {program} flag {first.split('=', 1)[0]}"
     return f"unexpected argument {first!r}"
+
+
+def unknown_flag_error(extras: list[str]) -> str:
+    """For ``taskdash nsqd``."""
+    return refused_flag("nsqd", NSQD_FLAGS, extras)
 
 
 class FlagError(ValueError):
