@@ -186,3 +186,17 @@ async def test_a_disk_that_refuses_writes_fails_the_publish(data_dir: Path) -> N
         assert error_code(err) == "E_PUB_FAILED"
         reply = await http(broker.http_port, "/pub?topic=full", "POST", body=b"third")
         assert (reply.status, reply.json()) == (503, {"message": "EXITING"})
+
+
+async def test_ephemeral_channels_stay_in_memory_and_drop_overflow(data_dir: Path) -> None:
+    async with running(data_dir, 2) as (broker, clients):
+        consumer, producer = await connect(broker, clients), await connect(broker, clients)
+        await consumer.subscribe("t", "live#ephemeral", rdy=0)
+        for body in (b"a", b"b", b"c"):
+            await producer.pub("t", body)
+        ch = channel_stats(await stats(broker.http_port), "t", "live#ephemeral")
+        assert (ch["depth"], ch["backend_depth"], ch["message_count"]) == (2, 0, 3)
+        assert not [n for n in file_names(data_dir) if "#ephemeral" in n]
+        await consumer.command("RDY 5")
+        assert await take(consumer, 2) == [b"a", b"b"]
+        await consumer.no_frame(0.2)

@@ -764,7 +764,9 @@ class Storage:
     def queue(self, name: str, *, ephemeral: bool) -> MessageQueue:
         """The queue for a topic (``name``) or channel (``topic:channel``)."""
         if ephemeral:
-            return MessageQueue(self.mem_queue_size, drop_overflow=True)
+            # never on disk: what does not fit is dropped, as nsqd drops it (at 0, nsqd hands a
+            # message only to a consumer waiting that instant; here one may wait in memory)
+            return MessageQueue(max(self.mem_queue_size, 1), drop_overflow=True)
         if self.data_dir is None:
             return MessageQueue(self.mem_queue_size)
         disk = DiskQueue(self.data_dir, name, self.disk)
