@@ -89,14 +89,16 @@ Exit codes: 0 valid, 2 invalid (one line naming the key and where it came from).
 
 NSQD_DESCRIPTION = """\
 Run only the embedded NSQ broker (nsqd TCP and HTTP, nsqlookupd HTTP) on the [nsq] embedded_*
-host and ports, until SIGTERM or Ctrl-C. Unfinished messages are saved under
-<data_dir>/nsq when it stops and delivered again after the next start. SIGHUP reopens the
-log file ([log] file)."""
+host and ports, until SIGTERM or Ctrl-C. Queues are kept under <data_dir>/nsq: up to
+mem_queue_size messages per topic/channel in memory, the rest on disk (docs/nsq-broker.md says
+what each setting guarantees after a crash). nsqd's own flags override the settings. SIGHUP
+reopens the log file ([log] file)."""
 
 NSQD_EPILOG = """\
 Examples:
   taskdash nsqd
   TASKDASH_NSQ__EMBEDDED_HTTP_PORT=14151 taskdash nsqd --config taskdash.toml
+  taskdash nsqd --tcp-address=127.0.0.1:4150 --mem-queue-size=0 --lookupd-tcp-address=lk:4160
 
 Exit codes: 0 after a clean stop, 1 if a port could not be bound, 2 bad configuration."""
 
