@@ -12,6 +12,8 @@ Modes (a table: add a row to MODES to compare another broker or client setting):
   tls      TLS (a throwaway CA made with openssl), both clients
   deflate  deflate level 6 negotiated by both clients
   snappy   framed snappy (needs the `snappy` extra)
+  disk     plain, with mem_queue_size 0: every message on disk before its OK (plain: 10,000
+           in memory per queue)
 
 Ratios are each mode's rate over plain's. The last line printed is one JSON object.
 """
@@ -76,6 +78,9 @@ MODES = [
         writer=lambda pki: {"deflate": True, "deflate_level": 6},
     ),
     Mode("snappy", reader=lambda pki: {"snappy": True}, writer=lambda pki: {"snappy": True}),
+    # plain keeps mem_queue_size at its default (10,000 in memory); here every message is
+    # written to its segment file before the OK (docs/nsq-broker.md: what survives a crash)
+    Mode("disk", broker=lambda pki: {"mem_queue_size": 0}),
 ]
 
 

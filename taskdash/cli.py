@@ -51,6 +51,7 @@ Examples:
   taskdash run --config /etc/taskdash/taskdash.toml
   taskdash check-config --config /etc/taskdash/taskdash.toml
   taskdash nsqd                                  only the embedded NSQ broker
+  taskdash nsqlookupd                            a standalone nsqlookupd
   taskdash publish heartbeat --id svc-1 --every 5
   taskdash user add alice --role admin           a dashboard account
 
@@ -89,14 +90,16 @@ Exit codes: 0 valid, 2 invalid (one line naming the key and where it came from).
 
 NSQD_DESCRIPTION = """\
 Run only the embedded NSQ broker (nsqd TCP and HTTP, nsqlookupd HTTP) on the [nsq] embedded_*
-host and ports, until SIGTERM or Ctrl-C. Unfinished messages are saved under
-<data_dir>/nsq when it stops and delivered again after the next start. SIGHUP reopens the
-log file ([log] file)."""
+host and ports, until SIGTERM or Ctrl-C. Queues are kept under <data_dir>/nsq: up to
+mem_queue_size messages per topic/channel in memory, the rest on disk (docs/nsq-broker.md says
+what each setting guarantees after a crash). nsqd's own flags override the settings. SIGHUP
+reopens the log file ([log] file)."""
 
 NSQD_EPILOG = """\
 Examples:
   taskdash nsqd
   TASKDASH_NSQ__EMBEDDED_HTTP_PORT=14151 taskdash nsqd --config taskdash.toml
+  taskdash nsqd --tcp-address=127.0.0.1:4150 --mem-queue-size=0 --lookupd-tcp-address=lk:4160
 
 Exit codes: 0 after a clean stop, 1 if a port could not be bound, 2 bad configuration."""
 
@@ -231,8 +234,26 @@ def _parser() -> argparse.ArgumentParser:
         NSQD_DESCRIPTION,
         NSQD_EPILOG,
         parents=[common],
+        allow_abbrev=False,  # as Go's flag package: --mem is not --mem-queue-size
     )
     add_security_flags(nsqd)  # --tls-*, --deflate, --snappy, --auth-http-address
+    # --- nsqd's own flags (taskdash/nsq/broker/nsqd_flags.py) ---
+    from taskdash.nsq.broker import nsqd_flags
+
+    nsqd_flags.add_arguments(nsqd)
+    # --- taskdash nsqlookupd (taskdash/nsq/broker/lookupd_cli.py) ---
+    from taskdash.nsq.broker import lookupd_cli
+
+    lookupd = subparser(
+        sub,
+        "nsqlookupd",
+        "run a standalone nsqlookupd",
+        lookupd_cli.DESCRIPTION,
+        lookupd_cli.EPILOG,
+        parents=[common],
+        allow_abbrev=False,
+    )
+    lookupd_cli.add_arguments(lookupd)
     _add_publish(sub, common)
     tcp_cli.add_parser(sub, [common])
     periodic_cli.add_parser(sub, [common])
@@ -332,6 +353,7 @@ def _usable_data_dir(data_dir: Path) -> bool:
 async def _serve_broker(
     settings: Settings,
     log_file: logs.ReopenableFileHandler | None,
+    kwargs: dict[str, Any],
     args: argparse.Namespace | None = None,
 ) -> int:
     """Start the broker, wait for SIGTERM/SIGINT, stop it (saving unfinished messages)."""
@@ -344,20 +366,11 @@ async def _serve_broker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_reload_signal, log_file)
-    data_dir = settings.data_path("nsq").absolute()
+    data_dir = kwargs["data_dir"]
     # TLS, compression, AUTH: nsqd's flags (taskdash/nsq/broker/flags.py)
     security, https_port = security_options(args) if args is not None else (None, None)
     try:
-        broker = Broker(
-            host=cfg.embedded_host,
-            tcp_port=cfg.embedded_tcp_port,
-            http_port=cfg.embedded_http_port,
-            lookupd_http_port=cfg.embedded_lookupd_port,
-            data_dir=data_dir,
-            broadcast_address=cfg.embedded_host,
-            security=security,
-            https_port=https_port,
-        )
+        broker = Broker(**kwargs, security=security, https_port=https_port)
     except ValueError as exc:  # a certificate that cannot be loaded, snappy missing
         _error(f"nsqd: {exc}")
         return EXIT_USAGE
@@ -381,13 +394,33 @@ async def _serve_broker(
 
 def cmd_nsqd(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
     """Run the embedded broker alone (nsqd TCP + HTTP, nsqlookupd HTTP) until a stop signal."""
+    from taskdash.nsq.broker.embedded import broker_kwargs
+    from taskdash.nsq.broker.nsqd_flags import FlagError, broker_overrides
+
     try:
         security_options(args)  # a bad flag combination: one line, before logging starts
     except ValueError as exc:
         _error(f"nsqd: {exc}")
         return EXIT_USAGE
+    defaults = broker_kwargs(settings.nsq, settings.data_path("nsq").absolute())
+    try:
+        kwargs = broker_overrides(args, defaults)
+        from taskdash.nsq.broker import Options
+
+        Options(**{k: v for k, v in kwargs.items() if k in Options.__dataclass_fields__})
+    except (FlagError, ValueError) as exc:
+        _error(f"nsqd: {exc}")
+        return EXIT_USAGE
     log_file = _configure_logs(args, settings, warnings)
-    return asyncio.run(_serve_broker(settings, log_file, args))
+    return asyncio.run(_serve_broker(settings, log_file, kwargs, args))
+
+
+def cmd_nsqlookupd(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
+    """A standalone nsqlookupd (TCP registrations + HTTP API) until a stop signal."""
+    from taskdash.nsq.broker.lookupd_cli import serve
+
+    _configure_logs(args, settings, warnings)
+    return asyncio.run(serve(args))
 
 
 class _StopSignals:
@@ -493,6 +526,7 @@ COMMANDS: dict[str, Command] = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "nsqd": cmd_nsqd,
+    "nsqlookupd": cmd_nsqlookupd,
     "publish": cmd_publish,
     "tcp": tcp_cli.run,
     "periodic": periodic_cli.run,
@@ -502,7 +536,17 @@ COMMANDS: dict[str, Command] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``taskdash`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # nsqd's and nsqlookupd's flags: one line naming the first one refused
+        if args.command == "nsqd":
+            from taskdash.nsq.broker.nsqd_flags import unknown_flag_error
+        elif args.command == "nsqlookupd":
+            from taskdash.nsq.broker.lookupd_cli import unknown_flag_error
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        _error(f"{args.command}: {unknown_flag_error(extras)}")
+        return EXIT_USAGE
     try:
         settings = load(args.config)
     except ConfigError as exc:

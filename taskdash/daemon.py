@@ -244,15 +244,9 @@ class Daemon:
         if not cfg.embedded:
             return cfg.nsqd_tcp_addresses, cfg.lookupd_http_addresses, nsqd_http_address(cfg)
         from taskdash.nsq.broker import Broker
+        from taskdash.nsq.broker.embedded import broker_kwargs
 
-        broker = Broker(
-            host=cfg.embedded_host,
-            tcp_port=cfg.embedded_tcp_port,
-            http_port=cfg.embedded_http_port,
-            lookupd_http_port=cfg.embedded_lookupd_port,
-            data_dir=self.settings.data_path("nsq").absolute(),
-            broadcast_address=cfg.embedded_host,
-        )
+        broker = Broker(**broker_kwargs(cfg, self.settings.data_path("nsq").absolute()))
         try:
             await broker.start()
         except OSError as exc:

@@ -268,6 +268,12 @@ class NsqSettings(_Section):
     embedded_tcp_port: Port = 4150
     embedded_http_port: Port = 4151
     embedded_lookupd_port: Port = 4161
+    # --- embedded broker: disk-backed queues (nsqd's --mem-queue-size, --max-bytes-per-file,
+    # --sync-every, --sync-timeout; what each guarantees after a crash: docs/nsq-broker.md) ---
+    embedded_mem_queue_size: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] = 10000
+    embedded_max_bytes_per_file: Annotated[int, msgspec.Meta(ge=4096, le=2**40)] = 104857600
+    embedded_sync_every: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 2500
+    embedded_sync_timeout: Seconds = 2.0
     # --- toward nsqd: TLS, AUTH, compression, connection (pynsq's options; docs/nsq-security.md)
     tls: bool = False
     tls_ca_file: str = ""  # CA bundle nsqd's certificate must chain to ("" = the system's)

@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nsq
 import tornado.httpclient
 from support import async_wait_for
 
+from taskdash.nsq.broker import Broker
 from taskdash.nsq.broker.protocol import (
     FRAME_ERROR,
     FRAME_MESSAGE,
@@ -245,3 +248,33 @@ def channel_stats(doc: dict[str, Any], topic: str, channel: str) -> dict[str, An
                 if ch["channel_name"] == channel:
                     return ch
     raise AssertionError(f"no channel {topic}/{channel} in stats")
+
+
+# --- brokers in process -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def running(data_dir: Path, **options: Any) -> AsyncIterator[tuple[Broker, list[RawClient]]]:
+    """A broker on ``data_dir`` (``options`` as Broker takes them) plus a list whose clients
+    are closed before it stops."""
+    broker = Broker(tcp_port=0, http_port=0, lookupd_http_port=None, data_dir=data_dir, **options)
+    await broker.start()
+    clients: list[RawClient] = []
+    try:
+        yield broker, clients
+    finally:
+        for client in clients:
+            await client.close()
+        await broker.stop()
+
+
+async def connect(broker: Broker, clients: list[RawClient]) -> RawClient:
+    """A raw client to ``broker``, closed with the others at the end of :func:`running`."""
+    client = await RawClient.connect(broker.tcp_port)
+    clients.append(client)
+    return client
+
+
+def file_names(directory: Path) -> list[str]:
+    """Sorted names in a directory (sync: tiny local reads)."""
+    return sorted(p.name for p in directory.iterdir())

@@ -6,12 +6,13 @@ import asyncio
 import heapq
 import itertools
 import random
-from collections import deque
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import structlog
 
+from taskdash.nsq.broker.diskqueue import MessageQueue
 from taskdash.nsq.broker.message import Message
 from taskdash.nsq.broker.protocol import is_ephemeral
 
@@ -68,11 +69,13 @@ class Channel:
         *,
         max_msg_timeout: float,
         on_empty: Callable[[Channel], None],
+        queue: MessageQueue | None = None,
     ) -> None:
         self.topic_name = topic_name
         self.name = name
         self.ephemeral = is_ephemeral(name)
-        self.queue: deque[Message] = deque()
+        # memory up to mem_queue_size, the rest on disk (see diskqueue.py)
+        self.queue = queue if queue is not None else MessageQueue(0, drop_overflow=False)
         self.in_flight: dict[bytes, Message] = {}
         self.deferred: dict[bytes, Message] = {}
         self.clients: dict[int, Consumer] = {}
@@ -94,22 +97,45 @@ class Channel:
 
     def put(self, msg: Message) -> None:
         """A new message, delivered next loop turn: the publisher's OK goes first, as in nsqd."""
-        self.message_count += 1
-        self.queue.append(msg)
-        if self._pump_soon is None and not self.closed:
-            self._pump_soon = asyncio.get_running_loop().call_soon(self._scheduled_pump)
+        self.put_many((msg,))
+
+    def put_many(self, messages: Iterable[Message]) -> None:
+        """New messages in one write (memory, or disk beyond mem_queue_size); raises OSError."""
+        batch = list(messages)
+        self.queue.extend(batch)
+        self.message_count += len(batch)
+        self._pump_later()
 
     def put_deferred(self, msg: Message, delay_ms: int) -> None:
-        """A DPUB message: held until its delay has passed."""
+        """A DPUB message: held until its delay has passed (on disk first at mem_queue_size 0)."""
+        if self.queue.disk is not None and self.queue.mem_size == 0:
+            msg.due_wall_ns = time.time_ns() + delay_ms * 1_000_000
+            self.queue.append(msg)  # the pump defers it when it reads it back
+            self.message_count += 1
+            self._pump_later()
+            return
         self.message_count += 1
         self._defer(msg, delay_ms)
 
-    def restore(self, msg: Message, due_in: float | None) -> None:
-        """A message loaded from disk: queued, or deferred for what was left of its delay."""
-        if due_in is None or due_in <= 0:
-            self.queue.append(msg)
+    def restore(self, saved: Iterable[tuple[Message, float | None]]) -> None:
+        """Messages saved at the last stop: in front of the queue (they are older than what
+        the disk holds), or deferred for what was left of their delay. At mem_queue_size 0
+        they go to disk first, like every message."""
+        front = []
+        for msg, due_in in saved:
+            if due_in is None or due_in <= 0:
+                front.append(msg)
+            else:
+                self._defer(msg, int(due_in * 1000))
+        if self.queue.disk is not None and self.queue.mem_size == 0:
+            self.queue.extend(front)
         else:
-            self._defer(msg, int(due_in * 1000))
+            self.queue.push_front(front)
+
+    def adopt_front(self, messages: list[Message]) -> None:
+        """A topic's in-memory backlog, older than the disk queue just handed over."""
+        self.queue.push_front(messages)
+        self.message_count += len(messages)
 
     # --- consumers --------------------------------------------------------------------------
 
@@ -125,15 +151,17 @@ class Channel:
             self._on_empty(self)
 
     def finish(self, client_id: int, msg_id: bytes) -> Message:
-        """FIN: the message is done for this channel."""
-        return self._pop_in_flight(client_id, msg_id)
+        """FIN: the message is done for this channel (its disk record may go)."""
+        msg = self._pop_in_flight(client_id, msg_id)
+        self.queue.release(msg)
+        return msg
 
     def requeue(self, client_id: int, msg_id: bytes, delay_ms: int) -> None:
         """REQ: back to the queue now (0) or after ``delay_ms``."""
         msg = self._pop_in_flight(client_id, msg_id)
         self.requeue_count += 1
         if delay_ms == 0:
-            self.queue.append(msg)
+            self._back_to_queue(msg)
             self.pump()
         else:
             self._defer(msg, delay_ms)
@@ -156,8 +184,20 @@ class Channel:
                 if client is None:
                     break
                 msg = self.queue.popleft()
+                if msg is None:
+                    break
+                if msg.id in self.in_flight or msg.id in self.deferred:
+                    # a second copy read back after a crash (a record written again before the
+                    # metadata caught up): the live one stands for both
+                    self.queue.release(msg)
+                    continue
+                delay_ms = _pending_delay(msg)
+                if delay_ms:
+                    self._defer(msg, delay_ms)  # a deferred record read back from disk
+                    continue
                 rate = client.sample_rate
                 if rate and random.randrange(100) > rate:
+                    self.queue.release(msg)
                     continue  # nsqd drops what a sampling client does not sample
                 self._deliver(client, msg)
         finally:
@@ -170,6 +210,11 @@ class Channel:
         """Queued messages only (not in flight, not deferred), as nsqd's stats count them."""
         return len(self.queue)
 
+    @property
+    def backend_depth(self) -> int:
+        """Queued messages on disk."""
+        return self.queue.backend_depth
+
     def unfinished(self, now: float) -> list[tuple[Message, float | None]]:
         """Every message not FINished, with seconds left of deferral (None = deliverable now).
 
@@ -180,11 +225,12 @@ class Channel:
         """
         in_flight = list(self.in_flight.values())
         deferred = list(self.deferred.values())
-        queue = list(self.queue)
+        queue = self.queue.memory_messages()
+        # messages with a disk record come back from the disk queue (its metadata lists them)
         return [
-            *((msg, None) for msg in queue),
-            *((msg, None) for msg in in_flight),
-            *((msg, max(0.0, msg.due - now)) for msg in deferred),
+            *((msg, None) for msg in queue if msg.disk_seq < 0),
+            *((msg, None) for msg in in_flight if msg.disk_seq < 0),
+            *((msg, max(0.0, msg.due - now)) for msg in deferred if msg.disk_seq < 0),
         ]
 
     def freeze(self) -> None:
@@ -202,6 +248,28 @@ class Channel:
             self._timer = None
 
     # --- internals --------------------------------------------------------------------------
+
+    def _pump_later(self) -> None:
+        """Deliver on the next loop turn."""
+        if self._pump_soon is None and not self.closed:
+            self._pump_soon = asyncio.get_running_loop().call_soon(self._scheduled_pump)
+
+    def _back_to_queue(self, msg: Message) -> None:
+        """REQ 0, a timeout, a deferral ending: to the end of the queue (a new disk record
+        when the queue is on disk, written before the old one is released)."""
+        old = msg.disk_seq
+        msg.disk_seq, msg.due_wall_ns = -1, 0
+        try:
+            self.queue.append(msg)
+        except OSError as exc:
+            log.error(
+                "diskqueue_write_failed", topic=self.topic_name, channel=self.name, error=str(exc)
+            )
+            msg.disk_seq = old
+            self.queue.memory.append(msg)  # kept in memory; its old record still holds it
+            return
+        if old >= 0 and self.queue.disk is not None:
+            self.queue.disk.release(old)
 
     def _scheduled_pump(self) -> None:
         """The deferred pump requested by :meth:`put`."""
@@ -246,6 +314,7 @@ class Channel:
 
     def _defer(self, msg: Message, delay_ms: int) -> None:
         """Hold a message until ``delay_ms`` from now."""
+        msg.due_wall_ns = time.time_ns() + delay_ms * 1_000_000
         self.deferred[msg.id] = msg
         self._schedule(msg, asyncio.get_running_loop().time() + delay_ms / 1000)
 
@@ -299,11 +368,23 @@ class Channel:
                 client = self.clients.get(msg.client_id)
                 if client is not None:
                     client.timed_out()
-                self.queue.append(msg)
+                self._back_to_queue(msg)
                 continue
             msg = self.deferred.get(msg_id)
             if msg is not None and msg.token == token:
                 del self.deferred[msg_id]
-                self.queue.append(msg)
+                self._back_to_queue(msg)
         self._arm()
         self.pump()
+
+
+def _pending_delay(msg: Message) -> int:
+    """ms a message read back from a queue must still wait (a DPUB delay or a deferral)."""
+    if msg.defer_ms:
+        delay, msg.defer_ms = msg.defer_ms, 0
+        return delay
+    if msg.due_wall_ns:
+        left = (msg.due_wall_ns - time.time_ns()) // 1_000_000
+        msg.due_wall_ns = 0
+        return max(0, left)
+    return 0

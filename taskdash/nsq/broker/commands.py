@@ -397,5 +397,8 @@ class Commands:
         """Hand validated messages to the registry; refused only while the broker stops."""
         if self.registry.closing:
             raise ProtocolError(f"E_{command}_FAILED", f"{command} failed exiting")
-        self.registry.publish(topic, bodies, defer_ms)
+        try:
+            self.registry.publish(topic, bodies, defer_ms)
+        except OSError as exc:  # the disk queue refused them (e.g. disk full): nsqd's answer
+            raise ProtocolError(f"E_{command}_FAILED", f"{command} failed {exc}") from None
         self.client.published(topic, len(bodies))

@@ -125,6 +125,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.ctx.registry.get_topic(topic)
         return topic
 
+    # --- disk-backed queues ---
+    def publish(self, topic: str, bodies: list[bytes], defer_ms: int = 0) -> None:
+        """Hand messages to the registry; a refused disk write is nsqd's 503 EXITING."""
+        try:
+            self.ctx.registry.publish(topic, bodies, defer_ms)
+        except OSError as exc:
+            log.error("publish_failed", topic=topic, error=str(exc))
+            raise ApiError(503, "EXITING") from None
+
 
 class NotFoundHandler(BaseHandler):
     """Unknown paths: 404 NOT_FOUND."""
@@ -201,7 +210,7 @@ class PubHandler(BodyHandler):
             defer_ms = int(raw)
             if not 0 <= defer_ms <= self.ctx.registry.options.max_req_timeout_ms:
                 raise ApiError(400, "INVALID_DEFER")
-        self.ctx.registry.publish(topic, [body], defer_ms)
+        self.publish(topic, [body], defer_ms)
         self.finish("OK")
 
 
@@ -233,7 +242,7 @@ class MpubHandler(BodyHandler):
             bodies = [line for line in self.body().split(b"\n") if line]
             if any(len(line) > options.max_msg_size for line in bodies):
                 raise ApiError(413, "MSG_TOO_BIG")
-        self.ctx.registry.publish(topic, bodies)
+        self.publish(topic, bodies)
         self.finish("OK")
 
 

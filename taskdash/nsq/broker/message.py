@@ -21,6 +21,8 @@ class Message:
     delivered_at: float = 0.0  # loop clock
     due: float = 0.0  # loop clock: in-flight deadline or deferred release time
     token: int = 0  # bumps on every (re)schedule so stale timer entries are ignored
+    disk_seq: int = -1  # its record in the channel's disk queue while in flight/deferred (-1 none)
+    due_wall_ns: int = 0  # wall clock: a deferred message's release time, kept on disk
 
     def copy_for_channel(self) -> Message:
         """One channel's own copy: same id, body, timestamp and attempts; bookkeeping fresh."""

@@ -30,6 +30,13 @@ class Options:
     # bufio.Reader size in nsqd: a longer command line closes the connection.
     max_line_length: int = 16384
 
+    # --- disk-backed queues (nsqd's --mem-queue-size, --max-bytes-per-file, --sync-every,
+    # --sync-timeout; see diskqueue.py) ---
+    mem_queue_size: int = 10000
+    max_bytes_per_file: int = 104857600
+    sync_every: int = 2500
+    sync_timeout_ms: int = 2000
+
     def __post_init__(self) -> None:
         """Refuse non-positive limits, so a typo fails at construction, not at the first client."""
         for name in (
@@ -43,6 +50,12 @@ class Options:
             "max_req_timeout_ms",
             "max_line_length",
         ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        # --- disk-backed queues ---
+        if self.mem_queue_size < 0:
+            raise ValueError("mem_queue_size must be >= 0")
+        for name in ("max_bytes_per_file", "sync_every", "sync_timeout_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 

@@ -65,7 +65,7 @@ def save(data_dir: Path, snap: Snapshot) -> Path:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
     return path
 
 
@@ -164,8 +164,8 @@ def _keep_aside(path: Path) -> None:
     log.error("persist_file_kept_aside", path=str(aside))
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable."""
+def fsync_dir(directory: Path) -> None:
+    """Make file creations and renames in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
+from taskdash.nsq.broker.diskqueue import DiskOptions, Storage
 from taskdash.nsq.broker.message import IdFactory, Message
 from taskdash.nsq.broker.options import Options
 from taskdash.nsq.broker.persist import Snapshot, StoredMessage
+from taskdash.nsq.broker.protocol import is_valid_name
 from taskdash.nsq.broker.topic import Topic
 
 log = structlog.get_logger("taskdash.nsq.broker")
@@ -37,12 +41,23 @@ class Connection(Protocol):
 class Registry:
     """Topics and connections; the one place that creates and deletes topics."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, data_dir: Path | None = None) -> None:
         self.options = options
+        self.storage = Storage(
+            data_dir,
+            options.mem_queue_size,
+            DiskOptions(
+                max_bytes_per_file=options.max_bytes_per_file,
+                sync_every=options.sync_every,
+                sync_timeout=options.sync_timeout_ms / 1000,
+            ),
+        )
         self.topics: dict[str, Topic] = {}
         self.connections: dict[int, Connection] = {}
         self.ids = IdFactory()
         self.closing = False
+        # --- nsqlookupd registration: told (registered?, topic, channel or "") of every change
+        self.listeners: list[Callable[[bool, str, str], None]] = []
 
     def get_topic(self, name: str) -> Topic:
         """The topic, created on first use (PUB, SUB, /pub, /topic/create)."""
@@ -52,13 +67,17 @@ class Registry:
                 name,
                 max_msg_timeout=self.options.max_msg_timeout_ms / 1000,
                 on_empty=self._topic_empty,
+                storage=self.storage,
+                on_channel=self._notify,
             )
             self.topics[name] = topic
             log.info("topic_created", topic=name)
+            self._notify(True, name, "")
         return topic
 
     def publish(self, topic_name: str, bodies: list[bytes], defer_ms: int = 0) -> None:
-        """Stamp ids and timestamps, then hand the messages to the topic in one go."""
+        """Stamp ids and timestamps, then hand the messages to the topic in one go; raises
+        OSError when the disk refuses them (the publisher gets an error, not OK)."""
         now = time.time_ns()
         messages = [Message(self.ids.next(), body, now, defer_ms=defer_ms) for body in bodies]
         self.get_topic(topic_name).publish(messages)
@@ -68,11 +87,12 @@ class Registry:
         topic = self.topics.pop(name, None)
         if topic is None:
             return False
-        topic.close()
+        topic.delete()
         for channel in topic.channels.values():
             for client in list(channel.clients.values()):
                 client.close()
         log.info("topic_deleted", topic=name)
+        self._notify(False, name, "")
         return True
 
     def close(self) -> None:
@@ -105,7 +125,7 @@ class Registry:
                     continue
                 durable = [ch for ch in list(topic.channels.values()) if not ch.ephemeral]
                 snap.topics.setdefault(topic.name, [ch.name for ch in durable])
-                found = [(None, msg, None) for msg in list(topic.backlog)]
+                found = [(None, msg, None) for msg in topic.backlog.memory_messages()]
                 for ch in durable:
                     found += [(ch.name, msg, due) for msg, due in ch.unfinished(now)]
                 for channel, msg, due_in in found:
@@ -115,25 +135,64 @@ class Registry:
         return snap
 
     def restore(self, snap: Snapshot) -> int:
-        """Recreate durable topics/channels and re-queue their messages; returns the count."""
+        """Recreate durable topics/channels and re-queue their messages; returns the count.
+
+        Saved messages were in memory at the stop: older than what the disk queues hold, so
+        they go in front of them, in their saved order.
+        """
         wall_ns = time.time_ns()
         for topic_name, channels in snap.topics.items():
             topic = self.get_topic(topic_name)
             for name in channels:
                 topic.get_channel(name)
+        backlogs: dict[str, list[Message]] = {}
+        queued: dict[tuple[str, str], list[tuple[Message, float | None]]] = {}
         for stored in snap.messages:
             self.ids.observe(stored.id)
             msg = Message(stored.id, stored.body, stored.timestamp, stored.attempts)
-            topic = self.get_topic(stored.topic)
             if stored.channel is None:
                 msg.defer_ms = stored.defer_ms
-                topic.restore_backlog(msg)
+                backlogs.setdefault(stored.topic, []).append(msg)
                 continue
             due_in = None
             if stored.due_ns is not None:
                 due_in = (stored.due_ns - wall_ns) / 1e9
-            topic.get_channel(stored.channel).restore(msg, due_in)
+            queued.setdefault((stored.topic, stored.channel), []).append((msg, due_in))
+        for (topic_name, channel), saved in queued.items():
+            self.get_topic(topic_name).get_channel(channel).restore(saved)
+        for topic_name, messages in backlogs.items():
+            self.get_topic(topic_name).restore_backlog(messages)
         return len(snap.messages)
+
+    # --- disk-backed queues -------------------------------------------------------------------
+
+    def load_queues(self) -> int:
+        """Recreate the topics and channels whose queues are in the data dir (their records
+        stay on disk, read as consumers ask); returns how many queues were found."""
+        names = self.storage.names()
+        for name in names:
+            topic_name, _, channel = name.partition(":")
+            if not is_valid_name(topic_name) or (channel and not is_valid_name(channel)):
+                log.error("diskqueue_bad_name", queue=name, why="not a valid topic/channel name")
+                continue
+            topic = self.get_topic(topic_name)
+            if channel:
+                topic.get_channel(channel)
+        return len(names)
+
+    def close_queues(self) -> None:
+        """Sync and close every disk queue (the stop, after the snapshot); errors logged."""
+        for topic in list(self.topics.values()):
+            for queue in topic.queues():
+                try:
+                    queue.close()
+                except OSError as exc:
+                    log.error("diskqueue_close_failed", topic=topic.name, error=str(exc))
+
+    def _notify(self, registered: bool, topic: str, channel: str) -> None:
+        """Tell the listeners (lookupd registration) a topic or channel came or went."""
+        for listener in self.listeners:
+            listener(registered, topic, channel)
 
     def _topic_empty(self, topic: Topic) -> None:
         """An ephemeral topic lost its last channel: it goes away, as in nsqd."""

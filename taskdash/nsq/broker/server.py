@@ -8,6 +8,7 @@ import enum
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -18,6 +19,7 @@ import tornado.web
 from taskdash.nsq.broker import persist
 from taskdash.nsq.broker.http import HttpContext, nsqd_app
 from taskdash.nsq.broker.lookupd import lookupd_app
+from taskdash.nsq.broker.lookupd_peer import LookupdPeers
 from taskdash.nsq.broker.options import Options, SecurityOptions
 from taskdash.nsq.broker.registry import Registry
 from taskdash.nsq.broker.security import Security
@@ -57,6 +59,13 @@ class Broker:
         max_heartbeat_interval_ms: int = 60000,
         heartbeat_interval_ms: int = 30000,
         max_req_timeout_ms: int = 3600000,
+        # --- disk-backed queues (used with a data_dir) ---
+        mem_queue_size: int = 10000,
+        max_bytes_per_file: int = 104857600,
+        sync_every: int = 2500,
+        sync_timeout_ms: int = 2000,
+        # --- nsqlookupd registration (nsqd's --lookupd-tcp-address) ---
+        lookupd_tcp_addresses: Sequence[str] = (),
         # TLS, compression, AUTH (nsqd's --tls-*, --deflate, --snappy, --auth-http-address)
         # and the HTTPS listener (--https-address); None = off
         security: SecurityOptions | None = None,
@@ -77,13 +86,19 @@ class Broker:
             max_heartbeat_interval_ms=max_heartbeat_interval_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_req_timeout_ms=max_req_timeout_ms,
+            mem_queue_size=mem_queue_size,
+            max_bytes_per_file=max_bytes_per_file,
+            sync_every=sync_every,
+            sync_timeout_ms=sync_timeout_ms,
             max_deflate_level=(security or SecurityOptions()).max_deflate_level,
         )
         self.security = Security(security)
         self.https_port = https_port
         if https_port is not None and self.security.tls_context is None:
             raise ValueError("--https-address needs --tls-cert and --tls-key")
-        self.registry = Registry(self.options)
+        self.registry = Registry(self.options, self.data_dir)
+        self.lookupd_tcp_addresses = list(lookupd_tcp_addresses)
+        self._lookupd_peers: LookupdPeers | None = None
         self._phase = _Phase.NEW
         self._tcp = TcpServer(self.registry, self.security)
         self._http_servers: list[tornado.httpserver.HTTPServer] = []
@@ -110,6 +125,7 @@ class Broker:
             await self._shutdown(persist_state=False)
             raise
         self._can_save = self.data_dir is not None
+        self._register_with_lookupd()
         log.info(
             "broker_started",
             host=self.host,
@@ -154,6 +170,7 @@ class Broker:
             path = persist.save(self.data_dir, snap)
             self._can_save = False
             log.info("messages_persisted", count=len(snap.messages), path=str(path))
+            self.registry.close_queues()  # after the snapshot: what the disk holds is synced
             return len(snap.messages)
         finally:
             self._save_lock.release()
@@ -176,11 +193,14 @@ class Broker:
         self._tcp.close_now()
 
     def _load(self) -> None:
-        """Messages left by the last clean stop come back (attempts preserved)."""
+        """The disk queues (topics and channels with their records), then the messages that
+        were in memory at the last clean stop (attempts preserved)."""
         if self.data_dir is None:
             return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        queues = self.registry.load_queues()
         count = self.registry.restore(persist.load(self.data_dir))
-        log.info("messages_loaded", count=count, data_dir=str(self.data_dir))
+        log.info("messages_loaded", count=count, queues=queues, data_dir=str(self.data_dir))
 
     async def _listen(self) -> None:
         """TCP first (its port goes into lookupd answers), then the HTTP listeners."""
@@ -218,9 +238,27 @@ class Broker:
         self._http_servers.append(server)
         return int(sockets[0].getsockname()[1])
 
+    # --- nsqlookupd registration ---
+
+    def _register_with_lookupd(self) -> None:
+        """nsqd's lookup loop toward every --lookupd-tcp-address (none: nothing to do)."""
+        if not self.lookupd_tcp_addresses:
+            return
+        self._lookupd_peers = LookupdPeers(
+            self.lookupd_tcp_addresses,
+            self.registry,
+            broadcast_address=self.broadcast_address,
+            tcp_port=self.tcp_port,
+            http_port=self.http_port,
+        )
+        self._lookupd_peers.start()
+
     async def _shutdown(self, *, persist_state: bool) -> None:
-        """Listeners, then clients, then timers, then the snapshot to disk."""
+        """Lookupd first (no one is sent here any more), listeners, then clients, then
+        timers, then the snapshot to disk."""
         self._phase = _Phase.STOPPED
+        if self._lookupd_peers is not None:
+            await self._lookupd_peers.stop()
         self.registry.closing = True
         for server in self._http_servers:
             server.stop()
@@ -232,3 +270,5 @@ class Broker:
         self.registry.close()
         if persist_state:
             self.save_now()
+        else:
+            self.registry.close_queues()

@@ -72,7 +72,7 @@ def _topic_stats(
             _channel_stats(topic.channels[name], topic_filter, include_clients) for name in names
         ],
         "depth": topic.depth,
-        "backend_depth": 0,
+        "backend_depth": topic.backend_depth,
         "message_count": topic.message_count,
         "message_bytes": topic.message_bytes,
         "paused": False,
@@ -88,7 +88,7 @@ def _channel_stats(channel: Channel, topic_filter: str, include_clients: bool) -
     return {
         "channel_name": channel.name,
         "depth": channel.depth,
-        "backend_depth": 0,
+        "backend_depth": channel.backend_depth,
         "in_flight_count": len(channel.in_flight),
         "deferred_count": len(channel.deferred),
         "message_count": channel.message_count,
@@ -113,12 +113,14 @@ def render_text(doc: dict[str, Any], start_time: float) -> str:
         lines.append("Topics:")
     for topic in topics:
         lines.append(
-            f"   [{topic['topic_name']:<15}] depth: {topic['depth']:<5} be-depth: 0     "
+            f"   [{topic['topic_name']:<15}] depth: {topic['depth']:<5} "
+            f"be-depth: {topic['backend_depth']:<5} "
             f"msgs: {topic['message_count']:<8} e2e%: "
         )
         for ch in topic["channels"]:
             lines.append(
-                f"      [{ch['channel_name']:<25}] depth: {ch['depth']:<5} be-depth: 0     "
+                f"      [{ch['channel_name']:<25}] depth: {ch['depth']:<5} "
+                f"be-depth: {ch['backend_depth']:<5} "
                 f"inflt: {ch['in_flight_count']:<4} def: {ch['deferred_count']:<4} "
                 f"re-q: {ch['requeue_count']:<5} timeout: {ch['timeout_count']:<5} "
                 f"msgs: {ch['message_count']:<8} e2e%: "
