@@ -105,6 +105,11 @@ def safe_next(raw: str | None) -> str:
     return "/" if parts.scheme or parts.netloc else raw
 
 
+def login_url(back_to: str) -> str:
+    """The login form, with where to go back to afterwards."""
+    return f"{LOGIN_URL}?{urllib.parse.urlencode({'next': back_to})}"
+
+
 def nav_for(user: User | None, current: str) -> list[dict[str, Any]]:
     """The navigation links ``user`` may follow, the current one marked."""
     if user is None:
@@ -410,10 +415,13 @@ class PageHandler(PublicPage):
     user: User
 
     def admit(self) -> None:
+        """Nobody: to the login form and back to this page afterwards. A form posted without
+        a session (it ended while the form was open) goes there too (303: the form is not
+        sent again); nothing it asked for is done."""
         if self.user is None:
             if self.request.method in ("GET", "HEAD"):
-                query = urllib.parse.urlencode({"next": self.request.uri or "/"})
-                self.redirect(f"{LOGIN_URL}?{query}")
-                return
-            raise ApiError(401, "unauthorized", "log in first")
+                self.redirect(login_url(self.request.uri or "/"))
+            else:
+                self.redirect(login_url(self.request.path or "/"), status=303)
+            return
         self.check_session_xsrf()
