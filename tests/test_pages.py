@@ -17,7 +17,7 @@ from taskdash.checker import Checker
 from taskdash.models import TaskMetaData, TaskService
 from taskdash.settings import CheckerSettings
 from taskdash.store import Store, audit, nodes, users
-from taskdash.store.assignments import get_assignment
+from taskdash.store.assignments import get_assignment, set_assignment
 from taskdash.store.deadletters import add_dead_letter
 from taskdash.store.services import record_heartbeats, register_services
 from taskdash.store.tasks import ServiceListing, apply_listings
@@ -487,10 +487,53 @@ async def test_admins_manage_users(app: Served) -> None:
     assert not (await users.get_user(app.store, "bob")).disabled  # type: ignore[union-attr]
 
     log = (await root.fetch("/audit?actor=root")).text
-    assert "user_add" in log and "user_password" in log and "user_role" in log
+    assert "user.create" in log and "user.password" in log and "user.change" in log
+    # the same actions and details as the account API writes for the same changes
+    done = [(e.action, e.target, e.outcome, e.details) for e in await audit.entries(
+        app.store, actor="root")]  # fmt: skip
+    assert {a for a, *_ in done} == {"login", "user.create", "user.change", "user.password"}
+    assert ("user.create", "carol", "ok", {"role": "user"}) in done
+    assert ("user.change", "carol", "ok", {"role": "admin"}) in done
+    assert ("user.change", "carol", "ok", {"disabled": True}) in done
+    assert ("user.change", "carol", "ok", {"disabled": False}) in done
+    assert ("user.password", "carol", "ok", {}) in done
+    refusal = next(d for d in done if d[2] == "refused" and d[1] == "ghost")
+    assert refusal[0] == "user.change" and refusal[3]["why"] == "no user 'ghost'"
     assert "alice" not in re.sub(r"<header.*?</header>", "", log, flags=re.S)
     limited = (await root.fetch("/audit?limit=2")).text
     assert limited.count('<td data-label="Action">') == 2 and "Show more" in limited
+
+
+async def test_an_admin_setting_their_own_password_stays_logged_in(app: Served) -> None:
+    root, other = await logged_in(app, "root"), await logged_in(app, "root")
+    new = "pw-root-new-0123456789"
+    assert (
+        await post_form(root, "/users", action="password", name="root", password=new)
+    ).status == 303
+    assert (await root.fetch("/users")).status == 200, "the session that changed it stays"
+    assert (await other.fetch("/users")).status == 302, "the others end"
+
+
+async def test_an_admin_releases_anyones_task_as_the_api_does(app: Served) -> None:
+    alice, root = await logged_in(app, "alice"), await logged_in(app, "root")
+    assert (await post_form(alice, "/tasks/t-3", action="claim")).status == 303
+    reply = await post_form(root, "/tasks/t-3", action="release")
+    assert (reply.status, reply.headers["Location"]) == (303, "/tasks/t-3?done=release")
+    binding = await get_assignment(app.store, "t-3")
+    assert (binding.user, binding.by, binding.source) == ("", "root", "web")
+    (entry,) = await audit.entries(app.store, action="release", actor="root")
+    assert entry.details == {"changed": True, "holder": "alice"}
+
+
+async def test_the_history_shows_changes_made_over_tcp(app: Served) -> None:
+    await set_assignment(
+        app.store, "t-2", user="bob", group_id="g7", source="tcp", by="tcp:10.0.0.9:4242", now_ms=1
+    )
+    page = (await (await logged_in(app, "alice")).fetch("/tasks/t-2")).text
+    assert "Held by <strong>bob</strong>" in page and "set over tcp" in page
+    assert "Group: g7" in page
+    assert '<td data-label="Through">tcp</td>' in page
+    assert '<td data-label="By">tcp:10.0.0.9:4242</td>' in page
 
 
 async def test_store_down_is_an_html_503(app: Served) -> None:

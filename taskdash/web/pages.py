@@ -359,10 +359,14 @@ class TaskPage(Page):
         return changed, {}
 
     async def release(self, task_id: str) -> tuple[bool, dict[str, str]]:
-        """Give back one's own task (an admin takes anyone's with unassign)."""
+        """Give back one's own task; an admin releases anyone's (the API's rule)."""
+        holder = (await assignments.get_assignment(self.store, task_id)).user
+        if self.user.role == "admin" and holder not in ("", self.user.name):
+            changed, _ = await self.hand_to(task_id, "")
+            return changed, {"holder": holder}
         now_ms = to_ms(self.now())
         _, changed = await assignments.release(self.store, task_id, self.user.name, now_ms=now_ms)
-        return changed, {}
+        return changed, {"holder": holder}
 
     async def assign(self, task_id: str) -> tuple[bool, dict[str, str]]:
         """An admin gives the task to an enabled user, replacing any claim."""
@@ -481,6 +485,10 @@ class DeadLettersPage(Page):
         self.show("dead_letters.html", letters=letters, topic=topic, limit=limit)
 
 
+#: the users page's form actions -> the audit action the account API writes for the same change
+USER_ACTIONS = {"add": "user.create", "password": "user.password"}
+
+
 class UsersPage(Page):
     """``/users`` (admins): accounts, and the forms to add, change, disable, set a password."""
 
@@ -500,33 +508,38 @@ class UsersPage(Page):
         try:
             done = await self.change(action, name)
         except (ValidationError, users.UserExists, users.UnknownUser, users.LastAdmin) as exc:
-            await self.audit(f"user_{action}", target=name, outcome="refused", why=str(exc))
+            audited = USER_ACTIONS.get(action, "user.change")
+            await self.audit(audited, target=name, outcome="refused", why=str(exc))
             status = 404 if isinstance(exc, users.UnknownUser) else 409
             await self.show_users(400 if isinstance(exc, ValidationError) else status, str(exc))
             return
         self.back(done)
 
     async def change(self, action: str, name: str) -> str:
-        """Apply one user change, audited; returns its ``done`` code."""
+        """Apply one user change, audited as the account API audits it; returns its ``done``
+        code."""
         if action == "add":
             role = self.role()
             await users.add_user(
                 self.store, name, self.get_body_argument("password", ""), role=role
             )
-            await self.audit("user_add", target=name, role=role)
+            await self.audit("user.create", target=name, role=role)
             return "user_added"
         if action == "role":
             role = self.role()
             await users.change_guarded(self.store, name, role=role)
-            await self.audit("user_role", target=name, role=role)
+            await self.audit("user.change", target=name, role=role)
             return "user_changed"
         if action in ("disable", "enable"):
-            await users.change_guarded(self.store, name, disabled=action == "disable")
-            await self.audit(f"user_{action}", target=name)
+            disabled = action == "disable"
+            await users.change_guarded(self.store, name, disabled=disabled)
+            await self.audit("user.change", target=name, disabled=disabled)
             return "user_changed"
         if action == "password":
-            await users.set_password(self.store, name, self.get_body_argument("password", ""))
-            await self.audit("user_password", target=name)
+            keep = self.session_key if name == self.user.name else None  # one's own: stay in
+            password = self.get_body_argument("password", "")
+            await users.set_password(self.store, name, password, keep_session=keep)
+            await self.audit("user.password", target=name)
             return "password_set"
         raise tornado.web.HTTPError(400, "action must be add, role, disable, enable or password")
 
