@@ -16,7 +16,7 @@ from web_client import Reply, Served, WebClient, make_user, password_for, serve
 from taskdash.checker import Checker
 from taskdash.models import TaskMetaData, TaskService
 from taskdash.settings import CheckerSettings
-from taskdash.store import Store, audit, nodes, users
+from taskdash.store import Store, audit, nodes, tokens, users
 from taskdash.store.assignments import get_assignment, set_assignment
 from taskdash.store.deadletters import add_dead_letter
 from taskdash.store.services import record_heartbeats, register_services
@@ -534,6 +534,66 @@ async def test_the_history_shows_changes_made_over_tcp(app: Served) -> None:
     assert "Group: g7" in page
     assert '<td data-label="Through">tcp</td>' in page
     assert '<td data-label="By">tcp:10.0.0.9:4242</td>' in page
+
+
+async def test_own_tokens_and_password_on_the_account_page(app: Served) -> None:
+    alice, bob = await logged_in(app, "alice"), await logged_in(app, "bob")
+    page = await alice.fetch("/account")
+    assert page.status == 200 and "No token yet." in page.text
+    assert '<a class="user" href="/account"' in page.text
+    made = await post_form(
+        alice, "/account", action="token", name="nightly-job", expires_in_days="30"
+    )
+    assert made.status == 201 and made.headers["Cache-Control"] == "no-store"
+    secret = re.search(r'<code class="mono token-secret">(taskdash_[\w-]+)</code>', made.text)
+    assert secret, made.text[:3000]
+    script = app.client(token=secret.group(1))
+    assert (await script.call("/api/v1/me"))[1]["name"] == "alice"
+    listed = (await alice.fetch("/account")).text
+    assert "nightly-job" in listed and secret.group(1) not in listed, "shown once"
+    (token,) = await tokens.list_for(app.store, "alice")
+
+    for fields, status in (
+        ({"name": ""}, 400),
+        ({"name": "x" * 65}, 400),
+        ({"name": "tab\there"}, 400),
+        ({"name": "ok", "expires_in_days": "soon"}, 400),
+        ({"name": "ok", "expires_in_days": "0"}, 400),
+    ):
+        reply = await post_form(alice, "/account", action="token", **fields)
+        assert reply.status == status, (fields, reply.text[:2000])
+    assert len(await tokens.list_for(app.store, "alice")) == 1
+
+    # bob can neither see nor revoke alice's token
+    assert "nightly-job" not in (await bob.fetch("/account")).text
+    assert (await post_form(bob, "/account", action="revoke", id=token.id)).status == 404
+    assert (await script.call("/api/v1/me"))[0] == 200
+    revoked = await post_form(alice, "/account", action="revoke", id=token.id)
+    assert (revoked.status, revoked.headers["Location"]) == (303, "/account?done=token_revoked")
+    assert (await script.call("/api/v1/me"))[0] == 401
+
+    other = await logged_in(app, "alice")
+    wrong = await post_form(alice, "/account", action="password", current="nope", new="x" * 12)
+    assert wrong.status == 403 and "the current password is wrong" in wrong.text
+    weak = await post_form(alice, "/account", action="password", current=password_for("alice"),
+                           new="short")  # fmt: skip
+    assert weak.status == 400
+    new = "pw-alice-new-0123456789"
+    done = await post_form(alice, "/account", action="password", current=password_for("alice"),
+                           new=new)  # fmt: skip
+    assert (done.status, done.headers["Location"]) == (303, "/account?done=own_password")
+    assert (await alice.fetch("/account")).status == 200, "this session stays"
+    assert (await other.fetch("/account")).status == 302, "the others end"
+    await app.client().login("alice", new)
+    logged = [
+        (e.action, e.outcome)
+        for e in await audit.entries(app.store, actor="alice")
+        if e.action != "login"
+    ]
+    assert logged == [
+        ("user.password", "ok"), ("user.password", "failed"),
+        ("token.revoke", "ok"), ("token.create", "ok"),
+    ]  # fmt: skip
 
 
 async def test_store_down_is_an_html_503(app: Served) -> None:

@@ -22,6 +22,7 @@ from taskdash.web.auth import (
     MAX_PASSWORD_FIELD,
     ApiError,
     ApiHandler,
+    Authenticated,
     LoginOutcome,
     PublicApi,
     PublicPage,
@@ -32,6 +33,7 @@ from taskdash.web.openapi import Operation, Param
 
 #: what every failed login is told, whatever failed (no such name, disabled, wrong password)
 WRONG = "wrong name or password"
+WRONG_CURRENT = "the current password is wrong"
 Text = Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD_FIELD)]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -219,25 +221,55 @@ class MyTokensApi(ApiHandler):
 
     @bounded
     async def post(self) -> None:
-        body = self.body(TokenBody)
-        secret, token = await tokens.create(
-            self.store,
-            self.user.name,
-            body.name,
-            now=self.now(),
-            expires_in_days=body.expires_in_days,
-        )
-        await self.audit("token.create", target=token.id, name=token.name)
+        secret, token = await create_token(self, self.body(TokenBody))
         self.send_json({**token_json(token), "token": secret}, 201)
+
+
+async def create_token(handler: Authenticated, wanted: TokenBody) -> tuple[str, tokens.Token]:
+    """A new token of the handler's user (the API's and the account page's); audited."""
+    assert handler.user is not None
+    secret, token = await tokens.create(
+        handler.store,
+        handler.user.name,
+        wanted.name,
+        now=handler.now(),
+        expires_in_days=wanted.expires_in_days,
+    )
+    await handler.audit("token.create", target=token.id, name=token.name)
+    return secret, token
+
+
+async def revoke(handler: Authenticated, owner: str, token_id: str) -> bool:
+    """Revoke ``owner``'s token; audited; False if they have none of that id."""
+    if not await tokens.revoke(handler.store, owner, token_id[:64]):
+        return False
+    await handler.audit("token.revoke", target=token_id[:64], owner=owner)
+    return True
 
 
 async def revoke_token(handler: ApiHandler, owner: str, token_id: str) -> None:
     """Revoke ``owner``'s token (404 if they have none of that id); audited; 204."""
-    if not await tokens.revoke(handler.store, owner, token_id[:64]):
+    if not await revoke(handler, owner, token_id):
         raise ApiError(404, "not_found", f"{owner} has no token {token_id[:64]!r}")
-    await handler.audit("token.revoke", target=token_id, owner=owner)
     handler.set_status(204)
     handler.finish()
+
+
+async def change_own_password(handler: Authenticated, current: str, new: str) -> LoginOutcome:
+    """The user's own password: ``current`` checked like a login (throttled alike: a stolen
+    session is no way to guess it faster), then ``new`` set; the other sessions end. Audited
+    either way; the outcome's ``user`` is None when refused (wrong or throttled)."""
+    assert handler.user is not None
+    check_password(new)  # a new password that breaks the rules: refused before anything else
+    outcome = await handler.check_password(current)
+    if outcome.user is None:
+        failure = "throttled" if outcome.throttled else "failed"
+        await handler.audit("user.password", target=handler.user.name, outcome=failure)
+        return outcome
+    name = handler.user.name
+    await users.set_password(handler.store, name, new, keep_session=handler.session_key)
+    await handler.audit("user.password", target=name)
+    return outcome
 
 
 class MyTokenApi(ApiHandler):
@@ -271,18 +303,11 @@ class MyPasswordApi(ApiHandler):
     @bounded
     async def post(self) -> None:
         body = self.body(PasswordBody)
-        outcome = await self.check_password(body.current)
-        if outcome.user is None:
-            failure = "throttled" if outcome.throttled else "failed"
-            await self.audit("user.password", target=self.user.name, outcome=failure)
+        outcome = await change_own_password(self, body.current, body.new)
         if outcome.throttled:
             raise throttled(outcome)
         if outcome.user is None:
-            raise ApiError(403, "forbidden", "the current password is wrong")
-        await users.set_password(
-            self.store, self.user.name, body.new, keep_session=self.session_key
-        )
-        await self.audit("user.password", target=self.user.name)
+            raise ApiError(403, "forbidden", WRONG_CURRENT)
         self.set_status(204)
         self.finish()
 

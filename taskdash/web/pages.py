@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import tornado.web
 
 from taskdash.errors import ValidationError
-from taskdash.store import assignments, deadletters, services, status, tasklist, users
+from taskdash.store import assignments, deadletters, services, status, tasklist, tokens, users
 from taskdash.store import audit as audit_log
 from taskdash.store.tasks import get_fetch_result
 from taskdash.store.times import from_ms, to_ms
+from taskdash.web import account
 from taskdash.web.api import ID
 from taskdash.web.auth import PageHandler
 from taskdash.web.base import JsonHandler, bounded
@@ -48,6 +50,8 @@ DONE = {
     "user_added": "The user is created.",
     "user_changed": "The user is changed.",
     "password_set": "The password is changed; the user's sessions are ended.",
+    "own_password": "Your password is changed; your other sessions are ended.",
+    "token_revoked": "The token is revoked.",
 }
 #: task status words (the services' own, free text) that get a colour beside their text
 _STATUS_TONES = {
@@ -550,6 +554,68 @@ class UsersPage(Page):
         return role  # type: ignore[return-value]
 
 
+class AccountPage(Page):
+    """``/account``: one's own API tokens (create: the secret shown once, on this answer
+    only; revoke) and password, as the account API does it (same checks, same audit)."""
+
+    @bounded
+    async def get(self) -> None:
+        await self.show_account()
+
+    async def show_account(self, status: int = 200, problem: str = "", **values: Any) -> None:
+        listed = await tokens.list_for(self.store, self.user.name)
+        values = {"secret": None, "created": None, "token_name": "", **values}
+        self.show("account.html", status, tokens=listed, problem=problem, **values)
+
+    @bounded
+    async def post(self) -> None:
+        action = self.text_argument("action")
+        if action == "token":
+            await self.create_token()
+        elif action == "revoke":
+            token_id = self.text_argument("id", 64)
+            if not await account.revoke(self, self.user.name, token_id):
+                raise tornado.web.HTTPError(404, "you have no such token")
+            self.back("token_revoked")
+        elif action == "password":
+            await self.change_password()
+        else:
+            raise tornado.web.HTTPError(400, "action must be token, revoke or password")
+
+    async def create_token(self) -> None:
+        name = self.get_body_argument("name", "")
+        days = self.get_body_argument("expires_in_days", "").strip()
+        try:
+            wanted = msgspec.convert(
+                {"name": name, "expires_in_days": days or None}, account.TokenBody, strict=False
+            )
+            secret, token = await account.create_token(self, wanted)
+        except msgspec.ValidationError as exc:
+            await self.show_account(400, f"token: {exc}", token_name=name[:64])
+            return
+        except tokens.TooManyTokens as exc:
+            await self.show_account(409, str(exc), token_name=name[:64])
+            return
+        # the secret is in this answer only: never in a URL, never stored (no-store)
+        await self.show_account(201, secret=secret, created=token)
+
+    async def change_password(self) -> None:
+        current = self.get_body_argument("current", "")[: account.MAX_PASSWORD_FIELD + 1]
+        new = self.get_body_argument("new", "")
+        try:
+            outcome = await account.change_own_password(self, current, new)
+        except ValidationError as exc:
+            await self.show_account(400, str(exc))
+            return
+        if outcome.throttled:
+            self.set_header("Retry-After", account.retry_after(outcome))
+            await self.show_account(429, account.throttled_message(outcome))
+        elif outcome.user is None:
+            await self.show_account(403, account.WRONG_CURRENT)
+        else:
+            self.back("own_password")
+
+
 class AuditPage(Page):
     """``/audit`` (admins): who did what, when, from where; newest first, filtered."""
 
@@ -575,4 +641,5 @@ ROUTES = [
     (r"/dead-letters", DeadLettersPage),
     (r"/users", UsersPage),
     (r"/audit", AuditPage),
+    (r"/account", AccountPage),
 ]
