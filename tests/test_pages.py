@@ -22,7 +22,8 @@ from taskdash.store.deadletters import add_dead_letter
 from taskdash.store.services import record_heartbeats, register_services
 from taskdash.store.tasks import ServiceListing, apply_listings
 from taskdash.store.times import to_ms
-from taskdash.web.pages import CSP, age_text, epoch_ms, path_id, tone, web_link, when
+from taskdash.web.auth import CSP
+from taskdash.web.pages import age_text, epoch_ms, path_id, tone, web_link, when
 from taskdash.web.pipeline import Pipeline
 
 XSS = "<script>alert(1)</script>"

@@ -35,7 +35,7 @@ from taskdash.passwords import Passwords
 from taskdash.settings import Settings, load
 from taskdash.store import Store, tokens, users
 from taskdash.store.monitor import StoreMonitor
-from taskdash.web.app import make_app
+from taskdash.web.app import make_app, server_options
 from taskdash.web.auth import CLOCK, SESSION_COOKIE
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
@@ -224,7 +224,8 @@ async def serve(
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     app = make_app(ctx)
     app.add_handlers(r".*", [(pattern, handler, {"ctx": ctx}) for pattern, handler in routes or []])
-    server = tornado.httpserver.HTTPServer(app, ssl_options=ssl_options)
+    options = server_options(ctx.settings.web)
+    server = tornado.httpserver.HTTPServer(app, ssl_options=ssl_options, **options)
     server.add_sockets(sockets)
     scheme = "https" if ssl_options else "http"
     try:

@@ -11,10 +11,20 @@ carry the XSRF token (``X-XSRFToken`` header or ``_xsrf`` form field), else 403 
 authenticated by a bearer token needs none (a browser never adds that header by itself).
 Tornado's own check runs before ``prepare``, i.e. before we know which of the two it is, so
 it is deferred to after authentication.
+
+Timing: no secret is compared here byte by byte. A token and a session id are looked up by
+the SHA-256 of what was sent (the stored ``_id``): how long the lookup takes depends on that
+digest, which a client cannot steer towards a stored one (that would be a pre-image search),
+so it tells nothing about the stored ones. The cookie's signature and the XSRF token are
+compared by Tornado with ``hmac.compare_digest``. A login costs one argon2 verification
+whatever the name (:func:`~taskdash.store.users.verify_login`); only a name or password no
+account can have (their limits are public) is refused sooner.
 """
 
 from __future__ import annotations
 
+import os
+import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +64,12 @@ NAV: list[tuple[str, str, bool]] = [
     ("/users", "Users", True),
     ("/audit", "Audit log", True),
 ]
+#: every HTML answer's Content-Security-Policy: nothing inline, nothing from elsewhere (the
+#: network may be closed anyway), forms post only here, never framed (clickjacking)
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 #: an Authorization header longer than this is not read
 MAX_AUTHORIZATION = 256
 #: the longest name or password a login reads (longer: refused unread, nobody has one)
@@ -229,6 +245,24 @@ class Authenticated(tornado.web.RequestHandler):
     def _secure(self) -> bool:
         return self.request.protocol == "https" or self.web.secure_cookies
 
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
+        """Every cookie (the session's and Tornado's ``_xsrf``): ``Secure`` over HTTPS or with
+        ``[web] secure_cookies``, ``SameSite=Lax`` unless said otherwise."""
+        if self._secure():
+            kwargs["secure"] = True
+        kwargs.setdefault("samesite", "Lax")
+        super().set_cookie(name, value, *args, **kwargs)
+
+    def new_xsrf_token(self) -> None:
+        """A fresh XSRF token (and ``_xsrf`` cookie) for this browser: at a login, so that a
+        token planted or seen before it (a shared machine, a sibling domain setting cookies)
+        is worth nothing afterwards. Tornado keeps the raw token on the handler; it has no
+        public way to replace it, hence the attributes (tests/test_web_security.py)."""
+        self._raw_xsrf_token = (None, os.urandom(16), time.time())
+        if hasattr(self, "_xsrf_token"):
+            del self._xsrf_token
+        self.xsrf_token  # noqa: B018  (the property sets the cookie)
+
     async def _checked(self, name: str, password: str) -> LoginOutcome:
         """Throttle, then verify: a failure counts against the name and the address, a success
         clears the name's. Not audited here (the caller knows what was attempted).
@@ -283,6 +317,7 @@ class Authenticated(tornado.web.RequestHandler):
             secure=self._secure(),
         )
         self.user, self.via, self.session_key = user, "session", sessions.digest(session_id)
+        self.new_xsrf_token()
         await self.audit("login")
         return LoginOutcome(user=user, session_id=session_id)
 
@@ -361,10 +396,13 @@ class PublicPage(Authenticated):
         self.gate = ctx.gate  # for :func:`~taskdash.web.base.bounded`
 
     def set_default_headers(self) -> None:
+        """Every HTML answer (the login form, error pages, redirects included): never cached
+        (a page shows what its user may see), never framed, nothing inline."""
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Content-Security-Policy", CSP)
 
     async def prepare(self) -> None:  # type: ignore[override]
         self.store = self.ctx.gate.acquire()

@@ -27,6 +27,8 @@ log = structlog.get_logger("taskdash.web")
 STORE_STARTING = "MongoDB is not connected yet (TaskDash is starting); see /readyz"
 STORE_DOWN = "MongoDB is unreachable; TaskDash keeps retrying in the background; see /readyz"
 STORE_STOPPING = "TaskDash is stopping"
+#: every JSON answer's Content-Security-Policy
+JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 class StoreGate:
@@ -89,6 +91,8 @@ class JsonHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
+        # JSON is data, never a document: nothing loads from it, nobody frames it
+        self.set_header("Content-Security-Policy", JSON_CSP)
 
     def send_json(self, body: Any, status: int = 200) -> None:
         """Finish the request with ``body`` as JSON (a HEAD request gets the headers only)."""
