@@ -36,7 +36,7 @@ from taskdash.settings import Settings, load
 from taskdash.store import Store, tokens, users
 from taskdash.store.monitor import StoreMonitor
 from taskdash.web.app import make_app, server_options
-from taskdash.web.auth import CLOCK, SESSION_COOKIE
+from taskdash.web.auth import SESSION_COOKIE
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
 
@@ -219,8 +219,7 @@ async def serve(
     assert await monitor.probe()
     gate.attach(store, monitor)
     clock = clock or SettableClock()
-    ctx = WebContext(settings=settings or load(env={}), health=Health(), gate=gate)
-    ctx.extra[CLOCK] = clock
+    ctx = WebContext(settings=settings or load(env={}), health=Health(), gate=gate, clock=clock)
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     app = make_app(ctx)
     app.add_handlers(r".*", [(pattern, handler, {"ctx": ctx}) for pattern, handler in routes or []])

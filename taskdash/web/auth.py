@@ -40,9 +40,9 @@ from taskdash.passwords import MAX_BYTES
 from taskdash.store import audit as audit_log
 from taskdash.store import deadline, sessions, throttle, tokens, users
 from taskdash.store.throttle import Policy, Rule
-from taskdash.store.times import Clock, to_ms, utcnow
+from taskdash.store.times import to_ms
 from taskdash.store.users import User
-from taskdash.web.base import STORE_DOWN, StoreHandler, _ours
+from taskdash.web.base import STORE_DOWN, StoreHandler, ours
 
 if TYPE_CHECKING:
     from taskdash.settings import WebSettings
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 
 SESSION_COOKIE = "taskdash_session"
 LOGIN_URL = "/login"
-#: key of ``WebContext.extra`` holding the clock sessions and throttling read (tests set one)
-CLOCK = "clock"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 TEMPLATES = Path(__file__).parent / "templates"
 #: (path, label, admin only): the pages' navigation, filtered by role
@@ -164,8 +162,7 @@ class Authenticated(tornado.web.RequestHandler):
     attempted: str = ""
 
     def now(self) -> datetime:
-        clock: Clock = self.ctx.extra.get(CLOCK, utcnow)
-        return clock()
+        return self.ctx.clock()
 
     @property
     def web(self) -> WebSettings:
@@ -423,7 +420,7 @@ class PublicPage(Authenticated):
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, StoreUnavailable):
             self.ctx.gate.failed()
-            self.send_error(503, message=str(e) if _ours(e) else STORE_DOWN)
+            self.send_error(503, message=str(e) if ours(e) else STORE_DOWN)
         elif isinstance(e, StoreError):
             self.send_error(500, message="the store refused the operation")
         else:

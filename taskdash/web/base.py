@@ -122,7 +122,7 @@ class JsonHandler(tornado.web.RequestHandler):
         if isinstance(e, StoreUnavailable):
             # the outage is the monitor's to log (once), not every request's
             self.store_failed()
-            self.send_failure(503, "store_unavailable", str(e) if _ours(e) else STORE_DOWN)
+            self.send_failure(503, "store_unavailable", str(e) if ours(e) else STORE_DOWN)
             return
         if isinstance(e, StoreError):
             log.error("handler_store_error", path=self.request.path, error=str(e))
@@ -147,7 +147,7 @@ class JsonHandler(tornado.web.RequestHandler):
         return value
 
 
-def _ours(exc: StoreUnavailable) -> bool:
+def ours(exc: StoreUnavailable) -> bool:
     """Whether the message is one of the gate's (safe to show) rather than a driver's text."""
     return str(exc) in (STORE_STARTING, STORE_DOWN, STORE_STOPPING)
 
