@@ -20,7 +20,13 @@ from taskdash.store import Store, audit, nodes, tokens, users
 from taskdash.store.assignments import get_assignment, set_assignment
 from taskdash.store.deadletters import add_dead_letter
 from taskdash.store.services import record_heartbeats, register_services
-from taskdash.store.tasks import ServiceListing, apply_listings
+from taskdash.store.tasks import (
+    ServiceListing,
+    apply_listings,
+    get_fetch_result,
+    get_fetch_results,
+    write_fetch_results,
+)
 from taskdash.store.times import to_ms
 from taskdash.web.auth import CSP
 from taskdash.web.pages import age_text, epoch_ms, path_id, tone, web_link, when
@@ -388,6 +394,29 @@ async def test_services_show_state_heartbeat_and_self_preservation(app: Served) 
 
     only = (await alice.fetch("/services?status=online")).text
     assert 'data-service="svc-0"' in only and 'data-service="svc-a"' not in only
+
+    # the heartbeat's age against the thresholds, and each service's last fetch
+    ms = to_ms(app.clock())
+    await write_fetch_results(app.store, {
+        "svc-0": {"at": ms, "task_count": 3, "url": "http://x"},
+        "svc-1": {"at": ms, "error": "connection refused", "failures": 2, "due_at": ms + 60_000},
+    })  # fmt: skip
+    for advance, late in ((0, ""), (20, "late-warn"), (60, "late-bad")):
+        app.clock.advance(advance)
+        page = (await alice.fetch("/services")).text
+        rows = dict(re.findall(r'<tr data-service="([^"]+)">(.*?)</tr>', page, re.S))
+        cell = re.search(r'<td data-label="Last heartbeat" class="([^"]*)">', rows["svc-0"])
+        assert cell and cell.group(1) == late, (advance, rows["svc-0"])
+        assert '<span class="badge t-ok">ok</span> 3 tasks' in rows["svc-0"]
+        assert "failed" in rows["svc-1"] and "connection refused" in rows["svc-1"]
+        assert "not yet" in rows["svc-2"]
+
+
+async def test_the_last_fetches_of_a_page_of_services_are_read_at_once(store: Store) -> None:
+    await write_fetch_results(store, {"a": {"at": 5, "task_count": 1}, "claimed": {"due_at": 9}})
+    found = await get_fetch_results(store, ["a", "claimed", "never"])
+    assert found == {"a": await get_fetch_result(store, "a")}
+    assert found["a"]["task_count"] == 1 and await get_fetch_results(store, []) == {}
 
 
 async def test_service_detail_has_its_timeline_and_tasks(app: Served) -> None:

@@ -25,7 +25,7 @@ import tornado.web
 from taskdash.errors import ValidationError
 from taskdash.store import assignments, deadletters, services, status, tasklist, tokens, users
 from taskdash.store import audit as audit_log
-from taskdash.store.tasks import get_fetch_result
+from taskdash.store.tasks import get_fetch_result, get_fetch_results
 from taskdash.store.times import from_ms, to_ms
 from taskdash.web import account
 from taskdash.web.api import ID
@@ -408,10 +408,11 @@ class ServicesPage(Page):
             self.store, status=state or None, limit=SERVICE_PAGE + 1, skip=(page - 1) * SERVICE_PAGE
         )
         more, rows = len(rows) > SERVICE_PAGE, rows[:SERVICE_PAGE]
-        fetches = await asyncio.gather(*(get_fetch_result(self.store, r["id"]) for r in rows))
-        for row, fetch in zip(rows, fetches, strict=True):
-            row["fetch"] = fetch
-        counts = {s: await status.count(self.store, s) for s in SERVICE_STATUSES}
+        fetches = await get_fetch_results(self.store, [r["id"] for r in rows])
+        for row in rows:
+            row["fetch"] = fetches.get(row["id"])
+        numbers = await asyncio.gather(*(status.count(self.store, s) for s in SERVICE_STATUSES))
+        counts = dict(zip(SERVICE_STATUSES, numbers, strict=True))
         self.show(
             "services.html",
             services=rows,
