@@ -195,8 +195,8 @@ class Daemon:
                     print(users.first_admin_notice(password), file=sys.stderr, flush=True)
                     log.warning("initial_admin_created", user=users.FIRST_ADMIN, hint=users.HINT)
                 break
-            try:  # sessions, tokens, login failures, audit: until store/mongo.py lists them
-                await users.ensure_indexes(store)
+            try:  # sessions, tokens, login failures, audit (store/mongo.py ACCOUNT_INDEXES)
+                await store.ensure_account_indexes()
             except StoreError as exc:
                 log.error("account_indexes_failed", error=str(exc), note="retried at next start")
 

@@ -117,14 +117,16 @@ async def test_a_token_lookup_needs_the_prefix_and_a_sane_length(store: Store) -
 
 
 async def test_indexes_with_ttl(store: Store) -> None:
-    await users.ensure_indexes(store)
-    await users.ensure_indexes(store)  # idempotent
+    await store.ensure_account_indexes()
+    await store.ensure_account_indexes()  # idempotent
     for collection in ("sessions", "api_tokens", "login_failures", "audit"):
         # by keys: nx-27017 names indexes its own way
         found = {tuple(i["key"]): i for i in (await store[collection].index_information()).values()}
         assert found[(("expires_at", 1),)]["expireAfterSeconds"] == 0, collection
     failures = await store["login_failures"].index_information()
     assert [("key", 1), ("at", 1)] in [i["key"] for i in failures.values()]
+    logged = [i["key"] for i in (await store["audit"].index_information()).values()]
+    assert [("at", 1)] in logged and [("actor", 1), ("at", 1)] in logged
 
 
 async def test_two_admins_demoting_each_other_at_once_leave_an_admin(store: Store) -> None:

@@ -213,7 +213,7 @@ async def serve(
 ) -> AsyncIterator[Served]:
     """The whole application on a free loopback port, its store gate open on ``store``;
     ``routes`` are added to it (handlers written for a test); HTTPS with ``ssl_options``."""
-    await users.ensure_indexes(store)
+    await store.ensure_account_indexes()
     gate = StoreGate(request_timeout=5)
     monitor = StoreMonitor(store, interval=60, retry_initial=1, retry_max=1)
     assert await monitor.probe()

@@ -14,7 +14,7 @@ from typing import Literal
 
 from taskdash.errors import StoreError, ValidationError
 from taskdash.passwords import Passwords, check_password
-from taskdash.store import audit, sessions, throttle, tokens
+from taskdash.store import sessions
 from taskdash.store.mongo import Doc, Store, eq, insert_new, translated
 from taskdash.store.times import Clock, to_ms, utcnow
 
@@ -254,26 +254,3 @@ def first_admin_notice(password: str) -> str:
         f"taskdash: created the first user {FIRST_ADMIN!r} (role admin), password: {password}\n"
         f"taskdash: it is shown only this once; {HINT}"
     )
-
-
-#: collection -> (keys, options) of the indexes behind logins; created by
-#: :func:`ensure_indexes` (at daemon start and in tests) until store/mongo.py lists them
-INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, object]]]] = {
-    sessions.COLLECTION: [([("user", 1)], {"name": "user"})],
-    tokens.COLLECTION: [([("user", 1)], {"name": "user"})],
-    throttle.COLLECTION: [([("key", 1), ("at", 1)], {"name": "key_at"})],
-    audit.COLLECTION: [
-        ([("actor", 1), ("at", 1)], {"name": "actor_at"}),
-        ([("action", 1), ("at", 1)], {"name": "action_at"}),
-    ],
-}
-TTL = {"name": "ttl", "expireAfterSeconds": 0}
-
-
-async def ensure_indexes(store: Store) -> None:
-    """Create the indexes of sessions, tokens, login failures and audit (idempotent)."""
-    async with translated("ensure_account_indexes"):
-        for collection, indexes in INDEXES.items():
-            for keys, options in indexes:
-                await store[collection].create_index(keys, **options)
-            await store[collection].create_index([("expires_at", 1)], **TTL)
