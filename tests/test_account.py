@@ -34,7 +34,7 @@ async def people(store: Store) -> AsyncIterator[People]:
         await alice.login("alice", password_for("alice"))
         await root.login("root", password_for("root"))
         dora = app.client(token=await make_token(store, "dora"))
-        await store.users.update_one({"_id": "dora"}, {"$set": {"disabled": True}})
+        await users.set_disabled(store, "dora", True)
         yield People(app, app.client(), alice, dora, root)
 
 

@@ -33,7 +33,7 @@ from argon2 import PasswordHasher
 from taskdash.health import Health
 from taskdash.passwords import Passwords
 from taskdash.settings import Settings, load
-from taskdash.store import Store, tokens, users
+from taskdash.store import Store, users
 from taskdash.store.monitor import StoreMonitor
 from taskdash.web.app import make_app, server_options
 from taskdash.web.auth import SESSION_COOKIE
@@ -63,7 +63,7 @@ async def make_token(
     store: Store, name: str, *, label: str = "test", expires_in_days: float | None = None
 ) -> str:
     """A new API token of ``name``'s (the secret)."""
-    secret, _ = await tokens.create(
+    secret, _ = await users.new_token(
         store, name, label, now=datetime.now(UTC), expires_in_days=expires_in_days
     )
     return secret

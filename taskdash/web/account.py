@@ -194,8 +194,12 @@ class LogoutApi(ApiHandler):
 class MeApi(ApiHandler):
     """``GET /api/v1/me``: who the request is from, and how it authenticated."""
 
-    def get(self) -> None:
-        self.send_json({**user_json(self.user), "via": self.via})
+    @bounded
+    async def get(self) -> None:
+        account = await users.get_user(self.store, self.user.name)  # its times, as stored
+        if account is None or account.disabled:
+            raise ApiError(401, "unauthorized", "this account is gone or disabled")
+        self.send_json({**user_json(account), "via": self.via})
 
 
 class MyTokensApi(ApiHandler):
@@ -228,7 +232,7 @@ class MyTokensApi(ApiHandler):
 async def create_token(handler: Authenticated, wanted: TokenBody) -> tuple[str, tokens.Token]:
     """A new token of the handler's user (the API's and the account page's); audited."""
     assert handler.user is not None
-    secret, token = await tokens.create(
+    secret, token = await users.new_token(
         handler.store,
         handler.user.name,
         wanted.name,

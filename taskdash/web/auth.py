@@ -4,8 +4,8 @@
   Bearer <token>``; nobody (or a disabled user, an ended session, a revoked token) -> 401.
 - :class:`PageHandler` (HTML): nobody -> 302 to ``/login?next=<path>``; errors are pages.
 
-After ``prepare``: ``self.user`` (:class:`~taskdash.store.users.User`, read again on every
-request, so a disabled account is out at once) and ``self.via`` (``"session"`` | ``"token"``).
+After ``prepare``: ``self.user`` (a :class:`Caller`: name and role) and ``self.via``
+(``"session"`` | ``"token"``).
 A state-changing request (POST, PUT, PATCH, DELETE) authenticated by the session cookie must
 carry the XSRF token (``X-XSRFToken`` header or ``_xsrf`` form field), else 403 ``xsrf``; one
 authenticated by a bearer token needs none (a browser never adds that header by itself).
@@ -19,6 +19,28 @@ so it tells nothing about the stored ones. The cookie's signature and the XSRF t
 compared by Tornado with ``hmac.compare_digest``. A login costs one argon2 verification
 whatever the name (:func:`~taskdash.store.users.verify_login`); only a name or password no
 account can have (their limits are public) is refused sooner.
+
+One read per request: the credential. A request used to read its session (or token) and
+then the account, to see it still enabled and learn its role: two round trips to MongoDB
+before any work, the account read being ~10 % of a task listing's cost (scripts/bench_web.py).
+Now the session and the token carry the account's role (a token also whether the account is
+disabled), and the account read is skipped. This is as strict as before only if a credential
+can never say more than its account, which store/users.py guarantees for every change made
+through it (its module doc has the proof):
+
+* disabling ends the account's sessions and marks its tokens refused (they come back when
+  it is enabled again, as documented); a password change or reset ends the other sessions;
+  a role change rewrites the role in every session and token;
+* rights are taken from the credentials before the account is written, so a crash in the
+  middle leaves credentials narrower than the account, never wider;
+* a session or token made while its account was being disabled or demoted is checked
+  against the account once written and ended or corrected.
+
+What no longer works is editing ``disabled`` or ``role`` in the ``users`` collection by hand:
+nothing would bring the credentials along (docs/users.md says to use ``taskdash user``).
+Requests already running when an account is disabled finish, as before. Credentials made
+before they carried the role (``role`` absent) are served the old way, the account read, and
+brought up to date at that first use (:func:`~taskdash.store.users.sync_credentials`).
 """
 
 from __future__ import annotations
@@ -124,7 +146,7 @@ def login_url(back_to: str) -> str:
     return f"{LOGIN_URL}?{urllib.parse.urlencode({'next': back_to})}"
 
 
-def nav_for(user: User | None, current: str) -> list[dict[str, Any]]:
+def nav_for(user: Caller | None, current: str) -> list[dict[str, Any]]:
     """The navigation links ``user`` may follow, the current one marked."""
     if user is None:
         return []
@@ -133,6 +155,14 @@ def nav_for(user: User | None, current: str) -> list[dict[str, Any]]:
         for href, label, admin_only in NAV
         if not admin_only or user.role == "admin"
     ]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request is from, as its session or token says: the account's name and role."""
+
+    name: str
+    role: str
 
 
 @dataclass(frozen=True)
@@ -154,7 +184,7 @@ class Authenticated(tornado.web.RequestHandler):
 
     ctx: WebContext
     store: Store
-    user: User | None = None
+    user: Caller | None = None
     via: str = ""
     #: the digest of the session this request came with (None for a token or nobody)
     session_key: str | None = None
@@ -195,20 +225,24 @@ class Authenticated(tornado.web.RequestHandler):
                 session = await sessions.resolve(
                     self.store, cookie.decode(), now=self.now(), idle=self.web.session_idle_timeout
                 )
-                if session is not None and await self._accept(session.user, "session"):
-                    self.session_key = session.key
+                if session is not None and await self._accept(session.user, session.role):
+                    self.via, self.session_key = "session", session.key
                     return
             bearer = self._bearer()
             if bearer:
                 token = await tokens.resolve(self.store, bearer, now=self.now())
-                if token is not None:
-                    await self._accept(token.user, "token")
+                if token is not None and await self._accept(token.user, token.role):
+                    self.via = "token"
 
-    async def _accept(self, name: str, via: str) -> bool:
-        user = await users.get_user(self.store, name)
-        if user is None or user.disabled:
-            return False
-        self.user, self.via = user, via
+    async def _accept(self, name: str, role: str | None) -> bool:
+        """The credential's account as the caller: its role as the credential carries it (see
+        the module doc); one made before credentials carried it reads the account."""
+        if role is None:
+            user = await users.sync_credentials(self.store, name)
+            if user is None or user.disabled:
+                return False
+            role = user.role
+        self.user = Caller(name, role)
         return True
 
     def _bearer(self) -> str:
@@ -304,7 +338,10 @@ class Authenticated(tornado.web.RequestHandler):
         if self.session_key is not None:  # a login over a session replaces it
             await sessions.end(self.store, self.session_key)
         ttl = self.web.session_ttl
-        session_id = await sessions.create(self.store, user.name, now=self.now(), ttl=ttl)
+        session_id = await users.open_session(self.store, user, now=self.now(), ttl=ttl)
+        if session_id is None:  # disabled while logging in
+            await self.audit("login", outcome="failed")
+            return LoginOutcome()
         self.set_signed_cookie(
             SESSION_COOKIE,
             session_id,
@@ -313,7 +350,8 @@ class Authenticated(tornado.web.RequestHandler):
             samesite="Lax",
             secure=self._secure(),
         )
-        self.user, self.via, self.session_key = user, "session", sessions.digest(session_id)
+        self.user, self.via = Caller(user.name, user.role), "session"
+        self.session_key = sessions.digest(session_id)
         self.new_xsrf_token()
         await self.audit("login")
         return LoginOutcome(user=user, session_id=session_id)
@@ -372,7 +410,7 @@ class PublicApi(Authenticated, StoreHandler):
 class ApiHandler(PublicApi):
     """A JSON endpoint that needs a user: see the module doc."""
 
-    user: User
+    user: Caller
 
     def admit(self) -> None:
         if self.user is None:
@@ -447,7 +485,7 @@ class PublicPage(Authenticated):
 class PageHandler(PublicPage):
     """An HTML page that needs a user: nobody is sent to the login form."""
 
-    user: User
+    user: Caller
 
     def admit(self) -> None:
         """Nobody: to the login form and back to this page afterwards. A form posted without
