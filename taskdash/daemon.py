@@ -51,7 +51,7 @@ from taskdash.store import Store, users
 from taskdash.store.embedded import EmbeddedMongo
 from taskdash.store.monitor import StoreMonitor, probe_timeout
 from taskdash.systemd import Notifier
-from taskdash.web.app import make_app
+from taskdash.web.app import make_app, server_options
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
 from taskdash.web.pipeline import Pipeline
@@ -195,8 +195,8 @@ class Daemon:
                     print(users.first_admin_notice(password), file=sys.stderr, flush=True)
                     log.warning("initial_admin_created", user=users.FIRST_ADMIN, hint=users.HINT)
                 break
-            try:  # sessions, tokens, login failures, audit: until store/mongo.py lists them
-                await users.ensure_indexes(store)
+            try:  # sessions, tokens, login failures, audit (store/mongo.py ACCOUNT_INDEXES)
+                await store.ensure_account_indexes()
             except StoreError as exc:
                 log.error("account_indexes_failed", error=str(exc), note="retried at next start")
 
@@ -211,7 +211,9 @@ class Daemon:
         ctx = WebContext(self.settings, self.health, self.gate, cookie_secret=secret)
         ctx.extra["pipeline"] = self.pipeline
         app = make_app(ctx)
-        self.web_port = self._serve_http("web", app, "web.port", cfg.host, cfg.port)
+        self.web_port = self._serve_http(
+            "web", app, "web.port", cfg.host, cfg.port, **server_options(cfg)
+        )
 
     def _serve_http(
         self, name: str, app: tornado.web.Application, setting: str, host: str, port: int,

@@ -182,6 +182,9 @@ class WebSettings(_Section):
     cookie_secret: str = ""
     # mark cookies Secure on plain HTTP too (TLS ends at a proxy in front of TaskDash)
     secure_cookies: bool = False
+    # trust X-Real-IP / X-Forwarded-For and X-Forwarded-Proto from a reverse proxy (the client's
+    # address for the audit log and the login throttle); only behind a proxy that sets them
+    xheaders: bool = False
     session_ttl: LongSeconds = 43200.0
     session_idle_timeout: LongSeconds = 3600.0
     # failed logins within this long count towards the delay and the lock

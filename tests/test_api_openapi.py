@@ -8,6 +8,7 @@ documented path reaches.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +24,7 @@ from taskdash.store import Store
 from taskdash.web.app import ROUTES, make_app
 from taskdash.web.base import JsonHandler, StoreGate
 from taskdash.web.context import WebContext
-from taskdash.web.openapi import build
+from taskdash.web.openapi import build, template
 
 HTTP = ("get", "head", "post", "put", "patch", "delete", "options")
 SAMPLE = "sample-1"
@@ -106,6 +107,23 @@ def test_the_document_holds_together(document: dict[str, Any]) -> None:
     assign = document["paths"]["/api/v1/tasks/{task_id}/assign"]["post"]
     body = assign["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert document["components"]["schemas"][body.rsplit("/", 1)[1]]["required"] == ["user"]
+
+
+def test_every_json_body_a_handler_reads_is_documented(document: dict[str, Any]) -> None:
+    """A method that decodes a body (``self.body(Kind)``) documents Kind as its requestBody,
+    and no other method documents one."""
+    paths = {template(pattern)[0]: handler for pattern, handler in json_routes()}
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            source = inspect.getsource(getattr(paths[path], method))
+            read = re.findall(r"self\.body\((\w+)\)", source)
+            documented = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if not read:
+                assert documented is None, (path, method)
+                continue
+            assert documented == {"schema": {"$ref": f"#/components/schemas/{read[0]}"}}, path
+    for kind in ("LoginBody", "TokenBody", "PasswordBody", "NewUserBody", "UserChangeBody"):
+        assert document["components"]["schemas"][kind]["additionalProperties"] is False
 
 
 @pytest.fixture

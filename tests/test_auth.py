@@ -142,15 +142,46 @@ async def test_a_disabled_user_is_out_at_once(app: Served) -> None:
     await client.login("alice", password_for("alice"))
     token = WebClient(app.base, token=await make_token(app.store, "alice"))
     assert (await token.call("/api/v1/me"))[0] == 200
-    # disabled behind the daemon's back (another daemon, the CLI): the next request is out
-    await app.store.users.update_one({"_id": "alice"}, {"$set": {"disabled": True}})
-    assert (await client.call("/api/v1/me"))[0] == 401
-    assert (await token.call("/api/v1/me"))[0] == 401
-    # and disabling through the store ends the sessions themselves
-    await app.store.users.update_one({"_id": "alice"}, {"$set": {"disabled": False}})
-    assert (await client.call("/api/v1/me"))[0] == 200
+    # disabled behind this daemon's back (another daemon, `taskdash user disable`): the
+    # next request is out, by session and by token
     await users.set_disabled(app.store, "alice", True)
+    assert (await client.call("/api/v1/tasks"))[0] == 401
+    assert (await token.call("/api/v1/tasks"))[0] == 401
     assert await sessions.count_for_user(app.store, "alice") == 0
+    # enabled again: the token works again, the session is gone for good
+    await users.set_disabled(app.store, "alice", False)
+    assert (await token.call("/api/v1/tasks"))[0] == 200
+    assert (await client.call("/api/v1/tasks"))[0] == 401
+
+
+async def test_a_role_change_reaches_every_session_and_token_at_once(app: Served) -> None:
+    await make_user(app.store, "root", "admin")
+    await make_user(app.store, "other", "admin")
+    session = app.client()
+    await session.login("root", password_for("root"))
+    token = WebClient(app.base, token=await make_token(app.store, "root"))
+    for web in (session, token):
+        assert (await web.call("/api/v1/users"))[0] == 200
+    await users.change_guarded(app.store, "root", role="user")
+    for web in (session, token):
+        assert (await web.call("/api/v1/users"))[0] == 403
+        assert (await web.call("/api/v1/me"))[1]["role"] == "user"
+    await users.change_guarded(app.store, "root", role="admin")
+    for web in (session, token):
+        assert (await web.call("/api/v1/users"))[0] == 200
+
+
+async def test_credentials_from_before_they_carried_the_role_still_work(app: Served) -> None:
+    await make_user(app.store, "alice", "admin")
+    secret = await make_token(app.store, "alice")
+    web = WebClient(app.base, token=secret)
+    await app.store["api_tokens"].update_many({}, {"$unset": {"role": "", "disabled": ""}})
+    assert (await web.call("/api/v1/users"))[0] == 200, "the account read, as before"
+    doc = await app.store["api_tokens"].find_one({"user": "alice"})
+    assert doc is not None and (doc["role"], doc["disabled"]) == ("admin", False), "brought up"
+    await app.store["api_tokens"].update_many({}, {"$unset": {"role": ""}})
+    await app.store.users.update_one({"_id": "alice"}, {"$set": {"disabled": True}})
+    assert (await web.call("/api/v1/users"))[0] == 401, "an old token of a disabled account"
 
 
 async def test_session_ends_after_its_ttl_and_when_idle(store: Store) -> None:
@@ -414,7 +445,7 @@ async def test_store_down_is_503_json_for_the_api_and_a_page_for_pages(app: Serv
     for path in ("/hello", "/login"):
         reply = await client.fetch(path)
         assert reply.status == 503 and reply.headers["Content-Type"].startswith("text/html")
-        assert "<p>503: TaskDash is stopping</p>" in reply.text
+        assert "TaskDash is stopping" in reply.text and "HTTP 503" in reply.text
 
 
 async def test_a_login_over_a_session_replaces_it(app: Served) -> None:

@@ -117,14 +117,16 @@ async def test_a_token_lookup_needs_the_prefix_and_a_sane_length(store: Store) -
 
 
 async def test_indexes_with_ttl(store: Store) -> None:
-    await users.ensure_indexes(store)
-    await users.ensure_indexes(store)  # idempotent
+    await store.ensure_account_indexes()
+    await store.ensure_account_indexes()  # idempotent
     for collection in ("sessions", "api_tokens", "login_failures", "audit"):
         # by keys: nx-27017 names indexes its own way
         found = {tuple(i["key"]): i for i in (await store[collection].index_information()).values()}
         assert found[(("expires_at", 1),)]["expireAfterSeconds"] == 0, collection
     failures = await store["login_failures"].index_information()
     assert [("key", 1), ("at", 1)] in [i["key"] for i in failures.values()]
+    logged = [i["key"] for i in (await store["audit"].index_information()).values()]
+    assert [("at", 1)] in logged and [("actor", 1), ("at", 1)] in logged
 
 
 async def test_two_admins_demoting_each_other_at_once_leave_an_admin(store: Store) -> None:
@@ -137,3 +139,91 @@ async def test_two_admins_demoting_each_other_at_once_leave_an_admin(store: Stor
     )
     assert any(isinstance(r, users.LastAdmin) for r in results), results
     assert await users.count_enabled_admins(store) >= 1
+    for name in ("ann", "ben"):  # whichever was undone, its credentials say what it is
+        account = await users.get_user(store, name)
+        assert account is not None
+        assert (await users.sync_credentials(store, name)) == account
+
+
+async def access_of(store: Store, name: str) -> tuple[list[str | None], list[tuple[object, ...]]]:
+    """(the role of each session, (role, disabled) of each token) of one account."""
+    found = [doc.get("role") async for doc in store["sessions"].find({"user": name})]
+    held = [
+        (d.get("role"), d.get("disabled")) async for d in store["api_tokens"].find({"user": name})
+    ]
+    return found, held
+
+
+async def test_credentials_follow_every_change_of_their_account(store: Store) -> None:
+    await make_user(store, "ann", "admin")
+    await make_user(store, "ben", "admin")
+    user = await users.get_user(store, "ann")
+    assert user is not None
+    assert await users.open_session(store, user, now=NOW, ttl=3600)
+    await make_token(store, "ann")
+    assert await access_of(store, "ann") == (["admin"], [("admin", False)])
+    await users.change_guarded(store, "ann", role="user")
+    assert await access_of(store, "ann") == (["user"], [("user", False)])
+    await users.set_disabled(store, "ann", True)
+    assert await access_of(store, "ann") == ([], [("user", True)])
+    await users.change_guarded(store, "ann", disabled=False, role="admin")
+    assert await access_of(store, "ann") == ([], [("admin", False)])
+    with pytest.raises(users.UnknownUser):
+        await users.new_token(store, "ghost", "x", now=NOW)
+
+
+async def test_rights_leave_the_credentials_before_the_account_changes(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the two writes leaves credentials narrower than the account."""
+    await make_user(store, "ann")
+    await make_token(store, "ann")
+
+    async def crash(*args: object, **kwargs: object) -> None:
+        raise users.StoreError("the daemon died here")
+
+    monkeypatch.setattr(users, "_update", crash)
+    with pytest.raises(users.StoreError):
+        await users.set_disabled(store, "ann", True)
+    assert (await users.get_user(store, "ann")).disabled is False  # type: ignore[union-attr]
+    assert await access_of(store, "ann") == ([], [("user", True)])
+    monkeypatch.undo()
+    await users.set_disabled(store, "ann", False)  # `taskdash user enable` mends it
+    assert await access_of(store, "ann") == ([], [("user", False)])
+
+
+async def test_a_credential_made_while_its_account_is_disabled_is_ended(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_user(store, "ann")
+    verified = await users.get_user(store, "ann")  # the login's check passed...
+    assert verified is not None
+    await users.set_disabled(store, "ann", True)  # ...and the account went before the session
+    assert await users.open_session(store, verified, now=NOW, ttl=3600) is None
+    assert await sessions.count_for_user(store, "ann") == 0
+    # a token written by a daemon that read the account before a demotion is corrected
+    await users.set_disabled(store, "ann", False)
+    await make_user(store, "root", "admin")
+    secret, _ = await tokens.create(store, "ann", "stale", now=NOW, role="admin")
+    assert (await tokens.resolve(store, secret, now=NOW)).role == "admin"  # type: ignore[union-attr]
+    assert (await users.sync_credentials(store, "ann")).role == "user"  # type: ignore[union-attr]
+    assert (await tokens.resolve(store, secret, now=NOW)).role == "user"  # type: ignore[union-attr]
+
+
+async def test_a_sync_follows_an_account_that_keeps_changing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_user(store, "ann", "admin")
+    await make_token(store, "ann")
+    real = users.get_user
+    flips = iter(range(1000))
+
+    async def flapping(store_: Store, name: str) -> users.User | None:
+        user = await real(store_, name)
+        assert user is not None
+        return users.User(name, "admin" if next(flips) % 2 else "user", False, 0, 0)
+
+    monkeypatch.setattr(users, "get_user", flapping)
+    await users.sync_credentials(store, "ann")
+    found, held = await access_of(store, "ann")
+    assert found == [] and [disabled for _, disabled in held] == [True], "none until it settles"

@@ -16,13 +16,20 @@ from web_client import Reply, Served, WebClient, make_user, password_for, serve
 from taskdash.checker import Checker
 from taskdash.models import TaskMetaData, TaskService
 from taskdash.settings import CheckerSettings
-from taskdash.store import Store, audit, nodes, users
-from taskdash.store.assignments import get_assignment
+from taskdash.store import Store, audit, nodes, tokens, users
+from taskdash.store.assignments import get_assignment, set_assignment
 from taskdash.store.deadletters import add_dead_letter
 from taskdash.store.services import record_heartbeats, register_services
-from taskdash.store.tasks import ServiceListing, apply_listings
+from taskdash.store.tasks import (
+    ServiceListing,
+    apply_listings,
+    get_fetch_result,
+    get_fetch_results,
+    write_fetch_results,
+)
 from taskdash.store.times import to_ms
-from taskdash.web.pages import CSP, age_text, epoch_ms, path_id, tone, web_link, when
+from taskdash.web.auth import CSP
+from taskdash.web.pages import age_text, epoch_ms, path_id, tone, web_link, when
 from taskdash.web.pipeline import Pipeline
 
 XSS = "<script>alert(1)</script>"
@@ -128,7 +135,7 @@ async def test_anonymous_goes_to_the_login_form(app: Served) -> None:
         location = urllib.parse.urlsplit(reply.headers["Location"])
         assert location.path == "/login" and urllib.parse.parse_qs(location.query)["next"] == [path]
     reply = await client.fetch("/tasks/t-1", "POST", b"action=claim")
-    assert reply.status in (401, 403)
+    assert (reply.status, reply.headers["Location"]) == (303, "/login?next=%2Ftasks%2Ft-1")
     assert (await get_assignment(app.store, "t-1")).version == 0  # never bound
 
 
@@ -388,6 +395,29 @@ async def test_services_show_state_heartbeat_and_self_preservation(app: Served) 
     only = (await alice.fetch("/services?status=online")).text
     assert 'data-service="svc-0"' in only and 'data-service="svc-a"' not in only
 
+    # the heartbeat's age against the thresholds, and each service's last fetch
+    ms = to_ms(app.clock())
+    await write_fetch_results(app.store, {
+        "svc-0": {"at": ms, "task_count": 3, "url": "http://x"},
+        "svc-1": {"at": ms, "error": "connection refused", "failures": 2, "due_at": ms + 60_000},
+    })  # fmt: skip
+    for advance, late in ((0, ""), (20, "late-warn"), (60, "late-bad")):
+        app.clock.advance(advance)
+        page = (await alice.fetch("/services")).text
+        rows = dict(re.findall(r'<tr data-service="([^"]+)">(.*?)</tr>', page, re.S))
+        cell = re.search(r'<td data-label="Last heartbeat" class="([^"]*)">', rows["svc-0"])
+        assert cell and cell.group(1) == late, (advance, rows["svc-0"])
+        assert '<span class="badge t-ok">ok</span> 3 tasks' in rows["svc-0"]
+        assert "failed" in rows["svc-1"] and "connection refused" in rows["svc-1"]
+        assert "not yet" in rows["svc-2"]
+
+
+async def test_the_last_fetches_of_a_page_of_services_are_read_at_once(store: Store) -> None:
+    await write_fetch_results(store, {"a": {"at": 5, "task_count": 1}, "claimed": {"due_at": 9}})
+    found = await get_fetch_results(store, ["a", "claimed", "never"])
+    assert found == {"a": await get_fetch_result(store, "a")}
+    assert found["a"]["task_count"] == 1 and await get_fetch_results(store, []) == {}
+
 
 async def test_service_detail_has_its_timeline_and_tasks(app: Served) -> None:
     now = datetime.now(UTC)
@@ -487,10 +517,113 @@ async def test_admins_manage_users(app: Served) -> None:
     assert not (await users.get_user(app.store, "bob")).disabled  # type: ignore[union-attr]
 
     log = (await root.fetch("/audit?actor=root")).text
-    assert "user_add" in log and "user_password" in log and "user_role" in log
+    assert "user.create" in log and "user.password" in log and "user.change" in log
+    # the same actions and details as the account API writes for the same changes
+    done = [(e.action, e.target, e.outcome, e.details) for e in await audit.entries(
+        app.store, actor="root")]  # fmt: skip
+    assert {a for a, *_ in done} == {"login", "user.create", "user.change", "user.password"}
+    assert ("user.create", "carol", "ok", {"role": "user"}) in done
+    assert ("user.change", "carol", "ok", {"role": "admin"}) in done
+    assert ("user.change", "carol", "ok", {"disabled": True}) in done
+    assert ("user.change", "carol", "ok", {"disabled": False}) in done
+    assert ("user.password", "carol", "ok", {}) in done
+    refusal = next(d for d in done if d[2] == "refused" and d[1] == "ghost")
+    assert refusal[0] == "user.change" and refusal[3]["why"] == "no user 'ghost'"
     assert "alice" not in re.sub(r"<header.*?</header>", "", log, flags=re.S)
     limited = (await root.fetch("/audit?limit=2")).text
     assert limited.count('<td data-label="Action">') == 2 and "Show more" in limited
+
+
+async def test_an_admin_setting_their_own_password_stays_logged_in(app: Served) -> None:
+    root, other = await logged_in(app, "root"), await logged_in(app, "root")
+    new = "pw-root-new-0123456789"
+    assert (
+        await post_form(root, "/users", action="password", name="root", password=new)
+    ).status == 303
+    assert (await root.fetch("/users")).status == 200, "the session that changed it stays"
+    assert (await other.fetch("/users")).status == 302, "the others end"
+
+
+async def test_an_admin_releases_anyones_task_as_the_api_does(app: Served) -> None:
+    alice, root = await logged_in(app, "alice"), await logged_in(app, "root")
+    assert (await post_form(alice, "/tasks/t-3", action="claim")).status == 303
+    reply = await post_form(root, "/tasks/t-3", action="release")
+    assert (reply.status, reply.headers["Location"]) == (303, "/tasks/t-3?done=release")
+    binding = await get_assignment(app.store, "t-3")
+    assert (binding.user, binding.by, binding.source) == ("", "root", "web")
+    (entry,) = await audit.entries(app.store, action="release", actor="root")
+    assert entry.details == {"changed": True, "holder": "alice"}
+
+
+async def test_the_history_shows_changes_made_over_tcp(app: Served) -> None:
+    await set_assignment(
+        app.store, "t-2", user="bob", group_id="g7", source="tcp", by="tcp:10.0.0.9:4242", now_ms=1
+    )
+    page = (await (await logged_in(app, "alice")).fetch("/tasks/t-2")).text
+    assert "Held by <strong>bob</strong>" in page and "set over tcp" in page
+    assert "Group: g7" in page
+    assert '<td data-label="Through">tcp</td>' in page
+    assert '<td data-label="By">tcp:10.0.0.9:4242</td>' in page
+
+
+async def test_own_tokens_and_password_on_the_account_page(app: Served) -> None:
+    alice, bob = await logged_in(app, "alice"), await logged_in(app, "bob")
+    page = await alice.fetch("/account")
+    assert page.status == 200 and "No token yet." in page.text
+    assert '<a class="user" href="/account"' in page.text
+    made = await post_form(
+        alice, "/account", action="token", name="nightly-job", expires_in_days="30"
+    )
+    assert made.status == 201 and made.headers["Cache-Control"] == "no-store"
+    secret = re.search(r'<code class="mono token-secret">(taskdash_[\w-]+)</code>', made.text)
+    assert secret, made.text[:3000]
+    script = app.client(token=secret.group(1))
+    assert (await script.call("/api/v1/me"))[1]["name"] == "alice"
+    listed = (await alice.fetch("/account")).text
+    assert "nightly-job" in listed and secret.group(1) not in listed, "shown once"
+    (token,) = await tokens.list_for(app.store, "alice")
+
+    for fields, status in (
+        ({"name": ""}, 400),
+        ({"name": "x" * 65}, 400),
+        ({"name": "tab\there"}, 400),
+        ({"name": "ok", "expires_in_days": "soon"}, 400),
+        ({"name": "ok", "expires_in_days": "0"}, 400),
+    ):
+        reply = await post_form(alice, "/account", action="token", **fields)
+        assert reply.status == status, (fields, reply.text[:2000])
+    assert len(await tokens.list_for(app.store, "alice")) == 1
+
+    # bob can neither see nor revoke alice's token
+    assert "nightly-job" not in (await bob.fetch("/account")).text
+    assert (await post_form(bob, "/account", action="revoke", id=token.id)).status == 404
+    assert (await script.call("/api/v1/me"))[0] == 200
+    revoked = await post_form(alice, "/account", action="revoke", id=token.id)
+    assert (revoked.status, revoked.headers["Location"]) == (303, "/account?done=token_revoked")
+    assert (await script.call("/api/v1/me"))[0] == 401
+
+    other = await logged_in(app, "alice")
+    wrong = await post_form(alice, "/account", action="password", current="nope", new="x" * 12)
+    assert wrong.status == 403 and "the current password is wrong" in wrong.text
+    weak = await post_form(alice, "/account", action="password", current=password_for("alice"),
+                           new="short")  # fmt: skip
+    assert weak.status == 400
+    new = "pw-alice-new-0123456789"
+    done = await post_form(alice, "/account", action="password", current=password_for("alice"),
+                           new=new)  # fmt: skip
+    assert (done.status, done.headers["Location"]) == (303, "/account?done=own_password")
+    assert (await alice.fetch("/account")).status == 200, "this session stays"
+    assert (await other.fetch("/account")).status == 302, "the others end"
+    await app.client().login("alice", new)
+    logged = [
+        (e.action, e.outcome)
+        for e in await audit.entries(app.store, actor="alice")
+        if e.action != "login"
+    ]
+    assert logged == [
+        ("user.password", "ok"), ("user.password", "failed"),
+        ("token.revoke", "ok"), ("token.create", "ok"),
+    ]  # fmt: skip
 
 
 async def test_store_down_is_an_html_503(app: Served) -> None:

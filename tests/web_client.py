@@ -33,10 +33,10 @@ from argon2 import PasswordHasher
 from taskdash.health import Health
 from taskdash.passwords import Passwords
 from taskdash.settings import Settings, load
-from taskdash.store import Store, tokens, users
+from taskdash.store import Store, users
 from taskdash.store.monitor import StoreMonitor
-from taskdash.web.app import make_app
-from taskdash.web.auth import CLOCK, SESSION_COOKIE
+from taskdash.web.app import make_app, server_options
+from taskdash.web.auth import SESSION_COOKIE
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
 
@@ -63,7 +63,7 @@ async def make_token(
     store: Store, name: str, *, label: str = "test", expires_in_days: float | None = None
 ) -> str:
     """A new API token of ``name``'s (the secret)."""
-    secret, _ = await tokens.create(
+    secret, _ = await users.new_token(
         store, name, label, now=datetime.now(UTC), expires_in_days=expires_in_days
     )
     return secret
@@ -213,18 +213,18 @@ async def serve(
 ) -> AsyncIterator[Served]:
     """The whole application on a free loopback port, its store gate open on ``store``;
     ``routes`` are added to it (handlers written for a test); HTTPS with ``ssl_options``."""
-    await users.ensure_indexes(store)
+    await store.ensure_account_indexes()
     gate = StoreGate(request_timeout=5)
     monitor = StoreMonitor(store, interval=60, retry_initial=1, retry_max=1)
     assert await monitor.probe()
     gate.attach(store, monitor)
     clock = clock or SettableClock()
-    ctx = WebContext(settings=settings or load(env={}), health=Health(), gate=gate)
-    ctx.extra[CLOCK] = clock
+    ctx = WebContext(settings=settings or load(env={}), health=Health(), gate=gate, clock=clock)
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     app = make_app(ctx)
     app.add_handlers(r".*", [(pattern, handler, {"ctx": ctx}) for pattern, handler in routes or []])
-    server = tornado.httpserver.HTTPServer(app, ssl_options=ssl_options)
+    options = server_options(ctx.settings.web)
+    server = tornado.httpserver.HTTPServer(app, ssl_options=ssl_options, **options)
     server.add_sockets(sockets)
     scheme = "https" if ssl_options else "http"
     try:

@@ -78,7 +78,6 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("task_id", ASCENDING), ("version", ASCENDING)], name="task_version")
     ],
     "users": [IndexModel([("role", ASCENDING)], name="role")],
-    "audit": [IndexModel([("at", ASCENDING)], name="at")],
     "dead_letters": [
         IndexModel([("topic", ASCENDING), ("received_at", ASCENDING)], name="topic_received")
     ],
@@ -109,6 +108,24 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("state", ASCENDING)], name="by_state"),
     ],
 }
+
+
+#: The logins' collections (docs/users.md): sessions and tokens by user, login failures by
+#: throttle key, the audit log by time, actor, action; each also has a TTL index on
+#: ``expires_at`` (:data:`ACCOUNT_TTL`). Made by :meth:`Store.ensure_account_indexes`, which
+#: the daemon calls after its first-admin step rather than with :data:`INDEXES` at the store's
+#: first readiness: that step waits for readiness, and its argon2 hash must not wait for these.
+ACCOUNT_INDEXES: dict[str, list[IndexModel]] = {
+    "sessions": [IndexModel([("user", ASCENDING)], name="user")],
+    "api_tokens": [IndexModel([("user", ASCENDING)], name="user")],
+    "login_failures": [IndexModel([("key", ASCENDING), ("at", ASCENDING)], name="key_at")],
+    "audit": [
+        IndexModel([("at", ASCENDING)], name="at"),
+        IndexModel([("actor", ASCENDING), ("at", ASCENDING)], name="actor_at"),
+        IndexModel([("action", ASCENDING), ("at", ASCENDING)], name="action_at"),
+    ],
+}
+ACCOUNT_TTL = IndexModel([("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0)
 
 
 async def insert_new(collection: AsyncCollection[Doc], doc: Doc) -> bool:
@@ -240,6 +257,12 @@ class Store:
                 )
         self.indexes_ready = True
         log.info("store_indexes_ready", collections=len(INDEXES))
+
+    async def ensure_account_indexes(self) -> None:
+        """Create the logins' indexes, TTLs included (:data:`ACCOUNT_INDEXES`; idempotent)."""
+        async with translated("ensure_account_indexes"):
+            for name, models in ACCOUNT_INDEXES.items():
+                await self.db[name].create_indexes([*models, ACCOUNT_TTL])
 
     async def close(self) -> None:
         """Close the client. Idempotent."""

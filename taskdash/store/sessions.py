@@ -8,6 +8,11 @@ it, and a password change or a disabled account deletes the user's sessions.
 
 ``last_seen`` is rewritten at most once a minute, not on every request: the idle timeout is
 therefore exact to a minute, and a busy page costs no write per request.
+
+``role`` is the account's role, copied at the login and kept equal to it by every change of
+the account (:func:`taskdash.store.users.sync_credentials`): a request reads its session and
+nothing else to know who it is from and what they may do. A session without ``role`` (written
+before it existed) makes the request read the account, as every request once did.
 """
 
 from __future__ import annotations
@@ -38,15 +43,21 @@ class Session:
     user: str
     created_at: int
     last_seen: int
+    #: the account's role (None: a session from before sessions carried it)
+    role: str | None = None
 
 
-async def create(store: Store, user: str, *, now: datetime, ttl: float) -> str:
-    """Open a session for ``user``; returns the id for the cookie (shown nowhere else)."""
+async def create(
+    store: Store, user: str, *, now: datetime, ttl: float, role: str | None = None
+) -> str:
+    """Open a session for ``user`` (of ``role``); returns the id for the cookie (shown nowhere
+    else). Logins open theirs through :func:`taskdash.store.users.open_session`."""
     session_id = secrets.token_urlsafe(32)
     now_ms = to_ms(now)
     doc: Doc = {
         "_id": digest(session_id),
         "user": user,
+        "role": role,
         "created_at": now_ms,
         "last_seen": now_ms,
         "expires_at": now + timedelta(seconds=ttl),
@@ -76,7 +87,13 @@ async def resolve(store: Store, session_id: str, *, now: datetime, idle: float) 
             await store[COLLECTION].update_one(
                 {"_id": key, "last_seen": eq(doc["last_seen"])}, {"$set": {"last_seen": now_ms}}
             )
-    return Session(key=key, user=doc["user"], created_at=doc["created_at"], last_seen=now_ms)
+    return Session(
+        key=key,
+        user=doc["user"],
+        created_at=doc["created_at"],
+        last_seen=now_ms,
+        role=doc.get("role"),
+    )
 
 
 async def end(store: Store, key: str) -> None:
@@ -93,6 +110,12 @@ async def end_for_user(store: Store, user: str, *, keep: str | None = None) -> i
     async with translated("end_sessions"):
         result = await store[COLLECTION].delete_many(query)
     return result.deleted_count
+
+
+async def set_role(store: Store, user: str, role: str) -> None:
+    """Every session of ``user`` carries ``role`` from now on."""
+    async with translated("set_session_role"):
+        await store[COLLECTION].update_many({"user": eq(user)}, {"$set": {"role": role}})
 
 
 async def count_for_user(store: Store, user: str) -> int:

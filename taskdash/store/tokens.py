@@ -5,6 +5,11 @@ its SHA-256 is stored, as ``_id``: a lookup by digest needs no other index, and 
 database holds nothing to log in with. ``id`` is a short public handle to list and revoke it
 by. ``last_used`` is rewritten at most once a minute. An optional ``expires_at`` (a BSON date,
 written once) lets a TTL index remove expired tokens; they are refused before that anyway.
+
+``role`` and ``disabled`` are the account's, kept equal to it by every change of the account
+(:func:`taskdash.store.users.sync_credentials`): a disabled account's tokens are refused here,
+and come back if it is enabled again. A token without ``role`` (made before it existed) makes
+the request read the account instead.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class Token:
     created_at: int
     last_used: int | None
     expires_at: int | None
+    #: the account's role (None: a token from before tokens carried it)
+    role: str | None = None
 
     def public(self) -> dict[str, object]:
         """What the API shows of it."""
@@ -61,6 +68,7 @@ def _token(doc: Doc) -> Token:
         created_at=doc["created_at"],
         last_used=doc.get("last_used"),
         expires_at=None if expires is None else to_ms(expires),
+        role=doc.get("role"),
     )
 
 
@@ -70,9 +78,16 @@ def looks_like_token(text: str) -> bool:
 
 
 async def create(
-    store: Store, user: str, name: str, *, now: datetime, expires_in_days: float | None = None
+    store: Store,
+    user: str,
+    name: str,
+    *,
+    now: datetime,
+    expires_in_days: float | None = None,
+    role: str | None = None,
 ) -> tuple[str, Token]:
-    """A new token for ``user``: (the secret, shown once; what is kept of it)."""
+    """A new token for ``user`` (of ``role``): (the secret, shown once; what is kept of it).
+    Accounts make theirs through :func:`taskdash.store.users.new_token`."""
     async with translated("count_tokens"):
         held = await store[COLLECTION].count_documents({"user": eq(user)})
     if held >= MAX_PER_USER:
@@ -85,6 +100,8 @@ async def create(
         "name": name,
         "created_at": to_ms(now),
         "last_used": None,
+        "role": role,
+        "disabled": False,
     }
     if expires_in_days is not None:
         doc["expires_at"] = now + timedelta(days=expires_in_days)
@@ -99,7 +116,7 @@ async def resolve(store: Store, secret: str, *, now: datetime) -> Token | None:
         return None
     async with translated("resolve_token"):
         doc = await store[COLLECTION].find_one({"_id": digest(secret)})
-    if doc is None:
+    if doc is None or doc.get("disabled"):
         return None
     token = _token(doc)
     now_ms = to_ms(now)
@@ -120,6 +137,15 @@ async def list_for(store: Store, user: str) -> list[Token]:
     async with translated("list_tokens"):
         cursor = store[COLLECTION].find({"user": eq(user)}).sort("created_at", 1)
         return [_token(doc) async for doc in cursor]
+
+
+async def set_access(store: Store, user: str, *, disabled: bool, role: str | None = None) -> None:
+    """Every token of ``user`` is refused (``disabled``) or accepted again, with ``role``."""
+    changes: Doc = {"disabled": disabled}
+    if role is not None:
+        changes["role"] = role
+    async with translated("set_token_access"):
+        await store[COLLECTION].update_many({"user": eq(user)}, {"$set": changes})
 
 
 async def revoke(store: Store, user: str, token_id: str) -> bool:

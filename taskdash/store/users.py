@@ -3,18 +3,41 @@ every collection has): role, disabled flag, argon2id password hash, creation and
 
 The hash never leaves this module: callers get a :class:`User`. Times are epoch milliseconds
 (``updated_at`` is rewritten by updates; see :mod:`.times`).
+
+**Credentials carry the account's access.** A session and an API token hold the account's
+``role`` (a token also ``disabled``), so that a request reads its credential and nothing else
+(taskdash/web/auth.py says why). Every change of an account's role or state goes through this
+module and brings its credentials along (:func:`sync_credentials`):
+
+* a change that takes rights away (disabling, demoting) first takes them from the
+  credentials, then writes the account, then syncs: a crash in between leaves the credentials
+  narrower than the account (a login or ``taskdash user enable`` mends that), never wider;
+* a change that gives rights writes the account, then syncs;
+* a sync reads the account, writes the credentials to match, and reads the account again: if
+  it changed meanwhile, it syncs again. Whatever the interleaving with another change, the
+  last credential write follows the last account write (that change's own sync comes after
+  it), so they end equal;
+* a credential made for an account (a login's session, a token) is checked against the
+  account once written: one made while the account was being disabled or demoted is ended
+  or corrected, since either it was written before that change's sync (which then catches
+  it) or its check reads the account after the change.
+
+So the account's state must not be edited in the collection by hand: ``taskdash user
+disable`` (or the API, the Users page) is what disables an account everywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from taskdash.errors import StoreError, ValidationError
 from taskdash.passwords import Passwords, check_password
-from taskdash.store import audit, sessions, throttle, tokens
+from taskdash.store import sessions, tokens
 from taskdash.store.mongo import Doc, Store, eq, insert_new, translated
 from taskdash.store.times import Clock, to_ms, utcnow
 
@@ -155,10 +178,77 @@ async def set_password(
 
 
 async def set_disabled(store: Store, name: str, disabled: bool, *, clock: Clock = utcnow) -> None:
-    """Disable (no login, whatever the password; its sessions end) or enable an account."""
-    await _update(store, name, {"disabled": disabled}, clock)
+    """Disable (no login, whatever the password; its sessions end, its tokens are refused) or
+    enable an account (its tokens work again)."""
     if disabled:
+        await _grant(store, name, None)  # rights go first (see the module doc)
+    await _update(store, name, {"disabled": disabled}, clock)
+    await sync_credentials(store, name)
+
+
+#: how many times :func:`sync_credentials` follows an account that keeps changing
+_SYNC_ATTEMPTS = 5
+
+
+def _access(user: User | None) -> tuple[str, bool] | None:
+    """What credentials carry of an account (None: no account)."""
+    return None if user is None else (user.role, user.disabled)
+
+
+async def _grant(store: Store, name: str, user: User | None) -> None:
+    """Make ``name``'s sessions and tokens carry ``user``'s access (None or disabled: none)."""
+    if user is None or user.disabled:
         await sessions.end_for_user(store, name)
+        await tokens.set_access(store, name, disabled=True)
+    else:
+        await sessions.set_role(store, name, user.role)
+        await tokens.set_access(store, name, disabled=False, role=user.role)
+
+
+async def sync_credentials(store: Store, name: str) -> User | None:
+    """Make the account's sessions and tokens carry what it is now; returns the account.
+
+    Read, write, read again until two reads agree (module doc); an account that keeps
+    changing for that long is left with no access at all, which the next change mends.
+    """
+    user = await get_user(store, name)
+    for _ in range(_SYNC_ATTEMPTS):
+        await _grant(store, name, user)
+        again = await get_user(store, name)
+        if _access(again) == _access(user):
+            return again
+        user = again
+    await _grant(store, name, None)
+    return user
+
+
+async def open_session(store: Store, user: User, *, now: datetime, ttl: float) -> str | None:
+    """A session for ``user`` (just verified), carrying its role; None if the account was
+    disabled meanwhile (the session is ended again). See the module doc."""
+    session_id = await sessions.create(store, user.name, now=now, ttl=ttl, role=user.role)
+    current = await get_user(store, user.name)
+    if _access(current) != _access(user):
+        current = await sync_credentials(store, user.name)
+    if current is None or current.disabled:
+        await sessions.end(store, sessions.digest(session_id))
+        return None
+    return session_id
+
+
+async def new_token(
+    store: Store, name: str, label: str, *, now: datetime, expires_in_days: float | None = None
+) -> tuple[str, tokens.Token]:
+    """A new API token of account ``name``, carrying its role (UnknownUser if there is no
+    such account, or it is disabled); checked against the account once written."""
+    user = await get_user(store, name)
+    if user is None or user.disabled:
+        raise UnknownUser(f"no enabled user {name!r}")
+    secret, token = await tokens.create(
+        store, name, label, now=now, expires_in_days=expires_in_days, role=user.role
+    )
+    if _access(await get_user(store, name)) != _access(user):
+        await sync_credentials(store, name)
+    return secret, token
 
 
 async def count_enabled_admins(store: Store) -> int:
@@ -193,14 +283,24 @@ async def change_guarded(
         changes["disabled"] = disabled
     if not changes:
         return before
+    last_admin = LastAdmin(f"{name!r} is the last enabled admin: make another admin first")
+    was_admin = before.role == "admin" and not before.disabled
+    demoting = disabled or (role == "user" and before.role == "admin")
+    if was_admin and demoting and await count_enabled_admins(store) <= 1:
+        raise last_admin  # plainly refused: nothing written, no session ended
+    if disabled:  # rights go first (see the module doc)
+        await _grant(store, name, None)
+    elif demoting:
+        await _grant(store, name, dataclasses.replace(before, role="user"))
     await _update(store, name, changes, clock)
-    if before.role == "admin" and not before.disabled and not await count_enabled_admins(store):
+    if was_admin and not await count_enabled_admins(store):
+        # another admin was demoted at the same moment: undone (its sessions stay ended)
         await _update(store, name, {"role": before.role, "disabled": before.disabled}, clock)
-        raise LastAdmin(f"{name!r} is the last enabled admin: make another admin first")
-    if disabled:
-        await sessions.end_for_user(store, name)
-    after = await get_user(store, name)
-    assert after is not None
+        await sync_credentials(store, name)
+        raise last_admin
+    after = await sync_credentials(store, name)
+    if after is None:
+        raise UnknownUser(f"no user {name!r}")
     return after
 
 
@@ -254,26 +354,3 @@ def first_admin_notice(password: str) -> str:
         f"taskdash: created the first user {FIRST_ADMIN!r} (role admin), password: {password}\n"
         f"taskdash: it is shown only this once; {HINT}"
     )
-
-
-#: collection -> (keys, options) of the indexes behind logins; created by
-#: :func:`ensure_indexes` (at daemon start and in tests) until store/mongo.py lists them
-INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, object]]]] = {
-    sessions.COLLECTION: [([("user", 1)], {"name": "user"})],
-    tokens.COLLECTION: [([("user", 1)], {"name": "user"})],
-    throttle.COLLECTION: [([("key", 1), ("at", 1)], {"name": "key_at"})],
-    audit.COLLECTION: [
-        ([("actor", 1), ("at", 1)], {"name": "actor_at"}),
-        ([("action", 1), ("at", 1)], {"name": "action_at"}),
-    ],
-}
-TTL = {"name": "ttl", "expireAfterSeconds": 0}
-
-
-async def ensure_indexes(store: Store) -> None:
-    """Create the indexes of sessions, tokens, login failures and audit (idempotent)."""
-    async with translated("ensure_account_indexes"):
-        for collection, indexes in INDEXES.items():
-            for keys, options in indexes:
-                await store[collection].create_index(keys, **options)
-            await store[collection].create_index([("expires_at", 1)], **TTL)

@@ -16,20 +16,24 @@ from taskdash.store import audit as audit_log
 from taskdash.store import tokens, users
 from taskdash.store.times import iso, to_ms
 from taskdash.store.users import Role, User
+from taskdash.web.api import Api
 from taskdash.web.auth import (
     LOGIN_URL,
     MAX_PASSWORD_FIELD,
     ApiError,
     ApiHandler,
+    Authenticated,
     LoginOutcome,
     PublicApi,
     PublicPage,
     safe_next,
 )
 from taskdash.web.base import bounded
+from taskdash.web.openapi import Operation, Param
 
 #: what every failed login is told, whatever failed (no such name, disabled, wrong password)
 WRONG = "wrong name or password"
+WRONG_CURRENT = "the current password is wrong"
 Text = Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD_FIELD)]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -65,6 +69,11 @@ class UserChangeBody(_Body):
     role: Role | None = None
     disabled: bool | None = None
     password: Text | None = None
+
+
+_LISTED = {200: ("the list", "Any")}
+_ONE = {200: ("the account", "Any"), 404: ("no such account", "")}
+_REVOKED = {204: ("revoked", ""), 404: ("no such token of this user", "")}
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -146,6 +155,19 @@ class LogoutPage(PublicPage):
 class LoginApi(PublicApi):
     """``POST /api/v1/login`` ``{"name", "password"}``: the form's JSON twin (sets the cookie)."""
 
+    OPENAPI = {
+        "post": Operation(
+            "Log in: sets the session cookie (needs the _xsrf cookie's value in X-XSRFToken)",
+            body=LoginBody,
+            answers={
+                200: ("{user}: logged in", "Any"),
+                401: ("wrong name or password (whichever was wrong)", ""),
+                403: ("XSRF token missing", ""),
+                429: ("too many failed logins: Retry-After says when to try again", ""),
+            },
+        )
+    }
+
     @bounded
     async def post(self) -> None:
         body = self.body(LoginBody)
@@ -160,6 +182,8 @@ class LoginApi(PublicApi):
 class LogoutApi(ApiHandler):
     """``POST /api/v1/logout``: ends the session the request came with (204)."""
 
+    OPENAPI = {"post": Operation(answers={204: ("the session ended", "")})}
+
     @bounded
     async def post(self) -> None:
         await self.log_out()
@@ -170,13 +194,29 @@ class LogoutApi(ApiHandler):
 class MeApi(ApiHandler):
     """``GET /api/v1/me``: who the request is from, and how it authenticated."""
 
-    def get(self) -> None:
-        self.send_json({**user_json(self.user), "via": self.via})
+    @bounded
+    async def get(self) -> None:
+        account = await users.get_user(self.store, self.user.name)  # its times, as stored
+        if account is None or account.disabled:
+            raise ApiError(401, "unauthorized", "this account is gone or disabled")
+        self.send_json({**user_json(account), "via": self.via})
 
 
 class MyTokensApi(ApiHandler):
     """``GET /api/v1/me/tokens``; ``POST`` ``{"name", "expires_in_days"?}`` makes one (201,
     the secret in this reply only)."""
+
+    OPENAPI = {
+        "get": Operation("One's own API tokens (never their secrets)", answers=_LISTED),
+        "post": Operation(
+            "A new API token: its secret is in this reply only",
+            body=TokenBody,
+            answers={
+                201: ("{id, name, ..., token}", "Any"),
+                409: ("at most 50 tokens per user", ""),
+            },
+        ),
+    }
 
     @bounded
     async def get(self) -> None:
@@ -185,29 +225,61 @@ class MyTokensApi(ApiHandler):
 
     @bounded
     async def post(self) -> None:
-        body = self.body(TokenBody)
-        secret, token = await tokens.create(
-            self.store,
-            self.user.name,
-            body.name,
-            now=self.now(),
-            expires_in_days=body.expires_in_days,
-        )
-        await self.audit("token.create", target=token.id, name=token.name)
+        secret, token = await create_token(self, self.body(TokenBody))
         self.send_json({**token_json(token), "token": secret}, 201)
+
+
+async def create_token(handler: Authenticated, wanted: TokenBody) -> tuple[str, tokens.Token]:
+    """A new token of the handler's user (the API's and the account page's); audited."""
+    assert handler.user is not None
+    secret, token = await users.new_token(
+        handler.store,
+        handler.user.name,
+        wanted.name,
+        now=handler.now(),
+        expires_in_days=wanted.expires_in_days,
+    )
+    await handler.audit("token.create", target=token.id, name=token.name)
+    return secret, token
+
+
+async def revoke(handler: Authenticated, owner: str, token_id: str) -> bool:
+    """Revoke ``owner``'s token; audited; False if they have none of that id."""
+    if not await tokens.revoke(handler.store, owner, token_id[:64]):
+        return False
+    await handler.audit("token.revoke", target=token_id[:64], owner=owner)
+    return True
 
 
 async def revoke_token(handler: ApiHandler, owner: str, token_id: str) -> None:
     """Revoke ``owner``'s token (404 if they have none of that id); audited; 204."""
-    if not await tokens.revoke(handler.store, owner, token_id[:64]):
+    if not await revoke(handler, owner, token_id):
         raise ApiError(404, "not_found", f"{owner} has no token {token_id[:64]!r}")
-    await handler.audit("token.revoke", target=token_id, owner=owner)
     handler.set_status(204)
     handler.finish()
 
 
+async def change_own_password(handler: Authenticated, current: str, new: str) -> LoginOutcome:
+    """The user's own password: ``current`` checked like a login (throttled alike: a stolen
+    session is no way to guess it faster), then ``new`` set; the other sessions end. Audited
+    either way; the outcome's ``user`` is None when refused (wrong or throttled)."""
+    assert handler.user is not None
+    check_password(new)  # a new password that breaks the rules: refused before anything else
+    outcome = await handler.check_password(current)
+    if outcome.user is None:
+        failure = "throttled" if outcome.throttled else "failed"
+        await handler.audit("user.password", target=handler.user.name, outcome=failure)
+        return outcome
+    name = handler.user.name
+    await users.set_password(handler.store, name, new, keep_session=handler.session_key)
+    await handler.audit("user.password", target=name)
+    return outcome
+
+
 class MyTokenApi(ApiHandler):
     """``DELETE /api/v1/me/tokens/<id>``: only one's own (another's id is not found)."""
+
+    OPENAPI = {"delete": Operation(answers=_REVOKED)}
 
     @bounded
     async def delete(self, token_id: str) -> None:
@@ -221,27 +293,41 @@ class MyPasswordApi(ApiHandler):
     way to guess it faster.
     """
 
+    OPENAPI = {
+        "post": Operation(
+            body=PasswordBody,
+            answers={
+                204: ("changed; the account's other sessions ended", ""),
+                403: ("the current password is wrong (or XSRF token missing)", ""),
+                429: ("too many wrong passwords: Retry-After", ""),
+            },
+        )
+    }
+
     @bounded
     async def post(self) -> None:
         body = self.body(PasswordBody)
-        outcome = await self.check_password(body.current)
-        if outcome.user is None:
-            failure = "throttled" if outcome.throttled else "failed"
-            await self.audit("user.password", target=self.user.name, outcome=failure)
+        outcome = await change_own_password(self, body.current, body.new)
         if outcome.throttled:
             raise throttled(outcome)
         if outcome.user is None:
-            raise ApiError(403, "forbidden", "the current password is wrong")
-        await users.set_password(
-            self.store, self.user.name, body.new, keep_session=self.session_key
-        )
-        await self.audit("user.password", target=self.user.name)
+            raise ApiError(403, "forbidden", WRONG_CURRENT)
         self.set_status(204)
         self.finish()
 
 
 class UsersApi(ApiHandler):
     """Admin: ``GET /api/v1/users``; ``POST`` ``{"name", "password", "role"?}`` (201)."""
+
+    OPENAPI = {
+        "get": Operation("Every account (admin)", answers=_LISTED, admin=True),
+        "post": Operation(
+            "A new account (admin)",
+            body=NewUserBody,
+            answers={201: ("the account", "Any"), 409: ("the name is taken", "")},
+            admin=True,
+        ),
+    }
 
     @bounded
     async def get(self) -> None:
@@ -263,6 +349,16 @@ class UserApi(ApiHandler):
     Disabling (or a password reset) ends the account's sessions; no change may leave no
     enabled admin (409 ``last_admin``).
     """
+
+    OPENAPI = {
+        "get": Operation("One account (admin)", answers=_ONE, admin=True),
+        "patch": Operation(
+            "Change an account's role, state or password (admin); all or nothing",
+            body=UserChangeBody,
+            answers={**_ONE, 409: ("it would leave no enabled admin (last_admin)", "")},
+            admin=True,
+        ),
+    }
 
     @bounded
     async def get(self, name: str) -> None:
@@ -294,6 +390,8 @@ class UserApi(ApiHandler):
 class UserTokensApi(ApiHandler):
     """Admin: ``GET /api/v1/users/<name>/tokens``."""
 
+    OPENAPI = {"get": Operation("An account's API tokens (admin)", answers=_LISTED, admin=True)}
+
     @bounded
     async def get(self, name: str) -> None:
         self.require_admin()
@@ -303,6 +401,8 @@ class UserTokensApi(ApiHandler):
 
 class UserTokenApi(ApiHandler):
     """Admin: ``DELETE /api/v1/users/<name>/tokens/<id>`` revokes anyone's token."""
+
+    OPENAPI = {"delete": Operation(answers=_REVOKED, admin=True)}
 
     @bounded
     async def delete(self, name: str, token_id: str) -> None:
@@ -314,7 +414,9 @@ def since_argument(raw: str | None) -> int | None:
     """``since`` as epoch milliseconds: given as such, or as ISO-8601 with a time zone."""
     if raw is None:
         return None
-    if raw.isdigit() and len(raw) <= 15:
+    if raw.isascii() and raw.isdigit():  # not "²", which isdigit() too and int() refuses
+        if len(raw) > 15:
+            raise ApiError(400, "bad_request", "since is too far in the future")
         return int(raw)
     try:
         when = datetime.fromisoformat(raw[:64])
@@ -327,22 +429,40 @@ def since_argument(raw: str | None) -> int | None:
     return to_ms(when)
 
 
-class AuditApi(ApiHandler):
+class AuditApi(Api):
     """Admin: ``GET /api/v1/audit?actor=&action=&since=&limit=``, newest first."""
+
+    OPENAPI = {
+        "get": Operation(
+            "The audit log, newest first (admin)",
+            params=(
+                Param("actor", "only entries by this user", max_length=audit_log.MAX_TEXT),
+                Param("action", "only this action", max_length=audit_log.MAX_TEXT),
+                Param("since", "epoch milliseconds, or ISO-8601 with a zone", max_length=64),
+                Param(
+                    "limit",
+                    "how many at most",
+                    "integer",
+                    minimum=1,
+                    maximum=audit_log.MAX_LIMIT,
+                    default=100,
+                ),
+            ),
+            answers={200: ("{entries, count}", "Any")},
+            admin=True,
+        )
+    }
 
     @bounded
     async def get(self) -> None:
         self.require_admin()
-        filters = {k: self.get_query_argument(k, None) for k in ("actor", "action")}
-        for key, value in filters.items():
-            if value is not None and len(value) > audit_log.MAX_TEXT:
-                raise ApiError(400, "bad_request", f"{key} is longer than {audit_log.MAX_TEXT}")
+        p = self.params()
         found = await audit_log.entries(
             self.store,
-            actor=filters["actor"],
-            action=filters["action"],
-            since_ms=since_argument(self.get_query_argument("since", None)),
-            limit=self.int_argument("limit", 100, 1, audit_log.MAX_LIMIT),
+            actor=p["actor"],
+            action=p["action"],
+            since_ms=since_argument(p["since"]),
+            limit=p["limit"],
         )
         entries = [{**vars(e), "at": iso(e.at)} for e in found]
         self.send_json({"entries": entries, "count": len(entries)})
@@ -351,12 +471,12 @@ class AuditApi(ApiHandler):
 ROUTES = [
     (r"/api/v1/me", MeApi),
     (r"/api/v1/me/tokens", MyTokensApi),
-    (r"/api/v1/me/tokens/([^/]+)", MyTokenApi),
+    (r"/api/v1/me/tokens/(?P<token_id>[^/]+)", MyTokenApi),
     (r"/api/v1/me/password", MyPasswordApi),
     (r"/api/v1/users", UsersApi),
-    (r"/api/v1/users/([^/]+)", UserApi),
-    (r"/api/v1/users/([^/]+)/tokens", UserTokensApi),
-    (r"/api/v1/users/([^/]+)/tokens/([^/]+)", UserTokenApi),
+    (r"/api/v1/users/(?P<name>[^/]+)", UserApi),
+    (r"/api/v1/users/(?P<name>[^/]+)/tokens", UserTokensApi),
+    (r"/api/v1/users/(?P<name>[^/]+)/tokens/(?P<token_id>[^/]+)", UserTokenApi),
     (r"/api/v1/audit", AuditApi),
     (r"/login", LoginPage),
     (r"/logout", LogoutPage),

@@ -359,7 +359,7 @@ class TaskHandler(TaskApi):
 class ClaimBody(msgspec.Struct, forbid_unknown_fields=True):
     """Claim only if the binding is still at this version (as the page showed it)."""
 
-    version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    version: Annotated[int, msgspec.Meta(ge=0, le=2**53)] | None = None
 
 
 class ClaimHandler(TaskApi):

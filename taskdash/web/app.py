@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
 from taskdash.web import account, api, health, pages
 from taskdash.web.base import JsonHandler
 from taskdash.web.context import WebContext
+
+if TYPE_CHECKING:
+    from taskdash.settings import WebSettings
 
 
 class NotFoundHandler(JsonHandler):
@@ -23,6 +27,29 @@ class NotFoundHandler(JsonHandler):
 
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404, "not found")
+
+
+class StaticFiles(tornado.web.StaticFileHandler):
+    """The stylesheet and the script: open to anyone (they hold no data), typed strictly."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+
+#: the largest request body read (the account API takes 16 KiB, forms far less): a larger one
+#: is refused by the HTTP server before any handler runs (400, connection closed)
+MAX_BODY_SIZE = 64 * 1024
+
+
+def server_options(web: WebSettings) -> dict[str, Any]:
+    """What the HTTP server serving :func:`make_app` is given (the daemon, tests, the bench).
+
+    ``xheaders``: with ``[web] xheaders`` the client's address and scheme come from the reverse
+    proxy's ``X-Real-IP`` / ``X-Forwarded-For`` and ``X-Forwarded-Proto`` / ``X-Scheme``
+    (docs/dashboard.md): the audit log and the per-address login throttle then see the
+    client, not the proxy. Off by default: without a proxy that sets them, anyone could.
+    """
+    return {"xheaders": web.xheaders, "max_body_size": MAX_BODY_SIZE}
 
 
 #: (pattern, handler) of every route, module by module; each handler's ``initialize`` takes
@@ -46,12 +73,12 @@ def make_app(ctx: WebContext) -> tornado.web.Application:
         [(pattern, handler, {"ctx": ctx}) for pattern, handler in ROUTES],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,
-        max_body_size=1024 * 1024,
         # no secret given (an app built by a test): one for this process only
         cookie_secret=ctx.cookie_secret or secrets.token_urlsafe(48),
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"samesite": "Lax"},
         template_path=str(HERE / "templates"),
         static_path=str(HERE / "static"),
+        static_handler_class=StaticFiles,
         login_url="/login",
     )

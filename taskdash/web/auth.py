@@ -4,17 +4,49 @@
   Bearer <token>``; nobody (or a disabled user, an ended session, a revoked token) -> 401.
 - :class:`PageHandler` (HTML): nobody -> 302 to ``/login?next=<path>``; errors are pages.
 
-After ``prepare``: ``self.user`` (:class:`~taskdash.store.users.User`, read again on every
-request, so a disabled account is out at once) and ``self.via`` (``"session"`` | ``"token"``).
+After ``prepare``: ``self.user`` (a :class:`Caller`: name and role) and ``self.via``
+(``"session"`` | ``"token"``).
 A state-changing request (POST, PUT, PATCH, DELETE) authenticated by the session cookie must
 carry the XSRF token (``X-XSRFToken`` header or ``_xsrf`` form field), else 403 ``xsrf``; one
 authenticated by a bearer token needs none (a browser never adds that header by itself).
 Tornado's own check runs before ``prepare``, i.e. before we know which of the two it is, so
 it is deferred to after authentication.
+
+Timing: no secret is compared here byte by byte. A token and a session id are looked up by
+the SHA-256 of what was sent (the stored ``_id``): how long the lookup takes depends on that
+digest, which a client cannot steer towards a stored one (that would be a pre-image search),
+so it tells nothing about the stored ones. The cookie's signature and the XSRF token are
+compared by Tornado with ``hmac.compare_digest``. A login costs one argon2 verification
+whatever the name (:func:`~taskdash.store.users.verify_login`); only a name or password no
+account can have (their limits are public) is refused sooner.
+
+One read per request: the credential. A request used to read its session (or token) and
+then the account, to see it still enabled and learn its role: two round trips to MongoDB
+before any work, the account read being ~10 % of a task listing's cost (scripts/bench_web.py).
+Now the session and the token carry the account's role (a token also whether the account is
+disabled), and the account read is skipped. This is as strict as before only if a credential
+can never say more than its account, which store/users.py guarantees for every change made
+through it (its module doc has the proof):
+
+* disabling ends the account's sessions and marks its tokens refused (they come back when
+  it is enabled again, as documented); a password change or reset ends the other sessions;
+  a role change rewrites the role in every session and token;
+* rights are taken from the credentials before the account is written, so a crash in the
+  middle leaves credentials narrower than the account, never wider;
+* a session or token made while its account was being disabled or demoted is checked
+  against the account once written and ended or corrected.
+
+What no longer works is editing ``disabled`` or ``role`` in the ``users`` collection by hand:
+nothing would bring the credentials along (docs/users.md says to use ``taskdash user``).
+Requests already running when an account is disabled finish, as before. Credentials made
+before they carried the role (``role`` absent) are served the old way, the account read, and
+brought up to date at that first use (:func:`~taskdash.store.users.sync_credentials`).
 """
 
 from __future__ import annotations
 
+import os
+import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,9 +62,9 @@ from taskdash.passwords import MAX_BYTES
 from taskdash.store import audit as audit_log
 from taskdash.store import deadline, sessions, throttle, tokens, users
 from taskdash.store.throttle import Policy, Rule
-from taskdash.store.times import Clock, to_ms, utcnow
+from taskdash.store.times import to_ms
 from taskdash.store.users import User
-from taskdash.web.base import STORE_DOWN, StoreHandler, _ours
+from taskdash.web.base import STORE_DOWN, StoreHandler, ours
 
 if TYPE_CHECKING:
     from taskdash.settings import WebSettings
@@ -41,8 +73,6 @@ if TYPE_CHECKING:
 
 SESSION_COOKIE = "taskdash_session"
 LOGIN_URL = "/login"
-#: key of ``WebContext.extra`` holding the clock sessions and throttling read (tests set one)
-CLOCK = "clock"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 TEMPLATES = Path(__file__).parent / "templates"
 #: (path, label, admin only): the pages' navigation, filtered by role
@@ -54,6 +84,12 @@ NAV: list[tuple[str, str, bool]] = [
     ("/users", "Users", True),
     ("/audit", "Audit log", True),
 ]
+#: every HTML answer's Content-Security-Policy: nothing inline, nothing from elsewhere (the
+#: network may be closed anyway), forms post only here, never framed (clickjacking)
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 #: an Authorization header longer than this is not read
 MAX_AUTHORIZATION = 256
 #: the longest name or password a login reads (longer: refused unread, nobody has one)
@@ -105,7 +141,12 @@ def safe_next(raw: str | None) -> str:
     return "/" if parts.scheme or parts.netloc else raw
 
 
-def nav_for(user: User | None, current: str) -> list[dict[str, Any]]:
+def login_url(back_to: str) -> str:
+    """The login form, with where to go back to afterwards."""
+    return f"{LOGIN_URL}?{urllib.parse.urlencode({'next': back_to})}"
+
+
+def nav_for(user: Caller | None, current: str) -> list[dict[str, Any]]:
     """The navigation links ``user`` may follow, the current one marked."""
     if user is None:
         return []
@@ -114,6 +155,14 @@ def nav_for(user: User | None, current: str) -> list[dict[str, Any]]:
         for href, label, admin_only in NAV
         if not admin_only or user.role == "admin"
     ]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request is from, as its session or token says: the account's name and role."""
+
+    name: str
+    role: str
 
 
 @dataclass(frozen=True)
@@ -135,7 +184,7 @@ class Authenticated(tornado.web.RequestHandler):
 
     ctx: WebContext
     store: Store
-    user: User | None = None
+    user: Caller | None = None
     via: str = ""
     #: the digest of the session this request came with (None for a token or nobody)
     session_key: str | None = None
@@ -143,8 +192,7 @@ class Authenticated(tornado.web.RequestHandler):
     attempted: str = ""
 
     def now(self) -> datetime:
-        clock: Clock = self.ctx.extra.get(CLOCK, utcnow)
-        return clock()
+        return self.ctx.clock()
 
     @property
     def web(self) -> WebSettings:
@@ -177,20 +225,24 @@ class Authenticated(tornado.web.RequestHandler):
                 session = await sessions.resolve(
                     self.store, cookie.decode(), now=self.now(), idle=self.web.session_idle_timeout
                 )
-                if session is not None and await self._accept(session.user, "session"):
-                    self.session_key = session.key
+                if session is not None and await self._accept(session.user, session.role):
+                    self.via, self.session_key = "session", session.key
                     return
             bearer = self._bearer()
             if bearer:
                 token = await tokens.resolve(self.store, bearer, now=self.now())
-                if token is not None:
-                    await self._accept(token.user, "token")
+                if token is not None and await self._accept(token.user, token.role):
+                    self.via = "token"
 
-    async def _accept(self, name: str, via: str) -> bool:
-        user = await users.get_user(self.store, name)
-        if user is None or user.disabled:
-            return False
-        self.user, self.via = user, via
+    async def _accept(self, name: str, role: str | None) -> bool:
+        """The credential's account as the caller: its role as the credential carries it (see
+        the module doc); one made before credentials carried it reads the account."""
+        if role is None:
+            user = await users.sync_credentials(self.store, name)
+            if user is None or user.disabled:
+                return False
+            role = user.role
+        self.user = Caller(name, role)
         return True
 
     def _bearer(self) -> str:
@@ -223,6 +275,24 @@ class Authenticated(tornado.web.RequestHandler):
 
     def _secure(self) -> bool:
         return self.request.protocol == "https" or self.web.secure_cookies
+
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
+        """Every cookie (the session's and Tornado's ``_xsrf``): ``Secure`` over HTTPS or with
+        ``[web] secure_cookies``, ``SameSite=Lax`` unless said otherwise."""
+        if self._secure():
+            kwargs["secure"] = True
+        kwargs.setdefault("samesite", "Lax")
+        super().set_cookie(name, value, *args, **kwargs)
+
+    def new_xsrf_token(self) -> None:
+        """A fresh XSRF token (and ``_xsrf`` cookie) for this browser: at a login, so that a
+        token planted or seen before it (a shared machine, a sibling domain setting cookies)
+        is worth nothing afterwards. Tornado keeps the raw token on the handler; it has no
+        public way to replace it, hence the attributes (tests/test_web_security.py)."""
+        self._raw_xsrf_token = (None, os.urandom(16), time.time())
+        if hasattr(self, "_xsrf_token"):
+            del self._xsrf_token
+        self.xsrf_token  # noqa: B018  (the property sets the cookie)
 
     async def _checked(self, name: str, password: str) -> LoginOutcome:
         """Throttle, then verify: a failure counts against the name and the address, a success
@@ -268,7 +338,10 @@ class Authenticated(tornado.web.RequestHandler):
         if self.session_key is not None:  # a login over a session replaces it
             await sessions.end(self.store, self.session_key)
         ttl = self.web.session_ttl
-        session_id = await sessions.create(self.store, user.name, now=self.now(), ttl=ttl)
+        session_id = await users.open_session(self.store, user, now=self.now(), ttl=ttl)
+        if session_id is None:  # disabled while logging in
+            await self.audit("login", outcome="failed")
+            return LoginOutcome()
         self.set_signed_cookie(
             SESSION_COOKIE,
             session_id,
@@ -277,7 +350,9 @@ class Authenticated(tornado.web.RequestHandler):
             samesite="Lax",
             secure=self._secure(),
         )
-        self.user, self.via, self.session_key = user, "session", sessions.digest(session_id)
+        self.user, self.via = Caller(user.name, user.role), "session"
+        self.session_key = sessions.digest(session_id)
+        self.new_xsrf_token()
         await self.audit("login")
         return LoginOutcome(user=user, session_id=session_id)
 
@@ -335,7 +410,7 @@ class PublicApi(Authenticated, StoreHandler):
 class ApiHandler(PublicApi):
     """A JSON endpoint that needs a user: see the module doc."""
 
-    user: User
+    user: Caller
 
     def admit(self) -> None:
         if self.user is None:
@@ -356,10 +431,13 @@ class PublicPage(Authenticated):
         self.gate = ctx.gate  # for :func:`~taskdash.web.base.bounded`
 
     def set_default_headers(self) -> None:
+        """Every HTML answer (the login form, error pages, redirects included): never cached
+        (a page shows what its user may see), never framed, nothing inline."""
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Content-Security-Policy", CSP)
 
     async def prepare(self) -> None:  # type: ignore[override]
         self.store = self.ctx.gate.acquire()
@@ -380,7 +458,7 @@ class PublicPage(Authenticated):
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, StoreUnavailable):
             self.ctx.gate.failed()
-            self.send_error(503, message=str(e) if _ours(e) else STORE_DOWN)
+            self.send_error(503, message=str(e) if ours(e) else STORE_DOWN)
         elif isinstance(e, StoreError):
             self.send_error(500, message="the store refused the operation")
         else:
@@ -407,13 +485,16 @@ class PublicPage(Authenticated):
 class PageHandler(PublicPage):
     """An HTML page that needs a user: nobody is sent to the login form."""
 
-    user: User
+    user: Caller
 
     def admit(self) -> None:
+        """Nobody: to the login form and back to this page afterwards. A form posted without
+        a session (it ended while the form was open) goes there too (303: the form is not
+        sent again); nothing it asked for is done."""
         if self.user is None:
             if self.request.method in ("GET", "HEAD"):
-                query = urllib.parse.urlencode({"next": self.request.uri or "/"})
-                self.redirect(f"{LOGIN_URL}?{query}")
-                return
-            raise ApiError(401, "unauthorized", "log in first")
+                self.redirect(login_url(self.request.uri or "/"))
+            else:
+                self.redirect(login_url(self.request.path or "/"), status=303)
+            return
         self.check_session_xsrf()

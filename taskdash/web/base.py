@@ -11,8 +11,8 @@ import http
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
-import tornado.escape
 import tornado.web
 
 from taskdash.errors import StoreError, StoreUnavailable
@@ -27,6 +27,8 @@ log = structlog.get_logger("taskdash.web")
 STORE_STARTING = "MongoDB is not connected yet (TaskDash is starting); see /readyz"
 STORE_DOWN = "MongoDB is unreachable; TaskDash keeps retrying in the background; see /readyz"
 STORE_STOPPING = "TaskDash is stopping"
+#: every JSON answer's Content-Security-Policy
+JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 class StoreGate:
@@ -69,6 +71,22 @@ class StoreGate:
             self.monitor.suspect()
 
 
+def _int_like(value: Any) -> Any:
+    """What msgspec does not know: BSON's Int64 (an int subclass) as the int it is."""
+    if isinstance(value, int):
+        return int(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_int_like)
+
+
+def to_json(body: Any) -> bytes:
+    """``body`` as JSON, UTF-8 (msgspec: a page of 50 tasks in a quarter of the stdlib's time);
+    ``</`` written ``<\\/`` as Tornado's encoder does, so no JSON text can close a script."""
+    return _ENCODER.encode(body).replace(b"</", b"<\\/")
+
+
 def error_code(status: int) -> str:
     """``404`` -> ``not_found``: a stable machine-readable name for an HTTP status."""
     try:
@@ -89,11 +107,13 @@ class JsonHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
+        # JSON is data, never a document: nothing loads from it, nobody frames it
+        self.set_header("Content-Security-Policy", JSON_CSP)
 
     def send_json(self, body: Any, status: int = 200) -> None:
         """Finish the request with ``body`` as JSON (a HEAD request gets the headers only)."""
         self.set_status(status)
-        self.finish(tornado.escape.json_encode(body))
+        self.finish(to_json(body))
 
     def send_failure(self, status: int, code: str, message: str) -> None:
         """Finish with the one error shape, unless an answer already went out."""
@@ -118,7 +138,7 @@ class JsonHandler(tornado.web.RequestHandler):
         if isinstance(e, StoreUnavailable):
             # the outage is the monitor's to log (once), not every request's
             self.store_failed()
-            self.send_failure(503, "store_unavailable", str(e) if _ours(e) else STORE_DOWN)
+            self.send_failure(503, "store_unavailable", str(e) if ours(e) else STORE_DOWN)
             return
         if isinstance(e, StoreError):
             log.error("handler_store_error", path=self.request.path, error=str(e))
@@ -143,7 +163,7 @@ class JsonHandler(tornado.web.RequestHandler):
         return value
 
 
-def _ours(exc: StoreUnavailable) -> bool:
+def ours(exc: StoreUnavailable) -> bool:
     """Whether the message is one of the gate's (safe to show) rather than a driver's text."""
     return str(exc) in (STORE_STARTING, STORE_DOWN, STORE_STOPPING)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from taskdash.health import Health
 from taskdash.settings import Settings
+from taskdash.store.times import Clock, utcnow
 from taskdash.web.base import StoreGate
 
 
@@ -18,12 +19,15 @@ from taskdash.web.base import StoreGate
 class WebContext:
     """The web application's resources.
 
-    ``extra`` carries optional sources a page may show (the pipeline page's reader and
-    fetcher figures); a key that is absent means "not running in this process".
+    ``clock`` is what sessions, tokens, the login throttle and the audit log read as now (a
+    test moves its own). ``extra`` carries optional sources a page may show (the pipeline
+    page's reader and fetcher figures); a key that is absent means "not running in this
+    process".
     """
 
     settings: Settings
     health: Health
     gate: StoreGate
     cookie_secret: str = ""
+    clock: Clock = utcnow
     extra: dict[str, Any] = field(default_factory=dict)

@@ -108,13 +108,15 @@ def _answers(handler: type[tornado.web.RequestHandler], method: str, op: Operati
         body = {"content": {"application/json": {"schema": _ref(schema)}}} if schema else {}
         out[str(status)] = {"description": text, **body}
     if op.params or op.body:
-        out["400"] = {"description": "a parameter out of bounds (the message names it)"}
+        out.setdefault("400", {"description": "a parameter out of bounds (the message names it)"})
     if issubclass(handler, ApiHandler):
-        out["401"] = {"description": "no session and no valid token (or a disabled user)"}
+        out.setdefault("401", {"description": "no session and no valid token (or a disabled user)"})
         if method not in ("get", "head", "options") or op.admin:
-            out["403"] = {"description": "admin only, or XSRF token missing (session only)"}
+            out.setdefault(
+                "403", {"description": "admin only, or XSRF token missing (session only)"}
+            )
     if issubclass(handler, StoreHandler):
-        out["503"] = {"description": "MongoDB unreachable (store_unavailable)"}
+        out.setdefault("503", {"description": "MongoDB unreachable (store_unavailable)"})
     for status, value in out.items():
         if status[0] in "45":
             value.setdefault("content", error)

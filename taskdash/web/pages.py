@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import tornado.web
 
 from taskdash.errors import ValidationError
-from taskdash.store import assignments, deadletters, services, status, tasklist, users
+from taskdash.store import assignments, deadletters, services, status, tasklist, tokens, users
 from taskdash.store import audit as audit_log
-from taskdash.store.tasks import get_fetch_result
+from taskdash.store.tasks import get_fetch_result, get_fetch_results
 from taskdash.store.times import from_ms, to_ms
+from taskdash.web import account
 from taskdash.web.api import ID
 from taskdash.web.auth import PageHandler
 from taskdash.web.base import JsonHandler, bounded
@@ -48,6 +50,8 @@ DONE = {
     "user_added": "The user is created.",
     "user_changed": "The user is changed.",
     "password_set": "The password is changed; the user's sessions are ended.",
+    "own_password": "Your password is changed; your other sessions are ended.",
+    "token_revoked": "The token is revoked.",
 }
 #: task status words (the services' own, free text) that get a colour beside their text
 _STATUS_TONES = {
@@ -57,11 +61,6 @@ _STATUS_TONES = {
     "bad": ("offline", "failed", "fail", "error", "dead", "killed", "gone"),
 }
 _TONE_OF = {word: tone for tone, words in _STATUS_TONES.items() for word in words}
-#: CSP: nothing inline, nothing from elsewhere (the network may be closed anyway)
-CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
 
 
 def epoch_ms(value: object) -> int | None:
@@ -134,10 +133,6 @@ class Page(PageHandler):
     def initialize(self, ctx: WebContext) -> None:
         super().initialize(ctx)
         self.gate = ctx.gate  # what :func:`bounded` reads
-
-    def set_default_headers(self) -> None:
-        super().set_default_headers()
-        self.set_header("Content-Security-Policy", CSP)
 
     def admit(self) -> None:
         super().admit()
@@ -349,20 +344,27 @@ class TaskPage(Page):
     async def claim(self, task_id: str) -> tuple[bool, dict[str, str]]:
         """Take the task if nobody holds it and it is still as the page showed it."""
         version = self.get_body_argument("version", "")
+        # ASCII digits, within what a binding's version can be ("²" is a digit to isdigit())
+        if version and not (version.isascii() and version.isdigit() and len(version) <= 15):
+            raise tornado.web.HTTPError(400, "version must be a binding's version number")
         _, changed = await assignments.claim(
             self.store,
             task_id,
             self.user.name,
             now_ms=to_ms(self.now()),
-            expect_version=int(version) if version.isdigit() else None,
+            expect_version=int(version) if version else None,
         )
         return changed, {}
 
     async def release(self, task_id: str) -> tuple[bool, dict[str, str]]:
-        """Give back one's own task (an admin takes anyone's with unassign)."""
+        """Give back one's own task; an admin releases anyone's (the API's rule)."""
+        holder = (await assignments.get_assignment(self.store, task_id)).user
+        if self.user.role == "admin" and holder not in ("", self.user.name):
+            changed, _ = await self.hand_to(task_id, "")
+            return changed, {"holder": holder}
         now_ms = to_ms(self.now())
         _, changed = await assignments.release(self.store, task_id, self.user.name, now_ms=now_ms)
-        return changed, {}
+        return changed, {"holder": holder}
 
     async def assign(self, task_id: str) -> tuple[bool, dict[str, str]]:
         """An admin gives the task to an enabled user, replacing any claim."""
@@ -406,10 +408,11 @@ class ServicesPage(Page):
             self.store, status=state or None, limit=SERVICE_PAGE + 1, skip=(page - 1) * SERVICE_PAGE
         )
         more, rows = len(rows) > SERVICE_PAGE, rows[:SERVICE_PAGE]
-        fetches = await asyncio.gather(*(get_fetch_result(self.store, r["id"]) for r in rows))
-        for row, fetch in zip(rows, fetches, strict=True):
-            row["fetch"] = fetch
-        counts = {s: await status.count(self.store, s) for s in SERVICE_STATUSES}
+        fetches = await get_fetch_results(self.store, [r["id"] for r in rows])
+        for row in rows:
+            row["fetch"] = fetches.get(row["id"])
+        numbers = await asyncio.gather(*(status.count(self.store, s) for s in SERVICE_STATUSES))
+        counts = dict(zip(SERVICE_STATUSES, numbers, strict=True))
         self.show(
             "services.html",
             services=rows,
@@ -481,6 +484,10 @@ class DeadLettersPage(Page):
         self.show("dead_letters.html", letters=letters, topic=topic, limit=limit)
 
 
+#: the users page's form actions -> the audit action the account API writes for the same change
+USER_ACTIONS = {"add": "user.create", "password": "user.password"}
+
+
 class UsersPage(Page):
     """``/users`` (admins): accounts, and the forms to add, change, disable, set a password."""
 
@@ -500,33 +507,38 @@ class UsersPage(Page):
         try:
             done = await self.change(action, name)
         except (ValidationError, users.UserExists, users.UnknownUser, users.LastAdmin) as exc:
-            await self.audit(f"user_{action}", target=name, outcome="refused", why=str(exc))
+            audited = USER_ACTIONS.get(action, "user.change")
+            await self.audit(audited, target=name, outcome="refused", why=str(exc))
             status = 404 if isinstance(exc, users.UnknownUser) else 409
             await self.show_users(400 if isinstance(exc, ValidationError) else status, str(exc))
             return
         self.back(done)
 
     async def change(self, action: str, name: str) -> str:
-        """Apply one user change, audited; returns its ``done`` code."""
+        """Apply one user change, audited as the account API audits it; returns its ``done``
+        code."""
         if action == "add":
             role = self.role()
             await users.add_user(
                 self.store, name, self.get_body_argument("password", ""), role=role
             )
-            await self.audit("user_add", target=name, role=role)
+            await self.audit("user.create", target=name, role=role)
             return "user_added"
         if action == "role":
             role = self.role()
             await users.change_guarded(self.store, name, role=role)
-            await self.audit("user_role", target=name, role=role)
+            await self.audit("user.change", target=name, role=role)
             return "user_changed"
         if action in ("disable", "enable"):
-            await users.change_guarded(self.store, name, disabled=action == "disable")
-            await self.audit(f"user_{action}", target=name)
+            disabled = action == "disable"
+            await users.change_guarded(self.store, name, disabled=disabled)
+            await self.audit("user.change", target=name, disabled=disabled)
             return "user_changed"
         if action == "password":
-            await users.set_password(self.store, name, self.get_body_argument("password", ""))
-            await self.audit("user_password", target=name)
+            keep = self.session_key if name == self.user.name else None  # one's own: stay in
+            password = self.get_body_argument("password", "")
+            await users.set_password(self.store, name, password, keep_session=keep)
+            await self.audit("user.password", target=name)
             return "password_set"
         raise tornado.web.HTTPError(400, "action must be add, role, disable, enable or password")
 
@@ -535,6 +547,68 @@ class UsersPage(Page):
         if role not in users.ROLES:
             raise ValidationError(f"role must be one of {', '.join(users.ROLES)}", field="role")
         return role  # type: ignore[return-value]
+
+
+class AccountPage(Page):
+    """``/account``: one's own API tokens (create: the secret shown once, on this answer
+    only; revoke) and password, as the account API does it (same checks, same audit)."""
+
+    @bounded
+    async def get(self) -> None:
+        await self.show_account()
+
+    async def show_account(self, status: int = 200, problem: str = "", **values: Any) -> None:
+        listed = await tokens.list_for(self.store, self.user.name)
+        values = {"secret": None, "created": None, "token_name": "", **values}
+        self.show("account.html", status, tokens=listed, problem=problem, **values)
+
+    @bounded
+    async def post(self) -> None:
+        action = self.text_argument("action")
+        if action == "token":
+            await self.create_token()
+        elif action == "revoke":
+            token_id = self.text_argument("id", 64)
+            if not await account.revoke(self, self.user.name, token_id):
+                raise tornado.web.HTTPError(404, "you have no such token")
+            self.back("token_revoked")
+        elif action == "password":
+            await self.change_password()
+        else:
+            raise tornado.web.HTTPError(400, "action must be token, revoke or password")
+
+    async def create_token(self) -> None:
+        name = self.get_body_argument("name", "")
+        days = self.get_body_argument("expires_in_days", "").strip()
+        try:
+            wanted = msgspec.convert(
+                {"name": name, "expires_in_days": days or None}, account.TokenBody, strict=False
+            )
+            secret, token = await account.create_token(self, wanted)
+        except msgspec.ValidationError as exc:
+            await self.show_account(400, f"token: {exc}", token_name=name[:64])
+            return
+        except tokens.TooManyTokens as exc:
+            await self.show_account(409, str(exc), token_name=name[:64])
+            return
+        # the secret is in this answer only: never in a URL, never stored (no-store)
+        await self.show_account(201, secret=secret, created=token)
+
+    async def change_password(self) -> None:
+        current = self.get_body_argument("current", "")[: account.MAX_PASSWORD_FIELD + 1]
+        new = self.get_body_argument("new", "")
+        try:
+            outcome = await account.change_own_password(self, current, new)
+        except ValidationError as exc:
+            await self.show_account(400, str(exc))
+            return
+        if outcome.throttled:
+            self.set_header("Retry-After", account.retry_after(outcome))
+            await self.show_account(429, account.throttled_message(outcome))
+        elif outcome.user is None:
+            await self.show_account(403, account.WRONG_CURRENT)
+        else:
+            self.back("own_password")
 
 
 class AuditPage(Page):
@@ -562,4 +636,5 @@ ROUTES = [
     (r"/dead-letters", DeadLettersPage),
     (r"/users", UsersPage),
     (r"/audit", AuditPage),
+    (r"/account", AccountPage),
 ]
