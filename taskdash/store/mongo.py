@@ -100,6 +100,14 @@ INDEXES: dict[str, list[IndexModel]] = {
         # /metadata's per-state sample: without it every fetch scans the whole collection
         IndexModel([("state", ASCENDING)], name="by_state"),
     ],
+    # schedules (taskdash/store/schedules.py): what is due per queue, listing by id, what a
+    # batch of fires won, and deregistering
+    "periodic_schedules": [
+        IndexModel([("queue_inc", ASCENDING), ("wake_at", ASCENDING)], name="queue_wake"),
+        IndexModel([("queue_inc", ASCENDING), ("schedule_id", ASCENDING)], name="queue_schedule"),
+        IndexModel([("pending.token", ASCENDING)], name="pending_token"),
+        IndexModel([("service_inc", ASCENDING)], name="service_inc"),
+    ],
 }
 
 

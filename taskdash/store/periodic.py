@@ -90,6 +90,7 @@ class PeriodicStore:
         self.queues = store["periodic_queues"]
         self.tasks = store["periodic_tasks"]
         self.counters = store["periodic_counters"]
+        self.schedules = store["periodic_schedules"]  # queries in store/schedules.py
         self._inserts: Group[Doc, None] = Group("periodic_inserts", self._insert_many)
 
     # services ---------------------------------------------------------------------------
@@ -118,13 +119,15 @@ class PeriodicStore:
             return [doc async for doc in cursor]
 
     async def delete_service(self, name: str, inc: str) -> bool:
-        """Delete incarnation ``inc`` of a service with its queues and tasks; itself last.
+        """Delete incarnation ``inc`` of a service with its schedules, queues and tasks; itself
+        last.
 
         If this is cut short, the service still exists and deregistering again (with the same
         secret) finishes the job; nothing is left behind unreachable. A stale node asking for
         an incarnation that is already gone deletes nothing of the name's next owner.
         """
         async with translated("periodic_delete_service"):
+            await self.schedules.delete_many({"service_inc": eq(inc)})
             await self.tasks.delete_many({"service_inc": eq(inc)})
             await self.queues.delete_many({"service": eq(name), "service_inc": eq(inc)})
             result = await self.services.delete_one({"_id": eq(name), "incarnation": eq(inc)})
@@ -172,8 +175,10 @@ class PeriodicStore:
             return [doc async for doc in cursor]
 
     async def delete_queue(self, service: str, service_inc: str, queue: str, inc: str) -> bool:
-        """Delete a queue and its tasks (tasks first: a cut-short call can be repeated)."""
+        """Delete a queue, its schedules and its tasks (the queue last: a cut-short call can
+        be repeated; schedules before tasks, so that no fire adds one after)."""
         async with translated("periodic_delete_queue"):
+            await self.schedules.delete_many(_in_queue(inc))
             await self.tasks.delete_many(_in_queue(inc))
             result = await self.queues.delete_one(
                 {"_id": eq(queue_key(service, service_inc, queue)), "incarnation": eq(inc)}

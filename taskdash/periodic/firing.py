@@ -1,0 +1,260 @@
+"""Firing schedules: every node fires the schedules of the queues it has started.
+
+No node is in charge and no lock is taken: nodes that fire the same queue read the same due
+schedules and each fire is a conditional update on the schedule's ``next_run_at`` (see
+:mod:`taskdash.store.schedules`), so each run creates exactly one task across all of them. A
+pass over a queue costs, per batch of up to :data:`BATCH` due schedules, one read, one bulk
+of conditional updates, one read of what was won, one insert of the tasks and one bulk that
+clears the pending fires; a schedule due in the same millisecond on two nodes costs the loser
+an update that matches nothing.
+
+Time: runs are judged on the store's clock (:class:`StoreClock`), so nodes whose clocks
+disagree still fire each run at the same moment; the tasks themselves carry the firing node's
+own times, like any task it creates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from taskdash.background import Background
+from taskdash.errors import StoreUnavailable
+from taskdash.logs import RateLimitedLog
+from taskdash.periodic.leasing import Clock, Leasing, now_ms
+from taskdash.periodic.timing import Timing, plan
+from taskdash.periodic.views import iso
+from taskdash.store.mongo import Doc
+from taskdash.store.periodic import PENDING
+from taskdash.store.schedules import Fire, ScheduleStore
+from taskdash.store.times import to_ms
+
+log = structlog.get_logger("taskdash.periodic.firing")
+
+BATCH = 500  # due schedules read and fired together
+HOLD_MS = 5000  # a pending fire older than this is finished by whichever node finds it
+RUNS_KEPT = 20  # run records kept in each schedule document
+MAX_IDLE = 1.0  # seconds between passes at most (schedules created on other nodes)
+SYNC_EVERY = 60.0  # seconds between two readings of the store's clock
+RETRY_MAX = 5.0  # seconds between passes at most while the store is unreachable
+
+
+def timing_of(doc: Doc) -> Timing:
+    """A stored schedule's :class:`Timing`."""
+    if "interval_ms" in doc:
+        return Timing(interval_ms=doc["interval_ms"], anchor_ms=doc["anchor_ms"])
+    return Timing(cron=doc["cron"], timezone=doc["timezone"])
+
+
+def fired_task(schedule: Doc, pending: Doc, now: int) -> Doc:
+    """The task of a pending fire: the schedule's template under the id the fire reserved.
+
+    Whichever node stores it (the winner, or one finishing a fire whose node died) stores the
+    same task under the same id, so only one can be stored.
+    """
+    task_id = pending["task_id"]
+    return {
+        "_id": task_id,
+        "seq": task_id,
+        "service": schedule["service"],
+        "queue": schedule["queue"],
+        "service_inc": schedule["service_inc"],
+        "queue_inc": schedule["queue_inc"],
+        "task_type": schedule["task_type"],
+        "task_data": schedule["task_data"],
+        "size": schedule["size"],
+        "state": PENDING,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        "due": now + pending.get("delay_ms", 0),
+        "schedule_id": schedule["schedule_id"],
+        "schedule_inc": schedule["incarnation"],
+        "scheduled_for": pending["due"],
+    }
+
+
+async def finish_pending(store: ScheduleStore, schedules: list[Doc], now: int) -> None:
+    """Make sure the task of each schedule's pending fire is stored (stored now if missing)."""
+    pending = [doc for doc in schedules if "pending" in doc]
+    if not pending:
+        return
+    stored = await store.task_states([doc["pending"]["task_id"] for doc in pending])
+    missing = [doc for doc in pending if doc["pending"]["task_id"] not in stored]
+    await store.insert_tasks([fired_task(doc, doc["pending"], now) for doc in missing])
+    if missing:
+        log.info("periodic_fires_finished", count=len(missing))
+
+
+class StoreClock:
+    """The store's time as seen from this node: its own clock plus a measured offset.
+
+    The offset is read from the store (``hello``'s ``localTime``) every :data:`SYNC_EVERY`
+    seconds, at the middle of the round trip; until the first reading it is 0.
+    """
+
+    def __init__(self, ask: Callable[[], Awaitable[Any]], local: Clock = now_ms) -> None:
+        self.ask = ask
+        self.local = local
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return self.local() + self.offset
+
+    async def sync(self) -> None:
+        before = self.local()
+        value = await self.ask()
+        after = self.local()
+        if isinstance(value, datetime):
+            aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+            self.offset = to_ms(aware) - (before + after) // 2
+
+
+class Firer:
+    """Fires the due schedules of the queues this node has started (``leasing.started``)."""
+
+    def __init__(
+        self,
+        leasing: Leasing,
+        store: ScheduleStore,
+        *,
+        clock: Clock,
+        sync: Callable[[], Awaitable[None]] | None = None,
+        batch: int = BATCH,
+    ) -> None:
+        self.leasing = leasing
+        self.store = store
+        self.clock = clock
+        self.sync = sync
+        self.batch = batch
+        self.fired = 0
+        self.skipped = 0
+        self.last_pass_at: int | None = None
+        self.last_error: str | None = None
+        self._poke = asyncio.Event()
+        self._task = Background("periodic_firer", self._loop)
+        self._failed = RateLimitedLog(log, "periodic_firing_failed", every=10.0)
+
+    # --- one pass ------------------------------------------------------------------------
+
+    async def fire_due(self) -> int | None:
+        """Fire every due schedule of the started queues; the next time (ms, schedule clock)
+        one of them is due, if within :data:`MAX_IDLE`."""
+        wakes = []
+        for inc in sorted({key[2] for key in self.leasing.started}):
+            while True:
+                now = self.clock()
+                docs = await self.store.due(inc, now + int(MAX_IDLE * 1000), self.batch)
+                due = [doc for doc in docs if doc["wake_at"] <= now]
+                if due:
+                    await self._fire(due, now)
+                if len(due) < self.batch:
+                    wakes += [doc["wake_at"] for doc in docs if doc["wake_at"] > now]
+                    break
+        self.last_pass_at = self.clock()
+        return min(wakes, default=None)
+
+    async def _fire(self, due: list[Doc], now: int) -> None:
+        """Fire one batch: finish pending fires, claim each run, store the tasks won."""
+        local = self.leasing.clock()
+        await finish_pending(self.store, due, local)
+        runs = [doc for doc in due if doc["next_run_at"] <= now]
+        plans = [
+            plan(timing_of(d), d["next_run_at"], now, d["misfire"], d["grace_ms"]) for d in runs
+        ]
+        ids = iter(await self.leasing.take_ids(sum(p.create for p in plans)))
+        token = secrets.token_hex(16)
+        fires = []
+        for doc, p in zip(runs, plans, strict=True):
+            run = {"due": p.due, "at": now, "node": self.leasing.node_id, "missed": p.missed}
+            if p.missed_more:
+                run["missed_more"] = True
+            set_: Doc = {"next_run_at": p.next_run_at, "updated_at": now}
+            if p.create:
+                run["task_id"] = next(ids)
+                set_["pending"] = {
+                    "task_id": run["task_id"],
+                    "due": p.due,
+                    "token": token,
+                    "at": now,
+                    "delay_ms": random.randint(0, doc["jitter_ms"]) if doc["jitter_ms"] else 0,
+                    "node": self.leasing.node_id,
+                }
+                set_["wake_at"] = min(p.next_run_at, now + HOLD_MS)
+            else:
+                set_["wake_at"] = p.next_run_at
+            set_["runs"] = [*doc.get("runs", []), run][-RUNS_KEPT:]
+            counts = {"fired" if p.create else "skipped": 1, "missed": p.missed}
+            fires.append(Fire(doc["_id"], doc["next_run_at"], set_, counts, not p.create))
+        await self.store.fire(fires)
+        won = await self.store.won(token) if any(p.create for p in plans) else []
+        await self.store.insert_tasks([fired_task(doc, doc["pending"], local) for doc in won])
+        # pending fires found here (ours or another node's) are finished: clear them too
+        firing = {doc["_id"] for doc in runs}
+        left = [d for d in due if "pending" in d and d["_id"] not in firing]
+        await self.store.clear_pending(
+            [(d["_id"], token, d["next_run_at"]) for d in won]
+            + [(d["_id"], d["pending"]["token"], d["next_run_at"]) for d in left]
+        )
+        self.fired += len(won)
+        self.skipped += sum(not p.create for p in plans)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Look again now (a schedule or a started queue changed on this node)."""
+        self._poke.set()
+
+    async def start(self) -> None:
+        await self._task.start()
+
+    async def stop(self) -> None:
+        await self._task.stop()
+
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness: the loop runs; what it did, and the last error while the store fails."""
+        details: dict[str, Any] = {
+            "queues": len({key[2] for key in self.leasing.started}),
+            "fired": self.fired,
+            "skipped": self.skipped,
+            "last_pass_at": iso(self.last_pass_at) if self.last_pass_at else None,
+        }
+        if self.last_error:
+            details["last_error"] = self.last_error
+        return self._task.running, details
+
+    async def _loop(self) -> None:
+        next_sync = 0.0
+        failures = 0
+        while True:
+            self._poke.clear()
+            wait = MAX_IDLE
+            try:
+                if self.sync is not None and time.monotonic() >= next_sync:
+                    await self.sync()
+                    next_sync = time.monotonic() + SYNC_EVERY
+                wake = await self.fire_due()
+            except StoreUnavailable as exc:
+                failures += 1
+                self.last_error = str(exc)
+                self._failed(error=str(exc))
+                wait = min(RETRY_MAX, 0.25 * 2**failures)
+            except Exception as exc:  # a bug: logged, and the loop goes on
+                failures += 1
+                self.last_error = repr(exc)
+                self._failed(error=repr(exc), bug=True)
+                wait = RETRY_MAX
+            else:
+                failures, self.last_error = 0, None
+                if wake is not None:
+                    wait = min(MAX_IDLE, max(0.0, (wake - self.clock()) / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), wait)

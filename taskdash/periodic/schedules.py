@@ -1,0 +1,293 @@
+"""Schedules on a queue: create, list, show, pause, resume, delete; and how callers see them.
+
+The rules behind the HTTP endpoints and ``taskdash periodic schedule``. Every call is
+authenticated like the queue's other calls (the service's name and secret) and names a queue
+of that service. What a schedule's fields mean is in ``docs/periodic.md``; when it runs, in
+:mod:`taskdash.periodic.timing`; who fires it, in :mod:`taskdash.periodic.firing`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from taskdash.periodic.checks import check_name, check_task_data, check_task_type
+from taskdash.periodic.errors import Kind, PeriodicError
+from taskdash.periodic.firing import finish_pending, timing_of
+from taskdash.periodic.leasing import Caller, Clock, Leasing, QueueRef
+from taskdash.periodic.timing import (
+    MAX_GRACE_S,
+    MAX_JITTER_S,
+    ONCE,
+    Timing,
+    check_interval,
+    check_misfire,
+    check_seconds,
+)
+from taskdash.periodic.views import iso, item_size
+from taskdash.store.mongo import Doc
+from taskdash.store.schedules import ScheduleStore, schedule_key
+
+FIELDS = (
+    "schedule_id",
+    "interval",
+    "cron",
+    "timezone",
+    "task_type",
+    "task_data",
+    "misfire",
+    "misfire_grace",
+    "jitter",
+    "paused",
+)
+DEFAULT_GRACE_S = 60.0
+NEXT_RUNS = 5  # upcoming runs shown per schedule
+PAUSE_TRIES = 5  # a pause races fires: read again and retry this many times
+_KINDS = {str: "a string", float: "a number", bool: "true or false"}
+
+
+def _bad(message: str) -> PeriodicError:
+    return PeriodicError(Kind.INVALID_ARGUMENT, message)
+
+
+def _get(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """``body[name]`` of type ``kind`` (numbers: int or float, never bool), or ``default``."""
+    value = body.get(name, default)
+    if value is default:
+        return value
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise _bad(f"{name} must be {_KINDS[kind]}")
+    return value
+
+
+def _number(value: float) -> float:
+    """A number as a float for range checks (an integer too large for one is out of range)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")
+
+
+def new_schedule(body: dict[str, Any], ref: QueueRef, now: int, max_data: int) -> Doc:
+    """The schedule document a create request describes, every field checked."""
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise _bad(f"unknown field {unknown[0][:40]!r}; the fields are {', '.join(FIELDS)}")
+    schedule_id = _get(body, "schedule_id", str, None) or f"s-{secrets.token_hex(8)}"
+    check_name("schedule_id", schedule_id)
+    if "task_data" not in body:
+        raise _bad("task_data is required (any JSON value: the data of every task fired)")
+    try:
+        data = json.dumps(body["task_data"], ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        raise _bad("task_data is nested too deeply to be decoded") from None
+    check_task_data(data, max_data)
+    task_type = check_task_type(_get(body, "task_type", str, ""))
+    jitter_ms = check_seconds("jitter", _number(_get(body, "jitter", float, 0)), 0, MAX_JITTER_S)
+    grace = _number(_get(body, "misfire_grace", float, DEFAULT_GRACE_S))
+    doc: Doc = {
+        "_id": schedule_key(ref.inc, schedule_id),
+        "schedule_id": schedule_id,
+        "incarnation": secrets.token_hex(12),
+        "service": ref.service,
+        "service_inc": ref.service_inc,
+        "queue": ref.queue,
+        "queue_inc": ref.inc,
+        **_timing_fields(body, now, jitter_ms),
+        "task_type": task_type,
+        "task_data": data,
+        "size": item_size(task_type, data, schedule_id),
+        "misfire": check_misfire(_get(body, "misfire", str, ONCE)),
+        "grace_ms": check_seconds("misfire_grace", grace, 1, MAX_GRACE_S),
+        "jitter_ms": jitter_ms,
+        "paused": _get(body, "paused", bool, False),
+        "runs": [],
+        "fired": 0,
+        "skipped": 0,
+        "missed": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    doc["next_run_at"] = timing_of(doc).next_after(now)
+    if not doc["paused"]:
+        doc["wake_at"] = doc["next_run_at"]
+    return doc
+
+
+def _timing_fields(body: dict[str, Any], now: int, jitter_ms: int) -> Doc:
+    """``interval`` (from now) or ``cron`` with ``timezone``: exactly one of them."""
+    interval = _get(body, "interval", float, None)
+    cron = _get(body, "cron", str, None)
+    timezone = _get(body, "timezone", str, None)
+    if (interval is None) == (cron is None):
+        raise _bad("give either interval (seconds) or cron (5 fields), not both, not neither")
+    if cron is None:
+        if timezone is not None:
+            raise _bad("timezone applies to cron schedules only")
+        interval_ms = check_interval(_number(interval))
+        if jitter_ms > interval_ms:
+            raise _bad("jitter must not be longer than the interval")
+        return {"interval_ms": interval_ms, "anchor_ms": now}
+    timing = Timing.for_cron(cron, "UTC" if timezone is None else timezone, now)
+    return {"cron": timing.cron, "timezone": timing.timezone}
+
+
+def run_view(run: Doc, states: dict[int, str] | None, pending: Doc | None) -> dict[str, Any]:
+    """One run: when it was due and fired, its task and (with ``states``) that task's state.
+
+    ``outcome`` is the task's state, ``skipped`` (no task: a misfire under ``skip``),
+    ``creating`` (the fire is storing it right now) or ``deleted``.
+    """
+    view: dict[str, Any] = {
+        "due_at": iso(run["due"]),
+        "fired_at": iso(run["at"]),
+        "late_ms": run["at"] - run["due"],
+        "task_id": run.get("task_id"),
+        "missed": run["missed"],
+        "node": run["node"],
+    }
+    if run.get("missed_more"):
+        view["missed_more"] = True
+    if states is not None:
+        task_id = run.get("task_id")
+        if task_id is None:
+            view["outcome"] = "skipped"
+        elif task_id in states:
+            view["outcome"] = states[task_id]
+        elif pending is not None and pending["task_id"] == task_id:
+            view["outcome"] = "creating"
+        else:
+            view["outcome"] = "deleted"
+    return view
+
+
+def schedule_view(doc: Doc, states: dict[int, str] | None = None) -> dict[str, Any]:
+    """A schedule as callers see it; with ``states`` (task id -> state) its runs too."""
+    view: dict[str, Any] = {"schedule_id": doc["schedule_id"], "queue_name": doc["queue"]}
+    if "interval_ms" in doc:
+        view["interval"] = doc["interval_ms"] / 1000
+    else:
+        view.update(cron=doc["cron"], timezone=doc["timezone"])
+    active = not doc["paused"]
+    runs = doc.get("runs", [])
+    view.update(
+        task_type=doc["task_type"],
+        task_data=msgspec.Raw(doc["task_data"].encode()),
+        misfire=doc["misfire"],
+        misfire_grace=doc["grace_ms"] / 1000,
+        jitter=doc["jitter_ms"] / 1000,
+        state="active" if active else "paused",
+        next_run_at=iso(doc["next_run_at"]) if active else None,
+        next_runs=[iso(t) for t in timing_of(doc).upcoming(doc["next_run_at"], NEXT_RUNS)]
+        if active
+        else [],
+        last_run=run_view(runs[-1], states, doc.get("pending")) if runs else None,
+        fired=doc["fired"],
+        skipped=doc["skipped"],
+        missed=doc["missed"],
+        created_at=iso(doc["created_at"]),
+        updated_at=iso(doc["updated_at"]),
+    )
+    if states is not None:
+        view["runs"] = [run_view(r, states, doc.get("pending")) for r in reversed(runs)]
+    return view
+
+
+class Schedules:
+    """The schedule operations, on the queues of :class:`Leasing` (which authenticates)."""
+
+    def __init__(
+        self,
+        leasing: Leasing,
+        store: ScheduleStore,
+        *,
+        clock: Clock,
+        changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.leasing = leasing
+        self.store = store
+        self.clock = clock
+        self.changed = changed  # tells this node's firer to look again
+
+    async def create(self, who: Caller, queue: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A new schedule on the queue (201); its id must be new in the queue."""
+        ref = await self.leasing.queue_ref(who, queue)
+        doc = new_schedule(body, ref, self.clock(), self.leasing.settings.max_task_data_size)
+        if not await self.store.insert(doc):
+            raise PeriodicError(
+                Kind.ALREADY_EXISTS,
+                f"queue {queue!r} already has a schedule {doc['schedule_id']!r}",
+            )
+        self.changed()
+        return schedule_view(doc)
+
+    async def list(self, who: Caller, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+        """A page of the queue's schedules by id (without their runs' outcomes)."""
+        ref = await self.leasing.queue_ref(who, queue)
+        limit = self.leasing.check_limit(limit)
+        return [schedule_view(doc) for doc in await self.store.page(ref.inc, after, limit)]
+
+    async def get(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
+        """One schedule with its upcoming runs and its last runs, each with its task's state."""
+        doc = await self._find(who, queue, schedule_id)
+        ids = [run["task_id"] for run in doc.get("runs", []) if run.get("task_id")]
+        return schedule_view(doc, await self.store.task_states(ids))
+
+    async def pause(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
+        """Stop firing (runs due while paused are not fired later); idempotent.
+
+        A fire may land between reading the schedule and pausing it: the pause only applies
+        to the version it read (same pending fire or none), after making sure that fire's
+        task is stored, and reads again otherwise.
+        """
+        doc = await self._find(who, queue, schedule_id)
+        for _ in range(PAUSE_TRIES):
+            if doc["paused"]:
+                return schedule_view(doc)
+            await finish_pending(self.store, [doc], self.leasing.clock())
+            pending, now = doc.pop("pending", None), self.clock()
+            if await self.store.pause(doc["_id"], pending and pending["token"], now):
+                doc.update(paused=True, updated_at=now)
+                return schedule_view(doc)
+            doc = await self._find(who, queue, schedule_id)
+        raise PeriodicError(
+            Kind.UNAVAILABLE, f"schedule {schedule_id!r} kept firing while pausing; try again"
+        )
+
+    async def resume(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
+        """Fire again from the next run after now (nothing is caught up); idempotent."""
+        doc = await self._find(who, queue, schedule_id)
+        if not doc["paused"]:
+            return schedule_view(doc)
+        now = self.clock()
+        next_run_at = timing_of(doc).next_after(now)
+        if await self.store.resume(doc["_id"], next_run_at, now):
+            doc.update(paused=False, next_run_at=next_run_at, wake_at=next_run_at, updated_at=now)
+            self.changed()
+            return schedule_view(doc)
+        return schedule_view(await self._find(who, queue, schedule_id))  # resumed meanwhile
+
+    async def delete(self, who: Caller, queue: str, schedule_id: str) -> None:
+        """Delete the schedule; the tasks it created stay, ordinary tasks of the queue."""
+        doc = await self._find(who, queue, schedule_id)
+        await finish_pending(self.store, [doc], self.leasing.clock())
+        await self.store.delete(doc["_id"])
+
+    async def _find(self, who: Caller, queue: str, schedule_id: str) -> Doc:
+        ref = await self.leasing.queue_ref(who, queue)
+        check_name("schedule_id", schedule_id)
+        doc = await self.store.get(schedule_key(ref.inc, schedule_id))
+        if doc is None:
+            raise PeriodicError(
+                Kind.NOT_FOUND,
+                f"queue {queue!r} of service {who.service!r} has no schedule {schedule_id!r}",
+            )
+        return doc

@@ -1,0 +1,188 @@
+"""The periodic service's schedules (``periodic_schedules``) and the tasks their fires create.
+
+Only queries live here; when a schedule runs and what a fire does are in
+:mod:`taskdash.periodic.timing` and :mod:`taskdash.periodic.firing`. Times are epoch ms.
+
+A schedule document::
+
+    {_id: <JSON text [queue incarnation, schedule id]>, schedule_id, incarnation, service,
+     service_inc, queue, queue_inc,
+     interval_ms + anchor_ms | cron + timezone, task_type, task_data: <JSON text>, size,
+     misfire, grace_ms, jitter_ms, paused,
+     next_run_at: <the next nominal run>, wake_at: <when a node must look; absent when paused>,
+     pending: {task_id, due, token, at, delay_ms, node}: <a fire whose task may not be stored>,
+     runs: [<the last RUNS_KEPT runs, oldest first>], fired, skipped, missed,
+     created_at, updated_at}
+
+Exactly one task per run, without a lock: a fire is a conditional update that matches only
+while ``next_run_at`` is still the run being fired, and it moves ``next_run_at`` on; of two
+nodes firing the same run, one matches. The winner's update also records the fire as
+``pending`` with a task id reserved beforehand, then the winner inserts the task under that id
+and clears ``pending``. If it dies in between, any node that finds the pending fire (at
+``wake_at``, a few seconds later) inserts the same task under the same id: a duplicate key
+means it was stored already. So a run's task is created once, even across crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, NamedTuple
+
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
+
+from taskdash.store.mongo import Doc, Store, duplicates_only, eq, insert_new, translated
+
+SCHEDULES = "periodic_schedules"
+POINT_READS = 32  # concurrent single-document reads (nx-27017 scans for $in)
+
+
+def schedule_key(queue_inc: str, schedule_id: str) -> str:
+    """The schedule document's ``_id``: unambiguous for any id (a JSON array as text)."""
+    return json.dumps([queue_inc, schedule_id], ensure_ascii=False)
+
+
+class Fire(NamedTuple):
+    """One conditional fire: matches only while the schedule's next run is ``expected``."""
+
+    key: str
+    expected: int
+    set_: Doc  # next_run_at, wake_at, runs, updated_at, and pending when a task is created
+    inc: Doc  # fired / skipped / missed counters
+    clear_pending: bool  # no task this time: drop a pending fire (already made sure of)
+
+
+class ScheduleStore:
+    """The queries on ``periodic_schedules``, and the fired tasks in ``periodic_tasks``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.schedules = store[SCHEDULES]
+        self.tasks = store["periodic_tasks"]
+
+    async def server_time(self) -> Any:
+        """The store's own clock (``hello``'s ``localTime``), for nodes to agree on time."""
+        async with translated("periodic_server_time"):
+            reply = await self.store.client.admin.command("hello")
+        return reply.get("localTime")
+
+    # one schedule -----------------------------------------------------------------------
+
+    async def insert(self, doc: Doc) -> bool:
+        """Store a new schedule; False when the queue has one with that id."""
+        async with translated("periodic_insert_schedule"):
+            return await insert_new(self.schedules, doc)
+
+    async def get(self, key: str) -> Doc | None:
+        async with translated("periodic_get_schedule"):
+            return await self.schedules.find_one({"_id": eq(key)})
+
+    async def page(self, queue_inc: str, after: str, limit: int) -> list[Doc]:
+        """The queue's schedules by id, after ``after`` (index ``queue_schedule``)."""
+        query = {"queue_inc": eq(queue_inc), "schedule_id": {"$gt": after}}
+        async with translated("periodic_list_schedules"):
+            cursor = self.schedules.find(query).sort("schedule_id", 1).limit(limit)
+            return [doc async for doc in cursor]
+
+    async def pause(self, key: str, pending_token: str | None, now: int) -> bool:
+        """Pause an active schedule whose pending fire is still ``pending_token`` (or none):
+        it is dropped with ``wake_at``. False if the schedule changed meanwhile."""
+        same: Doc = {"pending": {"$exists": False}}
+        if pending_token:
+            same = {"pending.token": eq(pending_token)}
+        update = {
+            "$set": {"paused": True, "updated_at": now},
+            "$unset": {"wake_at": "", "pending": ""},
+        }
+        async with translated("periodic_pause_schedule"):
+            result = await self.schedules.update_one(
+                {"_id": eq(key), "paused": eq(False), **same}, update
+            )
+        return result.matched_count == 1
+
+    async def resume(self, key: str, next_run_at: int, now: int) -> bool:
+        """Resume a paused schedule from ``next_run_at``; False if it is not paused."""
+        changes = {"paused": False, "next_run_at": next_run_at, "wake_at": next_run_at}
+        async with translated("periodic_resume_schedule"):
+            result = await self.schedules.update_one(
+                {"_id": eq(key), "paused": eq(True)}, {"$set": {**changes, "updated_at": now}}
+            )
+        return result.matched_count == 1
+
+    async def delete(self, key: str) -> bool:
+        async with translated("periodic_delete_schedule"):
+            result = await self.schedules.delete_one({"_id": eq(key)})
+        return result.deleted_count == 1
+
+    # firing -----------------------------------------------------------------------------
+
+    async def due(self, queue_inc: str, until: int, limit: int) -> list[Doc]:
+        """The queue's schedules to look at by ``until``, soonest first (index ``queue_wake``);
+        paused ones have no ``wake_at`` and never match."""
+        query = {"queue_inc": eq(queue_inc), "wake_at": {"$lte": until}}
+        async with translated("periodic_due_schedules"):
+            cursor = self.schedules.find(query).sort("wake_at", 1).limit(limit)
+            return [doc async for doc in cursor]
+
+    async def fire(self, fires: list[Fire]) -> None:
+        """Apply each fire whose schedule is still at its expected run, still active."""
+        ops = []
+        for f in fires:
+            update: Doc = {"$set": f.set_, "$inc": f.inc}
+            if f.clear_pending:
+                update["$unset"] = {"pending": ""}
+            query = {"_id": eq(f.key), "next_run_at": eq(f.expected), "paused": eq(False)}
+            ops.append(UpdateOne(query, update))
+        if ops:
+            async with translated("periodic_fire"):
+                await self.schedules.bulk_write(ops, ordered=False)
+
+    async def won(self, token: str) -> list[Doc]:
+        """The schedules whose pending fire carries ``token`` (what one batch of fires won)."""
+        async with translated("periodic_fires_won"):
+            cursor = self.schedules.find({"pending.token": eq(token)})
+            return [doc async for doc in cursor]
+
+    async def clear_pending(self, cleared: list[tuple[str, str, int | None]]) -> None:
+        """Drop each (key, token)'s pending fire, its task being stored; ``wake_at`` becomes
+        the next run (or is removed: paused). A pending fire replaced meanwhile is left."""
+        ops = []
+        for key, token, wake_at in cleared:
+            update: Doc = {"$unset": {"pending": ""}}
+            if wake_at is None:
+                update["$unset"]["wake_at"] = ""
+            else:
+                update["$set"] = {"wake_at": wake_at}
+            ops.append(UpdateOne({"_id": eq(key), "pending.token": eq(token)}, update))
+        if ops:
+            async with translated("periodic_clear_pending"):
+                await self.schedules.bulk_write(ops, ordered=False)
+
+    # the tasks fires create ---------------------------------------------------------------
+
+    async def insert_tasks(self, docs: list[Doc]) -> None:
+        """Store fired tasks; one already stored under its id (another node did it, or an
+        earlier try) is fine: ids are reserved per fire, so the same id is the same run."""
+        if not docs:
+            return
+        async with translated("periodic_insert_fired"):
+            try:
+                await self.tasks.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                duplicates_only(exc)
+
+    async def task_states(self, ids: list[int]) -> dict[int, str]:
+        """The state of each of these tasks that exists (single reads, a few at a time)."""
+        found: dict[int, str] = {}
+        limit = asyncio.Semaphore(POINT_READS)
+
+        async def read(task_id: int) -> None:
+            async with limit:
+                doc = await self.tasks.find_one({"_id": eq(task_id)}, {"state": 1})
+            if doc is not None:
+                found[task_id] = doc["state"]
+
+        async with translated("periodic_task_states"):
+            await asyncio.gather(*(read(i) for i in set(ids)))
+        return found
