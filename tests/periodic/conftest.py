@@ -15,14 +15,18 @@ import tornado.httpserver
 import tornado.netutil
 
 from taskdash.health import Health
+from taskdash.periodic.firing import Firer
 from taskdash.periodic.grpc import GrpcServer
 from taskdash.periodic.http import make_app
 from taskdash.periodic.leasing import Caller, Leasing, now_ms
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
+from taskdash.periodic.schedules import Schedules
+from taskdash.periodic.schedules_http import routes
 from taskdash.settings import PeriodicSettings
 from taskdash.store import Store
 from taskdash.store.periodic import PeriodicStore
+from taskdash.store.schedules import ScheduleStore
 
 
 @dataclass
@@ -40,12 +44,15 @@ class Clock:
 
 @dataclass
 class Node:
-    """One periodic service node: its rules, its gRPC server and a client stub to it."""
+    """One periodic service node: its rules, its gRPC server and a client stub to it, its
+    schedules and their firer (not running: tests fire with ``firer.fire_due()``)."""
 
     leasing: Leasing
     server: GrpcServer
     channel: grpc.aio.Channel
     stub: pb_grpc.PeriodicTaskStub
+    schedules: Schedules
+    firer: Firer
 
     @property
     def target(self) -> str:
@@ -71,12 +78,17 @@ async def make_node(store: Store, clock: Clock) -> AsyncIterator[NodeFactory]:
         server = GrpcServer(leasing, host="127.0.0.1", port=0, max_message=cfg.max_body_size)
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        node = Node(leasing, server, channel, pb_grpc.PeriodicTaskStub(channel))
+        schedule_store = ScheduleStore(store)
+        firer = Firer(leasing, schedule_store, clock=clock)
+        schedules = Schedules(leasing, schedule_store, clock=clock, changed=firer.poke)
+        stub = pb_grpc.PeriodicTaskStub(channel)
+        node = Node(leasing, server, channel, stub, schedules, firer)
         nodes.append(node)
         return node
 
     yield make
     for node in nodes:
+        await node.firer.stop()
         await node.channel.close()
         await node.server.stop(0)
 
@@ -182,7 +194,8 @@ class Api:
 async def _serve(node: Node) -> tuple[tornado.httpserver.HTTPServer, int]:
     settings = node.leasing.settings
     server = tornado.httpserver.HTTPServer(
-        make_app(node.leasing, settings, Health()), max_body_size=settings.max_body_size * 2
+        make_app(node.leasing, settings, Health(), routes(node.schedules)),
+        max_body_size=settings.max_body_size * 2,
     )
     [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
     server.add_sockets([sock])
