@@ -81,7 +81,9 @@ def new_schedule(body: dict[str, Any], ref: QueueRef, now: int, max_data: int) -
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise _bad(f"unknown field {unknown[0][:40]!r}; the fields are {', '.join(FIELDS)}")
-    schedule_id = _get(body, "schedule_id", str, None) or f"s-{secrets.token_hex(8)}"
+    schedule_id = _get(body, "schedule_id", str, None)
+    if schedule_id is None:
+        schedule_id = f"s-{secrets.token_hex(8)}"
     check_name("schedule_id", schedule_id)
     if "task_data" not in body:
         raise _bad("task_data is required (any JSON value: the data of every task fired)")
