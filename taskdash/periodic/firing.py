@@ -147,18 +147,19 @@ class Firer:
 
     async def fire_due(self) -> int | None:
         """Fire every due schedule of the started queues; the next time (ms, schedule clock)
-        one of them is due, if within :data:`MAX_IDLE`."""
+        one of them is due, if any."""
         wakes = []
         for inc in sorted({key[2] for key in self.leasing.started}):
             while True:
                 now = self.clock()
-                docs = await self.store.due(inc, now + int(MAX_IDLE * 1000), self.batch)
-                due = [doc for doc in docs if doc["wake_at"] <= now]
+                due = await self.store.due(inc, now, self.batch)
                 if due:
                     await self._fire(due, now)
                 if len(due) < self.batch:
-                    wakes += [doc["wake_at"] for doc in docs if doc["wake_at"] > now]
                     break
+            wake = await self.store.next_wake(inc, now)
+            if wake is not None:
+                wakes.append(wake)
         self.last_pass_at = self.clock()
         return min(wakes, default=None)
 

@@ -117,13 +117,21 @@ class ScheduleStore:
 
     # firing -----------------------------------------------------------------------------
 
-    async def due(self, queue_inc: str, until: int, limit: int) -> list[Doc]:
-        """The queue's schedules to look at by ``until``, soonest first (index ``queue_wake``);
-        paused ones have no ``wake_at`` and never match."""
-        query = {"queue_inc": eq(queue_inc), "wake_at": {"$lte": until}}
+    async def due(self, queue_inc: str, now: int, limit: int) -> list[Doc]:
+        """The queue's schedules to look at now, soonest first (index ``queue_wake``); paused
+        ones have no ``wake_at`` and never match."""
+        query = {"queue_inc": eq(queue_inc), "wake_at": {"$lte": now}}
         async with translated("periodic_due_schedules"):
             cursor = self.schedules.find(query).sort("wake_at", 1).limit(limit)
             return [doc async for doc in cursor]
+
+    async def next_wake(self, queue_inc: str, now: int) -> int | None:
+        """When the queue's next schedule is to be looked at (after ``now``), if any."""
+        query = {"queue_inc": eq(queue_inc), "wake_at": {"$gt": now}}
+        async with translated("periodic_next_wake"):
+            cursor = self.schedules.find(query, {"wake_at": 1}).sort("wake_at", 1).limit(1)
+            found = [doc async for doc in cursor]
+        return found[0]["wake_at"] if found else None
 
     async def fire(self, fires: list[Fire]) -> None:
         """Apply each fire whose schedule is still at its expected run, still active."""
@@ -141,7 +149,7 @@ class ScheduleStore:
     async def won(self, token: str) -> list[Doc]:
         """The schedules whose pending fire carries ``token`` (what one batch of fires won)."""
         async with translated("periodic_fires_won"):
-            cursor = self.schedules.find({"pending.token": eq(token)})
+            cursor = self.schedules.find({"pending.token": eq(token)}, {"runs": 0})
             return [doc async for doc in cursor]
 
     async def clear_pending(self, cleared: list[tuple[str, str, int | None]]) -> None:
