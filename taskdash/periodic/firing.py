@@ -3,10 +3,11 @@
 No node is in charge and no lock is taken: nodes that fire the same queue read the same due
 schedules and each fire is a conditional update on the schedule's ``next_run_at`` (see
 :mod:`taskdash.store.schedules`), so each run creates exactly one task across all of them. A
-pass over a queue costs, per batch of up to :data:`BATCH` due schedules, one read, one bulk
-of conditional updates, one read of what was won, one insert of the tasks and one bulk that
-clears the pending fires; a schedule due in the same millisecond on two nodes costs the loser
-an update that matches nothing.
+pass over a queue costs, per batch of up to :data:`BATCH` due schedules: one read of the due
+schedules, one of the batches still open among their last fires, the batch document written
+and deleted, one bulk of conditional updates, one read of what was won and one insert of the
+tasks; a schedule due at the same moment on two nodes costs the loser an update that matches
+nothing.
 
 Time: runs are judged on the store's clock (:class:`StoreClock`), so nodes whose clocks
 disagree still fire each run at the same moment; the tasks themselves carry the firing node's
@@ -40,7 +41,7 @@ from taskdash.store.times import to_ms
 log = structlog.get_logger("taskdash.periodic.firing")
 
 BATCH = 500  # due schedules read and fired together
-HOLD_MS = 5000  # a pending fire older than this is finished by whichever node finds it
+HOLD_MS = 10_000  # a batch of fires still open after this is finished by whichever node looks
 RUNS_KEPT = 20  # run records kept in each schedule document
 MAX_IDLE = 1.0  # seconds between passes at most (schedules created on other nodes)
 SYNC_EVERY = 60.0  # seconds between two readings of the store's clock
@@ -54,16 +55,16 @@ def timing_of(doc: Doc) -> Timing:
     return Timing(cron=doc["cron"], timezone=doc["timezone"])
 
 
-def fired_task(schedule: Doc, pending: Doc, now: int) -> Doc:
-    """The task of a pending fire: the schedule's template under the id the fire reserved.
+def fired_task(schedule: Doc, now: int) -> Doc:
+    """The task of a schedule's last fire: its template under the id the fire reserved.
 
-    Whichever node stores it (the winner, or one finishing a fire whose node died) stores the
-    same task under the same id, so only one can be stored.
+    Whichever node stores it (the winner, or one finishing a batch whose node died) stores
+    the same task under the same id, so only one can be stored.
     """
-    task_id = pending["task_id"]
+    fire = schedule["fire"]
     return {
-        "_id": task_id,
-        "seq": task_id,
+        "_id": fire["task_id"],
+        "seq": fire["task_id"],
         "service": schedule["service"],
         "queue": schedule["queue"],
         "service_inc": schedule["service_inc"],
@@ -75,23 +76,27 @@ def fired_task(schedule: Doc, pending: Doc, now: int) -> Doc:
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
-        "due": now + pending.get("delay_ms", 0),
+        "due": now + fire["delay_ms"],
         "schedule_id": schedule["schedule_id"],
         "schedule_inc": schedule["incarnation"],
-        "scheduled_for": pending["due"],
+        "scheduled_for": fire["due"],
     }
 
 
-async def finish_pending(store: ScheduleStore, schedules: list[Doc], now: int) -> None:
-    """Make sure the task of each schedule's pending fire is stored (stored now if missing)."""
-    pending = [doc for doc in schedules if "pending" in doc]
-    if not pending:
-        return
-    stored = await store.task_states([doc["pending"]["task_id"] for doc in pending])
-    missing = [doc for doc in pending if doc["pending"]["task_id"] not in stored]
-    await store.insert_tasks([fired_task(doc, doc["pending"], now) for doc in missing])
-    if missing:
-        log.info("periodic_fires_finished", count=len(missing))
+async def finish_open_fires(store: ScheduleStore, schedules: list[Doc], now: int) -> set[str]:
+    """Store the task of each schedule's last fire if that fire's batch is still open (its
+    node died, or is slow); the open batches found."""
+    tokens = sorted({doc["fire"]["token"] for doc in schedules if "fire" in doc})
+    open_ = await store.open_batches(tokens)
+    unsure = [doc for doc in schedules if "fire" in doc and doc["fire"]["token"] in open_]
+    await store.insert_tasks([fired_task(doc, now) for doc in unsure])
+    return open_
+
+
+async def finish_batch(store: ScheduleStore, token: str, now: int) -> None:
+    """Store every task of batch ``token`` (those missing), then close it."""
+    await store.insert_tasks([fired_task(doc, now) for doc in await store.fired_in(token)])
+    await store.close_batch(token)
 
 
 class StoreClock:
@@ -160,51 +165,53 @@ class Firer:
             wake = await self.store.next_wake(inc, now)
             if wake is not None:
                 wakes.append(wake)
+        await self._finish_stale(self.clock())
         self.last_pass_at = self.clock()
         return min(wakes, default=None)
 
+    async def _finish_stale(self, now: int) -> None:
+        """Finish the batches some node opened more than :data:`HOLD_MS` ago (of any queue:
+        it may have died; its fires' tasks must not wait for their schedules' next run)."""
+        for token in await self.store.stale_batches(now - HOLD_MS, limit=10):
+            await finish_batch(self.store, token, self.leasing.clock())
+            log.info("periodic_fire_batch_finished", token=token)
+
     async def _fire(self, due: list[Doc], now: int) -> None:
-        """Fire one batch: finish pending fires, claim each run, store the tasks won."""
+        """Fire one batch: finish open fires, claim each run, store the tasks won."""
         local = self.leasing.clock()
-        await finish_pending(self.store, due, local)
-        runs = [doc for doc in due if doc["next_run_at"] <= now]
+        await finish_open_fires(self.store, due, local)
         plans = [
-            plan(timing_of(d), d["next_run_at"], now, d["misfire"], d["grace_ms"]) for d in runs
+            plan(timing_of(d), d["next_run_at"], now, d["misfire"], d["grace_ms"]) for d in due
         ]
         ids = iter(await self.leasing.take_ids(sum(p.create for p in plans)))
         token = secrets.token_hex(16)
         fires = []
-        for doc, p in zip(runs, plans, strict=True):
+        for doc, p in zip(due, plans, strict=True):
             run = {"due": p.due, "at": now, "node": self.leasing.node_id, "missed": p.missed}
             if p.missed_more:
                 run["missed_more"] = True
-            set_: Doc = {"next_run_at": p.next_run_at, "updated_at": now}
+            set_: Doc = {"next_run_at": p.next_run_at, "wake_at": p.next_run_at, "updated_at": now}
             if p.create:
                 run["task_id"] = next(ids)
-                set_["pending"] = {
+                jitter = doc["jitter_ms"]
+                set_["fire"] = {
+                    "token": token,
                     "task_id": run["task_id"],
                     "due": p.due,
-                    "token": token,
-                    "at": now,
-                    "delay_ms": random.randint(0, doc["jitter_ms"]) if doc["jitter_ms"] else 0,
-                    "node": self.leasing.node_id,
+                    "delay_ms": random.randint(0, jitter) if jitter else 0,
                 }
-                set_["wake_at"] = min(p.next_run_at, now + HOLD_MS)
-            else:
-                set_["wake_at"] = p.next_run_at
             set_["runs"] = [*doc.get("runs", []), run][-RUNS_KEPT:]
             counts = {"fired" if p.create else "skipped": 1, "missed": p.missed}
             fires.append(Fire(doc["_id"], doc["next_run_at"], set_, counts, not p.create))
+        if not any(p.create for p in plans):
+            await self.store.fire(fires)
+            self.skipped += len(plans)
+            return
+        await self.store.open_batch(token, self.leasing.node_id, now)
         await self.store.fire(fires)
-        won = await self.store.won(token) if any(p.create for p in plans) else []
-        await self.store.insert_tasks([fired_task(doc, doc["pending"], local) for doc in won])
-        # pending fires found here (ours or another node's) are finished: clear them too
-        firing = {doc["_id"] for doc in runs}
-        left = [d for d in due if "pending" in d and d["_id"] not in firing]
-        await self.store.clear_pending(
-            [(d["_id"], token, d["next_run_at"]) for d in won]
-            + [(d["_id"], d["pending"]["token"], d["next_run_at"]) for d in left]
-        )
+        won = await self.store.fired_in(token)
+        await self.store.insert_tasks([fired_task(doc, local) for doc in won])
+        await self.store.close_batch(token)
         self.fired += len(won)
         self.skipped += sum(not p.create for p in plans)
 

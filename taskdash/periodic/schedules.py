@@ -17,7 +17,7 @@ import msgspec
 
 from taskdash.periodic.checks import check_name, check_task_data, check_task_type
 from taskdash.periodic.errors import Kind, PeriodicError
-from taskdash.periodic.firing import finish_pending, timing_of
+from taskdash.periodic.firing import finish_open_fires, timing_of
 from taskdash.periodic.leasing import Caller, Clock, Leasing, QueueRef
 from taskdash.periodic.timing import (
     MAX_GRACE_S,
@@ -142,11 +142,11 @@ def _timing_fields(body: dict[str, Any], now: int, jitter_ms: int) -> Doc:
     return {"cron": timing.cron, "timezone": timing.timezone}
 
 
-def run_view(run: Doc, states: dict[int, str] | None, pending: Doc | None) -> dict[str, Any]:
+def run_view(run: Doc, states: dict[int, str] | None, creating: int | None) -> dict[str, Any]:
     """One run: when it was due and fired, its task and (with ``states``) that task's state.
 
     ``outcome`` is the task's state, ``skipped`` (no task: a misfire under ``skip``),
-    ``creating`` (the fire is storing it right now) or ``deleted``.
+    ``creating`` (task id ``creating``: its fire's batch is still storing it) or ``deleted``.
     """
     view: dict[str, Any] = {
         "due_at": iso(run["due"]),
@@ -164,15 +164,22 @@ def run_view(run: Doc, states: dict[int, str] | None, pending: Doc | None) -> di
             view["outcome"] = "skipped"
         elif task_id in states:
             view["outcome"] = states[task_id]
-        elif pending is not None and pending["task_id"] == task_id:
+        elif task_id == creating:
             view["outcome"] = "creating"
         else:
             view["outcome"] = "deleted"
     return view
 
 
-def schedule_view(doc: Doc, states: dict[int, str] | None = None) -> dict[str, Any]:
-    """A schedule as callers see it; with ``states`` (task id -> state) its runs too."""
+def schedule_view(
+    doc: Doc,
+    *,
+    detail: bool = True,
+    states: dict[int, str] | None = None,
+    creating: int | None = None,
+) -> dict[str, Any]:
+    """A schedule as callers see it: with ``detail`` its next runs (a cron's cost croniter
+    steps, so a listing leaves them out), with ``states`` (task id -> state) its runs too."""
     view: dict[str, Any] = {"schedule_id": doc["schedule_id"], "queue_name": doc["queue"]}
     if "interval_ms" in doc:
         view["interval"] = doc["interval_ms"] / 1000
@@ -188,18 +195,18 @@ def schedule_view(doc: Doc, states: dict[int, str] | None = None) -> dict[str, A
         jitter=doc["jitter_ms"] / 1000,
         state="active" if active else "paused",
         next_run_at=iso(doc["next_run_at"]) if active else None,
-        next_runs=[iso(t) for t in timing_of(doc).upcoming(doc["next_run_at"], NEXT_RUNS)]
-        if active
-        else [],
-        last_run=run_view(runs[-1], states, doc.get("pending")) if runs else None,
+        last_run=run_view(runs[-1], states, creating) if runs else None,
         fired=doc["fired"],
         skipped=doc["skipped"],
         missed=doc["missed"],
         created_at=iso(doc["created_at"]),
         updated_at=iso(doc["updated_at"]),
     )
+    if detail:
+        upcoming = timing_of(doc).upcoming(doc["next_run_at"], NEXT_RUNS) if active else []
+        view["next_runs"] = [iso(t) for t in upcoming]
     if states is not None:
-        view["runs"] = [run_view(r, states, doc.get("pending")) for r in reversed(runs)]
+        view["runs"] = [run_view(r, states, creating) for r in reversed(runs)]
     return view
 
 
@@ -232,31 +239,41 @@ class Schedules:
         return schedule_view(doc)
 
     async def list(self, who: Caller, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
-        """A page of the queue's schedules by id (without their runs' outcomes)."""
+        """A page of the queue's schedules by id (without next runs and runs)."""
         ref = await self.leasing.queue_ref(who, queue)
         limit = self.leasing.check_limit(limit)
-        return [schedule_view(doc) for doc in await self.store.page(ref.inc, after, limit)]
+        found = await self.store.page(ref.inc, after, limit)
+        return [schedule_view(doc, detail=False) for doc in found]
 
     async def get(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
         """One schedule with its upcoming runs and its last runs, each with its task's state."""
         doc = await self._find(who, queue, schedule_id)
         ids = [run["task_id"] for run in doc.get("runs", []) if run.get("task_id")]
-        return schedule_view(doc, await self.store.task_states(ids))
+        states = await self.store.task_states(ids)
+        fire = doc.get("fire")
+        creating = None
+        if (
+            fire is not None
+            and fire["task_id"] not in states
+            and await self.store.open_batches([fire["token"]])
+        ):
+            creating = fire["task_id"]
+        return schedule_view(doc, states=states, creating=creating)
 
     async def pause(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
         """Stop firing (runs due while paused are not fired later); idempotent.
 
         A fire may land between reading the schedule and pausing it: the pause only applies
-        to the version it read (same pending fire or none), after making sure that fire's
-        task is stored, and reads again otherwise.
+        to the version it read (the same next run), after making sure the task of its last
+        fire is stored, and reads again otherwise.
         """
         doc = await self._find(who, queue, schedule_id)
         for _ in range(PAUSE_TRIES):
             if doc["paused"]:
                 return schedule_view(doc)
-            await finish_pending(self.store, [doc], self.leasing.clock())
-            pending, now = doc.pop("pending", None), self.clock()
-            if await self.store.pause(doc["_id"], pending and pending["token"], now):
+            await finish_open_fires(self.store, [doc], self.leasing.clock())
+            now = self.clock()
+            if await self.store.pause(doc["_id"], doc["next_run_at"], now):
                 doc.update(paused=True, updated_at=now)
                 return schedule_view(doc)
             doc = await self._find(who, queue, schedule_id)
@@ -280,7 +297,7 @@ class Schedules:
     async def delete(self, who: Caller, queue: str, schedule_id: str) -> None:
         """Delete the schedule; the tasks it created stay, ordinary tasks of the queue."""
         doc = await self._find(who, queue, schedule_id)
-        await finish_pending(self.store, [doc], self.leasing.clock())
+        await finish_open_fires(self.store, [doc], self.leasing.clock())
         await self.store.delete(doc["_id"])
 
     async def _find(self, who: Caller, queue: str, schedule_id: str) -> Doc:

@@ -101,13 +101,14 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("state", ASCENDING)], name="by_state"),
     ],
     # schedules (taskdash/store/schedules.py): what is due per queue, listing by id, what a
-    # batch of fires won, and deregistering
+    # batch of fires won, and deregistering; batches left open by a node that died
     "periodic_schedules": [
         IndexModel([("queue_inc", ASCENDING), ("wake_at", ASCENDING)], name="queue_wake"),
         IndexModel([("queue_inc", ASCENDING), ("schedule_id", ASCENDING)], name="queue_schedule"),
-        IndexModel([("pending.token", ASCENDING)], name="pending_token"),
+        IndexModel([("fire.token", ASCENDING)], name="fire_token"),
         IndexModel([("service_inc", ASCENDING)], name="service_inc"),
     ],
+    "periodic_fire_batches": [IndexModel([("at", ASCENDING)], name="at")],
 }
 
 

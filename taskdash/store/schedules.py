@@ -9,18 +9,22 @@ A schedule document::
      service_inc, queue, queue_inc,
      interval_ms + anchor_ms | cron + timezone, task_type, task_data: <JSON text>, size,
      misfire, grace_ms, jitter_ms, paused,
-     next_run_at: <the next nominal run>, wake_at: <when a node must look; absent when paused>,
-     pending: {task_id, due, token, at, delay_ms, node}: <a fire whose task may not be stored>,
+     next_run_at: <the next nominal run>, wake_at: <the same; absent while paused>,
+     fire: {token, task_id, due, delay_ms}: <the last fire that created a task>,
      runs: [<the last RUNS_KEPT runs, oldest first>], fired, skipped, missed,
      created_at, updated_at}
 
 Exactly one task per run, without a lock: a fire is a conditional update that matches only
 while ``next_run_at`` is still the run being fired, and it moves ``next_run_at`` on; of two
-nodes firing the same run, one matches. The winner's update also records the fire as
-``pending`` with a task id reserved beforehand, then the winner inserts the task under that id
-and clears ``pending``. If it dies in between, any node that finds the pending fire (at
-``wake_at``, a few seconds later) inserts the same task under the same id: a duplicate key
-means it was stored already. So a run's task is created once, even across crashes.
+nodes firing the same run, one matches. The update also records the fire (``fire``) with a
+task id reserved beforehand and the token of the node's batch of fires; the node then inserts
+the tasks it won under those ids. Before its updates, the node writes a small *batch*
+document (``periodic_fire_batches``, ``_id`` = the token) and deletes it once the tasks are
+stored. A batch document that outlives its node names fires whose tasks may be missing: any
+node finishing it (before firing one of its schedules again, or when it is older than a few
+seconds) inserts the same tasks under the same ids, and a duplicate id means the task was
+stored already. So each run's task is created once, even across crashes, for the price of
+two writes per fire and two per batch.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pymongo.errors import BulkWriteError
 from taskdash.store.mongo import Doc, Store, duplicates_only, eq, insert_new, translated
 
 SCHEDULES = "periodic_schedules"
+BATCHES = "periodic_fire_batches"
 POINT_READS = 32  # concurrent single-document reads (nx-27017 scans for $in)
 
 
@@ -48,9 +53,9 @@ class Fire(NamedTuple):
 
     key: str
     expected: int
-    set_: Doc  # next_run_at, wake_at, runs, updated_at, and pending when a task is created
+    set_: Doc  # next_run_at, wake_at, runs, updated_at, and fire when a task is created
     inc: Doc  # fired / skipped / missed counters
-    clear_pending: bool  # no task this time: drop a pending fire (already made sure of)
+    unset_fire: bool  # no task this time: the last fire was made sure of, drop it
 
 
 class ScheduleStore:
@@ -59,6 +64,7 @@ class ScheduleStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.schedules = store[SCHEDULES]
+        self.batches = store[BATCHES]
         self.tasks = store["periodic_tasks"]
 
     async def server_time(self) -> Any:
@@ -85,20 +91,13 @@ class ScheduleStore:
             cursor = self.schedules.find(query).sort("schedule_id", 1).limit(limit)
             return [doc async for doc in cursor]
 
-    async def pause(self, key: str, pending_token: str | None, now: int) -> bool:
-        """Pause an active schedule whose pending fire is still ``pending_token`` (or none):
-        it is dropped with ``wake_at``. False if the schedule changed meanwhile."""
-        same: Doc = {"pending": {"$exists": False}}
-        if pending_token:
-            same = {"pending.token": eq(pending_token)}
-        update = {
-            "$set": {"paused": True, "updated_at": now},
-            "$unset": {"wake_at": "", "pending": ""},
-        }
+    async def pause(self, key: str, next_run_at: int, now: int) -> bool:
+        """Pause an active schedule still at ``next_run_at`` (no fire since it was read);
+        False if it changed meanwhile."""
+        query = {"_id": eq(key), "paused": eq(False), "next_run_at": eq(next_run_at)}
+        update = {"$set": {"paused": True, "updated_at": now}, "$unset": {"wake_at": ""}}
         async with translated("periodic_pause_schedule"):
-            result = await self.schedules.update_one(
-                {"_id": eq(key), "paused": eq(False), **same}, update
-            )
+            result = await self.schedules.update_one(query, update)
         return result.matched_count == 1
 
     async def resume(self, key: str, next_run_at: int, now: int) -> bool:
@@ -133,39 +132,50 @@ class ScheduleStore:
             found = [doc async for doc in cursor]
         return found[0]["wake_at"] if found else None
 
+    async def open_batch(self, token: str, node: str, now: int) -> None:
+        """Record a batch of fires about to be made (see the module's docstring)."""
+        async with translated("periodic_open_batch"):
+            await self.batches.insert_one({"_id": token, "node": node, "at": now})
+
+    async def close_batch(self, token: str) -> None:
+        """The batch's tasks are stored: forget it."""
+        async with translated("periodic_close_batch"):
+            await self.batches.delete_one({"_id": eq(token)})
+
+    async def open_batches(self, tokens: list[str]) -> set[str]:
+        """Which of these batches are not closed yet (the collection holds a handful: the
+        batches in flight, and those of nodes that died in one)."""
+        if not tokens:
+            return set()
+        async with translated("periodic_open_batches"):
+            cursor = self.batches.find({"_id": {"$in": tokens}}, {"_id": 1})
+            return {doc["_id"] async for doc in cursor}
+
+    async def stale_batches(self, before: int, limit: int) -> list[str]:
+        """Batches opened before ``before``: their node died or hangs (index ``at``)."""
+        async with translated("periodic_stale_batches"):
+            cursor = self.batches.find({"at": {"$lte": before}}, {"_id": 1}).limit(limit)
+            return [doc["_id"] async for doc in cursor]
+
     async def fire(self, fires: list[Fire]) -> None:
         """Apply each fire whose schedule is still at its expected run, still active."""
         ops = []
         for f in fires:
             update: Doc = {"$set": f.set_, "$inc": f.inc}
-            if f.clear_pending:
-                update["$unset"] = {"pending": ""}
+            if f.unset_fire:
+                update["$unset"] = {"fire": ""}
             query = {"_id": eq(f.key), "next_run_at": eq(f.expected), "paused": eq(False)}
             ops.append(UpdateOne(query, update))
         if ops:
             async with translated("periodic_fire"):
                 await self.schedules.bulk_write(ops, ordered=False)
 
-    async def won(self, token: str) -> list[Doc]:
-        """The schedules whose pending fire carries ``token`` (what one batch of fires won)."""
-        async with translated("periodic_fires_won"):
-            cursor = self.schedules.find({"pending.token": eq(token)}, {"runs": 0})
+    async def fired_in(self, token: str) -> list[Doc]:
+        """The schedules whose last fire belongs to batch ``token`` (what it won), without
+        their run records (index ``fire_token``)."""
+        async with translated("periodic_fired_in"):
+            cursor = self.schedules.find({"fire.token": eq(token)}, {"runs": 0})
             return [doc async for doc in cursor]
-
-    async def clear_pending(self, cleared: list[tuple[str, str, int | None]]) -> None:
-        """Drop each (key, token)'s pending fire, its task being stored; ``wake_at`` becomes
-        the next run (or is removed: paused). A pending fire replaced meanwhile is left."""
-        ops = []
-        for key, token, wake_at in cleared:
-            update: Doc = {"$unset": {"pending": ""}}
-            if wake_at is None:
-                update["$unset"]["wake_at"] = ""
-            else:
-                update["$set"] = {"wake_at": wake_at}
-            ops.append(UpdateOne({"_id": eq(key), "pending.token": eq(token)}, update))
-        if ops:
-            async with translated("periodic_clear_pending"):
-                await self.schedules.bulk_write(ops, ordered=False)
 
     # the tasks fires create ---------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import Clock, Node, NodeFactory, Registered, register
 
 from taskdash.periodic.errors import Kind, PeriodicError
-from taskdash.periodic.firing import HOLD_MS, RUNS_KEPT, fired_task
+from taskdash.periodic.firing import HOLD_MS, RUNS_KEPT, fired_task, timing_of
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.views import encode, iso
 from taskdash.store.schedules import Fire, schedule_key
@@ -227,77 +227,74 @@ async def test_jitter_delays_when_the_task_can_be_leased(node: Node, clock: Cloc
     assert len(await who.lease()) == 1
 
 
+async def claim_and_die(node: Node, who: Registered, schedule_id: str) -> tuple[int, Any]:
+    """What a node that won a run and died before storing its task leaves behind: its batch
+    open, the schedule moved on with the fire recorded; the fire's task id and the schedule."""
+    ref = await node.leasing.queue_ref(who.caller, who.queue)
+    doc = await node.schedules.store.get(schedule_key(ref.inc, schedule_id))
+    assert doc is not None
+    [task_id] = await node.leasing.take_ids(1)
+    due, token = doc["next_run_at"], f"dead-{schedule_id}"
+    following = timing_of(doc).next_after(due)
+    fire = {"token": token, "task_id": task_id, "due": due, "delay_ms": 0}
+    run = {"due": due, "at": clock_of(node)(), "node": "dead", "missed": 0, "task_id": task_id}
+    changes = {"next_run_at": following, "wake_at": following, "fire": fire, "runs": [run]}
+    await node.schedules.store.open_batch(token, "dead", clock_of(node)())
+    await node.schedules.store.fire([Fire(doc["_id"], due, changes, {"fired": 1}, False)])
+    return task_id, {**doc, **changes}
+
+
+def clock_of(node: Node) -> Any:
+    return node.leasing.clock
+
+
 async def test_a_fire_whose_node_died_is_finished_by_another(
     make_node: NodeFactory, clock: Clock
 ) -> None:
-    """Node A won a run (its conditional update stored the pending fire) and died before
-    storing the task: node B stores that same task, under the id A reserved, once."""
+    """Node A won a run (its conditional update recorded the fire) and died before storing
+    the task: node B stores that same task, under the id A reserved, once."""
     a, b = await make_node("node-a"), await make_node("node-b")
     who = await register(a.stub)
     await b.stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**who.q()))
-    await create(a, who, schedule_id="c", interval=3600)
-    ref = await a.leasing.queue_ref(who.caller, who.queue)
-    key = schedule_key(ref.inc, "c")
-    doc = await a.schedules.store.get(key)
-    assert doc is not None
-    clock.now = doc["next_run_at"]
-    [task_id] = await a.leasing.take_ids(1)
-    pending = {"task_id": task_id, "due": clock.now, "token": "dead-node", "at": clock.now}
-    run = {"due": clock.now, "at": clock.now, "node": "node-a", "missed": 0, "task_id": task_id}
-    next_run = clock.now + 3600 * S
-    await a.schedules.store.fire(
-        [
-            Fire(
-                key,
-                doc["next_run_at"],
-                {
-                    "next_run_at": next_run,
-                    "wake_at": clock.now + HOLD_MS,
-                    "pending": pending,
-                    "runs": [run],
-                    "updated_at": clock.now,
-                },
-                {"fired": 1, "missed": 0},
-                False,
-            )
-        ]
-    )
+    created = await create(a, who, schedule_id="c", interval=3600)
+    clock.advance(3600)
+    task_id, doc = await claim_and_die(a, who, "c")
     shown = await b.schedules.get(who.caller, who.queue, "c")
     assert shown["runs"][0]["outcome"] == "creating"
     await b.firer.fire_due()
-    assert await tasks_of(b, who) == []  # A may still be storing it: B waits HOLD_MS
+    assert await tasks_of(b, who) == []  # A may only be slow: B waits HOLD_MS
     clock.advance(HOLD_MS / 1000)
     await b.firer.fire_due()
     [task] = await tasks_of(b, who)
-    assert (task["task_id"], task["scheduled_for"]) == (task_id, iso(next_run - 3600 * S))
+    assert (task["task_id"], task["scheduled_for"]) == (task_id, created["next_run_at"])
+    assert await b.schedules.store.open_batches(["dead-c"]) == set()
     # A was only slow after all: its own insert is a duplicate and changes nothing
-    await a.schedules.store.insert_tasks([fired_task(doc, pending, clock.now)])
+    await a.schedules.store.insert_tasks([fired_task(doc, clock.now)])
     assert await tasks_of(b, who) == [task]
-    after = await b.schedules.store.get(key)
-    assert after is not None and "pending" not in after and after["wake_at"] == next_run
+    shown = await b.schedules.get(who.caller, who.queue, "c")
+    assert shown["runs"][0]["outcome"] == "pending"
 
 
-async def test_pause_and_delete_finish_a_pending_fire(node: Node, clock: Clock) -> None:
+async def test_the_next_run_finishes_an_open_fire_first(node: Node, clock: Clock) -> None:
+    """A schedule due again before a dead node's batch is stale: its firer stores the task
+    of the previous fire before firing the next run."""
+    who = await register(node.stub)
+    await create(node, who, schedule_id="fast", interval=1)
+    clock.advance(1)
+    task_id, _ = await claim_and_die(node, who, "fast")
+    clock.advance(1)
+    await node.firer.fire_due()
+    tasks = await tasks_of(node, who)
+    assert len(tasks) == 2 and tasks[0]["task_id"] == task_id
+    assert len({t["scheduled_for"] for t in tasks}) == 2
+
+
+async def test_pause_and_delete_finish_an_open_fire(node: Node, clock: Clock) -> None:
     who = await register(node.stub)
     for name in ("x", "y"):
         await create(node, who, schedule_id=name, interval=3600)
-    ref = await node.leasing.queue_ref(who.caller, who.queue)
-    docs = [await node.schedules.store.get(schedule_key(ref.inc, n)) for n in ("x", "y")]
-    ids = await node.leasing.take_ids(2)
-    fires = []
-    for doc, task_id in zip(docs, ids, strict=True):
-        assert doc is not None
-        pending = {"task_id": task_id, "due": doc["next_run_at"], "token": "gone", "at": 0}
-        fires.append(
-            Fire(
-                doc["_id"],
-                doc["next_run_at"],
-                {"next_run_at": doc["next_run_at"] + 1, "pending": pending},
-                {},
-                False,
-            )
-        )
-    await node.schedules.store.fire(fires)
+    clock.advance(3600)
+    ids = [(await claim_and_die(node, who, name))[0] for name in ("x", "y")]
     await node.schedules.pause(who.caller, who.queue, "x")
     await node.schedules.delete(who.caller, who.queue, "y")
     assert sorted(t["task_id"] for t in await tasks_of(node, who)) == sorted(ids)
