@@ -42,7 +42,6 @@ log = structlog.get_logger("taskdash.periodic.firing")
 
 BATCH = 500  # due schedules read and fired together
 HOLD_MS = 10_000  # a batch of fires still open after this is finished by whichever node looks
-RUNS_KEPT = 20  # run records kept in each schedule document
 MAX_IDLE = 1.0  # seconds between passes at most (schedules created on other nodes)
 SYNC_EVERY = 60.0  # seconds between two readings of the store's clock
 RETRY_MAX = 5.0  # seconds between passes at most while the store is unreachable
@@ -200,7 +199,7 @@ class Firer:
                     "due": p.due,
                     "delay_ms": random.randint(0, jitter) if jitter else 0,
                 }
-            set_["runs"] = [*doc.get("runs", []), run][-RUNS_KEPT:]
+            set_["last_run"] = run
             counts = {"fired" if p.create else "skipped": 1, "missed": p.missed}
             fires.append(Fire(doc["_id"], doc["next_run_at"], set_, counts, not p.create))
         if not any(p.create for p in plans):

@@ -1,4 +1,4 @@
-"""``taskdash periodic schedule create|list|show|pause|resume|delete``: schedules from a shell.
+"""``taskdash periodic schedule create|list|show|runs|pause|resume|delete``: from a shell.
 
 A client of the periodic service's HTTP API (``requests``), so it works from any machine that
 reaches it; the service's secret is read from a file (or stdin), never from the command line
@@ -32,6 +32,7 @@ Examples:
   taskdash periodic schedule create --service mailer --queue jobs --secret-file ~/.mailer \\
       --interval 10 --misfire skip
   taskdash periodic schedule list --service mailer --queue jobs --secret-file ~/.mailer
+  taskdash periodic schedule runs nightly --service mailer --queue jobs --secret-file ~/.mailer
   taskdash periodic schedule pause nightly --service mailer --queue jobs --secret-file -
 
 Reference: docs/periodic.md (Schedules).
@@ -40,7 +41,8 @@ Exit codes: 0 done; 1 refused by the service, or the service unreachable; 2 bad 
 ACTIONS = {
     "create": "create a schedule",
     "list": "list the queue's schedules",
-    "show": "show a schedule with its next runs and its last runs' tasks",
+    "show": "show a schedule with its next runs and its last run",
+    "runs": "list the runs that created a task, newest first, with their tasks' states",
     "pause": "stop firing a schedule (runs due meanwhile are not caught up)",
     "resume": "fire a paused schedule again, from its next run",
     "delete": "delete a schedule (the tasks it created stay)",
@@ -63,7 +65,7 @@ def add_parser(sub: Any) -> None:
         parser.add_argument(
             "--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help="TOML config file"
         )
-        if action in ("show", "pause", "resume", "delete"):
+        if action in ("show", "runs", "pause", "resume", "delete"):
             parser.add_argument("schedule_id", help="the schedule's id")
         parser.add_argument("--service", required=True, help="the service's name")
         parser.add_argument("--queue", required=True, help="the queue's name")
@@ -78,6 +80,11 @@ def add_parser(sub: Any) -> None:
         )
         if action == "list":
             parser.add_argument("--after", default="", help="list the ids after this one")
+        if action == "runs":
+            parser.add_argument(
+                "--before", type=int, metavar="MS", help="runs due before (epoch ms)"
+            )
+        if action in ("list", "runs"):
             parser.add_argument("--limit", type=int, default=0, help="at most this many (10)")
         if action == "create":
             _add_create(parser)
@@ -141,6 +148,9 @@ def request(args: argparse.Namespace, settings: Settings) -> tuple[str, str, dic
         query = urllib.parse.urlencode({"after": args.after, "limit": args.limit})
         return "GET", f"{url}?{query}", None
     one = f"{url}/{quote(args.schedule_id, safe='')}"
+    if args.action == "runs":
+        page = {"limit": args.limit, **({"before": args.before} if args.before else {})}
+        return "GET", f"{one}/runs?{urllib.parse.urlencode(page)}", None
     if args.action in ("pause", "resume"):
         return "POST", f"{one}/{args.action}", {}
     return ("GET" if args.action == "show" else "DELETE"), one, None

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from taskdash.periodic.checks import check_name, check_task_data, check_task_type
+from taskdash.periodic.checks import INT64_MAX, check_name, check_task_data, check_task_type
 from taskdash.periodic.errors import Kind, PeriodicError
 from taskdash.periodic.firing import finish_open_fires, timing_of
 from taskdash.periodic.leasing import Caller, Clock, Leasing, QueueRef
@@ -111,7 +111,6 @@ def new_schedule(body: dict[str, Any], ref: QueueRef, now: int, max_data: int) -
         "grace_ms": check_seconds("misfire_grace", grace, 1, MAX_GRACE_S),
         "jitter_ms": jitter_ms,
         "paused": _get(body, "paused", bool, False),
-        "runs": [],
         "fired": 0,
         "skipped": 0,
         "missed": 0,
@@ -142,12 +141,10 @@ def _timing_fields(body: dict[str, Any], now: int, jitter_ms: int) -> Doc:
     return {"cron": timing.cron, "timezone": timing.timezone}
 
 
-def run_view(run: Doc, states: dict[int, str] | None, creating: int | None) -> dict[str, Any]:
-    """One run: when it was due and fired, its task and (with ``states``) that task's state.
-
-    ``outcome`` is the task's state, ``skipped`` (no task: a misfire under ``skip``),
-    ``creating`` (task id ``creating``: its fire's batch is still storing it) or ``deleted``.
-    """
+def run_view(run: Doc, outcome: str | None = None) -> dict[str, Any]:
+    """A schedule's last run: when it was due and fired, its task, and (when asked for) its
+    ``outcome``: the task's state, ``skipped`` (no task: a misfire under ``skip``),
+    ``creating`` (its fire's batch is storing it right now) or ``deleted``."""
     view: dict[str, Any] = {
         "due_at": iso(run["due"]),
         "fired_at": iso(run["at"]),
@@ -158,35 +155,33 @@ def run_view(run: Doc, states: dict[int, str] | None, creating: int | None) -> d
     }
     if run.get("missed_more"):
         view["missed_more"] = True
-    if states is not None:
-        task_id = run.get("task_id")
-        if task_id is None:
-            view["outcome"] = "skipped"
-        elif task_id in states:
-            view["outcome"] = states[task_id]
-        elif task_id == creating:
-            view["outcome"] = "creating"
-        else:
-            view["outcome"] = "deleted"
+    if outcome is not None:
+        view["outcome"] = outcome
     return view
 
 
-def schedule_view(
-    doc: Doc,
-    *,
-    detail: bool = True,
-    states: dict[int, str] | None = None,
-    creating: int | None = None,
-) -> dict[str, Any]:
+def task_run_view(task: Doc) -> dict[str, Any]:
+    """A run as the task it created shows it (``outcome`` is the task's state)."""
+    return {
+        "due_at": iso(task["scheduled_for"]),
+        "task_id": task["_id"],
+        "created_at": iso(task["created_at"]),
+        "outcome": task["state"],
+        "attempts": task["attempts"],
+        "updated_at": iso(task["updated_at"]),
+    }
+
+
+def schedule_view(doc: Doc, *, detail: bool = True, outcome: str | None = None) -> dict[str, Any]:
     """A schedule as callers see it: with ``detail`` its next runs (a cron's cost croniter
-    steps, so a listing leaves them out), with ``states`` (task id -> state) its runs too."""
+    steps, so a listing leaves them out), with ``outcome`` its last run's."""
     view: dict[str, Any] = {"schedule_id": doc["schedule_id"], "queue_name": doc["queue"]}
     if "interval_ms" in doc:
         view["interval"] = doc["interval_ms"] / 1000
     else:
         view.update(cron=doc["cron"], timezone=doc["timezone"])
     active = not doc["paused"]
-    runs = doc.get("runs", [])
+    last = doc.get("last_run")
     view.update(
         task_type=doc["task_type"],
         task_data=msgspec.Raw(doc["task_data"].encode()),
@@ -195,7 +190,7 @@ def schedule_view(
         jitter=doc["jitter_ms"] / 1000,
         state="active" if active else "paused",
         next_run_at=iso(doc["next_run_at"]) if active else None,
-        last_run=run_view(runs[-1], states, creating) if runs else None,
+        last_run=run_view(last, outcome) if last else None,
         fired=doc["fired"],
         skipped=doc["skipped"],
         missed=doc["missed"],
@@ -205,8 +200,6 @@ def schedule_view(
     if detail:
         upcoming = timing_of(doc).upcoming(doc["next_run_at"], NEXT_RUNS) if active else []
         view["next_runs"] = [iso(t) for t in upcoming]
-    if states is not None:
-        view["runs"] = [run_view(r, states, creating) for r in reversed(runs)]
     return view
 
 
@@ -239,26 +232,44 @@ class Schedules:
         return schedule_view(doc)
 
     async def list(self, who: Caller, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
-        """A page of the queue's schedules by id (without next runs and runs)."""
+        """A page of the queue's schedules by id (without next runs, nor the last run's
+        outcome)."""
         ref = await self.leasing.queue_ref(who, queue)
         limit = self.leasing.check_limit(limit)
         found = await self.store.page(ref.inc, after, limit)
         return [schedule_view(doc, detail=False) for doc in found]
 
     async def get(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
-        """One schedule with its upcoming runs and its last runs, each with its task's state."""
+        """One schedule with its next runs and its last run's outcome."""
         doc = await self._find(who, queue, schedule_id)
-        ids = [run["task_id"] for run in doc.get("runs", []) if run.get("task_id")]
-        states = await self.store.task_states(ids)
+        return schedule_view(doc, outcome=await self._outcome(doc))
+
+    async def runs(
+        self, who: Caller, queue: str, schedule_id: str, before: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """The runs that created a task, newest first, due before ``before`` (epoch ms); and
+        the ``before`` of the next page (None: no more)."""
+        doc = await self._find(who, queue, schedule_id)
+        limit = self.leasing.check_limit(limit)
+        tasks = await self.store.runs(doc["incarnation"], min(before, INT64_MAX), limit)
+        following = tasks[-1]["scheduled_for"] if len(tasks) == limit else None
+        return [task_run_view(task) for task in tasks], following
+
+    async def _outcome(self, doc: Doc) -> str | None:
+        """What became of the last run's task (None: no run yet)."""
+        last = doc.get("last_run")
+        if last is None:
+            return None
+        task_id = last.get("task_id")
+        if task_id is None:
+            return "skipped"
+        state = (await self.store.task_states([task_id])).get(task_id)
+        if state is not None:
+            return state
         fire = doc.get("fire")
-        creating = None
-        if (
-            fire is not None
-            and fire["task_id"] not in states
-            and await self.store.open_batches([fire["token"]])
-        ):
-            creating = fire["task_id"]
-        return schedule_view(doc, states=states, creating=creating)
+        if fire and fire["task_id"] == task_id and await self.store.open_batches([fire["token"]]):
+            return "creating"
+        return "deleted"
 
     async def pause(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
         """Stop firing (runs due while paused are not fired later); idempotent.

@@ -13,6 +13,8 @@ from taskdash.periodic.leasing import Leasing
 from taskdash.periodic.schedules import Schedules
 from taskdash.settings import PeriodicSettings
 
+NO_LIMIT = 2**63 - 1  # "before" when not given: every run
+
 
 class ScheduleHandler(Handler):
     """Shared by the schedule endpoints: they also hold the :class:`Schedules`."""
@@ -51,6 +53,16 @@ class OneScheduleHandler(ScheduleHandler):
         self.reply({"success": True})
 
 
+class RunsHandler(ScheduleHandler):
+    """GET: the runs that created a task (the tasks), newest first; ``next_before`` pages."""
+
+    async def get(self, service: str, queue: str, schedule_id: str) -> None:
+        who, before = self.caller(service), self.query_int("before", NO_LIMIT, saturate=True)
+        limit = self.query_int("limit", 0)
+        runs, following = await self.schedules.runs(who, queue, schedule_id, before, limit)
+        self.reply({"runs": runs, "next_before": following})
+
+
 class ScheduleActionHandler(ScheduleHandler):
     """POST pause / resume: the schedule as it is afterwards."""
 
@@ -70,5 +82,6 @@ def routes(schedules: Schedules) -> list[tuple[str, type, dict[str, Any]]]:
     return [
         (rf"{QUEUE}/schedules", SchedulesHandler, res),
         (one, OneScheduleHandler, res),
+        (rf"{one}/runs", RunsHandler, res),
         (rf"{one}/(pause|resume)", ScheduleActionHandler, res),
     ]

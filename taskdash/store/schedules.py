@@ -11,8 +11,12 @@ A schedule document::
      misfire, grace_ms, jitter_ms, paused,
      next_run_at: <the next nominal run>, wake_at: <the same; absent while paused>,
      fire: {token, task_id, due, delay_ms}: <the last fire that created a task>,
-     runs: [<the last RUNS_KEPT runs, oldest first>], fired, skipped, missed,
+     last_run: {due, at, node, missed, task_id?}, fired, skipped, missed,
      created_at, updated_at}
+
+The runs' history is the tasks themselves (``schedule_inc``, ``scheduled_for``): a document
+that grew with each run would cost every fire its size (nx-27017 parses and rewrites whole
+documents, even to evaluate a condition that fails).
 
 Exactly one task per run, without a lock: a fire is a conditional update that matches only
 while ``next_run_at`` is still the run being fired, and it moves ``next_run_at`` on; of two
@@ -53,7 +57,7 @@ class Fire(NamedTuple):
 
     key: str
     expected: int
-    set_: Doc  # next_run_at, wake_at, runs, updated_at, and fire when a task is created
+    set_: Doc  # next_run_at, wake_at, last_run, updated_at, and fire when a task is created
     inc: Doc  # fired / skipped / missed counters
     unset_fire: bool  # no task this time: the last fire was made sure of, drop it
 
@@ -171,10 +175,10 @@ class ScheduleStore:
                 await self.schedules.bulk_write(ops, ordered=False)
 
     async def fired_in(self, token: str) -> list[Doc]:
-        """The schedules whose last fire belongs to batch ``token`` (what it won), without
-        their run records (index ``fire_token``)."""
+        """The schedules whose last fire belongs to batch ``token`` (what it won; index
+        ``fire_token``)."""
         async with translated("periodic_fired_in"):
-            cursor = self.schedules.find({"fire.token": eq(token)}, {"runs": 0})
+            cursor = self.schedules.find({"fire.token": eq(token)})
             return [doc async for doc in cursor]
 
     # the tasks fires create ---------------------------------------------------------------
@@ -204,3 +208,11 @@ class ScheduleStore:
         async with translated("periodic_task_states"):
             await asyncio.gather(*(read(i) for i in set(ids)))
         return found
+
+    async def runs(self, schedule_inc: str, before: int, limit: int) -> list[Doc]:
+        """The tasks one schedule created, newest run first, runs before ``before`` (ms;
+        index ``schedule_runs``)."""
+        query = {"schedule_inc": eq(schedule_inc), "scheduled_for": {"$lt": before}}
+        async with translated("periodic_schedule_runs"):
+            cursor = self.tasks.find(query).sort("scheduled_for", -1).limit(limit)
+            return [doc async for doc in cursor]

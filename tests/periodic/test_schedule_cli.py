@@ -58,6 +58,10 @@ async def test_create_list_show_pause_resume_delete(
     assert await cli("schedule", "list", *args, "--limit", "1") == 0
     assert [s["schedule_id"] for s in last_json(capsys)["schedules"]] == ["nightly"]
     assert await cli("schedule", "show", "nightly", *args) == 0
+    assert last_json(capsys)["last_run"] is None
+    assert await cli("schedule", "runs", "nightly", *args, "--limit", "5") == 0
+    assert last_json(capsys) == {"runs": [], "next_before": None}
+    assert await cli("schedule", "runs", "nightly", *args, "--before", "1") == 0
     assert last_json(capsys)["runs"] == []
     assert await cli("schedule", "pause", "nightly", *args) == 0
     assert last_json(capsys)["state"] == "paused"

@@ -10,7 +10,7 @@ import pytest
 from conftest import Clock, Node, NodeFactory, Registered, register
 
 from taskdash.periodic.errors import Kind, PeriodicError
-from taskdash.periodic.firing import HOLD_MS, RUNS_KEPT, fired_task, timing_of
+from taskdash.periodic.firing import HOLD_MS, fired_task, timing_of
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.views import encode, iso
 from taskdash.store.schedules import Fire, schedule_key
@@ -62,13 +62,23 @@ async def test_interval_schedule_fires_each_run_once(node: Node, clock: Clock) -
     clock.advance(10)
     await node.firer.fire_due()
     shown = await node.schedules.get(who.caller, who.queue, "tick")
-    assert [(r["due_at"], r["outcome"]) for r in shown["runs"]] == [
+    runs, more = await node.schedules.runs(who.caller, who.queue, "tick", 2**63, 0)
+    assert [(r["due_at"], r["outcome"]) for r in runs] == [
         (iso(created_at + 20 * S), "pending"),
         (iso(created_at + 10 * S), "done"),
     ]
-    assert shown["last_run"]["task_id"] == shown["runs"][0]["task_id"] != item["task_id"]
+    assert more is None
+    assert shown["last_run"] == {
+        "due_at": iso(created_at + 20 * S),
+        "fired_at": iso(created_at + 20 * S),
+        "late_ms": 0,
+        "task_id": runs[0]["task_id"],
+        "missed": 0,
+        "node": "node-a",
+        "outcome": "pending",
+    }
+    assert runs[1]["task_id"] == item["task_id"]
     assert (shown["fired"], shown["skipped"], shown["missed"]) == (2, 0, 0)
-    assert shown["runs"][0]["late_ms"] == 0 and shown["runs"][0]["node"] == "node-a"
     assert shown["next_run_at"] == iso(created_at + 30 * S)
 
 
@@ -124,7 +134,7 @@ async def test_misfire_skip_vs_once_after_a_node_was_stopped(
     ]
     skip = await b.schedules.get(who.caller, who.queue, "skip")
     once = await b.schedules.get(who.caller, who.queue, "once")
-    assert skip["runs"][0] == {
+    assert skip["last_run"] == {
         "due_at": iso(late),
         "fired_at": iso(late + 30 * S),
         "late_ms": 30 * S,
@@ -135,7 +145,7 @@ async def test_misfire_skip_vs_once_after_a_node_was_stopped(
     }
     assert (skip["fired"], skip["skipped"], skip["missed"]) == (1, 1, 59)
     assert (once["fired"], once["skipped"], once["missed"]) == (2, 0, 59)
-    assert once["runs"][0]["outcome"] == "pending" and once["runs"][0]["missed"] == 59
+    assert once["last_run"]["outcome"] == "pending" and once["last_run"]["missed"] == 59
     assert skip["next_run_at"] == once["next_run_at"] == iso(late + 60 * S)
 
     clock.advance(30)  # the next run, on time: both fire
@@ -238,7 +248,7 @@ async def claim_and_die(node: Node, who: Registered, schedule_id: str) -> tuple[
     following = timing_of(doc).next_after(due)
     fire = {"token": token, "task_id": task_id, "due": due, "delay_ms": 0}
     run = {"due": due, "at": clock_of(node)(), "node": "dead", "missed": 0, "task_id": task_id}
-    changes = {"next_run_at": following, "wake_at": following, "fire": fire, "runs": [run]}
+    changes = {"next_run_at": following, "wake_at": following, "fire": fire, "last_run": run}
     await node.schedules.store.open_batch(token, "dead", clock_of(node)())
     await node.schedules.store.fire([Fire(doc["_id"], due, changes, {"fired": 1}, False)])
     return task_id, {**doc, **changes}
@@ -260,7 +270,7 @@ async def test_a_fire_whose_node_died_is_finished_by_another(
     clock.advance(3600)
     task_id, doc = await claim_and_die(a, who, "c")
     shown = await b.schedules.get(who.caller, who.queue, "c")
-    assert shown["runs"][0]["outcome"] == "creating"
+    assert shown["last_run"]["outcome"] == "creating"
     await b.firer.fire_due()
     assert await tasks_of(b, who) == []  # A may only be slow: B waits HOLD_MS
     clock.advance(HOLD_MS / 1000)
@@ -272,7 +282,7 @@ async def test_a_fire_whose_node_died_is_finished_by_another(
     await a.schedules.store.insert_tasks([fired_task(doc, clock.now)])
     assert await tasks_of(b, who) == [task]
     shown = await b.schedules.get(who.caller, who.queue, "c")
-    assert shown["runs"][0]["outcome"] == "pending"
+    assert shown["last_run"]["outcome"] == "pending"
 
 
 async def test_the_next_run_finishes_an_open_fire_first(node: Node, clock: Clock) -> None:
@@ -300,21 +310,31 @@ async def test_pause_and_delete_finish_an_open_fire(node: Node, clock: Clock) ->
     assert sorted(t["task_id"] for t in await tasks_of(node, who)) == sorted(ids)
 
 
-async def test_runs_kept_and_outcomes(node: Node, clock: Clock) -> None:
+async def test_runs_are_the_tasks_newest_first(node: Node, clock: Clock) -> None:
     who = await register(node.stub)
+    start = clock.now
     await create(node, who, schedule_id="r", interval=1)
-    for _ in range(RUNS_KEPT + 3):
+    await create(node, who, schedule_id="other", interval=1)
+    for _ in range(25):
         clock.advance(1)
         await node.firer.fire_due()
-    tasks = await tasks_of(node, who)
-    assert len(tasks) == RUNS_KEPT + 3
-    await node.leasing.delete_task(who.caller, who.queue, tasks[-1]["task_id"])
+    page, before = await node.schedules.runs(who.caller, who.queue, "r", 2**63, 10)
+    assert [r["due_at"] for r in page] == [iso(start + n * S) for n in range(25, 15, -1)]
+    assert before == start + 16 * S
+    rest, end = await node.schedules.runs(who.caller, who.queue, "r", before, 0)
+    assert [r["due_at"] for r in rest] == [iso(start + n * S) for n in range(15, 5, -1)]
+    last, end = await node.schedules.runs(who.caller, who.queue, "r", start + 6 * S, 100)
+    assert len(last) == 5 and end is None
+    assert {r["task_id"] for r in page + rest + last} == {
+        t["task_id"] for t in await tasks_of(node, who) if t["schedule_id"] == "r"
+    }
+    await node.leasing.delete_task(who.caller, who.queue, page[0]["task_id"])
     shown = await node.schedules.get(who.caller, who.queue, "r")
-    assert len(shown["runs"]) == RUNS_KEPT  # the newest, newest first
-    assert shown["runs"][0]["task_id"] == tasks[-1]["task_id"]
-    assert shown["runs"][0]["outcome"] == "deleted"
-    assert shown["runs"][-1]["task_id"] == tasks[3]["task_id"]
-    assert shown["fired"] == RUNS_KEPT + 3
+    assert shown["last_run"]["outcome"] == "deleted" and shown["fired"] == 25
+    page, _ = await node.schedules.runs(who.caller, who.queue, "r", 2**63, 1)
+    assert page[0]["due_at"] == iso(start + 24 * S)  # a deleted task is no run any more
+    with pytest.raises(PeriodicError, match="limit must be between 0"):
+        await node.schedules.runs(who.caller, who.queue, "r", 2**63, 5000)
 
 
 async def test_schedules_go_with_their_queue_and_service(node: Node, clock: Clock) -> None:
@@ -340,4 +360,4 @@ async def test_list_pages_by_id(node: Node) -> None:
     assert [s["schedule_id"] for s in page] == ["a", "b"]
     rest = await node.schedules.list(who.caller, who.queue, "b", 0)
     assert [s["schedule_id"] for s in rest] == ["c"]
-    assert "runs" not in rest[0]
+    assert "next_runs" not in rest[0]

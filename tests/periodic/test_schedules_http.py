@@ -39,12 +39,17 @@ async def test_schedules_over_http(make_api: Any, clock: Clock) -> None:
     clock.advance(10)
     await api.node.firer.fire_due()
     status, shown = await api.call("GET", f"{SCHEDULES}/{generated['schedule_id']}", token=secret)
-    assert status == 200 and shown["runs"][0]["outcome"] == "pending"
+    assert status == 200 and shown["last_run"]["outcome"] == "pending"
     _, tasks = await api.call("GET", f"{Q}/tasks", token=secret)
     [task] = tasks["tasks"]
     assert task["schedule_id"] == generated["schedule_id"]
     assert task["scheduled_for"] == iso(created_at + 10_000)
-    assert shown["runs"][0]["task_id"] == task["task_id"]
+    assert shown["last_run"]["task_id"] == task["task_id"]
+    status, runs = await api.call(
+        "GET", f"{SCHEDULES}/{generated['schedule_id']}/runs", token=secret
+    )
+    assert status == 200 and runs["next_before"] is None
+    assert [(r["task_id"], r["outcome"]) for r in runs["runs"]] == [(task["task_id"], "pending")]
 
     status, paused = await api.call("POST", f"{SCHEDULES}/hourly/pause", {}, secret)
     assert status == 200 and paused["state"] == "paused"
@@ -152,6 +157,9 @@ async def test_bodies_that_are_not_json(make_api: Any, raw: bytes, fragment: str
         ("GET", f"{SCHEDULES}?limit=5000", True, 400, "invalid_argument", "max_limit"),
         ("GET", f"{SCHEDULES}?limit=x", True, 400, "invalid_argument", "limit"),
         ("GET", f"{SCHEDULES}/%20x", True, 400, "invalid_argument", "schedule_id must be"),
+        ("GET", f"{SCHEDULES}/keep/runs?before=-1", True, 400, "invalid_argument", "before"),
+        ("GET", f"{SCHEDULES}/keep/runs?limit=1001", True, 400, "invalid_argument", "max_limit"),
+        ("GET", f"{SCHEDULES}/nope/runs", True, 404, "not_found", "no schedule 'nope'"),
     ],
 )
 async def test_schedule_errors(

@@ -95,7 +95,7 @@ def test_a_process_fires_schedules_created_from_the_command_line(
         status, ready = http_get(f"{service.http}/readyz")
         assert status == 200 and ready["components"]["schedules"]["fired"] >= 1
         request = urllib.request.Request(
-            f"{service.http}/v1/services/s/queues/q/schedules/tick",
+            f"{service.http}/v1/services/s/queues/q/schedules/tick/runs",
             headers={"Authorization": f"Bearer {secret}"},
         )
         with urllib.request.urlopen(request, timeout=10) as resp:

@@ -34,4 +34,4 @@ async def test_two_nodes_fire_a_schedule_a_thousand_times(
     assert a.firer.fired + b.firer.fired == RUNS
     shown = await b.schedules.get(who.caller, who.queue, view["schedule_id"])
     assert (shown["fired"], shown["skipped"], shown["missed"]) == (RUNS, 0, 0)
-    assert {run["node"] for run in shown["runs"]} <= {"node-a", "node-b"}
+    assert shown["last_run"]["node"] in {"node-a", "node-b"}
