@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,18 @@ class Periodic:
         self.http = f"http://{HOST}:{self.http_port}"
         self.mongo_uri = mongo_uri or f"mongodb://{HOST}:{self.mongo_port}/?directConnection=true"
 
-    def cpu_s(self) -> float:
-        """CPU seconds (user + system) this node has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    def cpu_s(self, children: bool = False) -> float:
+        """CPU seconds (user + system) this node (or its embedded nx-27017) has used so far
+        (Linux /proc)."""
+        pid = self.proc.pid
+        if children:
+            pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def readiness(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.http}/readyz", timeout=10) as resp:
+            return dict(json.loads(resp.read())["components"])
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -279,10 +288,14 @@ async def bench_schedules(tmp: Path, args: argparse.Namespace) -> dict[str, Any]
         window_start = int((created + args.interval) * 1000)
         window_end = window_start + int(args.seconds * 1000)
         await asyncio.sleep(max(0.0, window_start / 1000 - time.time()))
-        cpu_start = [a.cpu_s(), b.cpu_s()]
+        cpu_start = [a.cpu_s(), b.cpu_s(), a.cpu_s(children=True)]
+        load_start = os.getloadavg()[0]
         await asyncio.sleep(max(0.0, window_end / 1000 - time.time()))
-        cpu = [a.cpu_s() - cpu_start[0], b.cpu_s() - cpu_start[1]]
+        cpu = [a.cpu_s(), b.cpu_s(), a.cpu_s(children=True)]
+        cpu = [end - start for end, start in zip(cpu, cpu_start, strict=True)]
+        load = (load_start + os.getloadavg()[0]) / 2
         await asyncio.sleep(args.settle)  # fires of the window's last runs are stored
+        firers = [node.readiness()["schedules"] for node in (a, b)]
     finally:
         b.stop()
         with MongoClient(a.mongo_uri) as mongo:
@@ -311,6 +324,11 @@ async def bench_schedules(tmp: Path, args: argparse.Namespace) -> dict[str, Any]
         "lateness_ms_max": float(max(lateness, default=0)),
         "cpu_s_node_a": cpu[0],
         "cpu_s_node_b": cpu[1],
+        "cpu_s_nx27017": cpu[2],
+        "load_average": load,
+        "fired_node_a": firers[0]["fired"],
+        "fired_node_b": firers[1]["fired"],
+        "lost_races": firers[0]["lost"] + firers[1]["lost"],
     }
 
 

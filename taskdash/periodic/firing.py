@@ -28,9 +28,10 @@ from typing import Any
 import structlog
 
 from taskdash.background import Background
-from taskdash.errors import StoreUnavailable
+from taskdash.errors import StoreError, StoreUnavailable
 from taskdash.logs import RateLimitedLog
 from taskdash.periodic.leasing import Clock, Leasing, now_ms
+from taskdash.periodic.sharing import TAKEOVER_MS, Peers
 from taskdash.periodic.timing import Timing, plan
 from taskdash.periodic.views import iso
 from taskdash.store.mongo import Doc
@@ -133,6 +134,7 @@ class Firer:
         clock: Clock,
         sync: Callable[[], Awaitable[None]] | None = None,
         batch: int = BATCH,
+        takeover_ms: int = TAKEOVER_MS,
     ) -> None:
         self.leasing = leasing
         self.store = store
@@ -141,8 +143,10 @@ class Firer:
         self.batch = batch
         self.fired = 0
         self.skipped = 0
+        self.lost = 0  # runs another node fired first (or paused meanwhile)
         self.last_pass_at: int | None = None
         self.last_error: str | None = None
+        self.peers = Peers(store, leasing.node_id, takeover_ms)
         self._poke = asyncio.Event()
         self._task = Background("periodic_firer", self._loop)
         self._failed = RateLimitedLog(log, "periodic_firing_failed", every=10.0)
@@ -152,14 +156,22 @@ class Firer:
     async def fire_due(self) -> int | None:
         """Fire every due schedule of the started queues; the next time (ms, schedule clock)
         one of them is due, if any."""
+        queues = {key[2] for key in self.leasing.started}
+        await self.peers.refresh(queues, self.clock())
         wakes = []
-        for inc in sorted({key[2] for key in self.leasing.started}):
+        for inc in sorted(queues):
             while True:
                 now = self.clock()
                 due = await self.store.due(inc, now, self.batch)
-                if due:
-                    await self._fire(due, now)
-                if len(due) < self.batch:
+                ours, theirs = [], []
+                for doc in due:
+                    now_ = self.peers.fires_now(inc, doc["_id"], doc["wake_at"], now)
+                    (ours if now_ else theirs).append(doc)
+                if ours:
+                    await self._fire(ours, now)
+                # another node's schedules come back later, unless that node failed them
+                wakes += [doc["wake_at"] + self.peers.takeover_ms for doc in theirs]
+                if len(due) < self.batch or not ours:
                     break
             wake = await self.store.next_wake(inc, now)
             if wake is not None:
@@ -212,6 +224,7 @@ class Firer:
         await self.store.insert_tasks([fired_task(doc, local) for doc in won])
         await self.store.close_batch(token)
         self.fired += len(won)
+        self.lost += sum(p.create for p in plans) - len(won)
         self.skipped += sum(not p.create for p in plans)
 
     # --- the loop ------------------------------------------------------------------------
@@ -224,7 +237,12 @@ class Firer:
         await self._task.start()
 
     async def stop(self) -> None:
+        """Stop the loop; the other nodes take this one's share at once (best effort)."""
+        was_running = self._task.running
         await self._task.stop()
+        if was_running:
+            with contextlib.suppress(StoreError):
+                await self.peers.leave()
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         """Readiness: the loop runs; what it did, and the last error while the store fails."""
@@ -232,6 +250,7 @@ class Firer:
             "queues": len({key[2] for key in self.leasing.started}),
             "fired": self.fired,
             "skipped": self.skipped,
+            "lost": self.lost,
             "last_pass_at": iso(self.last_pass_at) if self.last_pass_at else None,
         }
         if self.last_error:

@@ -44,6 +44,7 @@ from taskdash.store.mongo import Doc, Store, duplicates_only, eq, insert_new, tr
 
 SCHEDULES = "periodic_schedules"
 BATCHES = "periodic_fire_batches"
+FIRERS = "periodic_firers"
 POINT_READS = 32  # concurrent single-document reads (nx-27017 scans for $in)
 
 
@@ -69,6 +70,7 @@ class ScheduleStore:
         self.store = store
         self.schedules = store[SCHEDULES]
         self.batches = store[BATCHES]
+        self.firers_ = store[FIRERS]
         self.tasks = store["periodic_tasks"]
 
     async def server_time(self) -> Any:
@@ -160,6 +162,22 @@ class ScheduleStore:
         async with translated("periodic_stale_batches"):
             cursor = self.batches.find({"at": {"$lte": before}}, {"_id": 1}).limit(limit)
             return [doc["_id"] async for doc in cursor]
+
+    async def beat(self, node: str, queues: list[str], now: int) -> None:
+        """This node fires these queues (a heartbeat: see :mod:`taskdash.periodic.sharing`)."""
+        async with translated("periodic_firer_beat"):
+            await self.firers_.update_one(
+                {"_id": eq(node)}, {"$set": {"queues": queues, "seen_at": now}}, upsert=True
+            )
+
+    async def firers(self, since: int) -> list[Doc]:
+        """The firers heard of since ``since`` (a handful of documents: one per node)."""
+        async with translated("periodic_firers"):
+            return [doc async for doc in self.firers_.find({"seen_at": {"$gte": since}})]
+
+    async def leave(self, node: str) -> None:
+        async with translated("periodic_firer_leave"):
+            await self.firers_.delete_one({"_id": eq(node)})
 
     async def fire(self, fires: list[Fire]) -> None:
         """Apply each fire whose schedule is still at its expected run, still active."""

@@ -23,6 +23,7 @@ from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
 from taskdash.periodic.schedules import Schedules
 from taskdash.periodic.schedules_http import routes
+from taskdash.periodic.sharing import TAKEOVER_MS
 from taskdash.settings import PeriodicSettings
 from taskdash.store import Store
 from taskdash.store.periodic import PeriodicStore
@@ -72,14 +73,16 @@ async def make_node(store: Store, clock: Clock) -> AsyncIterator[NodeFactory]:
     """Start nodes sharing the test's database (each its own gRPC port); stopped afterwards."""
     nodes: list[Node] = []
 
-    async def make(node_id: str = "node-a", **settings: Any) -> Node:
+    async def make(
+        node_id: str = "node-a", takeover_ms: int = TAKEOVER_MS, **settings: Any
+    ) -> Node:
         cfg = PeriodicSettings(grpc_port=0, http_port=0, **settings)
         leasing = Leasing(PeriodicStore(store), cfg, node_id=node_id, clock=clock)
         server = GrpcServer(leasing, host="127.0.0.1", port=0, max_message=cfg.max_body_size)
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         schedule_store = ScheduleStore(store)
-        firer = Firer(leasing, schedule_store, clock=clock)
+        firer = Firer(leasing, schedule_store, clock=clock, takeover_ms=takeover_ms)
         schedules = Schedules(leasing, schedule_store, clock=clock, changed=firer.poke)
         stub = pb_grpc.PeriodicTaskStub(channel)
         node = Node(leasing, server, channel, stub, schedules, firer)

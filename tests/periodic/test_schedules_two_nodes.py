@@ -17,7 +17,8 @@ RUNS = 1000
 async def test_two_nodes_fire_a_schedule_a_thousand_times(
     make_node: NodeFactory, clock: Clock
 ) -> None:
-    a, b = await make_node("node-a"), await make_node("node-b")
+    # no share: both nodes try every run at once, only the conditional update separates them
+    a, b = await make_node("node-a", takeover_ms=0), await make_node("node-b", takeover_ms=0)
     who = await register(a.stub)
     await b.stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**who.q()))
     view = await a.schedules.create(who.caller, who.queue, {"interval": 1, "task_data": 1})
@@ -32,6 +33,7 @@ async def test_two_nodes_fire_a_schedule_a_thousand_times(
     assert [run for run, n in per_run.items() if n > 1] == []  # no duplicate
     assert sorted(per_run) == [first + n * 1000 for n in range(RUNS)]  # no run missed
     assert a.firer.fired + b.firer.fired == RUNS
+    assert a.firer.lost + b.firer.lost > 0  # they did race
     shown = await b.schedules.get(who.caller, who.queue, view["schedule_id"])
     assert (shown["fired"], shown["skipped"], shown["missed"]) == (RUNS, 0, 0)
     assert shown["last_run"]["node"] in {"node-a", "node-b"}
