@@ -44,6 +44,10 @@ log = structlog.get_logger("taskdash.periodic.firing")
 BATCH = 500  # due schedules read and fired together
 HOLD_MS = 10_000  # a batch of fires still open after this is finished by whichever node looks
 MAX_IDLE = 1.0  # seconds between passes at most (schedules created on other nodes)
+# seconds between passes at least: what falls due meanwhile is fired together, so that a
+# pass's fixed cost (about ten round trips) is shared by many fires at a high rate, for at
+# most this much lateness
+TICK = 0.1
 SYNC_EVERY = 60.0  # seconds between two readings of the store's clock
 RETRY_MAX = 5.0  # seconds between passes at most while the store is unreachable
 
@@ -135,12 +139,14 @@ class Firer:
         sync: Callable[[], Awaitable[None]] | None = None,
         batch: int = BATCH,
         takeover_ms: int = TAKEOVER_MS,
+        tick: float = TICK,
     ) -> None:
         self.leasing = leasing
         self.store = store
         self.clock = clock
         self.sync = sync
         self.batch = batch
+        self.tick = tick
         self.fired = 0
         self.skipped = 0
         self.lost = 0  # runs another node fired first (or paused meanwhile)
@@ -281,6 +287,6 @@ class Firer:
             else:
                 failures, self.last_error = 0, None
                 if wake is not None:
-                    wait = min(MAX_IDLE, max(0.0, (wake - self.clock()) / 1000))
+                    wait = min(MAX_IDLE, max(self.tick, (wake - self.clock()) / 1000))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), wait)
