@@ -30,12 +30,18 @@ import structlog
 from taskdash.background import Background
 from taskdash.errors import StoreError, StoreUnavailable
 from taskdash.logs import RateLimitedLog
+from taskdash.periodic.fires import (
+    Definitions,
+    finish_batch,
+    finish_open_fires,
+    store_tasks,
+    timing_of,
+)
 from taskdash.periodic.leasing import Clock, Leasing, now_ms
 from taskdash.periodic.sharing import TAKEOVER_MS, Peers
-from taskdash.periodic.timing import Timing, plan
+from taskdash.periodic.timing import plan
 from taskdash.periodic.views import iso
 from taskdash.store.mongo import Doc
-from taskdash.store.periodic import PENDING
 from taskdash.store.schedules import Fire, ScheduleStore
 from taskdash.store.times import to_ms
 
@@ -50,57 +56,6 @@ MAX_IDLE = 1.0  # seconds between passes at most (schedules created on other nod
 TICK = 0.1
 SYNC_EVERY = 60.0  # seconds between two readings of the store's clock
 RETRY_MAX = 5.0  # seconds between passes at most while the store is unreachable
-
-
-def timing_of(doc: Doc) -> Timing:
-    """A stored schedule's :class:`Timing`."""
-    if "interval_ms" in doc:
-        return Timing(interval_ms=doc["interval_ms"], anchor_ms=doc["anchor_ms"])
-    return Timing(cron=doc["cron"], timezone=doc["timezone"])
-
-
-def fired_task(schedule: Doc, now: int) -> Doc:
-    """The task of a schedule's last fire: its template under the id the fire reserved.
-
-    Whichever node stores it (the winner, or one finishing a batch whose node died) stores
-    the same task under the same id, so only one can be stored.
-    """
-    fire = schedule["fire"]
-    return {
-        "_id": fire["task_id"],
-        "seq": fire["task_id"],
-        "service": schedule["service"],
-        "queue": schedule["queue"],
-        "service_inc": schedule["service_inc"],
-        "queue_inc": schedule["queue_inc"],
-        "task_type": schedule["task_type"],
-        "task_data": schedule["task_data"],
-        "size": schedule["size"],
-        "state": PENDING,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-        "due": now + fire["delay_ms"],
-        "schedule_id": schedule["schedule_id"],
-        "schedule_inc": schedule["incarnation"],
-        "scheduled_for": fire["due"],
-    }
-
-
-async def finish_open_fires(store: ScheduleStore, schedules: list[Doc], now: int) -> set[str]:
-    """Store the task of each schedule's last fire if that fire's batch is still open (its
-    node died, or is slow); the open batches found."""
-    tokens = sorted({doc["fire"]["token"] for doc in schedules if "fire" in doc})
-    open_ = await store.open_batches(tokens)
-    unsure = [doc for doc in schedules if "fire" in doc and doc["fire"]["token"] in open_]
-    await store.insert_tasks([fired_task(doc, now) for doc in unsure])
-    return open_
-
-
-async def finish_batch(store: ScheduleStore, token: str, now: int) -> None:
-    """Store every task of batch ``token`` (those missing), then close it."""
-    await store.insert_tasks([fired_task(doc, now) for doc in await store.fired_in(token)])
-    await store.close_batch(token)
 
 
 class StoreClock:
@@ -153,6 +108,7 @@ class Firer:
         self.last_pass_at: int | None = None
         self.last_error: str | None = None
         self.peers = Peers(store, leasing.node_id, takeover_ms)
+        self.definitions = Definitions(store)
         self._poke = asyncio.Event()
         self._task = Background("periodic_firer", self._loop)
         self._failed = RateLimitedLog(log, "periodic_firing_failed", every=10.0)
@@ -190,48 +146,48 @@ class Firer:
         """Finish the batches some node opened more than :data:`HOLD_MS` ago (of any queue:
         it may have died; its fires' tasks must not wait for their schedules' next run)."""
         for token in await self.store.stale_batches(now - HOLD_MS, limit=10):
-            await finish_batch(self.store, token, self.leasing.clock())
+            await finish_batch(self.store, self.definitions, token, self.leasing.clock())
             log.info("periodic_fire_batch_finished", token=token)
 
     async def _fire(self, due: list[Doc], now: int) -> None:
         """Fire one batch: finish open fires, claim each run, store the tasks won."""
         local = self.leasing.clock()
-        await finish_open_fires(self.store, due, local)
-        plans = [
-            plan(timing_of(d), d["next_run_at"], now, d["misfire"], d["grace_ms"]) for d in due
-        ]
+        await finish_open_fires(self.store, self.definitions, due, local)
+        known = await self.definitions.of(due)
+        due = [state for state in due if state["_id"] in known]  # else: deleted meanwhile
+        plans = []
+        for state in due:
+            definition = known[state["_id"]]
+            timing, misfire = timing_of(definition), definition["misfire"]
+            plans.append(plan(timing, state["next_run_at"], now, misfire, definition["grace_ms"]))
         ids = iter(await self.leasing.take_ids(sum(p.create for p in plans)))
         token = secrets.token_hex(16)
         fires = []
-        for doc, p in zip(due, plans, strict=True):
+        for state, p in zip(due, plans, strict=True):
             run = {"due": p.due, "at": now, "node": self.leasing.node_id, "missed": p.missed}
             if p.missed_more:
                 run["missed_more"] = True
-            set_: Doc = {"next_run_at": p.next_run_at, "wake_at": p.next_run_at, "updated_at": now}
             if p.create:
-                run["task_id"] = next(ids)
-                jitter = doc["jitter_ms"]
-                set_["fire"] = {
-                    "token": token,
-                    "task_id": run["task_id"],
-                    "due": p.due,
-                    "delay_ms": random.randint(0, jitter) if jitter else 0,
-                }
-            set_["last_run"] = run
+                jitter = known[state["_id"]]["jitter_ms"]
+                run.update(
+                    task_id=next(ids),
+                    token=token,
+                    delay_ms=random.randint(0, jitter) if jitter else 0,
+                )
+            set_ = {"next_run_at": p.next_run_at, "wake_at": p.next_run_at, "last_run": run}
+            set_["updated_at"] = now
             counts = {"fired" if p.create else "skipped": 1, "missed": p.missed}
-            fires.append(Fire(doc["_id"], doc["next_run_at"], set_, counts, not p.create))
-        if not any(p.create for p in plans):
-            await self.store.fire(fires)
-            self.skipped += len(plans)
-            return
-        await self.store.open_batch(token, self.leasing.node_id, now)
+            fires.append(Fire(state["_id"], state["next_run_at"], set_, counts))
+        creating = sum(p.create for p in plans)
+        if creating:
+            await self.store.open_batch(token, self.leasing.node_id, now)
         await self.store.fire(fires)
-        won = await self.store.fired_in(token)
-        await self.store.insert_tasks([fired_task(doc, local) for doc in won])
-        await self.store.close_batch(token)
-        self.fired += len(won)
-        self.lost += sum(p.create for p in plans) - len(won)
-        self.skipped += sum(not p.create for p in plans)
+        if creating:
+            won = await self.store.fired_in(token)
+            self.fired += await store_tasks(self.store, self.definitions, won, local)
+            await self.store.close_batch(token)
+            self.lost += creating - len(won)
+        self.skipped += len(plans) - creating
 
     # --- the loop ------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import msgspec
 
 from taskdash.periodic.checks import INT64_MAX, check_name, check_task_data, check_task_type
 from taskdash.periodic.errors import Kind, PeriodicError
-from taskdash.periodic.firing import finish_open_fires, timing_of
+from taskdash.periodic.fires import Definitions, finish_open_fires, timing_of
 from taskdash.periodic.leasing import Caller, Clock, Leasing, QueueRef
 from taskdash.periodic.timing import (
     MAX_GRACE_S,
@@ -76,8 +76,9 @@ def _number(value: float) -> float:
         return float("inf")
 
 
-def new_schedule(body: dict[str, Any], ref: QueueRef, now: int, max_data: int) -> Doc:
-    """The schedule document a create request describes, every field checked."""
+def new_schedule(body: dict[str, Any], ref: QueueRef, now: int, max_data: int) -> tuple[Doc, Doc]:
+    """The definition and state of the schedule a create request describes, every field
+    checked."""
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise _bad(f"unknown field {unknown[0][:40]!r}; the fields are {', '.join(FIELDS)}")
@@ -95,7 +96,7 @@ def new_schedule(body: dict[str, Any], ref: QueueRef, now: int, max_data: int) -
     task_type = check_task_type(_get(body, "task_type", str, ""))
     jitter_ms = check_seconds("jitter", _number(_get(body, "jitter", float, 0)), 0, MAX_JITTER_S)
     grace = _number(_get(body, "misfire_grace", float, DEFAULT_GRACE_S))
-    doc: Doc = {
+    definition: Doc = {
         "_id": schedule_key(ref.inc, schedule_id),
         "schedule_id": schedule_id,
         "incarnation": secrets.token_hex(12),
@@ -110,17 +111,28 @@ def new_schedule(body: dict[str, Any], ref: QueueRef, now: int, max_data: int) -
         "misfire": check_misfire(_get(body, "misfire", str, ONCE)),
         "grace_ms": check_seconds("misfire_grace", grace, 1, MAX_GRACE_S),
         "jitter_ms": jitter_ms,
-        "paused": _get(body, "paused", bool, False),
+        "created_at": now,
+    }
+    return definition, new_state(definition, _get(body, "paused", bool, False), now)
+
+
+def new_state(definition: Doc, paused: bool, now: int) -> Doc:
+    """A schedule's first state: its next run after ``now`` (to fire unless ``paused``)."""
+    next_run_at = timing_of(definition).next_after(now)
+    state: Doc = {
+        "_id": definition["_id"],
+        "queue_inc": definition["queue_inc"],
+        "incarnation": definition["incarnation"],
+        "paused": paused,
+        "next_run_at": next_run_at,
         "fired": 0,
         "skipped": 0,
         "missed": 0,
-        "created_at": now,
         "updated_at": now,
     }
-    doc["next_run_at"] = timing_of(doc).next_after(now)
-    if not doc["paused"]:
-        doc["wake_at"] = doc["next_run_at"]
-    return doc
+    if not paused:
+        state["wake_at"] = next_run_at
+    return state
 
 
 def _timing_fields(body: dict[str, Any], now: int, jitter_ms: int) -> Doc:
@@ -172,34 +184,43 @@ def task_run_view(task: Doc) -> dict[str, Any]:
     }
 
 
-def schedule_view(doc: Doc, *, detail: bool = True, outcome: str | None = None) -> dict[str, Any]:
-    """A schedule as callers see it: with ``detail`` its next runs (a cron's cost croniter
-    steps, so a listing leaves them out), with ``outcome`` its last run's."""
-    view: dict[str, Any] = {"schedule_id": doc["schedule_id"], "queue_name": doc["queue"]}
-    if "interval_ms" in doc:
-        view["interval"] = doc["interval_ms"] / 1000
+def schedule_view(
+    definition: Doc, state: Doc | None, *, detail: bool = True, outcome: str | None = None
+) -> dict[str, Any]:
+    """A schedule as callers see it (no state: a create or delete cut short, shown paused):
+    with ``detail`` its next runs (a cron's cost croniter steps, so a listing leaves them
+    out), with ``outcome`` its last run's."""
+    view: dict[str, Any] = {
+        "schedule_id": definition["schedule_id"],
+        "queue_name": definition["queue"],
+    }
+    if "interval_ms" in definition:
+        view["interval"] = definition["interval_ms"] / 1000
     else:
-        view.update(cron=doc["cron"], timezone=doc["timezone"])
-    active = not doc["paused"]
-    last = doc.get("last_run")
+        view.update(cron=definition["cron"], timezone=definition["timezone"])
+    state = state or {"paused": True, "fired": 0, "skipped": 0, "missed": 0}
+    active = not state["paused"]
+    last = state.get("last_run")
     view.update(
-        task_type=doc["task_type"],
-        task_data=msgspec.Raw(doc["task_data"].encode()),
-        misfire=doc["misfire"],
-        misfire_grace=doc["grace_ms"] / 1000,
-        jitter=doc["jitter_ms"] / 1000,
+        task_type=definition["task_type"],
+        task_data=msgspec.Raw(definition["task_data"].encode()),
+        misfire=definition["misfire"],
+        misfire_grace=definition["grace_ms"] / 1000,
+        jitter=definition["jitter_ms"] / 1000,
         state="active" if active else "paused",
-        next_run_at=iso(doc["next_run_at"]) if active else None,
+        next_run_at=iso(state["next_run_at"]) if active else None,
         last_run=run_view(last, outcome) if last else None,
-        fired=doc["fired"],
-        skipped=doc["skipped"],
-        missed=doc["missed"],
-        created_at=iso(doc["created_at"]),
-        updated_at=iso(doc["updated_at"]),
+        fired=state["fired"],
+        skipped=state["skipped"],
+        missed=state["missed"],
+        created_at=iso(definition["created_at"]),
+        updated_at=iso(state.get("updated_at", definition["created_at"])),
     )
     if detail:
-        upcoming = timing_of(doc).upcoming(doc["next_run_at"], NEXT_RUNS) if active else []
-        view["next_runs"] = [iso(t) for t in upcoming]
+        timing = timing_of(definition)
+        view["next_runs"] = (
+            [iso(t) for t in timing.upcoming(state["next_run_at"], NEXT_RUNS)] if active else []
+        )
     return view
 
 
@@ -218,18 +239,20 @@ class Schedules:
         self.store = store
         self.clock = clock
         self.changed = changed  # tells this node's firer to look again
+        self.definitions = Definitions(store)
 
     async def create(self, who: Caller, queue: str, body: dict[str, Any]) -> dict[str, Any]:
         """A new schedule on the queue (201); its id must be new in the queue."""
         ref = await self.leasing.queue_ref(who, queue)
-        doc = new_schedule(body, ref, self.clock(), self.leasing.settings.max_task_data_size)
-        if not await self.store.insert(doc):
+        max_data = self.leasing.settings.max_task_data_size
+        definition, state = new_schedule(body, ref, self.clock(), max_data)
+        if not await self.store.insert(definition, state):
             raise PeriodicError(
                 Kind.ALREADY_EXISTS,
-                f"queue {queue!r} already has a schedule {doc['schedule_id']!r}",
+                f"queue {queue!r} already has a schedule {definition['schedule_id']!r}",
             )
         self.changed()
-        return schedule_view(doc)
+        return schedule_view(definition, state)
 
     async def list(self, who: Caller, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
         """A page of the queue's schedules by id (without next runs, nor the last run's
@@ -237,39 +260,24 @@ class Schedules:
         ref = await self.leasing.queue_ref(who, queue)
         limit = self.leasing.check_limit(limit)
         found = await self.store.page(ref.inc, after, limit)
-        return [schedule_view(doc, detail=False) for doc in found]
+        states = await self.store.states_of([d["_id"] for d in found])
+        return [schedule_view(d, self._state(d, states.get(d["_id"])), detail=False) for d in found]
 
     async def get(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
         """One schedule with its next runs and its last run's outcome."""
-        doc = await self._find(who, queue, schedule_id)
-        return schedule_view(doc, outcome=await self._outcome(doc))
+        definition, state = await self._find(who, queue, schedule_id)
+        return schedule_view(definition, state, outcome=await self._outcome(state))
 
     async def runs(
         self, who: Caller, queue: str, schedule_id: str, before: int, limit: int
     ) -> tuple[list[dict[str, Any]], int | None]:
         """The runs that created a task, newest first, due before ``before`` (epoch ms); and
         the ``before`` of the next page (None: no more)."""
-        doc = await self._find(who, queue, schedule_id)
+        definition, _ = await self._find(who, queue, schedule_id)
         limit = self.leasing.check_limit(limit)
-        tasks = await self.store.runs(doc["incarnation"], min(before, INT64_MAX), limit)
+        tasks = await self.store.runs(definition["incarnation"], min(before, INT64_MAX), limit)
         following = tasks[-1]["scheduled_for"] if len(tasks) == limit else None
         return [task_run_view(task) for task in tasks], following
-
-    async def _outcome(self, doc: Doc) -> str | None:
-        """What became of the last run's task (None: no run yet)."""
-        last = doc.get("last_run")
-        if last is None:
-            return None
-        task_id = last.get("task_id")
-        if task_id is None:
-            return "skipped"
-        state = (await self.store.task_states([task_id])).get(task_id)
-        if state is not None:
-            return state
-        fire = doc.get("fire")
-        if fire and fire["task_id"] == task_id and await self.store.open_batches([fire["token"]]):
-            return "creating"
-        return "deleted"
 
     async def pause(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
         """Stop firing (runs due while paused are not fired later); idempotent.
@@ -278,46 +286,70 @@ class Schedules:
         to the version it read (the same next run), after making sure the task of its last
         fire is stored, and reads again otherwise.
         """
-        doc = await self._find(who, queue, schedule_id)
         for _ in range(PAUSE_TRIES):
-            if doc["paused"]:
-                return schedule_view(doc)
-            await finish_open_fires(self.store, [doc], self.leasing.clock())
+            definition, state = await self._find(who, queue, schedule_id)
+            if state is None or state["paused"]:
+                return schedule_view(definition, state)
+            await self._finish_last_fire(state)
             now = self.clock()
-            if await self.store.pause(doc["_id"], doc["next_run_at"], now):
-                doc.update(paused=True, updated_at=now)
-                return schedule_view(doc)
-            doc = await self._find(who, queue, schedule_id)
+            if await self.store.pause(state["_id"], state["next_run_at"], now):
+                state.update(paused=True, updated_at=now)
+                return schedule_view(definition, state)
         raise PeriodicError(
             Kind.UNAVAILABLE, f"schedule {schedule_id!r} kept firing while pausing; try again"
         )
 
     async def resume(self, who: Caller, queue: str, schedule_id: str) -> dict[str, Any]:
-        """Fire again from the next run after now (nothing is caught up); idempotent."""
-        doc = await self._find(who, queue, schedule_id)
-        if not doc["paused"]:
-            return schedule_view(doc)
+        """Fire again from the next run after now (nothing is caught up); idempotent. A
+        schedule left without a state (a create cut short) gets one."""
+        definition, state = await self._find(who, queue, schedule_id)
+        if state is not None and not state["paused"]:
+            return schedule_view(definition, state)
         now = self.clock()
-        next_run_at = timing_of(doc).next_after(now)
-        if await self.store.resume(doc["_id"], next_run_at, now):
-            doc.update(paused=False, next_run_at=next_run_at, wake_at=next_run_at, updated_at=now)
+        fresh = new_state(definition, False, now)
+        if await self.store.resume(fresh, fresh["next_run_at"], now):
             self.changed()
-            return schedule_view(doc)
-        return schedule_view(await self._find(who, queue, schedule_id))  # resumed meanwhile
+        return schedule_view(*(await self._find(who, queue, schedule_id)))
 
     async def delete(self, who: Caller, queue: str, schedule_id: str) -> None:
         """Delete the schedule; the tasks it created stay, ordinary tasks of the queue."""
-        doc = await self._find(who, queue, schedule_id)
-        await finish_open_fires(self.store, [doc], self.leasing.clock())
-        await self.store.delete(doc["_id"])
+        definition, state = await self._find(who, queue, schedule_id)
+        if state is not None:
+            await self._finish_last_fire(state)
+        await self.store.delete(definition["_id"])
 
-    async def _find(self, who: Caller, queue: str, schedule_id: str) -> Doc:
+    async def _find(self, who: Caller, queue: str, schedule_id: str) -> tuple[Doc, Doc | None]:
+        """The schedule's definition and state (None: it has none)."""
         ref = await self.leasing.queue_ref(who, queue)
         check_name("schedule_id", schedule_id)
-        doc = await self.store.get(schedule_key(ref.inc, schedule_id))
-        if doc is None:
+        key = schedule_key(ref.inc, schedule_id)
+        definition = await self.store.definition(key)
+        if definition is None:
             raise PeriodicError(
                 Kind.NOT_FOUND,
                 f"queue {queue!r} of service {who.service!r} has no schedule {schedule_id!r}",
             )
-        return doc
+        return definition, self._state(definition, await self.store.state(key))
+
+    @staticmethod
+    def _state(definition: Doc, state: Doc | None) -> Doc | None:
+        """``state`` if it belongs to this incarnation of the schedule."""
+        return state if state and state["incarnation"] == definition["incarnation"] else None
+
+    async def _finish_last_fire(self, state: Doc) -> None:
+        await finish_open_fires(self.store, self.definitions, [state], self.leasing.clock())
+
+    async def _outcome(self, state: Doc | None) -> str | None:
+        """What became of the last run's task (None: no run yet)."""
+        last = (state or {}).get("last_run")
+        if last is None:
+            return None
+        task_id = last.get("task_id")
+        if task_id is None:
+            return "skipped"
+        found = (await self.store.task_states([task_id])).get(task_id)
+        if found is not None:
+            return found
+        if await self.store.open_batches([last["token"]]):
+            return "creating"
+        return "deleted"

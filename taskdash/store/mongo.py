@@ -107,13 +107,15 @@ INDEXES: dict[str, list[IndexModel]] = {
             partialFilterExpression={"schedule_inc": {"$exists": True}},
         ),
     ],
-    # schedules (taskdash/store/schedules.py): what is due per queue, listing by id, what a
-    # batch of fires won (every index costs each fire: deregistering scans instead); batches
-    # left open by a node that died
+    # schedules (taskdash/store/schedules.py): definitions listed by id; states by what is
+    # due per queue and by the batch of fires that won them (every index on states costs
+    # each fire); batches left open by a node that died
     "periodic_schedules": [
-        IndexModel([("queue_inc", ASCENDING), ("wake_at", ASCENDING)], name="queue_wake"),
         IndexModel([("queue_inc", ASCENDING), ("schedule_id", ASCENDING)], name="queue_schedule"),
-        IndexModel([("fire.token", ASCENDING)], name="fire_token"),
+    ],
+    "periodic_schedule_state": [
+        IndexModel([("queue_inc", ASCENDING), ("wake_at", ASCENDING)], name="queue_wake"),
+        IndexModel([("last_run.token", ASCENDING)], name="run_token"),
     ],
     "periodic_fire_batches": [IndexModel([("at", ASCENDING)], name="at")],
 }

@@ -10,7 +10,8 @@ import pytest
 from conftest import Clock, Node, NodeFactory, Registered, register
 
 from taskdash.periodic.errors import Kind, PeriodicError
-from taskdash.periodic.firing import HOLD_MS, fired_task, timing_of
+from taskdash.periodic.fires import fired_task, timing_of
+from taskdash.periodic.firing import HOLD_MS
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.views import encode, iso
 from taskdash.store.schedules import Fire, schedule_key
@@ -239,23 +240,21 @@ async def test_jitter_delays_when_the_task_can_be_leased(node: Node, clock: Cloc
 
 async def claim_and_die(node: Node, who: Registered, schedule_id: str) -> tuple[int, Any]:
     """What a node that won a run and died before storing its task leaves behind: its batch
-    open, the schedule moved on with the fire recorded; the fire's task id and the schedule."""
+    open, the schedule moved on with the run recorded; the run's task id and its task."""
     ref = await node.leasing.queue_ref(who.caller, who.queue)
-    doc = await node.schedules.store.get(schedule_key(ref.inc, schedule_id))
-    assert doc is not None
+    key = schedule_key(ref.inc, schedule_id)
+    definition = await node.schedules.store.definition(key)
+    state = await node.schedules.store.state(key)
+    assert definition is not None and state is not None
     [task_id] = await node.leasing.take_ids(1)
-    due, token = doc["next_run_at"], f"dead-{schedule_id}"
-    following = timing_of(doc).next_after(due)
-    fire = {"token": token, "task_id": task_id, "due": due, "delay_ms": 0}
-    run = {"due": due, "at": clock_of(node)(), "node": "dead", "missed": 0, "task_id": task_id}
-    changes = {"next_run_at": following, "wake_at": following, "fire": fire, "last_run": run}
-    await node.schedules.store.open_batch(token, "dead", clock_of(node)())
-    await node.schedules.store.fire([Fire(doc["_id"], due, changes, {"fired": 1}, False)])
-    return task_id, {**doc, **changes}
-
-
-def clock_of(node: Node) -> Any:
-    return node.leasing.clock
+    due, token, now = state["next_run_at"], f"dead-{schedule_id}", node.leasing.clock()
+    following = timing_of(definition).next_after(due)
+    run = {"due": due, "at": now, "node": "dead", "missed": 0, "task_id": task_id,
+           "token": token, "delay_ms": 0}  # fmt: skip
+    changes = {"next_run_at": following, "wake_at": following, "last_run": run}
+    await node.schedules.store.open_batch(token, "dead", now)
+    await node.schedules.store.fire([Fire(key, due, changes, {"fired": 1})])
+    return task_id, fired_task(definition, run, now)
 
 
 async def test_a_fire_whose_node_died_is_finished_by_another(
@@ -268,7 +267,7 @@ async def test_a_fire_whose_node_died_is_finished_by_another(
     await b.stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**who.q()))
     created = await create(a, who, schedule_id="c", interval=3600)
     clock.advance(3600)
-    task_id, doc = await claim_and_die(a, who, "c")
+    task_id, its_task = await claim_and_die(a, who, "c")
     shown = await b.schedules.get(who.caller, who.queue, "c")
     assert shown["last_run"]["outcome"] == "creating"
     await b.firer.fire_due()
@@ -279,7 +278,7 @@ async def test_a_fire_whose_node_died_is_finished_by_another(
     assert (task["task_id"], task["scheduled_for"]) == (task_id, created["next_run_at"])
     assert await b.schedules.store.open_batches(["dead-c"]) == set()
     # A was only slow after all: its own insert is a duplicate and changes nothing
-    await a.schedules.store.insert_tasks([fired_task(doc, clock.now)])
+    await a.schedules.store.insert_tasks([its_task])
     assert await tasks_of(b, who) == [task]
     shown = await b.schedules.get(who.caller, who.queue, "c")
     assert shown["last_run"]["outcome"] == "pending"
@@ -346,7 +345,9 @@ async def test_schedules_go_with_their_queue_and_service(node: Node, clock: Cloc
     assert await node.schedules.list(who.caller, who.queue, "", 0) == []
     await create(node, who, schedule_id="q", interval=10)
     await node.leasing.deregister(who.caller)
-    assert [d async for d in node.schedules.store.schedules.find({})] == []
+    store = node.schedules.store
+    assert [d async for d in store.definitions.find({})] == []
+    assert [d async for d in store.states.find({})] == []
     clock.advance(10)
     await node.firer.fire_due()
     assert [d async for d in node.leasing.store.tasks.find({})] == []
@@ -361,3 +362,29 @@ async def test_list_pages_by_id(node: Node) -> None:
     rest = await node.schedules.list(who.caller, who.queue, "b", 0)
     assert [s["schedule_id"] for s in rest] == ["c"]
     assert "next_runs" not in rest[0]
+
+
+async def test_a_schedule_left_without_its_state_is_paused_until_resumed(
+    node: Node, clock: Clock
+) -> None:
+    """A create cut short between its two writes: the definition shows as paused, does not
+    fire, and resume gives it a state."""
+    who = await register(node.stub)
+    await create(node, who, schedule_id="half", interval=10)
+    await node.schedules.store.states.delete_many({})
+    shown = await node.schedules.get(who.caller, who.queue, "half")
+    assert (shown["state"], shown["next_run_at"], shown["last_run"]) == ("paused", None, None)
+    [listed] = await node.schedules.list(who.caller, who.queue, "", 0)
+    assert listed["state"] == "paused"
+    assert (await node.schedules.pause(who.caller, who.queue, "half"))["state"] == "paused"
+    clock.advance(20)
+    await node.firer.fire_due()
+    assert await tasks_of(node, who) == []
+    resumed = await node.schedules.resume(who.caller, who.queue, "half")
+    assert resumed["state"] == "active" and resumed["next_run_at"] == iso(clock.now + 10 * S)
+    clock.advance(10)
+    await node.firer.fire_due()
+    assert len(await tasks_of(node, who)) == 1
+    await node.schedules.delete(who.caller, who.queue, "half")
+    await node.schedules.store.states.delete_many({})
+    await create(node, who, schedule_id="half", interval=10)  # the id is free again

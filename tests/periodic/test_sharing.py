@@ -60,7 +60,7 @@ async def test_a_silent_node_is_taken_over_then_dropped(
     clock.advance(0.001)
     await a.firer.fire_due()
     assert a.firer.fired == SCHEDULES  # B's share, TAKEOVER_MS late
-    late = [d async for d in a.schedules.store.schedules.find({}, {"last_run": 1})]
+    late = [d async for d in a.schedules.store.states.find({}, {"last_run": 1})]
     assert sorted({d["last_run"]["at"] - d["last_run"]["due"] for d in late}) == [0, TAKEOVER_MS]
     # once B's heartbeat is older than FIRER_TTL_MS, A fires everything on time
     clock.advance(FIRER_TTL_MS / 1000)
@@ -69,7 +69,7 @@ async def test_a_silent_node_is_taken_over_then_dropped(
     await a.firer.fire_due()
     assert a.firer.lost == 0 and b.firer.fired == 0
     assert set((await runs(a)).values()) == {1}
-    docs = [d async for d in a.schedules.store.schedules.find({})]
+    docs = [d async for d in a.schedules.store.states.find({})]
     assert {d["last_run"]["at"] - d["last_run"]["due"] for d in docs} == {0}
 
 
@@ -83,7 +83,7 @@ async def test_a_node_that_leaves_hands_its_share_over_at_once(
     clock.advance(10 - BEAT_MS / 1000)
     await a.firer.fire_due()
     assert a.firer.fired == SCHEDULES
-    docs = [d async for d in a.schedules.store.schedules.find({})]
+    docs = [d async for d in a.schedules.store.states.find({})]
     assert all(d["last_run"]["at"] == d["last_run"]["due"] for d in docs)
 
 
