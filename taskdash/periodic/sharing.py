@@ -6,9 +6,12 @@ same due schedules and both try each one; on nx-27017 the loser's update costs a
 much as the winner's. So each node writes a heartbeat into ``periodic_firers`` (which queues
 it fires) and every node ranks the live firers of a queue for each schedule by rendezvous
 hashing (the fetcher's split of services): the first in rank fires it when due, the others
-only once it is :data:`TAKEOVER_MS` overdue (its node died or stalls). A node that stops
-deletes its heartbeat, so the others take its share at once; a node that died is dropped
-after :data:`FIRER_TTL_MS`.
+only once it is :data:`TAKEOVER_MS` overdue. A node that stops deletes its heartbeat, so the
+others take its share at once; a node that died is dropped after :data:`FIRER_TTL_MS`, and
+its share is fired late meanwhile. The heartbeat comes from the firing loop itself, so a
+heartbeat means the loop runs: a node that is slow because the store is slow is not taken
+over (the others firing its share too would only add races to the load), which is why the
+takeover waits as long as a death takes to be noticed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from taskdash.store.schedules import ScheduleStore
 
 BEAT_MS = 2_000  # heartbeat and peer refresh
 FIRER_TTL_MS = 10_000  # a firer not heard of for this long is gone
-TAKEOVER_MS = 2_000  # another node's schedule is fired by this one once this late
+TAKEOVER_MS = FIRER_TTL_MS  # another node's schedule is fired by this one once this late
 
 
 def rank(node: str, key: str) -> bytes:
