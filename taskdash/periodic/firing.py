@@ -119,11 +119,11 @@ class Firer:
         """Fire every due schedule of the started queues; the next time (ms, schedule clock)
         one of them is due, if any."""
         queues = {key[2] for key in self.leasing.started}
-        await self.peers.refresh(queues, self.clock())
         wakes = []
         for inc in sorted(queues):
             while True:
                 now = self.clock()
+                await self.peers.refresh(queues, now)  # every BEAT_MS, a long pass included
                 due = await self.store.due(inc, now, self.batch)
                 ours, theirs = [], []
                 for doc in due:
@@ -138,6 +138,7 @@ class Firer:
             wake = await self.store.next_wake(inc, now)
             if wake is not None:
                 wakes.append(wake)
+        await self.peers.refresh(queues, self.clock())  # no queue: still says so
         await self._finish_stale(self.clock())
         self.last_pass_at = self.clock()
         return min(wakes, default=None)

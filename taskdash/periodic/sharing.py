@@ -8,10 +8,10 @@ it fires) and every node ranks the live firers of a queue for each schedule by r
 hashing (the fetcher's split of services): the first in rank fires it when due, the others
 only once it is :data:`TAKEOVER_MS` overdue. A node that stops deletes its heartbeat, so the
 others take its share at once; a node that died is dropped after :data:`FIRER_TTL_MS`, and
-its share is fired late meanwhile. The heartbeat comes from the firing loop itself, so a
-heartbeat means the loop runs: a node that is slow because the store is slow is not taken
-over (the others firing its share too would only add races to the load), which is why the
-takeover waits as long as a death takes to be noticed.
+its share is fired late meanwhile. The heartbeat comes from the firing loop itself (between
+batches too), so a heartbeat means the loop runs: a node that is behind because the store is
+slow is not raced (the others firing its share too would only add lost updates to the load);
+only a schedule a live node has left a minute overdue is fired by the others anyway.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from taskdash.store.schedules import ScheduleStore
 
 BEAT_MS = 2_000  # heartbeat and peer refresh
 FIRER_TTL_MS = 10_000  # a firer not heard of for this long is gone
-TAKEOVER_MS = FIRER_TTL_MS  # another node's schedule is fired by this one once this late
+TAKEOVER_MS = 60_000  # a live node's schedule is fired by the others once this late
 
 
 def rank(node: str, key: str) -> bytes:

@@ -11,6 +11,7 @@ from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.sharing import BEAT_MS, FIRER_TTL_MS, TAKEOVER_MS, rank
 
 SCHEDULES = 40
+LONG = 600  # seconds: an interval longer than the takeover
 
 
 async def setup(make_node: NodeFactory, interval: int = 10) -> tuple[Node, Node, Registered]:
@@ -55,8 +56,8 @@ async def test_two_nodes_split_a_queue_without_racing(make_node: NodeFactory, cl
 async def test_a_slow_node_is_taken_over_a_dead_one_dropped(
     make_node: NodeFactory, clock: Clock
 ) -> None:
-    a, b, _ = await setup(make_node, interval=60)
-    for _ in range(60 // (BEAT_MS // 1000)):  # B lives on till the run
+    a, b, _ = await setup(make_node, interval=LONG)
+    for _ in range(LONG // (BEAT_MS // 1000)):  # B lives on till the run
         clock.advance(BEAT_MS / 1000)
         await beat(b, clock)
     await a.firer.fire_due()
@@ -77,7 +78,7 @@ async def test_a_slow_node_is_taken_over_a_dead_one_dropped(
     # B dies: once its heartbeat is older than FIRER_TTL_MS, A fires everything on time
     clock.advance(FIRER_TTL_MS / 1000)
     await a.firer.fire_due()
-    clock.advance(60 - (FIRER_TTL_MS + TAKEOVER_MS) / 1000)
+    clock.advance(LONG - (FIRER_TTL_MS + TAKEOVER_MS) / 1000)
     await a.firer.fire_due()
     assert a.firer.lost == 0 and b.firer.fired == 0
     assert set((await runs(a)).values()) == {1}
