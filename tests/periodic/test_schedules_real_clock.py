@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from conftest import Node, register
 from support import VENV_BIN, async_wait_for, http_get, wait_for
-from test_process import PeriodicProcess, periodic_env
+from test_process import PeriodicProcess, periodic_env, register_and_start
 
 from taskdash.periodic.firing import Firer, StoreClock
 from taskdash.periodic.leasing import now_ms
@@ -71,10 +71,8 @@ def test_a_process_fires_schedules_created_from_the_command_line(
         service.wait_ready()
         with grpc.insecure_channel(service.grpc_target) as channel:
             stub = pb_grpc.PeriodicTaskStub(channel)
-            secret = stub.ServiceRegistry(pb.ServiceRegistryRequest(service_name="s")).secret
-            auth = {"service_name": "s", "secret": secret, "queue_name": "q"}
-            stub.CreatePeriodicTaskQueue(pb.CreatePeriodicTaskQueueRequest(**auth))
-            stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**auth))
+            auth = register_and_start(stub)
+            secret = auth["secret"]
             secret_file = tmp_path / "secret"
             secret_file.write_text(secret)
             created = subprocess.run(
