@@ -11,10 +11,11 @@ from conftest import Clock, Node, NodeFactory, Registered, register
 
 from taskdash.periodic.errors import Kind, PeriodicError
 from taskdash.periodic.fires import fired_task, timing_of
-from taskdash.periodic.firing import HOLD_MS
+from taskdash.periodic.firing import HOLD_MS, Firer
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.views import encode, iso
-from taskdash.store.schedules import Fire, schedule_key
+from taskdash.store import Store
+from taskdash.store.schedules import Fire, ScheduleStore, schedule_key
 
 S = 1000
 
@@ -388,3 +389,56 @@ async def test_a_schedule_left_without_its_state_is_paused_until_resumed(
     await node.schedules.delete(who.caller, who.queue, "half")
     await node.schedules.store.states.delete_many({})
     await create(node, who, schedule_id="half", interval=10)  # the id is free again
+
+
+async def test_a_fire_read_before_a_pause_does_not_apply(node: Node, clock: Clock) -> None:
+    """The race: a node reads a due schedule, the schedule is paused, the node fires what
+    it read. The conditional update sees the pause: no task, still paused."""
+    who = await register(node.stub)
+    await create(node, who, schedule_id="race", interval=10)
+    clock.advance(10)
+    ref = await node.leasing.queue_ref(who.caller, who.queue)
+    read = await node.schedules.store.due(ref.inc, clock.now, 10)
+    await node.schedules.pause(who.caller, who.queue, "race")
+    await node.firer._fire(read, clock.now)
+    assert await tasks_of(node, who) == []
+    shown = await node.schedules.get(who.caller, who.queue, "race")
+    assert (shown["state"], shown["fired"], shown["last_run"]) == ("paused", 0, None)
+    assert node.firer.lost == 1
+
+
+async def test_a_schedule_created_again_fires_its_new_template(node: Node, clock: Clock) -> None:
+    """A node remembers definitions; a schedule deleted and created again under the same id
+    is a new incarnation, read again."""
+    who = await register(node.stub)
+    await create(node, who, schedule_id="again", interval=10, task_data="old")
+    clock.advance(10)
+    await node.firer.fire_due()
+    await node.schedules.delete(who.caller, who.queue, "again")
+    await create(node, who, schedule_id="again", interval=10, task_data="new")
+    clock.advance(10)
+    await node.firer.fire_due()
+    assert [t["task_data"] for t in await tasks_of(node, who)] == ["old", "new"]
+
+
+async def test_a_pass_fires_batch_after_batch(node: Node, store: Store, clock: Clock) -> None:
+    who = await register(node.stub)
+    for n in range(5):
+        await create(node, who, interval=10, task_data=n)
+    firer = Firer(node.leasing, ScheduleStore(store), clock=clock, batch=2)
+    clock.advance(10)
+    await firer.fire_due()
+    assert firer.fired == 5
+
+
+async def test_a_state_without_its_definition_is_left(node: Node, clock: Clock) -> None:
+    """A schedule deleted while a node fires it: its state is read, its definition is gone;
+    the others fire."""
+    who = await register(node.stub)
+    for name in ("gone", "kept"):
+        await create(node, who, schedule_id=name, interval=10)
+    ref = await node.leasing.queue_ref(who.caller, who.queue)
+    await node.schedules.store.definitions.delete_one({"_id": schedule_key(ref.inc, "gone")})
+    clock.advance(10)
+    await node.firer.fire_due()
+    assert [t["schedule_id"] for t in await tasks_of(node, who)] == ["kept"]
