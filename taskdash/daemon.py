@@ -54,6 +54,7 @@ from taskdash.systemd import Notifier
 from taskdash.web.app import make_app
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
+from taskdash.web.pipeline import Pipeline
 
 log = structlog.get_logger("taskdash.daemon")
 
@@ -98,6 +99,7 @@ class Daemon:
         self.broker: Any = None
         self.checker: Checker | None = None
         self.web_port: int | None = None
+        self.pipeline = Pipeline(node_id=self.node_id)  # the Pipeline page's view of the parts
 
     def _started(
         self,
@@ -179,7 +181,6 @@ class Daemon:
             while True:
                 await monitor.until_ready()
                 try:
-                    await users.ensure_indexes(store)
                     password = await users.create_first_admin(store)
                 except StoreUnavailable:
                     monitor.suspect()  # the next readiness is a new chance
@@ -190,10 +191,14 @@ class Daemon:
                     return
                 if password is None:
                     log.info("initial_admin_not_needed", why="users exist")
-                    return
-                print(users.first_admin_notice(password), file=sys.stderr, flush=True)
-                log.warning("initial_admin_created", user=users.FIRST_ADMIN, hint=users.HINT)
-                return
+                else:
+                    print(users.first_admin_notice(password), file=sys.stderr, flush=True)
+                    log.warning("initial_admin_created", user=users.FIRST_ADMIN, hint=users.HINT)
+                break
+            try:  # sessions, tokens, login failures, audit: until store/mongo.py lists them
+                await users.ensure_indexes(store)
+            except StoreError as exc:
+                log.error("account_indexes_failed", error=str(exc), note="retried at next start")
 
         task = Background("first_admin", once)
         await task.start()
@@ -204,6 +209,7 @@ class Daemon:
         cfg = self.settings.web
         secret = cookie_secret(self.settings)
         ctx = WebContext(self.settings, self.health, self.gate, cookie_secret=secret)
+        ctx.extra["pipeline"] = self.pipeline
         app = make_app(ctx)
         self.web_port = self._serve_http("web", app, "web.port", cfg.host, cfg.port)
 
@@ -262,6 +268,8 @@ class Daemon:
     async def _start_ingestion(self, store: Store) -> None:
         """Status publisher, checker, then the readers (intake last, so nothing waits on us)."""
         nsqd, lookupd, nsqd_http = await self._start_nsq()
+        self.pipeline.nsqd_http = [nsqd_http] if nsqd_http else []
+        self.pipeline.lookupd_http = lookupd
         cfg = self.settings.nsq
         on_change = None
         if nsqd_http:
@@ -281,6 +289,7 @@ class Daemon:
                 summary_threshold=self.settings.log.summary_threshold,
             )
             await self.checker.start()
+            self.pipeline.checker = self.checker
             self.health.add("checker", self.checker.check)
             self._started("checker", self.checker.stop)
         ingestion = Ingestion(
@@ -295,6 +304,9 @@ class Daemon:
             await consumer.start()
             self.health.add(f"reader:{consumer.topic}", consumer.check)
             self._started(f"reader:{consumer.topic}", consumer.stop)
+        self.pipeline.readers = list(ingestion.consumers)
+        await self.pipeline.start()
+        self._started("pipeline_rates", self.pipeline.stop)
 
     async def _start_fetcher(self, store: Store) -> None:
         """The metadata fetcher: services come from the readers, so it starts after them."""
@@ -307,6 +319,7 @@ class Daemon:
             summary_threshold=self.settings.log.summary_threshold,
         )
         await fetcher.start()
+        self.pipeline.fetcher = fetcher
         self.health.add("fetcher", fetcher.check)
         self._started("fetcher", fetcher.stop)
 

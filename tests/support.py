@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -14,10 +15,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from taskdash.store import Store, tokens
 from taskdash.store.embedded import die_with_parent, nx_command, port_open
+from taskdash.store.users import UserExists, add_user
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -57,10 +61,17 @@ async def async_wait_for(
         await asyncio.sleep(every)
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    """GET a JSON endpoint with a real HTTP client; (status, parsed body or text)."""
+def http_get(url: str, timeout: float = 5.0, token: str | None = None) -> tuple[int, Any]:
+    """GET a JSON endpoint with a real HTTP client; (status, parsed body or text).
+
+    ``token``: sent as ``Authorization: Bearer`` (the API needs a login or a token: see
+    :func:`daemon_token`).
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        ) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as err:
         status, raw = err.code, err.read()
@@ -70,6 +81,28 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
         return status, json.loads(raw)
     except ValueError:
         return status, raw.decode(errors="replace")
+
+
+async def new_daemon_token(env: dict[str, str], name: str = "tester") -> str:
+    """A bearer token for the API of a ``taskdash run`` started with ``env`` (its MongoDB up):
+    a user ``name`` (created unless it exists) and a new token of it, written to its store."""
+    port = env.get("TASKDASH_MONGODB__EMBEDDED_PORT", "27017")
+    uri = env.get("TASKDASH_MONGODB__URI") or f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    store = Store(
+        uri, env.get("TASKDASH_MONGODB__DATABASE", "taskdash"), server_selection_timeout=20
+    )
+    try:
+        with contextlib.suppress(UserExists):
+            await add_user(store, name, f"pw-{name}-0123456789")
+        secret, _ = await tokens.create(store, name, "tests", now=datetime.now(UTC))
+        return secret
+    finally:
+        await store.close()
+
+
+def daemon_token(env: dict[str, str], name: str = "tester") -> str:
+    """:func:`new_daemon_token` for a test without an event loop of its own."""
+    return asyncio.run(new_daemon_token(env, name))
 
 
 def http_head(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

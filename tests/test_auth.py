@@ -3,11 +3,16 @@ on loopback, over nx-27017 (taskdash/web/auth.py, taskdash/store/sessions.py).""
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import tornado.escape
+import tornado.template
 from web_client import Served, WebClient, make_token, make_user, password_for, serve
 
 from taskdash.settings import load
@@ -61,6 +66,36 @@ async def test_cookie_flags(store: Store) -> None:
             raw = client.session.strip('"')
             assert not await store["sessions"].find_one({"_id": raw})
             assert await store["sessions"].count_documents({"user": "alice"}) >= 1
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> ssl.SSLContext:
+    """A server context with a self-signed certificate made by openssl for this test."""
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_cookies_are_secure_over_https(store: Store, tls: ssl.SSLContext) -> None:
+    await make_user(store, "alice")
+    async with serve(store, ssl_options=tls) as served:
+        client = served.client()
+        client.validate_cert = False
+        reply = await client.login_form("alice", password_for("alice"))
+        (line,) = [c for c in reply.headers.get_list("Set-Cookie") if SESSION_COOKIE in c]
+        assert "Secure" in line and "HttpOnly" in line, line
+        assert (await client.call("/api/v1/me"))[0] == 200
 
 
 @pytest.mark.parametrize("case", ["bad_password", "unknown", "disabled", "too_long", "empty"])
@@ -344,3 +379,57 @@ async def test_throttling_per_address_across_names(store: Store) -> None:
             assert (await _attempt(second, "alice", password_for("alice")))[0] == 429
         app.clock.advance(600)
         assert (await _attempt(client, "alice", password_for("alice")))[0] == 200
+
+
+class NavPage(PageHandler):
+    """Renders what every page template gets: the user, the navigation, the XSRF field."""
+
+    def get(self) -> None:
+        template = tornado.template.Template(
+            "{{ user.name }}#{% for item in nav %}{{ item['href'] }}{% if item['current'] %}*"
+            "{% end %} {% end %}#{% module xsrf_form_html() %}"
+        )
+        self.finish(template.generate(**self.get_template_namespace()))
+
+
+async def test_pages_get_user_nav_and_xsrf_field(store: Store) -> None:
+    await make_user(store, "alice")
+    await make_user(store, "root", "admin")
+    async with serve(store, routes=[(r"/tasks", NavPage)]) as app:
+        user, admin = app.client(), app.client()
+        await user.login("alice", password_for("alice"))
+        await admin.login("root", password_for("root"))
+        name, nav, field = (await user.fetch("/tasks")).text.split("#")
+        assert name == "alice" and 'name="_xsrf"' in field
+        assert nav.split() == ["/tasks*", "/services", "/pipeline", "/dead-letters"]
+        _, nav, _ = (await admin.fetch("/tasks")).text.split("#")
+        assert nav.split()[-2:] == ["/users", "/audit"]
+
+
+async def test_store_down_is_503_json_for_the_api_and_a_page_for_pages(app: Served) -> None:
+    app.ctx.gate.close()
+    client = app.client()
+    status, body = await client.call("/api/v1/me")
+    assert (status, body["error"]) == (503, "store_unavailable")
+    for path in ("/hello", "/login"):
+        reply = await client.fetch(path)
+        assert reply.status == 503 and reply.headers["Content-Type"].startswith("text/html")
+        assert "<p>503: TaskDash is stopping</p>" in reply.text
+
+
+async def test_a_login_over_a_session_replaces_it(app: Served) -> None:
+    await make_user(app.store, "alice")
+    client, phone = app.client(), app.client()
+    await phone.login("alice", password_for("alice"))
+    await client.login("alice", password_for("alice"))
+    first = client.session
+    await client.login("alice", password_for("alice"))
+    assert client.session != first, "a new id at every login (no session fixation)"
+    assert await sessions.count_for_user(app.store, "alice") == 2, "the phone's and the new one"
+    assert (await phone.call("/api/v1/me"))[0] == 200
+
+
+async def test_an_unknown_path_is_404_whatever_the_method(app: Served) -> None:
+    for method in ("GET", "POST", "DELETE"):
+        reply = await app.client().fetch("/nope", method)
+        assert (reply.status, reply.json["error"]) == (404, "not_found"), method

@@ -12,6 +12,7 @@ import pytest
 from support import (
     NxServer,
     daemon_env,
+    daemon_token,
     free_port,
     http_get,
     http_head,
@@ -61,13 +62,15 @@ def test_lifecycle_sigterm_restart_and_systemd_notify(tmp_path: Path) -> None:
     notify.close()
     env.pop("NOTIFY_SOCKET")
     with running_daemon(tmp_path, env) as daemon:
-        status, body = http_get(f"{daemon.web}/api/services")
+        token = daemon_token(env)
+        assert http_get(f"{daemon.web}/api/services")[0] == 401, "the API needs a token"
+        status, body = http_get(f"{daemon.web}/api/services", token=token)
         assert status == 200
         assert [(s["id"], s["name"]) for s in body["services"]] == [("svc-1", "kept")]
-        assert http_get(f"{daemon.web}/api/services/svc-1")[1]["status"] == "online"
-        assert http_get(f"{daemon.web}/api/services/nope")[0] == 404
-        assert http_get(f"{daemon.web}/api/services?limit=0")[0] == 400
-        assert http_get(f"{daemon.web}/api/services?status=weird")[0] == 400
+        assert http_get(f"{daemon.web}/api/services/svc-1", token=token)[1]["status"] == "online"
+        assert http_get(f"{daemon.web}/api/services/nope", token=token)[0] == 404
+        assert http_get(f"{daemon.web}/api/services?limit=0", token=token)[0] == 400
+        assert http_get(f"{daemon.web}/api/services?status=weird", token=token)[0] == 400
         assert daemon.stop() == 0
 
 
@@ -132,7 +135,8 @@ def test_external_mongodb_down_at_start_then_up(tmp_path: Path) -> None:
         server.start()
         try:
             daemon.wait_ready(timeout=60)
-            assert http_get(f"{daemon.web}/api/services")[0] == 200
+            token = daemon_token(env)
+            assert http_get(f"{daemon.web}/api/services", token=token)[0] == 200
             assert http_head(f"{daemon.web}/readyz") == (200, b"")
             assert daemon.stop() == 0
         finally:

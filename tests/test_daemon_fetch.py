@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from support import VENV_BIN, daemon_env, http_get, running_daemon, wait_for
+from support import VENV_BIN, daemon_env, daemon_token, http_get, running_daemon, wait_for
 
 TASKS = [
     {"id": "t-1", "name": "crawl", "url": "http://x/1", "description": "爬虫", "status": "running",
@@ -66,8 +66,10 @@ def test_registered_service_tasks_are_harvested(tmp_path: Path) -> None:
             env=env, capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
 
+        token = daemon_token(env)
+
         def tasks() -> list[dict[str, object]]:
-            status, body = http_get(f"{daemon.web}/api/tasks?service_id=svc-f")
+            status, body = http_get(f"{daemon.web}/api/tasks?service_id=svc-f", token=token)
             return body["tasks"] if status == 200 and len(body["tasks"]) == 2 else []
 
         got = wait_for(tasks, timeout=30)
@@ -76,9 +78,9 @@ def test_registered_service_tasks_are_harvested(tmp_path: Path) -> None:
             ("t-2", "finish", "svc-f"),
         }
         assert [t["description"] for t in got if t["id"] == "t-1"] == ["爬虫"]
-        status, result = http_get(f"{daemon.web}/api/services/svc-f/fetch")
+        status, result = http_get(f"{daemon.web}/api/services/svc-f/fetch", token=token)
         assert status == 200, result
         assert result["http_status"] == 200 and result["task_count"] == 2
-        assert http_get(f"{daemon.web}/api/services/nope/fetch")[0] == 404
-        assert http_get(f"{daemon.web}/api/tasks?include_gone=maybe")[0] == 400
+        assert http_get(f"{daemon.web}/api/services/nope/fetch", token=token)[0] == 404
+        assert http_get(f"{daemon.web}/api/tasks?include_gone=maybe", token=token)[0] == 400
         assert daemon.stop() == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from support import VENV_BIN, daemon_env, http_get, running_daemon, wait_for
+from support import VENV_BIN, daemon_env, daemon_token, http_get, running_daemon, wait_for
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,21 +40,22 @@ def test_publish_register_heartbeat_stale_offline_recover(tmp_path: Path) -> Non
                   "--type", "batch", "--url", "http://127.0.0.1:9/tasks")  # fmt: skip
         assert out.returncode == 0, out.stderr
         url = f"{daemon.web}/api/services/svc-e2e"
-        wait_for(lambda: http_get(url)[0] == 200)
-        assert http_get(url)[1]["status"] == "unknown"
+        token = daemon_token(env)
+        wait_for(lambda: http_get(url, token=token)[0] == 200)
+        assert http_get(url, token=token)[1]["status"] == "unknown"
 
         out = cli(env, "publish", "heartbeat", "--id", "svc-e2e", "--every", "0.2", "--count", "3")
         assert out.returncode == 0 and "published 3 heartbeat(s)" in out.stdout, out.stderr
-        wait_for(lambda: http_get(url)[1]["status"] == "online")
-        wait_for(lambda: http_get(url)[1]["status"] == "stale", timeout=10)
-        wait_for(lambda: http_get(url)[1]["status"] == "offline", timeout=10)
+        wait_for(lambda: http_get(url, token=token)[1]["status"] == "online")
+        wait_for(lambda: http_get(url, token=token)[1]["status"] == "stale", timeout=10)
+        wait_for(lambda: http_get(url, token=token)[1]["status"] == "offline", timeout=10)
 
         # beats for longer than the resolution (0.5 s): a burst within it is one stored beat
         out = cli(env, "publish", "heartbeat", "--id", "svc-e2e", "--every", "0.2", "--count", "6")
         assert out.returncode == 0
-        wait_for(lambda: http_get(url)[1]["status"] == "online", timeout=10)
+        wait_for(lambda: http_get(url, token=token)[1]["status"] == "online", timeout=10)
 
-        status, body = http_get(f"{url}/history")
+        status, body = http_get(f"{url}/history", token=token)
         assert status == 200
         transitions = [(e["from"], e["to"]) for e in reversed(body["history"])]
         assert transitions[:4] == [
@@ -100,7 +101,10 @@ def test_poison_message_shows_in_the_dead_letter_api(tmp_path: Path) -> None:
 
         resp = requests.post(f"{nsqd}/pub?topic=taskdash.service", data=b'{"id": 7}', timeout=5)
         assert resp.status_code == 200
-        letters = wait_for(lambda: http_get(f"{daemon.web}/api/dead-letters")[1]["dead_letters"])
+        token = daemon_token(env)
+        letters = wait_for(
+            lambda: http_get(f"{daemon.web}/api/dead-letters", token=token)[1]["dead_letters"]
+        )
         assert letters[0]["topic"] == "taskdash.service" and letters[0]["field"] == "id"
         assert letters[0]["body"] == '{"id": 7}'
         assert daemon.stop() == 0

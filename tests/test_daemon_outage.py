@@ -9,6 +9,7 @@ from pathlib import Path
 import requests
 from support import (
     daemon_env,
+    daemon_token,
     http_get,
     nsqd_channel_stats,
     pid_alive,
@@ -56,7 +57,7 @@ def check_frozen_store(tmp_path: Path, env: dict[str, str]) -> None:
         finally:
             os.kill(child, signal.SIGCONT)
         daemon.wait_ready(timeout=60)
-        assert http_get(f"{daemon.web}/api/services")[0] == 200
+        assert http_get(f"{daemon.web}/api/services", token=daemon_token(env))[0] == 200
 
         # under load, frozen again: the readers hold a batch the store never answers
         beats = "\n".join(f'{{"id": "svc-{i}"}}' for i in range(200)).encode()

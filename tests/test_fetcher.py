@@ -15,6 +15,7 @@ from support import async_wait_for, free_port
 from taskdash.errors import StoreUnavailable
 from taskdash.fetcher import Fetcher
 from taskdash.store import Store
+from taskdash.store.assignments import claim
 from taskdash.store.tasks import get_fetch_result, list_conflicts, list_tasks
 
 MakeFetcher = Callable[..., Fetcher]
@@ -82,8 +83,11 @@ async def test_listings_in_every_accepted_shape_are_stored(
         "first_seen_at": clock_of(make).now.isoformat(),
         "last_seen_at": clock_of(make).now.isoformat(),
         "gone": False,
+        "gone_at": None,
         "start_time": "",  # the daily window, set over TCP only (docs/tcp.md)
         "stop_time": "",
+        "assignee": "",  # nobody holds it (docs/api.md)
+        "assignment": None,
     }
     fetched = await get_fetch_result(store, "array")
     assert fetched is not None
@@ -128,7 +132,7 @@ async def test_a_changing_task_list_updates_marks_gone_and_brings_back(
     fetcher, clock = make(), clock_of(make)
     await fetcher.sweep()
     first = clock.now.isoformat()
-    await store.assignments.insert_one({"_id": "t1", "user": "alice"})  # a claim on t1
+    await claim(store, "t1", "alice", now_ms=1)  # a claim on t1
 
     site.listings["s"] = [task("t2"), task("t3", status="finish"), task("t4")]
     second = clock.advance(10).isoformat()
@@ -136,7 +140,7 @@ async def test_a_changing_task_list_updates_marks_gone_and_brings_back(
     assert (result.inserted, result.changed, result.gone) == (1, 1, 1)
     t1, t2, t3, t4 = [await by_id(store, i) for i in ("t1", "t2", "t3", "t4")]
     assert t1["gone"] is True and t1["last_seen_at"] == first  # kept, never deleted
-    assert await store.assignments.find_one({"_id": "t1"}) == {"_id": "t1", "user": "alice"}
+    assert (t1["assignee"], t1["assignment"]["version"]) == ("alice", 1), "a fetch keeps it"
     assert (t2["first_seen_at"], t2["last_seen_at"], t2["gone"]) == (first, second, False)
     assert t3["status"] == "finish" and t3["first_seen_at"] == first
     assert (t4["first_seen_at"], t4["gone"]) == (second, False)

@@ -25,6 +25,7 @@ from support import (
     daemon_env,
     free_port,
     http_get,
+    new_daemon_token,
     pids_with_arg,
     running_daemon,
     wait_for,
@@ -116,8 +117,8 @@ def publish(nsqd: NsqdProcess, *args: str) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def service(daemon_web: str, sid: str) -> dict[str, Any] | None:
-    status, body = http_get(f"{daemon_web}/api/services/{sid}")
+def service(daemon_web: str, sid: str, token: str) -> dict[str, Any] | None:
+    status, body = http_get(f"{daemon_web}/api/services/{sid}", token=token)
     return body if status == 200 else None
 
 
@@ -152,6 +153,9 @@ async def test_external_nsqd_and_mongodb_end_to_end(
             TASKDASH_NSQ__HEARTBEAT_FLUSH_INTERVAL=0.05,
             **where,
         )
+        # the API's token, made before the start: the service turns stale 1.5 s after its
+        # first beat, which the test must see online first
+        token = await new_daemon_token(env)
         try:
             with running_daemon(tmp_path, env) as daemon:
                 # nothing embedded: no nx-27017 child, no broker of its own
@@ -161,17 +165,17 @@ async def test_external_nsqd_and_mongodb_end_to_end(
                 assert not started & {"embedded_mongodb_started", "broker_started"}
 
                 # the registration published before the start is read from the external nsqd
-                wait_for(lambda: service(daemon.web, sid))
+                wait_for(lambda: service(daemon.web, sid, token))
                 publish(nsqd, "heartbeat", "--id", sid, "--every", "0.2", "--count", "3")
-                wait_for(lambda: (service(daemon.web, sid) or {}).get("status") == "online")
-                body = service(daemon.web, sid)
+                wait_for(lambda: (service(daemon.web, sid, token) or {}).get("status") == "online")
+                body = service(daemon.web, sid, token)
                 assert body is not None and body["name"] == "crawler"
                 components = http_get(f"{daemon.web}/readyz")[1]["components"]
                 assert components["store"]["ready"] is True
                 assert components["reader:taskdash.heartbeat"]["connections"] == 1
 
                 # silence: stale, then offline; each change goes out to taskdash.service_status
-                wait_for(lambda: service(daemon.web, sid)["status"] == "offline", timeout=20)
+                wait_for(lambda: service(daemon.web, sid, token)["status"] == "offline", timeout=20)
                 await async_wait_for(
                     lambda: (
                         http_get(f"{daemon.web}/readyz")[1]["components"]["status_publisher"][
@@ -181,7 +185,9 @@ async def test_external_nsqd_and_mongodb_end_to_end(
                     )
                 )
                 changes = await status_reader.take_json(3)
-                history = http_get(f"{daemon.web}/api/services/{sid}/history")[1]["history"]
+                history = http_get(f"{daemon.web}/api/services/{sid}/history", token=token)[1][
+                    "history"
+                ]
                 assert daemon.stop() == 0
         finally:
             await status_reader.close()

@@ -1,4 +1,7 @@
-"""The HTTP API in process, against a real nx-27017: the store gate, error shape, HEAD."""
+"""The HTTP API in process, against a real nx-27017: the store gate, error shape, HEAD.
+
+Every /api call carries a bearer token (the API needs a login or a token: tests/test_api*.py).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import tornado.httpclient
 import tornado.httpserver
 import tornado.netutil
 from support import NxServer
+from web_client import make_token, make_user
 
 from taskdash.health import Health
 from taskdash.models import TaskService
@@ -36,6 +40,7 @@ class Api:
 
     def __init__(self, gate: StoreGate, health: Health) -> None:
         self.gate, self.health = gate, health
+        self.token = ""
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         self.server = tornado.httpserver.HTTPServer(
             make_app(WebContext(settings=load(env={}), health=health, gate=gate))
@@ -45,8 +50,9 @@ class Api:
         self.client = tornado.httpclient.AsyncHTTPClient()
 
     async def call(self, path: str, method: str = "GET") -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         resp = await self.client.fetch(
-            self.base + path, method=method, raise_error=False, request_timeout=30
+            self.base + path, method=method, headers=headers, raise_error=False, request_timeout=30
         )
         body = tornado.escape.json_decode(resp.body) if resp.body else None
         return resp.code, body
@@ -63,6 +69,12 @@ def nx(tmp_path: Path) -> Iterator[NxServer]:
         if server.proc is not None:
             os.kill(server.proc.pid, signal.SIGCONT)
         server.stop()
+
+
+async def with_token(api: Api, store: Store) -> None:
+    """A user and a token for it; the API's calls carry it from now on."""
+    await make_user(store, "reader")
+    api.token = await make_token(store, "reader")
 
 
 @pytest.fixture
@@ -104,6 +116,7 @@ async def test_errors_have_one_shape(api: Api, nx: NxServer) -> None:
     try:
         assert await monitor.probe()
         api.gate.attach(store, monitor)
+        await with_token(api, store)
         assert await api.call("/api/services/nope") == (
             404,
             {"error": "not_found", "message": "no service with this id", "status": 404},
@@ -138,6 +151,7 @@ async def test_a_freeze_the_monitor_has_not_seen_is_a_bounded_503(
     try:
         assert await monitor.probe()  # the last probe succeeded: the gate lets requests in
         api.gate.attach(store, monitor)
+        await with_token(api, store)
         assert nx.proc is not None
         os.kill(nx.proc.pid, signal.SIGSTOP)
         # the request's own deadline (0.5 s), not the driver's 60 s, ends it
@@ -166,12 +180,16 @@ async def test_a_long_non_ascii_id_can_be_looked_up(api: Api, nx: NxServer) -> N
     try:
         assert await monitor.probe()
         api.gate.attach(store, monitor)
+        await with_token(api, store)
         await register_services(store, [TaskService(id=longest)], datetime.now(UTC))
         quoted = urllib.parse.quote(longest)
         status, body = await api.call(f"/api/services/{quoted}")
         assert (status, body["id"]) == (200, longest)
         assert (await api.call(f"/api/services/{quoted}/history"))[0] == 200
         too_long = urllib.parse.quote("服" * 129)
-        assert (await api.call(f"/api/services/{too_long}"))[0] == 404
+        status, body = await api.call(f"/api/services/{too_long}")
+        assert (status, body["message"]) == (400, "service_id is longer than 128 characters")
+        beyond = urllib.parse.quote("服" * 129 * 4)  # longer than any route takes: no route
+        assert (await api.call(f"/api/services/{beyond}"))[0] == 404
     finally:
         await store.close()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -105,6 +106,8 @@ class WebClient:
 
     def __init__(self, base: str, *, token: str | None = None) -> None:
         self.base = base.rstrip("/")
+        #: off for a test's own self-signed certificate
+        self.validate_cert = True
         self.token = token
         self.cookies: dict[str, str] = {}
         self.http = tornado.httpclient.AsyncHTTPClient()
@@ -145,6 +148,7 @@ class WebClient:
             raise_error=False,
             request_timeout=30,
             allow_nonstandard_methods=True,
+            validate_cert=self.validate_cert,
         )
         self.keep_cookies(resp.headers.get_list("Set-Cookie"))
         return Reply(resp.code, resp.headers, resp.body or b"")
@@ -205,9 +209,10 @@ async def serve(
     *,
     clock: SettableClock | None = None,
     routes: list[tuple[str, type[tornado.web.RequestHandler]]] | None = None,
+    ssl_options: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Served]:
     """The whole application on a free loopback port, its store gate open on ``store``;
-    ``routes`` are added to it (handlers written for a test)."""
+    ``routes`` are added to it (handlers written for a test); HTTPS with ``ssl_options``."""
     await users.ensure_indexes(store)
     gate = StoreGate(request_timeout=5)
     monitor = StoreMonitor(store, interval=60, retry_initial=1, retry_max=1)
@@ -219,10 +224,11 @@ async def serve(
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     app = make_app(ctx)
     app.add_handlers(r".*", [(pattern, handler, {"ctx": ctx}) for pattern, handler in routes or []])
-    server = tornado.httpserver.HTTPServer(app)
+    server = tornado.httpserver.HTTPServer(app, ssl_options=ssl_options)
     server.add_sockets(sockets)
+    scheme = "https" if ssl_options else "http"
     try:
-        yield Served(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", ctx, clock, store)
+        yield Served(f"{scheme}://127.0.0.1:{sockets[0].getsockname()[1]}", ctx, clock, store)
     finally:
         server.stop()
         await server.close_all_connections()

@@ -1,20 +1,30 @@
-"""The seed's TaskManager binding: who a task is assigned to, now and before.
+"""The seed's TaskManager binding: who holds a task, kept in the task's own document.
 
-Collections:
+Fields of every ``tasks`` document (set empty when the task is inserted, whoever inserts it):
 
-* ``assignments`` (``_id`` = task id): the current binding, ``user`` ("" = nobody),
-  ``group_id``, ``reserved``, ``source`` ("tcp" or "web"), ``at`` (epoch ms) and ``version``
-  (1, 2, ... per task). Every change is a compare-and-set on ``version`` (or an insert that
-  fails if another writer inserted first), so two writers never lose each other's change
-  silently: the loser sees :class:`AssignmentConflict` and decides (retry, or tell its user).
-* ``assignment_history``: one document per change (task id, the new binding, the previous
-  user, version), written right after the change it records; the current binding is the
-  truth, the history explains it. A crash between the two writes loses one history line,
-  never the binding.
+* ``assignee``: the user holding the task, "" = nobody. A top-level field so that "assigned to
+  X" and "unassigned" are equality queries an index answers (``assignee_key``).
+* ``assignment``: the rest of the binding: ``group_id``, ``reserved``, ``source`` ("tcp" or
+  "web"), ``by`` (who made the change: a user name, or the TCP peer), ``at`` (epoch ms) and
+  ``version`` (0 = never bound, then 1, 2, ... per change).
 
-The TCP interface sets the binding with :func:`set_assignment` (last writer wins, a no-op
-when nothing changes); the web dashboard's claim uses ``expect_version`` to take a task only
-if nobody took it meanwhile.
+Living in the task document, every change is one write on one document, so it is atomic with
+the conditions it needs:
+
+* a web **claim** is one conditional update "only if nobody holds it" (optionally "and it is at
+  this version"): of two users claiming at once exactly one wins, the other is told who holds
+  it (:class:`AssignmentConflict`);
+* a **release** is one conditional update "only if the caller holds it" (:class:`NotHolder`);
+* an admin's **assign/unassign** and the TCP interface's Register/Update use
+  :func:`set_assignment`: the newest call wins, as a compare-and-set on ``version`` retried on a
+  concurrent change, and nothing is written when nothing changes.
+
+The fetcher never writes these fields (``store.tasks`` leaves them out of every update), so a
+fetch cannot clobber a binding. ``assignment_history`` gets one document per change (task id,
+the new binding, the previous user, source, by whom, version), written right after it: the
+binding is the truth, the history explains it; a crash between the two loses one history line,
+never the binding. There was never a release with the former ``assignments`` collection, so
+nothing is migrated from it.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pymongo.errors import DuplicateKeyError
+from pymongo import ReturnDocument
 
 from taskdash.errors import StoreError
 from taskdash.store.mongo import Doc, Store, eq, translated
@@ -32,10 +42,38 @@ from taskdash.store.times import iso
 Source = Literal["tcp", "web"]
 HISTORY = "assignment_history"
 _ATTEMPTS = 5  # compare-and-set retries of an unconditional set before giving up
+_PROJECTION = {"assignee": 1, "assignment": 1}
+
+
+class NoSuchTask(StoreError):
+    """The task id is not stored."""
 
 
 class AssignmentConflict(StoreError):
-    """The binding changed since ``expect_version``: someone else assigned the task first."""
+    """The task is held by someone else (``holder``), or changed since the expected version."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class NotHolder(AssignmentConflict):
+    """A release by someone who does not hold the task."""
+
+
+def empty_binding() -> Doc:
+    """The binding fields of a task nobody ever held (every insert of a task sets them)."""
+    return {
+        "assignee": "",
+        "assignment": {
+            "group_id": "",
+            "reserved": "",
+            "source": "",
+            "by": "",
+            "at": 0,
+            "version": 0,
+        },
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,65 +85,71 @@ class Assignment:
     group_id: str = ""
     reserved: str = ""
     source: str = ""
+    by: str = ""
     at_ms: int = 0
     version: int = 0
 
     @classmethod
     def from_doc(cls, doc: Doc) -> Assignment:
-        """Build from a stored document."""
+        """Build from a stored task document (its ``assignee`` and ``assignment``)."""
+        binding = doc.get("assignment") or {}
         return cls(
             task_id=doc["_id"],
-            user=doc.get("user", ""),
-            group_id=doc.get("group_id", ""),
-            reserved=doc.get("reserved", ""),
-            source=doc.get("source", ""),
-            at_ms=int(doc.get("at") or 0),
-            version=int(doc.get("version") or 0),
+            user=doc.get("assignee") or "",
+            group_id=binding.get("group_id") or "",
+            reserved=binding.get("reserved") or "",
+            source=binding.get("source") or "",
+            by=binding.get("by") or "",
+            at_ms=int(binding.get("at") or 0),
+            version=int(binding.get("version") or 0),
         )
 
-    def public(self) -> dict[str, Any]:
-        """As the API shows it."""
+    def public(self) -> dict[str, Any] | None:
+        """As the API shows it; None for a task that was never bound."""
+        if not self.version:
+            return None
         return {
             "user": self.user,
             "group_id": self.group_id,
             "reserved": self.reserved,
             "source": self.source,
+            "by": self.by,
             "at": iso(self.at_ms) if self.at_ms else None,
             "version": self.version,
         }
 
 
+def _changes(binding: Assignment) -> Doc:
+    """The ``$set`` that stores ``binding`` (``version`` included)."""
+    return {
+        "assignee": binding.user,
+        "assignment": {
+            "group_id": binding.group_id,
+            "reserved": binding.reserved,
+            "source": binding.source,
+            "by": binding.by,
+            "at": binding.at_ms,
+            "version": binding.version,
+        },
+    }
+
+
+async def get_assignment(store: Store, task_id: str) -> Assignment:
+    """The current binding of one task; NoSuchTask if the task is not stored."""
+    async with translated("get_assignment"):
+        doc = await store.tasks.find_one({"_id": task_id}, _PROJECTION)
+    if doc is None:
+        raise NoSuchTask(f"no task {task_id!r}")
+    return Assignment.from_doc(doc)
+
+
 async def get_assignments(store: Store, task_ids: Sequence[str]) -> dict[str, Assignment]:
-    """The current bindings of these tasks (absent = never assigned)."""
+    """The bindings of these tasks, by id (a task that is not stored is left out)."""
     if not task_ids:
         return {}
     async with translated("get_assignments"):
-        cursor = store.assignments.find({"_id": {"$in": list(task_ids)}})
+        cursor = store.tasks.find({"_id": {"$in": list(task_ids)}}, _PROJECTION)
         return {doc["_id"]: Assignment.from_doc(doc) async for doc in cursor}
-
-
-async def _write(store: Store, current: Assignment | None, new: Doc) -> bool:
-    """Compare-and-set against ``current``; False when another writer got there first."""
-    if current is None:
-        try:
-            await store.assignments.insert_one(new)
-        except DuplicateKeyError:
-            return False
-        return True
-    done = await store.assignments.update_one(
-        {"_id": new["_id"], "version": eq(current.version)}, {"$set": new}
-    )
-    return done.matched_count == 1
-
-
-def _merged(
-    current: Assignment | None, user: str | None, group_id: str | None, reserved: str | None
-) -> tuple[str, str, str]:
-    """The binding asked for, a None part keeping what is stored."""
-    stored = (current.user, current.group_id, current.reserved) if current else ("", "", "")
-    user = stored[0] if user is None else user
-    group_id = stored[1] if group_id is None else group_id
-    return user, group_id, stored[2] if reserved is None else reserved
 
 
 async def set_assignment(
@@ -116,42 +160,143 @@ async def set_assignment(
     group_id: str | None = None,
     reserved: str | None = None,
     source: Source,
+    by: str = "",
     now_ms: int,
-    expect_version: int | None = None,
 ) -> tuple[Assignment, bool]:
     """Bind ``task_id`` to ``user`` ("" = nobody); returns (the binding now, whether it changed).
 
-    A part passed as None keeps its stored value. Without ``expect_version`` the newest call
-    wins (retried on a concurrent change). With it, the change applies only if the stored
-    version is that one (0 = never assigned), else :class:`AssignmentConflict`. Setting what
-    is already stored writes nothing, history included.
+    A part passed as None keeps its stored value. The newest call wins: a compare-and-set on
+    ``version``, read again and retried when another writer changed the binding in between (so
+    that change is in the history, never silently erased). Setting what is already stored
+    writes nothing, history included. NoSuchTask if the task is not stored.
     """
     async with translated("set_assignment"):
         for _ in range(_ATTEMPTS):
-            found = await store.assignments.find_one({"_id": task_id})
-            current = Assignment.from_doc(found) if found else None
-            version = current.version if current else 0
-            if expect_version is not None and expect_version != version:
-                raise AssignmentConflict(
-                    f"task {task_id} is at version {version}, not {expect_version}"
-                )
-            wanted = _merged(current, user, group_id, reserved)
-            if wanted == _merged(current, None, None, None):
-                return current or Assignment(task_id), False
-            new = dict(zip(("user", "group_id", "reserved"), wanted, strict=True))
-            new.update(_id=task_id, source=source, at=now_ms, version=version + 1)
-            if await _write(store, current, new):
-                await _record(store, new, current)
-                return Assignment.from_doc(new), True
-            if expect_version is not None:
-                raise AssignmentConflict(f"task {task_id} was assigned by someone else meanwhile")
-    raise AssignmentConflict(f"task {task_id}: assignment kept changing under {_ATTEMPTS} attempts")
+            doc = await store.tasks.find_one({"_id": task_id}, _PROJECTION)
+            if doc is None:
+                raise NoSuchTask(f"no task {task_id!r}")
+            current = Assignment.from_doc(doc)
+            wanted = Assignment(
+                task_id,
+                user=current.user if user is None else user,
+                group_id=current.group_id if group_id is None else group_id,
+                reserved=current.reserved if reserved is None else reserved,
+            )
+            if (wanted.user, wanted.group_id, wanted.reserved) == (
+                current.user,
+                current.group_id,
+                current.reserved,
+            ):
+                return current, False
+            new = Assignment(
+                task_id,
+                user=wanted.user,
+                group_id=wanted.group_id,
+                reserved=wanted.reserved,
+                source=source,
+                by=by,
+                at_ms=now_ms,
+                version=current.version + 1,
+            )
+            done = await store.tasks.update_one(
+                {"_id": task_id, "assignment.version": eq(current.version)},
+                {"$set": _changes(new)},
+            )
+            if done.matched_count == 1:
+                await _record(store, new, current.user)
+                return new, True
+    raise AssignmentConflict(
+        f"task {task_id}: assignment kept changing under {_ATTEMPTS} attempts", holder=""
+    )
 
 
-async def _record(store: Store, new: Doc, previous: Assignment | None) -> None:
-    entry = {k: v for k, v in new.items() if k != "_id"}
-    entry.update(task_id=new["_id"], previous_user=previous.user if previous else "")
-    await store[HISTORY].insert_one(entry)
+async def claim(
+    store: Store,
+    task_id: str,
+    user: str,
+    *,
+    now_ms: int,
+    expect_version: int | None = None,
+) -> tuple[Assignment, bool]:
+    """``user`` takes the task if nobody holds it: one conditional update.
+
+    With ``expect_version``, only if the binding is still at that version as well (the page
+    showed it free at version N: a release and a new claim meanwhile is a conflict too).
+    Returns (the binding, whether it changed): claiming a task one holds already changes
+    nothing. AssignmentConflict names the holder; NoSuchTask if there is no such task.
+    """
+    condition: Doc = {"_id": task_id, "assignee": eq("")}
+    if expect_version is not None:
+        condition["assignment.version"] = eq(expect_version)
+    claimed = await _hand_over(store, condition, user, by=user, now_ms=now_ms, previous="")
+    if claimed is not None:
+        return claimed, True
+    current = await get_assignment(store, task_id)
+    if current.user == user and expect_version in (None, current.version):
+        return current, False
+    if current.user:
+        raise AssignmentConflict(f"task {task_id} is held by {current.user}", current.user)
+    raise AssignmentConflict(
+        f"task {task_id} changed meanwhile (version {current.version}, not {expect_version})",
+        holder="",
+    )
+
+
+async def release(store: Store, task_id: str, user: str, *, now_ms: int) -> tuple[Assignment, bool]:
+    """``user`` gives the task back: one update conditional on ``user`` holding it.
+
+    Returns (the binding, whether it changed); releasing a task nobody holds changes nothing.
+    NotHolder names the holder when it is someone else; NoSuchTask if there is no such task.
+    """
+    condition = {"_id": task_id, "assignee": eq(user)}
+    released = await _hand_over(store, condition, "", by=user, now_ms=now_ms, previous=user)
+    if released is not None:
+        return released, True
+    current = await get_assignment(store, task_id)
+    if not current.user:
+        return current, False
+    raise NotHolder(f"task {task_id} is held by {current.user}, not by {user}", current.user)
+
+
+async def _hand_over(
+    store: Store, condition: Doc, holder: str, *, by: str, now_ms: int, previous: str
+) -> Assignment | None:
+    """A web claim or release: one update making ``holder`` hold the task if ``condition``
+    still matches, recorded in the history; None when it no longer matched."""
+    update = {
+        "$set": {
+            "assignee": holder,
+            "assignment.source": "web",
+            "assignment.by": by,
+            "assignment.at": now_ms,
+        },
+        "$inc": {"assignment.version": 1},
+    }
+    async with translated("hand_over"):
+        doc = await store.tasks.find_one_and_update(
+            condition, update, projection=_PROJECTION, return_document=ReturnDocument.AFTER
+        )
+        if doc is None:
+            return None
+        changed = Assignment.from_doc(doc)
+        await _record(store, changed, previous)
+    return changed
+
+
+async def _record(store: Store, new: Assignment, previous_user: str) -> None:
+    await store[HISTORY].insert_one(
+        {
+            "task_id": new.task_id,
+            "user": new.user,
+            "previous_user": previous_user,
+            "group_id": new.group_id,
+            "reserved": new.reserved,
+            "source": new.source,
+            "by": new.by,
+            "at": new.at_ms,
+            "version": new.version,
+        }
+    )
 
 
 async def assignment_history(store: Store, task_id: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -164,6 +309,7 @@ async def assignment_history(store: Store, task_id: str, limit: int = 100) -> li
                 "previous_user": doc.get("previous_user", ""),
                 "group_id": doc.get("group_id", ""),
                 "source": doc.get("source", ""),
+                "by": doc.get("by", ""),
                 "at": iso(doc.get("at")),
                 "version": doc.get("version"),
             }

@@ -51,9 +51,18 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("status", ASCENDING), ("beats", ASCENDING)], name="status_beats"),
         IndexModel([("outbox_pending", ASCENDING)], name="outbox_pending"),
     ],
+    # the dashboard's listing (store/tasklist.py): every sort on (field, key), ``key`` being a
+    # copy of _id (nx-27017 scans for a range on _id and refuses _id in a compound index); an
+    # equality on the first field of one of these comes in ``key`` order. Each index costs
+    # every write of a task (nx-27017 rebuilds all of a document's index entries on update).
     "tasks": [
-        IndexModel([("service_id", ASCENDING)], name="service_id"),
-        IndexModel([("status", ASCENDING)], name="status"),
+        IndexModel([("key", ASCENDING)], name="key"),
+        IndexModel([("id_lc", ASCENDING)], name="id_lc"),
+        IndexModel([("name_lc", ASCENDING), ("key", ASCENDING)], name="name_key"),
+        IndexModel([("status", ASCENDING), ("key", ASCENDING)], name="status_key"),
+        IndexModel([("service_id", ASCENDING), ("key", ASCENDING)], name="service_key"),
+        IndexModel([("assignee", ASCENDING), ("key", ASCENDING)], name="assignee_key"),
+        IndexModel([("last_seen_at", ASCENDING), ("key", ASCENDING)], name="seen_key"),
     ],
     "fetch_results": [
         IndexModel([("claim", ASCENDING)], name="claim"),
@@ -65,7 +74,6 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("service_id", ASCENDING)], name="service_id"),
     ],
-    "assignments": [IndexModel([("user", ASCENDING)], name="user")],
     "assignment_history": [
         IndexModel([("task_id", ASCENDING), ("version", ASCENDING)], name="task_version")
     ],
@@ -198,13 +206,9 @@ class Store:
 
     @property
     def tasks(self) -> AsyncCollection[Doc]:
-        """TaskMetaData harvested from service URLs (``_id`` = task id)."""
+        """TaskMetaData harvested from service URLs or registered over TCP, each with its
+        TaskManager binding (``_id`` = task id)."""
         return self.db["tasks"]
-
-    @property
-    def assignments(self) -> AsyncCollection[Doc]:
-        """The seed's TaskManager: task id -> user (``_id`` = task id)."""
-        return self.db["assignments"]
 
     @property
     def users(self) -> AsyncCollection[Doc]:

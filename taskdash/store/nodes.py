@@ -6,7 +6,7 @@ live while its ``seen_at`` is younger than the node timeout, judged by the reade
 
 from __future__ import annotations
 
-from taskdash.store.mongo import Store, translated
+from taskdash.store.mongo import Doc, Store, translated
 
 
 async def heartbeat(store: Store, node_id: str, now_ms: int) -> None:
@@ -40,3 +40,10 @@ async def prune(store: Store, before_ms: int) -> int:
     async with translated("prune_nodes"):
         result = await store.nodes.delete_many({"seen_at": {"$lt": before_ms}})
     return result.deleted_count
+
+
+async def all_nodes(store: Store, limit: int = 1000) -> list[Doc]:
+    """Every node document (live or not), by id: the daemons sharing this store."""
+    async with translated("all_nodes"):
+        cursor = store.nodes.find({}).sort("_id", 1).limit(limit)
+        return [doc async for doc in cursor]

@@ -4,7 +4,10 @@ Collections:
 
 * ``tasks`` (``_id`` = task id): the TaskMetaData fields, ``service_id`` (the owner, never
   changed once set), ``h`` (a content hash), ``first_seen_at``, ``last_seen_at``, ``gone``,
-  ``gone_at``. Times are epoch ms. A task its service stops listing is marked gone, never deleted.
+  ``gone_at``; ``key``, ``id_lc``, ``name_lc`` for the dashboard's listing
+  (``store/tasklist.py``); the binding ``assignee`` and ``assignment``
+  (``store/assignments.py``), which no fetch ever writes. Times are epoch ms. A task its
+  service stops listing is marked gone, never deleted.
   A task registered over TCP (``taskdash/tcp``) has ``service_id`` null (no owner) until a
   service lists it: that service then adopts it, and from then on owns it like any other.
   ``start_time`` / ``stop_time`` (the seed's daily window) are set over TCP only, on any task.
@@ -31,7 +34,10 @@ from pymongo import InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from taskdash.models import TaskMetaData
+from taskdash.store.assignments import empty_binding
 from taskdash.store.mongo import Doc, Store, duplicates_only, eq, translated
+from taskdash.store.tasklist import FIELDS, WINDOW, TaskQuery, every_task, fold
+from taskdash.store.tasklist import public_task as public_task  # its former home
 from taskdash.store.times import iso
 
 log = structlog.get_logger("taskdash.store.tasks")
@@ -42,11 +48,10 @@ CHUNK = 5000
 Known = dict[str, int | None]
 """Task id -> content hash of what is stored for one service; None = stored but gone."""
 
-_FIELDS = ("name", "url", "description", "status", "reserved")
 HARVESTED = ("name", "url", "description", "status")
 """What a fetch writes back: TCP may set these only on a task no service owns."""
-WINDOW = ("start_time", "stop_time")
-"""The seed's daily window, set over TCP on any task (a fetch never writes it)."""
+_BINDING = tuple(empty_binding())
+"""The binding's fields: written by ``store.assignments`` only, never by a fetch."""
 _encoder = msgspec.json.Encoder()
 _ABSENT = object()
 
@@ -108,10 +113,18 @@ async def load_known(store: Store, service_ids: Sequence[str]) -> dict[str, Know
     return known
 
 
+def _keys(task_id: str) -> Doc:
+    """The listing's copies of the id (see ``store/tasklist.py``), set once at insert."""
+    return {"key": task_id, "id_lc": fold(task_id)}
+
+
 def _new_doc(task: TaskMetaData, service_id: str, digest: int, now_ms: int) -> Doc:
     return {
         "_id": task.id,
-        **{name: getattr(task, name) for name in _FIELDS},
+        **_keys(task.id),
+        **{name: getattr(task, name) for name in FIELDS},
+        "name_lc": fold(task.name),
+        **empty_binding(),
         "service_id": service_id,
         "h": digest,
         "first_seen_at": now_ms,
@@ -122,7 +135,8 @@ def _new_doc(task: TaskMetaData, service_id: str, digest: int, now_ms: int) -> D
 
 
 def _changed(task: TaskMetaData, service_id: str, digest: int, now_ms: int) -> UpdateOne:
-    fields = {name: getattr(task, name) for name in _FIELDS}
+    fields = {name: getattr(task, name) for name in FIELDS}
+    fields["name_lc"] = fold(task.name)
     return UpdateOne(
         {"_id": task.id, "service_id": service_id},
         {
@@ -250,8 +264,9 @@ async def _sort_duplicates(
 
 
 async def _adopt(store: Store, doc: Doc, now_ms: int) -> bool:
-    """Give an unowned task to the service listing it; its first_seen_at and window stay."""
-    fields = {k: v for k, v in doc.items() if k not in ("_id", "first_seen_at", "last_seen_at")}
+    """Give an unowned task to the service listing it; first_seen_at, window, binding stay."""
+    kept = ("_id", "first_seen_at", "last_seen_at", *_BINDING)
+    fields = {k: v for k, v in doc.items() if k not in kept}
     done = await store.tasks.update_one(
         {"_id": doc["_id"], "service_id": eq(None)},
         {"$set": fields, "$max": {"last_seen_at": now_ms}},
@@ -309,15 +324,21 @@ class TcpWrite:
     ignored: tuple[str, ...] = ()
 
 
-def _tcp_update(fields: dict[str, str], window: dict[str, str], now_ms: int, create: bool) -> Doc:
+def _tcp_update(
+    task_id: str, fields: dict[str, str], window: dict[str, str], now_ms: int, create: bool
+) -> Doc:
+    named = {"name_lc": fold(fields["name"])} if "name" in fields else {}
     update: Doc = {
-        "$set": {**fields, **window, "updated_at": now_ms},
+        "$set": {**fields, **named, **window, "updated_at": now_ms},
         "$max": {"last_seen_at": now_ms},
     }
     if create:
-        unset = [k for k in (*_FIELDS, *WINDOW) if k not in fields and k not in window]
+        unset = [k for k in (*FIELDS, *WINDOW) if k not in fields and k not in window]
         update["$setOnInsert"] = {
             **dict.fromkeys(unset, ""),
+            **({} if named else {"name_lc": ""}),
+            **_keys(task_id),
+            **empty_binding(),
             "service_id": None,
             "first_seen_at": now_ms,
             "gone": False,
@@ -348,12 +369,12 @@ async def write_registered(
     exists now, a match means updated, and only no match means owned.
     """
     unowned = {"_id": task_id, "service_id": eq(None)}
-    update = _tcp_update(fields, window, now_ms, create)
+    update = _tcp_update(task_id, fields, window, now_ms, create)
     async with translated("write_registered"):
         try:
             done = await store.tasks.update_one(unowned, update, upsert=create)
         except DuplicateKeyError:  # owned, or inserted meanwhile: see the docstring
-            retry = _tcp_update(fields, window, now_ms, create=False)
+            retry = _tcp_update(task_id, fields, window, now_ms, create=False)
             done = await store.tasks.update_one(unowned, retry)
         if done.upserted_id is not None:
             return TcpWrite("created")
@@ -446,20 +467,6 @@ async def write_fetch_results(store: Store, results: dict[str, Doc]) -> None:
 # -- reads for the API ------------------------------------------------------------------------
 
 
-def public_task(doc: Doc) -> dict[str, Any]:
-    """A stored task as the API shows it."""
-    out: dict[str, Any] = {"id": doc["_id"]}
-    for key in _FIELDS:
-        out[key] = doc.get(key, "")
-    out["service_id"] = doc.get("service_id")
-    for key in WINDOW:
-        out[key] = doc.get(key, "")
-    out["first_seen_at"] = iso(doc.get("first_seen_at"))
-    out["last_seen_at"] = iso(doc.get("last_seen_at"))
-    out["gone"] = bool(doc.get("gone"))  # nx-27017 returns a bool set by an update as 0/1
-    return out
-
-
 async def list_tasks(
     store: Store,
     *,
@@ -467,19 +474,11 @@ async def list_tasks(
     status: str | None = None,
     include_gone: bool = False,
     limit: int = 100,
-    skip: int = 0,
 ) -> list[dict[str, Any]]:
-    """Tasks ordered by id; gone ones only when asked."""
-    query: Doc = {}
-    if service_id is not None:
-        query["service_id"] = service_id
-    if status is not None:
-        query["status"] = status
-    if not include_gone:
-        query["gone"] = False
-    async with translated("list_tasks"):
-        cursor = store.tasks.find(query).sort("_id", 1).skip(skip).limit(limit)
-        return [public_task(doc) async for doc in cursor]
+    """Up to ``limit`` tasks ordered by id, gone ones only when asked (the dashboard's listing
+    with every filter and sort is ``store.tasklist.find_tasks``)."""
+    query = TaskQuery(service_id=service_id, status=status, gone="show" if include_gone else "hide")
+    return await every_task(store, query, limit)
 
 
 async def get_fetch_result(store: Store, service_id: str) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ written once) lets a TTL index remove expired tokens; they are refused before th
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -110,6 +111,7 @@ async def resolve(store: Store, secret: str, *, now: datetime) -> Token | None:
                 {"_id": doc["_id"], "last_used": eq(token.last_used)},
                 {"$set": {"last_used": now_ms}},
             )
+        token = dataclasses.replace(token, last_used=now_ms)
     return token
 
 

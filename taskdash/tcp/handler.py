@@ -1,9 +1,9 @@
 """What each request does to the store, and the reply frame it gets.
 
 Register and Update write the task under the ownership rule (``store.tasks``), then the
-seed's TaskManager binding (``store.assignments``, source "tcp"); Find reads both. Any store
-failure is errid 1001: the request may be partly applied, and both writes are idempotent,
-so the client's retry completes it.
+seed's TaskManager binding in the same document (``store.assignments``, source "tcp"); Find
+reads both with one query. Any store failure is errid 1001: the request may be partly
+applied, and both writes are idempotent, so the client's retry completes it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def found_fields(found: Found) -> dict[str, str]:
     """The seed's task record of a stored task, as Find returns it."""
     doc, binding = found.task, found.assignment
     fields = {key: str(doc.get(key) or "") for key in ("name", "url")}
-    fields["user"] = binding.user if binding else ""
-    fields["group_id"] = binding.group_id if binding else ""
+    fields["user"] = binding.user
+    fields["group_id"] = binding.group_id
     fields.update({key: str(doc.get(key) or "") for key in ("description", "status", *WINDOW)})
     return fields
 
@@ -86,18 +86,23 @@ class RequestHandler:
             return reply(request.name, request.message_id, record.id, ErrId.NO_SUCH_TASK)
         binding = record.given(("user", "group_id"))
         if binding:
-            await self._bind(record.id, binding, now)
+            await self._bind(record.id, binding, now, peer)
         self._log_write(request, written, peer)
         return reply(request.name, request.message_id, record.id, ErrId.OK)
 
-    async def _bind(self, task_id: str, binding: dict[str, str], now: int) -> None:
-        """Set the TaskManager binding; a key not sent keeps its stored value."""
+    async def _bind(self, task_id: str, binding: dict[str, str], now: int, peer: str) -> None:
+        """Set the TaskManager binding; a key not sent keeps its stored value.
+
+        The task exists: it was written just before (a task deleted in between does not
+        happen: tasks are marked gone, never deleted).
+        """
         await set_assignment(
             self.store,
             task_id,
             user=binding.get("user"),
             group_id=binding.get("group_id"),
             source="tcp",
+            by=f"tcp:{peer}",
             now_ms=now,
         )
 

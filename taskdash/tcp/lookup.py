@@ -1,8 +1,8 @@
 """Find requests, batched: the ids asked while one lookup runs go together into the next.
 
-One ``$in`` query on ``_id`` (plus one on ``assignments``) answers every Find that arrived
-meanwhile, so Finds from many connections cost a few round trips, not one each. On
-nx-27017 a query for 50 ids costs about as much as a query for one.
+One ``$in`` query on ``_id`` answers every Find that arrived meanwhile (the binding lives in
+the task's document), so Finds from many connections cost one round trip per batch, not one
+each. On nx-27017 a query for 50 ids costs about as much as a query for one.
 """
 
 from __future__ import annotations
@@ -11,20 +11,25 @@ import asyncio
 from dataclasses import dataclass
 
 from taskdash.store import Store
-from taskdash.store.assignments import Assignment, get_assignments
+from taskdash.store.assignments import Assignment
 from taskdash.store.mongo import Doc
 from taskdash.store.tasks import WINDOW, get_tasks
 
 MAX_BATCH = 1000
-FIELDS = ("name", "url", "description", "status", *WINDOW)  # what Find returns
+#: what Find returns: the task's record and its binding
+FIELDS = ("name", "url", "description", "status", *WINDOW, "assignee", "assignment")
 
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A stored task and its current binding (None: never assigned)."""
+    """A stored task (its binding included)."""
 
     task: Doc
-    assignment: Assignment | None
+
+    @property
+    def assignment(self) -> Assignment:
+        """The task's current binding (empty if never assigned)."""
+        return Assignment.from_doc(self.task)
 
 
 class FindBatcher:
@@ -71,7 +76,5 @@ class FindBatcher:
 
     async def _lookup(self, ids: list[str]) -> dict[str, Found]:
         self.queries += 1
-        tasks, assignments = await asyncio.gather(
-            get_tasks(self.store, ids, FIELDS), get_assignments(self.store, ids)
-        )
-        return {tid: Found(doc, assignments.get(tid)) for tid, doc in tasks.items()}
+        tasks = await get_tasks(self.store, ids, FIELDS)
+        return {tid: Found(doc) for tid, doc in tasks.items()}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import tornado.web
 
-from taskdash.web import account, api, health
+from taskdash.web import account, api, health, pages
 from taskdash.web.base import JsonHandler
 from taskdash.web.context import WebContext
 
@@ -17,6 +17,9 @@ class NotFoundHandler(JsonHandler):
 
     def initialize(self, ctx: WebContext | None = None) -> None:  # type: ignore[override]
         """The default handler is built without the route's keyword arguments."""
+
+    def check_xsrf_cookie(self) -> None:
+        """A 404 whatever the method (``xsrf_cookies`` would answer a POST 403 first)."""
 
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404, "not found")
@@ -28,6 +31,7 @@ ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     *health.ROUTES,
     *api.ROUTES,
     *account.ROUTES,
+    *pages.ROUTES,
 ]
 HERE = Path(__file__).parent
 

@@ -19,18 +19,20 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import tornado.escape
 import tornado.web
 
-from taskdash.errors import StoreError, StoreUnavailable
+from taskdash.errors import StoreError, StoreUnavailable, ValidationError
+from taskdash.passwords import MAX_BYTES
 from taskdash.store import audit as audit_log
 from taskdash.store import deadline, sessions, throttle, tokens, users
 from taskdash.store.throttle import Policy, Rule
 from taskdash.store.times import Clock, to_ms, utcnow
 from taskdash.store.users import User
-from taskdash.web.base import STORE_DOWN, StoreHandler
+from taskdash.web.base import STORE_DOWN, StoreHandler, _ours
 
 if TYPE_CHECKING:
     from taskdash.settings import WebSettings
@@ -54,6 +56,19 @@ NAV: list[tuple[str, str, bool]] = [
 ]
 #: an Authorization header longer than this is not read
 MAX_AUTHORIZATION = 256
+#: the longest name or password a login reads (longer: refused unread, nobody has one)
+MAX_PASSWORD_FIELD = 4 * MAX_BYTES
+#: the largest JSON body the account endpoints read
+MAX_BODY = 16384
+#: what the store refuses, as API answers (status, code); the message is the error's own
+STORE_REFUSALS: dict[type[Exception], tuple[int, str]] = {
+    ValidationError: (400, "bad_request"),
+    users.UnknownUser: (404, "not_found"),
+    users.UserExists: (409, "conflict"),
+    users.LastAdmin: (409, "last_admin"),
+    tokens.TooManyTokens: (409, "conflict"),
+}
+T = TypeVar("T")
 
 
 class ApiError(tornado.web.HTTPError):
@@ -209,38 +224,55 @@ class Authenticated(tornado.web.RequestHandler):
     def _secure(self) -> bool:
         return self.request.protocol == "https" or self.web.secure_cookies
 
-    async def log_in(self, name: str, password: str) -> LoginOutcome:
-        """Check one login (throttled, audited); on success open a session and set its cookie.
+    async def _checked(self, name: str, password: str) -> LoginOutcome:
+        """Throttle, then verify: a failure counts against the name and the address, a success
+        clears the name's. Not audited here (the caller knows what was attempted).
 
         One argon2 verification per attempt that gets through the throttle, whatever the
         name (see :func:`users.verify_login`); a name or password no account can have is
         refused without one (their limits are public).
         """
-        self.attempted = name[: audit_log.MAX_TEXT]
         rules = policy(self.web)
         now = self.now()
-        possible = (
-            users.name_error(name) is None and len(password.encode("utf-8", "replace")) <= 4096
-        )
+        possible = users.name_error(name) is None and len(password) <= MAX_PASSWORD_FIELD
         keys = [(throttle.address_key(self.request.remote_ip or ""), rules.address)]
         if possible:
             keys.append((throttle.user_key(name), rules.user))
         verdict = await throttle.check(self.store, keys, rules, now=now)
         if not verdict.allowed:
-            retry = round(verdict.retry_after, 1)
-            await self.audit("login", outcome="throttled", retry_after=retry, locked=verdict.locked)
             return LoginOutcome(retry_after=verdict.retry_after, locked=verdict.locked)
         user = await users.verify_login(self.store, name, password) if possible else None
         if user is None:
             await throttle.record_failure(self.store, [k for k, _ in keys], rules, now=now)
+        else:
+            await throttle.clear(self.store, throttle.user_key(name))
+        return LoginOutcome(user=user)
+
+    async def check_password(self, password: str) -> LoginOutcome:
+        """The logged-in user's own password, checked (and throttled) like a login."""
+        assert self.user is not None
+        return await self._checked(self.user.name, password)
+
+    async def log_in(self, name: str, password: str) -> LoginOutcome:
+        """Check one login (throttled, audited); on success open a session and set its cookie."""
+        self.attempted = name[: audit_log.MAX_TEXT]
+        outcome = await self._checked(name, password)
+        if outcome.throttled:
+            retry = round(outcome.retry_after, 1)
+            await self.audit("login", outcome="throttled", retry_after=retry, locked=outcome.locked)
+            return outcome
+        if outcome.user is None:
             await self.audit("login", outcome="failed")
-            return LoginOutcome()
-        await throttle.clear(self.store, throttle.user_key(name))
-        session_id = await sessions.create(self.store, user.name, now=now, ttl=self.web.session_ttl)
+            return outcome
+        user = outcome.user
+        if self.session_key is not None:  # a login over a session replaces it
+            await sessions.end(self.store, self.session_key)
+        ttl = self.web.session_ttl
+        session_id = await sessions.create(self.store, user.name, now=self.now(), ttl=ttl)
         self.set_signed_cookie(
             SESSION_COOKIE,
             session_id,
-            expires_days=self.web.session_ttl / 86400,
+            expires_days=ttl / 86400,
             httponly=True,
             samesite="Lax",
             secure=self._secure(),
@@ -282,14 +314,22 @@ class PublicApi(Authenticated, StoreHandler):
         body = {"error": exc.code, "message": exc.message, "status": status_code}
         self.send_json(body, status_code)
 
-    def json_body(self, limit: int = 16384) -> Any:
-        """The request body as JSON; 400 if it is larger than ``limit`` bytes or not JSON."""
+    def body(self, kind: type[T], limit: int = MAX_BODY) -> T:
+        """The JSON body decoded as ``kind`` (a msgspec Struct: unknown fields refused); a 400
+        naming the problem if it is larger than ``limit`` bytes, not JSON or not that shape."""
         if len(self.request.body) > limit:
             raise ApiError(400, "bad_request", f"body too large: at most {limit} bytes")
         try:
-            return tornado.escape.json_decode(self.request.body)
-        except ValueError:
-            raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+            return msgspec.json.decode(self.request.body or b"{}", type=kind)
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, "bad_request", f"bad JSON body: {exc}") from None
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        for kind, (status, code) in STORE_REFUSALS.items():
+            if isinstance(e, kind):
+                self.send_failure(status, code, str(e))
+                return
+        super()._handle_request_exception(e)
 
 
 class ApiHandler(PublicApi):
@@ -313,6 +353,7 @@ class PublicPage(Authenticated):
 
     def initialize(self, ctx: WebContext) -> None:
         self.ctx = ctx
+        self.gate = ctx.gate  # for :func:`~taskdash.web.base.bounded`
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -339,7 +380,7 @@ class PublicPage(Authenticated):
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, StoreUnavailable):
             self.ctx.gate.failed()
-            self.send_error(503, message=STORE_DOWN)
+            self.send_error(503, message=str(e) if _ours(e) else STORE_DOWN)
         elif isinstance(e, StoreError):
             self.send_error(500, message="the store refused the operation")
         else:

@@ -174,8 +174,8 @@ def bounded(
     """
 
     @functools.wraps(method)
-    async def wrapper(self: StoreHandler, *args: Any) -> None:
+    async def wrapper(self: StoreHandler, *args: Any, **kwargs: Any) -> None:
         with deadline(self.gate.request_timeout):
-            await method(self, *args)
+            await method(self, *args, **kwargs)
 
     return wrapper

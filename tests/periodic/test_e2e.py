@@ -7,7 +7,15 @@ import subprocess
 from pathlib import Path
 
 import grpc
-from support import VENV_BIN, daemon_env, free_port, http_get, running_daemon, wait_for
+from support import (
+    VENV_BIN,
+    daemon_env,
+    daemon_token,
+    free_port,
+    http_get,
+    running_daemon,
+    wait_for,
+)
 from test_process import PeriodicProcess, periodic_env
 
 from taskdash.periodic.proto import periodic_task_pb2 as pb
@@ -72,15 +80,16 @@ def test_periodic_service_shows_in_taskdash(mongo_uri: str, tmp_path: Path) -> N
             periodic.wait_ready()
             _create_tasks(periodic.grpc_target)
             service_url = f"{daemon.web}/api/services/{SERVICE_ID}"
+            token = daemon_token(env)
 
             def status() -> str | None:
-                code, body = http_get(service_url)
+                code, body = http_get(service_url, token=token)
                 return body.get("status") if code == 200 else None
 
             wait_for(lambda: status() == "online", timeout=30)
 
             def tasks() -> dict[str, str]:
-                _, body = http_get(f"{daemon.web}/api/tasks?service_id={SERVICE_ID}")
+                _, body = http_get(f"{daemon.web}/api/tasks?service_id={SERVICE_ID}", token=token)
                 return {t["name"]: t["status"] for t in (body or {}).get("tasks", [])}
 
             assert wait_for(lambda: len(tasks()) == 2 and tasks(), timeout=30) == {

@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from support import VENV_BIN, daemon_env, http_get, running_daemon
+from support import VENV_BIN, daemon_env, daemon_token, http_get, running_daemon
 from tcp_helpers import OK, RECORD
 
 from taskdash.tcp.client import TcpClient
@@ -53,7 +53,7 @@ def test_tcp_registered_task_in_api_tasks_readyz_cli_and_clean_stop(tmp_path: Pa
                 return await c.register(RECORD)
 
         assert asyncio.run(register()) == {"id": "1234567", **OK}
-        status, body = http_get(f"{daemon.web}/api/tasks")
+        status, body = http_get(f"{daemon.web}/api/v1/tasks", token=daemon_token(env))
         assert status == 200
         (task,) = body["tasks"]
         assert (task["id"], task["name"], task["service_id"], task["start_time"]) == (

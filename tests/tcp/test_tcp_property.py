@@ -387,7 +387,7 @@ class World:
 
     async def reset(self) -> dict[str, dict[str, str]]:
         """The store emptied but for the bystander's task and task "a"; its model."""
-        for name in ("tasks", "assignments", HISTORY):
+        for name in ("tasks", HISTORY):
             await self.store[name].delete_many({})
         assert (await self.bystander.register({"id": "bystander"}))["errid"] == 0
         assert (await self.bystander.register({"id": "a", **PRESET}))["errid"] == 0

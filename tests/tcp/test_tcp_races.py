@@ -7,6 +7,9 @@ the first from undoing the second. Every one of them fails when that condition i
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import pytest
 import structlog.testing
 from tcp_helpers import OK, client, serving
@@ -15,9 +18,13 @@ from tcp_race import Between, listened_store, other_store, run_elsewhere
 from taskdash.models import TaskMetaData
 from taskdash.store import Store
 from taskdash.store.assignments import (
+    Assignment,
     AssignmentConflict,
+    NotHolder,
     assignment_history,
-    get_assignments,
+    claim,
+    get_assignment,
+    release,
     set_assignment,
 )
 from taskdash.store.tasks import (
@@ -30,6 +37,7 @@ from taskdash.store.tasks import (
     write_registered,
 )
 
+T = TypeVar("T")
 WINNER = {"name": "winner", "url": "http://w", "description": "w", "status": "new"}
 LOSER = {"name": "loser", "url": "http://l", "description": "l", "status": "running"}
 
@@ -151,17 +159,39 @@ async def test_an_adoption_between_the_owner_read_and_the_adopt_is_not_overwritt
 # -- two assignments of one task ---------------------------------------------------------------
 
 
-def assign_elsewhere(mongo_uri: str, database: str, user: str, **kwargs: object) -> None:
-    """Another writer's :func:`set_assignment`, run to its end before the hooked command."""
+def bob_binds(other: Store) -> Awaitable[object]:
+    """Bob's binding over TCP (newest wins), as another writer makes it."""
+    return set_assignment(other, "t", user="bob", source="tcp", now_ms=2)
 
-    async def work() -> None:
-        other = other_store(mongo_uri, database)
+
+def bob_claims(other: Store) -> Awaitable[object]:
+    return claim(other, "t", "bob", now_ms=2)
+
+
+async def ann_during(
+    store: Store,
+    mongo_uri: str,
+    command: str,
+    other: Callable[[Store], Awaitable[object]],
+    work: Callable[[Store], Awaitable[T]],
+) -> T:
+    """Ann's ``work``, with ``other`` (another writer: own client, own loop) run to its end
+    just before Ann's first ``command`` on ``tasks`` is sent."""
+
+    async def another() -> None:
+        theirs = other_store(mongo_uri, store.db.name)
         try:
-            await set_assignment(other, "t", user=user, now_ms=2, **kwargs)  # type: ignore[arg-type]
+            await other(theirs)
         finally:
-            await other.close()
+            await theirs.close()
 
-    run_elsewhere(work)
+    race = Between(command, "tasks", lambda: run_elsewhere(another))
+    ann = await listened_store(mongo_uri, store.db.name, race)
+    try:
+        return await work(ann)
+    finally:
+        await ann.close()
+        assert race.fired == 1, "the other writer ran in between"
 
 
 async def history_of(store: Store) -> list[tuple[str, str, int]]:
@@ -171,61 +201,70 @@ async def history_of(store: Store) -> list[tuple[str, str, int]]:
     ]
 
 
-async def test_a_claim_losing_between_read_and_write_is_refused(
+async def a_task(store: Store) -> None:
+    """Task "t", as TCP registers it: nobody holds it."""
+    assert (await write_registered(store, "t", {}, {}, create=True, now_ms=1)).outcome == "created"
+
+
+async def test_two_claims_at_once_one_wins_the_other_is_told_the_holder(
     store: Store, mongo_uri: str
 ) -> None:
-    """Ann's claim read version 1; Bob's claim of version 1 lands first: Ann's must fail.
+    """Bob's claim lands between Ann's request and its arrival: her one conditional update
+    (nobody holds it) no longer matches, and she is told Bob holds it."""
+    await a_task(store)
+    with pytest.raises(AssignmentConflict) as lost:
+        await ann_during(
+            store,
+            mongo_uri,
+            "findAndModify",
+            bob_claims,
+            lambda ann: claim(ann, "t", "ann", now_ms=3),
+        )
+    assert lost.value.holder == "bob"
+    current = await get_assignment(store, "t")
+    assert (current.user, current.version, current.source) == ("bob", 1, "web")
+    assert await history_of(store) == [("bob", "", 1)]
 
-    ``expect_version`` is checked in Python on the read, so only the write's condition on
-    ``version`` can see Bob's change.
-    """
-    await set_assignment(store, "t", user="x", source="web", now_ms=1)
-    race = Between(
-        "update",
-        "assignments",
-        lambda: assign_elsewhere(mongo_uri, store.db.name, "bob", source="web", expect_version=1),
-    )
-    ann = await listened_store(mongo_uri, store.db.name, race)
-    try:
-        with pytest.raises(AssignmentConflict):
-            await set_assignment(ann, "t", user="ann", source="web", now_ms=3, expect_version=1)
-    finally:
-        await ann.close()
-    assert race.fired == 1
-    current = (await get_assignments(store, ["t"]))["t"]
-    assert (current.user, current.version) == ("bob", 2)
-    assert await history_of(store) == [("bob", "x", 2), ("x", "", 1)]
+
+def ann_binds(ann: Store) -> Awaitable[tuple[Assignment, bool]]:
+    return set_assignment(ann, "t", user="ann", source="tcp", now_ms=3)
 
 
 async def test_tcp_assignments_racing_both_apply_in_order(store: Store, mongo_uri: str) -> None:
-    """Without ``expect_version`` the newest wins, but Bob's change is not silently erased:
-    Ann's write misses on ``version``, she reads again and writes version 3 after Bob's 2."""
+    """Without a condition the newest wins, but Bob's change is not silently erased: Ann's
+    write misses on ``version``, she reads again and writes version 3 after Bob's 2."""
+    await a_task(store)
     await set_assignment(store, "t", user="x", source="tcp", now_ms=1)
-    race = Between(
-        "update", "assignments", lambda: assign_elsewhere(mongo_uri, store.db.name, "bob",
-                                                          source="tcp")
-    )  # fmt: skip
-    ann = await listened_store(mongo_uri, store.db.name, race)
-    try:
-        now, changed = await set_assignment(ann, "t", user="ann", source="tcp", now_ms=3)
-    finally:
-        await ann.close()
-    assert race.fired == 1 and changed and (now.user, now.version) == ("ann", 3)
+    now, changed = await ann_during(store, mongo_uri, "update", bob_binds, ann_binds)
+    assert changed and (now.user, now.version) == ("ann", 3)
     assert await history_of(store) == [("ann", "bob", 3), ("bob", "x", 2), ("x", "", 1)]
 
 
-async def test_a_first_assignment_losing_the_insert_retries_on_the_winner(
+async def test_a_first_assignment_losing_the_race_retries_on_the_winner(
     store: Store, mongo_uri: str
 ) -> None:
-    """Never assigned: Bob's insert lands between Ann's read and her insert."""
-    race = Between(
-        "insert", "assignments", lambda: assign_elsewhere(mongo_uri, store.db.name, "bob",
-                                                          source="tcp")
-    )  # fmt: skip
-    ann = await listened_store(mongo_uri, store.db.name, race)
-    try:
-        now, changed = await set_assignment(ann, "t", user="ann", source="tcp", now_ms=3)
-    finally:
-        await ann.close()
-    assert race.fired == 1 and changed and (now.user, now.version) == ("ann", 2)
+    """Never assigned: Bob's first binding lands between Ann's read and her write."""
+    await a_task(store)
+    now, changed = await ann_during(store, mongo_uri, "update", bob_binds, ann_binds)
+    assert changed and (now.user, now.version) == ("ann", 2)
     assert await history_of(store) == [("ann", "bob", 2), ("bob", "", 1)]
+
+
+async def test_a_release_after_someone_else_took_the_task_over_is_refused(
+    store: Store, mongo_uri: str
+) -> None:
+    """Ann holds the task; an admin gives it to Bob just before Ann's release arrives: her
+    release (conditional on her holding it) must not free Bob's task."""
+    await a_task(store)
+    await claim(store, "t", "ann", now_ms=1)
+    with pytest.raises(NotHolder) as refused:
+        await ann_during(
+            store,
+            mongo_uri,
+            "findAndModify",
+            bob_binds,
+            lambda ann: release(ann, "t", "ann", now_ms=3),
+        )
+    assert refused.value.holder == "bob"
+    assert (await get_assignment(store, "t")).user == "bob"
+    assert await history_of(store) == [("bob", "ann", 2), ("ann", "", 1)]

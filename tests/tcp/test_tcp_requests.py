@@ -9,7 +9,7 @@ import pytest
 from tcp_helpers import BAD, NO_SUCH, OK, RECORD, client, read_to_eof, serving
 
 from taskdash.store import Store
-from taskdash.store.assignments import assignment_history, get_assignments
+from taskdash.store.assignments import assignment_history, get_assignment
 from taskdash.tcp.protocol import decode, encode, pack
 
 FIELDS = {k: v for k, v in RECORD.items() if k != "id"}
@@ -31,15 +31,19 @@ async def test_register_find_update_find_with_the_seeds_exact_replies(store: Sto
         )
         assert list(found) == ["id", *FIELDS, "errid", "errmsg"]
         await c.close()
-    (binding,) = (await get_assignments(store, ["1234567"])).values()
+    binding = await get_assignment(store, "1234567")
     assert (binding.user, binding.group_id, binding.source, binding.version) == (
         "ssx",
         "mx",
         "tcp",
         2,
     )
+    assert binding.by.startswith("tcp:127.0.0.1:"), "the peer that set it"
     history = await assignment_history(store, "1234567")
-    assert [(h["user"], h["previous_user"]) for h in history] == [("ssx", "wsg"), ("wsg", "")]
+    assert [(h["user"], h["previous_user"], h["source"]) for h in history] == [
+        ("ssx", "wsg", "tcp"),
+        ("wsg", "", "tcp"),
+    ]
 
 
 async def test_reply_frames_byte_for_byte(store: Store) -> None:

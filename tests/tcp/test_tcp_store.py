@@ -10,7 +10,7 @@ from tcp_helpers import NO_SUCH, OK, RECORD, STORE_FAILED, client, serving
 
 from taskdash.models import TaskMetaData
 from taskdash.store import Store
-from taskdash.store.assignments import AssignmentConflict, get_assignments, set_assignment
+from taskdash.store.assignments import AssignmentConflict, claim, get_assignment
 from taskdash.store.tasks import (
     ApplyResult,
     Conflict,
@@ -105,17 +105,22 @@ async def test_a_service_listing_a_tcp_task_adopts_it(store: Store) -> None:
         await c.close()
 
 
-async def test_assignment_compare_and_set_for_the_web_claim(store: Store) -> None:
-    first, changed = await set_assignment(
-        store, "t", user="ann", source="web", now_ms=1, expect_version=0
-    )
-    assert changed and first.version == 1
-    try:
-        await set_assignment(store, "t", user="bob", source="web", now_ms=2, expect_version=0)
-    except AssignmentConflict:
-        pass
-    else:
-        raise AssertionError("a second claim of the same version must lose")
-    again, changed = await set_assignment(store, "t", user="ann", source="tcp", now_ms=3)
-    assert not changed and again.version == 1
-    assert (await get_assignments(store, ["t"]))["t"].user == "ann"
+async def test_the_web_claim_and_tcp_share_one_binding(store: Store) -> None:
+    """A task TCP bound to wsg cannot be claimed on the web; TCP's ``"user": ""`` frees it,
+    and a web claim is then what Find answers."""
+    async with serving(store) as server:
+        c = await client(server)
+        assert await c.register(RECORD) == {"id": "1234567", **OK}
+        try:
+            await claim(store, "1234567", "ann", now_ms=1)
+        except AssignmentConflict as exc:
+            assert exc.holder == "wsg"
+        else:
+            raise AssertionError("a task held over TCP must not be claimable")
+        assert await c.update({"id": "1234567", "user": ""}) == {"id": "1234567", **OK}
+        taken, changed = await claim(store, "1234567", "ann", now_ms=2)
+        assert changed and (taken.user, taken.group_id, taken.version) == ("ann", "mx", 3)
+        found = await c.find("1234567")
+        assert (found["user"], found["group_id"]) == ("ann", "mx")
+        await c.close()
+    assert (await get_assignment(store, "1234567")).source == "web"
