@@ -11,19 +11,19 @@ the runs due since the last one and creates at most one task (see :func:`plan`).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from taskdash.errors import ValidationError
 from taskdash.periodic.errors import Kind, PeriodicError
+from taskdash.zones import zone
 
 MIN_INTERVAL_MS = 1000
 MAX_INTERVAL_MS = 366 * 86400 * 1000
 MAX_CRON_LENGTH = 256
-MAX_ZONE_LENGTH = 64
 MAX_GRACE_S = 86400
 MAX_JITTER_S = 3600
 # runs counted one by one when a cron schedule catches up; past this, the count is a lower bound
@@ -38,22 +38,12 @@ def _bad(message: str) -> PeriodicError:
     return PeriodicError(Kind.INVALID_ARGUMENT, message)
 
 
-@functools.cache
-def _zones() -> frozenset[str]:
-    return frozenset(available_timezones())
-
-
 def check_zone(name: str) -> ZoneInfo:
-    """An IANA time zone name (``Europe/Paris``); ``localtime`` is refused: it differs between
-    machines, and every node must compute the same runs."""
-    if name == "localtime":
-        raise _bad("timezone 'localtime' depends on the machine; name the zone, e.g. Europe/Paris")
-    if len(name) > MAX_ZONE_LENGTH or name not in _zones():
-        raise _bad(
-            f"timezone {name[:MAX_ZONE_LENGTH]!r} is not an IANA time zone name "
-            "(such as UTC, Europe/Paris or America/New_York)"
-        )
-    return ZoneInfo(name)
+    """An IANA time zone name (``Europe/Paris``), as :func:`taskdash.zones.zone` checks it."""
+    try:
+        return zone(name)
+    except ValidationError as exc:
+        raise _bad(str(exc)) from None
 
 
 def check_interval(seconds: float) -> int:
