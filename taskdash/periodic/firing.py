@@ -1,13 +1,13 @@
 """Firing schedules: every node fires the schedules of the queues it has started.
 
-No node is in charge and no lock is taken: nodes that fire the same queue read the same due
-schedules and each fire is a conditional update on the schedule's ``next_run_at`` (see
-:mod:`taskdash.store.schedules`), so each run creates exactly one task across all of them. A
-pass over a queue costs, per batch of up to :data:`BATCH` due schedules: one read of the due
-schedules, one of the batches still open among their last fires, the batch document written
-and deleted, one bulk of conditional updates, one read of what was won and one insert of the
-tasks; a schedule due at the same moment on two nodes costs the loser an update that matches
-nothing.
+No node is in charge and no lock is taken: each fire is a conditional update on the
+schedule's ``next_run_at`` (see :mod:`taskdash.store.schedules`), so each run creates exactly
+one task across all nodes, whichever fire it. To keep them from racing for the same runs,
+nodes share each queue's schedules (:mod:`taskdash.periodic.sharing`). A pass over a queue
+costs, per batch of up to :data:`BATCH` due schedules: one read of the due schedules, one of
+the batches still open among their last fires, the batch document written and deleted, one
+bulk of conditional updates, one read of what was won and one insert of the tasks. Passes
+are at least :data:`TICK` apart, so that these round trips are shared by many fires.
 
 Time: runs are judged on the store's clock (:class:`StoreClock`), so nodes whose clocks
 disagree still fire each run at the same moment; the tasks themselves carry the firing node's
@@ -39,7 +39,7 @@ from taskdash.periodic.fires import (
 )
 from taskdash.periodic.leasing import Clock, Leasing, now_ms
 from taskdash.periodic.sharing import TAKEOVER_MS, Peers
-from taskdash.periodic.timing import plan
+from taskdash.periodic.timing import Plan, plan
 from taskdash.periodic.views import iso
 from taskdash.store.mongo import Doc
 from taskdash.store.schedules import Fire, ScheduleStore
@@ -56,6 +56,12 @@ MAX_IDLE = 1.0  # seconds between passes at most (schedules created on other nod
 TICK = 0.1
 SYNC_EVERY = 60.0  # seconds between two readings of the store's clock
 RETRY_MAX = 5.0  # seconds between passes at most while the store is unreachable
+
+
+def _plan(definition: Doc, state: Doc, now: int) -> Plan:
+    """What firing this schedule now does (see :func:`taskdash.periodic.timing.plan`)."""
+    timing, misfire, grace = timing_of(definition), definition["misfire"], definition["grace_ms"]
+    return plan(timing, state["next_run_at"], now, misfire, grace)
 
 
 class StoreClock:
@@ -156,12 +162,9 @@ class Firer:
         await finish_open_fires(self.store, self.definitions, due, local)
         known = await self.definitions.of(due)
         due = [state for state in due if state["_id"] in known]  # else: deleted meanwhile
-        plans = []
-        for state in due:
-            definition = known[state["_id"]]
-            timing, misfire = timing_of(definition), definition["misfire"]
-            plans.append(plan(timing, state["next_run_at"], now, misfire, definition["grace_ms"]))
-        ids = iter(await self.leasing.take_ids(sum(p.create for p in plans)))
+        plans = [_plan(known[state["_id"]], state, now) for state in due]
+        creating = sum(p.create for p in plans)
+        ids = iter(await self.leasing.take_ids(creating))
         token = secrets.token_hex(16)
         fires = []
         for state, p in zip(due, plans, strict=True):
@@ -170,16 +173,13 @@ class Firer:
                 run["missed_more"] = True
             if p.create:
                 jitter = known[state["_id"]]["jitter_ms"]
-                run.update(
-                    task_id=next(ids),
-                    token=token,
-                    delay_ms=random.randint(0, jitter) if jitter else 0,
-                )
-            set_ = {"next_run_at": p.next_run_at, "wake_at": p.next_run_at, "last_run": run}
-            set_["updated_at"] = now
+                delay = random.randint(0, jitter) if jitter else 0
+                run.update(task_id=next(ids), token=token, delay_ms=delay)
+            changes = {"next_run_at": p.next_run_at, "wake_at": p.next_run_at, "last_run": run}
             counts = {"fired" if p.create else "skipped": 1, "missed": p.missed}
-            fires.append(Fire(state["_id"], state["next_run_at"], set_, counts))
-        creating = sum(p.create for p in plans)
+            fires.append(
+                Fire(state["_id"], state["next_run_at"], {**changes, "updated_at": now}, counts)
+            )
         if creating:
             await self.store.open_batch(token, self.leasing.node_id, now)
         await self.store.fire(fires)

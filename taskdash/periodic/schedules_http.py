@@ -1,4 +1,4 @@
-"""HTTP endpoints of schedules, under a queue: ``.../queues/{q}/schedules[/{id}[/pause|resume]]``.
+"""HTTP endpoints of schedules: ``.../queues/{q}/schedules[/{id}[/runs|pause|resume]]``.
 
 Same authentication, errors and limits as the rest of the periodic HTTP API
 (:mod:`taskdash.periodic.http`); the rules are in :mod:`taskdash.periodic.schedules`.
