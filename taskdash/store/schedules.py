@@ -43,13 +43,22 @@ from typing import Any, NamedTuple
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from taskdash.store.mongo import Doc, Store, duplicates_only, eq, insert_new, translated
+from taskdash.store.mongo import (
+    Doc,
+    Store,
+    deadline,
+    duplicates_only,
+    eq,
+    insert_new,
+    translated,
+)
 
 DEFINITIONS = "periodic_schedules"
 STATES = "periodic_schedule_state"
 BATCHES = "periodic_fire_batches"
 FIRERS = "periodic_firers"
 POINT_READS = 32  # concurrent single-document reads (nx-27017 scans for $in)
+LEAVE_TIMEOUT = 1.0  # seconds a stopping node waits to say it stops firing
 
 
 def schedule_key(queue_inc: str, schedule_id: str) -> str:
@@ -190,8 +199,10 @@ class ScheduleStore:
             return [doc async for doc in self.firers_.find({"seen_at": {"$gte": since}})]
 
     async def leave(self, node: str) -> None:
+        """This node stops firing (best effort, bounded: it runs while the process stops)."""
         async with translated("periodic_firer_leave"):
-            await self.firers_.delete_one({"_id": eq(node)})
+            with deadline(LEAVE_TIMEOUT):
+                await self.firers_.delete_one({"_id": eq(node)})
 
     async def open_batch(self, token: str, node: str, now: int) -> None:
         """Record a batch of fires about to be made (see the module's docstring)."""
