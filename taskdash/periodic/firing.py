@@ -50,9 +50,9 @@ log = structlog.get_logger("taskdash.periodic.firing")
 BATCH = 500  # due schedules read and fired together
 HOLD_MS = 10_000  # a batch of fires still open after this is finished by whichever node looks
 MAX_IDLE = 1.0  # seconds between passes at most (schedules created on other nodes)
-# seconds between passes at least: what falls due meanwhile is fired together, so that a
-# pass's fixed cost (about ten round trips) is shared by many fires at a high rate, for at
-# most this much lateness
+# seconds between passes at least, unless behind: what falls due meanwhile is fired
+# together, so that a pass's fixed cost (about ten round trips) is shared by many fires, for
+# at most this much lateness
 TICK = 0.1
 SYNC_EVERY = 60.0  # seconds between two readings of the store's clock
 RETRY_MAX = 5.0  # seconds between passes at most while the store is unreachable
@@ -192,6 +192,14 @@ class Firer:
 
     # --- the loop ------------------------------------------------------------------------
 
+    def _wait(self, until_wake_ms: int) -> float:
+        """Seconds to sleep before the next pass: none when already behind (what came due
+        during this pass is the next batch), else until the next wake, :data:`TICK` at
+        least (to fire together what comes due meanwhile), :data:`MAX_IDLE` at most."""
+        if until_wake_ms <= 0:
+            return 0.0
+        return min(MAX_IDLE, max(self.tick, until_wake_ms / 1000))
+
     def poke(self) -> None:
         """Look again now (a schedule or a started queue changed on this node)."""
         self._poke.set()
@@ -244,6 +252,6 @@ class Firer:
             else:
                 failures, self.last_error = 0, None
                 if wake is not None:
-                    wait = min(MAX_IDLE, max(self.tick, (wake - self.clock()) / 1000))
+                    wait = self._wait(wake - self.clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), wait)

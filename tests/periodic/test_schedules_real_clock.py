@@ -13,7 +13,7 @@ from conftest import Node, register
 from support import VENV_BIN, async_wait_for, http_get, wait_for
 from test_process import PeriodicProcess, periodic_env, register_and_start
 
-from taskdash.periodic.firing import Firer, StoreClock
+from taskdash.periodic.firing import MAX_IDLE, TICK, Firer, StoreClock
 from taskdash.periodic.leasing import now_ms
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
@@ -102,3 +102,11 @@ def test_a_process_fires_schedules_created_from_the_command_line(
     finally:
         assert service.stop() == 0, service.logs()
     assert "daemon_stopped" in service.events()
+
+
+def test_how_long_the_loop_sleeps(node: Node) -> None:
+    wait = node.firer._wait
+    assert (wait(-5), wait(0)) == (0.0, 0.0)  # behind: at once
+    assert wait(30) == TICK  # soon: together with what comes due meanwhile
+    assert wait(400) == 0.4
+    assert wait(60_000) == MAX_IDLE  # schedules created on other nodes are seen within 1 s
