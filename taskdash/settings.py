@@ -226,6 +226,11 @@ class TcpSettings(_Section):
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 1000
     # replies a client has not read yet; past this the client is dropped, not buffered forever
     max_write_buffer: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+    # Find answers from an in-process cache: changes by other writers (web, fetcher, another
+    # daemon) are seen this many seconds late at most; this server's own writes at once. 0 = off
+    find_cache_ttl: Annotated[float, msgspec.Meta(ge=0, le=300)] = 1.0
+    # entries (tasks, or ids known not to exist) in that cache, least recently used evicted
+    find_cache_size: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
 
     def __post_init__(self) -> None:
         self._require_host("host")

@@ -2,8 +2,10 @@
 
 Register and Update write the task under the ownership rule (``store.tasks``), then the
 seed's TaskManager binding in the same document (``store.assignments``, source "tcp"); Find
-reads both with one query. Any store failure is errid 1001: the request may be partly
-applied, and both writes are idempotent, so the client's retry completes it.
+reads both with one query, through the read cache (:mod:`taskdash.tcp.cache`). Every write
+invalidates the task's cache entry, so a client that writes then reads sees its write. Any
+store failure is errid 1001: the request may be partly applied, and both writes are
+idempotent, so the client's retry completes it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from taskdash.store import Store
 from taskdash.store.assignments import set_assignment
 from taskdash.store.tasks import HARVESTED, WINDOW, TcpWrite, write_registered
 from taskdash.store.times import to_ms, utcnow
-from taskdash.tcp.lookup import FindBatcher, Found
+from taskdash.tcp.cache import FindCache
+from taskdash.tcp.lookup import FindBatcher
 from taskdash.tcp.requests import BadRequest, ErrId, FindBody, Request, TaskRecord, reply
 
 log = structlog.get_logger("taskdash.tcp")
@@ -30,23 +33,13 @@ def _now_ms() -> int:
     return to_ms(utcnow())
 
 
-def found_fields(found: Found) -> dict[str, str]:
-    """The seed's task record of a stored task, as Find returns it."""
-    doc, binding = found.task, found.assignment
-    fields = {key: str(doc.get(key) or "") for key in ("name", "url")}
-    fields["user"] = binding.user
-    fields["group_id"] = binding.group_id
-    fields.update({key: str(doc.get(key) or "") for key in ("description", "status", *WINDOW)})
-    return fields
-
-
 class RequestHandler:
     """Turns one decoded request into its reply frame; never raises for a client's input."""
 
-    def __init__(self, store: Store, *, now_ms: Now = _now_ms) -> None:
+    def __init__(self, store: Store, cache: FindCache, *, now_ms: Now = _now_ms) -> None:
         self.store = store
         self.now_ms = now_ms
-        self.finder = FindBatcher(store)
+        self.finder = FindBatcher(store, cache)
         self.store_failures = 0
         self._bad_log = RateLimitedLog(log, "tcp_bad_request")
         self._store_log = RateLimitedLog(log, "tcp_store_failed")
@@ -60,17 +53,20 @@ class RequestHandler:
         try:
             if isinstance(request.body, FindBody):
                 return await self._find(request)
-            return await self._write(request, request.body, peer)
+            try:
+                return await self._write(request, request.body, peer)
+            finally:  # also after a failure: a 1001 may have applied part of the write
+                self.finder.invalidate(request.id)
         except StoreError as exc:
             self.store_failures += 1
             self._store_log(peer=peer, request=request.name, task_id=request.id, error=str(exc))
             return reply(request.name, request.message_id, request.id, ErrId.STORE_FAILED)
 
     async def _find(self, request: Request) -> bytes:
-        found = await self.finder.find(request.id)
-        if found is None:
+        fields = await self.finder.find(request.id)
+        if fields is None:
             return reply(request.name, request.message_id, request.id, ErrId.NO_SUCH_TASK)
-        return reply(request.name, request.message_id, request.id, ErrId.OK, found_fields(found))
+        return reply(request.name, request.message_id, request.id, ErrId.OK, fields)
 
     async def _write(self, request: Request, record: TaskRecord, peer: str) -> bytes:
         now = self.now_ms()

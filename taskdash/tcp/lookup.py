@@ -1,53 +1,82 @@
-"""Find requests, batched: the ids asked while one lookup runs go together into the next.
+"""Find requests: answered from the read cache, else batched into one store query.
 
-One ``$in`` query on ``_id`` answers every Find that arrived meanwhile (the binding lives in
-the task's document), so Finds from many connections cost one round trip per batch, not one
-each. On nx-27017 a query for 50 ids costs about as much as a query for one.
+A Find whose id is cached (:mod:`taskdash.tcp.cache`) is answered without the store. The
+others wait for the next lookup: the ids asked while one lookup runs go together into the
+next, one ``$in`` query on ``_id`` (the binding lives in the task's document), so Finds from
+many connections cost one round trip per batch, not one each. A Find of an id that the
+running lookup is already reading joins it (when the cache is on), so concurrent Finds of
+one id cost one read. A write by this server (:meth:`FindBatcher.invalidate`) drops the
+id's entry and keeps a lookup already running from caching, or handing a later Find, what
+it may have read before the write.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from taskdash.store import Store
 from taskdash.store.assignments import Assignment
 from taskdash.store.mongo import Doc
 from taskdash.store.tasks import WINDOW, get_tasks
+from taskdash.tcp.cache import MISS, Fields, FindCache
 
 MAX_BATCH = 1000
-#: what Find returns: the task's record and its binding
+#: what Find reads: the task's record and its binding
 FIELDS = ("name", "url", "description", "status", *WINDOW, "assignee", "assignment")
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    """A stored task (its binding included)."""
+def found_fields(doc: Doc) -> dict[str, str]:
+    """The seed's task record of a stored task, as Find returns it."""
+    binding = Assignment.from_doc(doc)
+    fields = {key: str(doc.get(key) or "") for key in ("name", "url")}
+    fields["user"] = binding.user
+    fields["group_id"] = binding.group_id
+    fields.update({key: str(doc.get(key) or "") for key in ("description", "status", *WINDOW)})
+    return fields
 
-    task: Doc
 
-    @property
-    def assignment(self) -> Assignment:
-        """The task's current binding (empty if never assigned)."""
-        return Assignment.from_doc(self.task)
+Waiters = dict[str, list["asyncio.Future[Fields | None]"]]
 
 
 class FindBatcher:
-    """Coalesces concurrent lookups into one query at a time."""
+    """Cached lookups; the misses coalesced into one query at a time."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cache: FindCache) -> None:
         self.store = store
-        self._waiting: dict[str, list[asyncio.Future[Found | None]]] = {}
+        self.cache = cache
+        self._waiting: Waiters = {}  # ids for the next query
+        self._batch: Waiters = {}  # ids the running query reads
+        self._stale: set[str] = set()  # of those, ids written meanwhile: not cached, not joined
         self._runner: asyncio.Task[None] | None = None
-        self.queries = 0
+        self.queries = 0  # store round trips
+        self.reads = 0  # ids read from the store
+        self.joined = 0  # Finds answered by a lookup already running for their id
 
-    async def find(self, task_id: str) -> Found | None:
-        """The task (None if unknown); raises the store's error if the lookup failed."""
-        future: asyncio.Future[Found | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(task_id, []).append(future)
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run(), name="tcp-find-batch")
+    async def find(self, task_id: str) -> Fields | None:
+        """The task's fields (None if unknown); raises the store's error if the lookup failed."""
+        cached = self.cache.get(task_id)
+        if cached is not MISS:
+            return cached
+        future: asyncio.Future[Fields | None] = asyncio.get_running_loop().create_future()
+        running = self._batch.get(task_id)
+        if running is not None and self.cache.enabled and task_id not in self._stale:
+            running.append(future)
+            self.joined += 1
+        else:
+            self._waiting.setdefault(task_id, []).append(future)
+            if self._runner is None or self._runner.done():
+                self._runner = asyncio.create_task(self._run(), name="tcp-find-batch")
         return await future
+
+    def reading(self, task_id: str) -> bool:
+        """Whether the running lookup reads ``task_id``."""
+        return task_id in self._batch
+
+    def invalidate(self, task_id: str) -> None:
+        """This server wrote ``task_id``: the next Find of it reads the store."""
+        self.cache.invalidate(task_id)
+        if task_id in self._batch:
+            self._stale.add(task_id)
 
     async def stop(self) -> None:
         """Cancel a lookup still running (its waiters are gone once connections are closed)."""
@@ -60,21 +89,29 @@ class FindBatcher:
         """Serve batches until nobody waits; each batch takes the ids gathered meanwhile."""
         while self._waiting:
             ids = list(self._waiting)[:MAX_BATCH]
-            batch = {task_id: self._waiting.pop(task_id) for task_id in ids}
+            self._batch = {task_id: self._waiting.pop(task_id) for task_id in ids}
+            self._stale = set()
+            error: Exception | None = None
             try:
                 found = await self._lookup(ids)
             except Exception as exc:  # every waiter gets the error: the caller answers 1001
-                for futures in batch.values():
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(exc)
-                continue
+                found, error = {}, exc
+            finally:
+                batch, stale, self._batch, self._stale = self._batch, self._stale, {}, set()
             for task_id, futures in batch.items():
+                fields = found.get(task_id)
+                if error is None and task_id not in stale:
+                    self.cache.put(task_id, fields)
                 for future in futures:
-                    if not future.done():
-                        future.set_result(found.get(task_id))
+                    if future.done():
+                        continue
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(fields)
 
-    async def _lookup(self, ids: list[str]) -> dict[str, Found]:
+    async def _lookup(self, ids: list[str]) -> dict[str, Fields]:
         self.queries += 1
+        self.reads += len(ids)
         tasks = await get_tasks(self.store, ids, FIELDS)
-        return {tid: Found(doc) for tid, doc in tasks.items()}
+        return {tid: found_fields(doc) for tid, doc in tasks.items()}

@@ -8,6 +8,7 @@ connection that stays open. The errid/errmsg table is the seed's, byte for byte.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated, Any
@@ -181,7 +182,7 @@ def _parse(frame: Frame) -> Request | BadRequest:
 
 
 def reply(
-    name: str, message_id: int, task_id: str, errid: ErrId, fields: dict[str, str] | None = None
+    name: str, message_id: int, task_id: str, errid: ErrId, fields: Mapping[str, str] | None = None
 ) -> bytes:
     """The answer frame: same messageID, header ``{"RequestID": "Resp<name>"}``.
 

@@ -22,6 +22,7 @@ from taskdash.background import Background
 from taskdash.logs import RateLimitedLog
 from taskdash.settings import TcpSettings
 from taskdash.store import Store
+from taskdash.tcp.cache import Clock, FindCache
 from taskdash.tcp.handler import RequestHandler
 from taskdash.tcp.protocol import HEARTBEAT_ID, Frame, FrameDecoder, FrameError
 from taskdash.tcp.requests import parse_request
@@ -144,9 +145,17 @@ class Connection(asyncio.Protocol):
 class TcpServer:
     """The tcpx listener with ``start()`` / ``stop()`` and a readiness check."""
 
-    def __init__(self, store: Store, settings: TcpSettings, *, drain_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: TcpSettings,
+        *,
+        drain_timeout: float = 5.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.settings = settings
-        self.handler = RequestHandler(store)
+        cache = FindCache(settings.find_cache_ttl, settings.find_cache_size, clock=clock)
+        self.handler = RequestHandler(store, cache)
         self.drain_timeout = drain_timeout
         self.connections: set[Connection] = set()
         self.port: int | None = None
@@ -267,6 +276,16 @@ class TcpServer:
         await self.handler.finder.stop()
         log.info("tcp_stopped", requests=self.requests)
 
+    def find_stats(self) -> dict[str, Any]:
+        """The Find cache's counters, with the store reads its misses cost."""
+        finder = self.handler.finder
+        return {
+            **finder.cache.stats(),
+            "queries": finder.queries,
+            "reads": finder.reads,
+            "joined": finder.joined,
+        }
+
     def check(self) -> tuple[bool, dict[str, Any]]:
         """Readiness for ``/readyz``: listening, with the connection and error counts."""
         details: dict[str, Any] = {
@@ -276,6 +295,7 @@ class TcpServer:
             "requests": self.requests,
             "store_failures": self.handler.store_failures,
             **self.counts,
+            "find_cache": self.find_stats(),
         }
         if self._server is None:
             details["reason"] = "stopped" if self._stopping else "not started"

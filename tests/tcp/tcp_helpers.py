@@ -31,10 +31,29 @@ STORE_FAILED = {"errid": 1001, "errmsg": "数据库存储失败"}
 NO_SUCH = {"errid": 1002, "errmsg": "不存在该任务id"}
 
 
+class ManualClock:
+    """The Find cache's clock in tests: time moves only when :meth:`advance` says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @asynccontextmanager
-async def serving(store: Store, **overrides: Any) -> AsyncIterator[TcpServer]:
-    """A started TcpServer on a free loopback port, stopped afterwards."""
-    server = TcpServer(store, TcpSettings(port=0, **overrides), drain_timeout=5)
+async def serving(
+    store: Store, *, clock: ManualClock | None = None, **overrides: Any
+) -> AsyncIterator[TcpServer]:
+    """A started TcpServer on a free loopback port, stopped afterwards.
+
+    With ``clock``, the Find cache's entries expire only when the test advances it.
+    """
+    extra = {"clock": clock} if clock is not None else {}
+    server = TcpServer(store, TcpSettings(port=0, **overrides), drain_timeout=5, **extra)
     await server.start()
     try:
         yield server

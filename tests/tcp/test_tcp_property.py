@@ -389,6 +389,7 @@ class World:
         """The store emptied but for the bystander's task and task "a"; its model."""
         for name in ("tasks", HISTORY):
             await self.store[name].delete_many({})
+        self.server.handler.finder.cache.clear()  # deleted behind its back: no TTL to wait
         assert (await self.bystander.register({"id": "bystander"}))["errid"] == 0
         assert (await self.bystander.register({"id": "a", **PRESET}))["errid"] == 0
         return {

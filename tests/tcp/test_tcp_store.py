@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 from support import NxServer, async_wait_for
-from tcp_helpers import NO_SUCH, OK, RECORD, STORE_FAILED, client, serving
+from tcp_helpers import NO_SUCH, OK, RECORD, STORE_FAILED, ManualClock, client, serving
 
 from taskdash.models import TaskMetaData
 from taskdash.store import Store
@@ -58,7 +58,8 @@ async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: i
 async def test_ownership_a_fetched_task_keeps_what_its_service_lists(store: Store) -> None:
     harvested = TaskMetaData(id="1234567", name="from-svc", url="http://svc/t", status="running")
     await harvest(store, "svc", harvested, now_ms=1000)
-    async with serving(store) as server:
+    clock = ManualClock()
+    async with serving(store, clock=clock) as server:
         c = await client(server)
         sent = {**RECORD, "name": "tcp-name", "status": "finish"}
         assert await c.register(sent) == {"id": "1234567", **OK}, "accepted part: errid 0"
@@ -75,6 +76,7 @@ async def test_ownership_a_fetched_task_keeps_what_its_service_lists(store: Stor
         await harvest(
             store, "svc", TaskMetaData(**{**harvested.to_dict(), "status": "finish"}), now_ms=2000
         )
+        clock.advance(1.0)  # the fetcher's write is seen once the Find cache's entry expires
         found = await c.find("1234567")
         assert (found["status"], found["user"], found["start_time"]) == ("finish", "wsg", "12:00")
         await c.close()
