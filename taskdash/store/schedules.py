@@ -58,6 +58,7 @@ STATES = "periodic_schedule_state"
 BATCHES = "periodic_fire_batches"
 FIRERS = "periodic_firers"
 POINT_READS = 32  # concurrent single-document reads (nx-27017 scans for $in)
+WON = {"last_run": 1, "incarnation": 1, "queue_inc": 1}  # what storing a run's task needs
 LEAVE_TIMEOUT = 1.0  # seconds a stopping node waits to say it stops firing
 
 
@@ -243,7 +244,8 @@ class ScheduleStore:
         """The states whose last run belongs to batch ``token`` (what it won; index
         ``run_token``)."""
         async with translated("periodic_fired_in"):
-            return [doc async for doc in self.states.find({"last_run.token": eq(token)})]
+            found = self.states.find({"last_run.token": eq(token)}, WON)
+            return [doc async for doc in found]
 
     # the tasks fires create ---------------------------------------------------------------
 
