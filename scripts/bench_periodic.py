@@ -18,6 +18,12 @@ same on a queue of ``--small`` tasks: the ratio shows whether leasing depends on
 
 Needs ``redis-server`` (``apt-get install -y redis-server``) and ``pip install -e '.[bench]'``.
 The last line printed is one JSON object with every figure and ratio.
+
+``--schedules N`` runs another benchmark instead: two ``taskdash periodic`` nodes on one
+nx-27017 serve one queue; N interval schedules (``--interval``, 10 s) are created through the
+HTTP API, and once each has fired, the tasks whose run was due in the next ``--seconds`` (60)
+are counted: runs fired, duplicates (two tasks for one run; must be 0), runs missed, and the
+lateness of each fire (the task's creation time minus its run's due time), p50/p99/max.
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import grpc
 from pymongo import MongoClient
+from tornado.httpclient import AsyncHTTPClient
 
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
@@ -69,9 +78,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: floa
 
 
 class Periodic:
-    """``taskdash periodic`` on free ports with its own embedded nx-27017 under ``tmp``."""
+    """``taskdash periodic`` on free ports with its own embedded nx-27017 under ``tmp``, or
+    on the store at ``mongo_uri`` (another node's)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, mongo_uri: str = "", name: str = "periodic") -> None:
         self.grpc_port, self.http_port, self.mongo_port = free_port(), free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
         env.update(
@@ -79,16 +89,34 @@ class Periodic:
             TASKDASH_MONGODB__EMBEDDED_PORT=str(self.mongo_port),
             TASKDASH_PERIODIC__GRPC_PORT=str(self.grpc_port),
             TASKDASH_PERIODIC__HTTP_PORT=str(self.http_port),
+            TASKDASH_PERIODIC__NODE_ID=name,
             TASKDASH_LOG__FORMAT="json",
             TASKDASH_LOG__LEVEL="warning",
         )
-        self.log = open(tmp / "periodic.log", "wb")  # noqa: SIM115 - closed in stop()
+        if mongo_uri:
+            env["TASKDASH_MONGODB__URI"] = mongo_uri
+        self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [str(BIN / "taskdash"), "periodic"], env=env, stdout=self.log, stderr=self.log
         )
         wait_port(self.grpc_port, self.proc, "taskdash periodic")
+        wait_port(self.http_port, self.proc, "taskdash periodic")
         self.target = f"{HOST}:{self.grpc_port}"
-        self.mongo_uri = f"mongodb://{HOST}:{self.mongo_port}/?directConnection=true"
+        self.http = f"http://{HOST}:{self.http_port}"
+        self.mongo_uri = mongo_uri or f"mongodb://{HOST}:{self.mongo_port}/?directConnection=true"
+
+    def cpu_s(self, children: bool = False) -> float:
+        """CPU seconds (user + system) this node (or its embedded nx-27017) has used so far
+        (Linux /proc)."""
+        pid = self.proc.pid
+        if children:
+            pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def readiness(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.http}/readyz", timeout=10) as resp:
+            return dict(json.loads(resp.read())["components"])
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -209,6 +237,101 @@ async def bench_scale(periodic: Periodic, args: argparse.Namespace) -> dict[str,
     return figures
 
 
+# -- schedules: --schedules N over two nodes --------------------------------------------------
+
+
+async def create_schedules(node: Periodic, auth: dict[str, str], args: argparse.Namespace) -> None:
+    """``--schedules`` interval schedules through node A's HTTP API, 32 requests in flight."""
+    client = AsyncHTTPClient(force_instance=True, max_clients=32)
+    url = f"{node.http}/v1/services/{auth['service_name']}/queues/{auth['queue_name']}/schedules"
+    headers = {"Authorization": f"Bearer {auth['secret']}"}
+
+    async def create(share: range) -> None:
+        for i in share:
+            body = {"schedule_id": f"b{i:06d}", "interval": args.interval, "task_data": {"n": i}}
+            await client.fetch(url, method="POST", body=json.dumps(body), headers=headers)
+
+    await asyncio.gather(*(create(range(k, args.schedules, 32)) for k in range(32)))
+    client.close()
+
+
+def expected_runs(schedules: list[dict[str, Any]], start: int, end: int) -> int:
+    """Runs of these interval schedules due in [start, end) (ms)."""
+    total = 0
+    for doc in schedules:
+        anchor, every = doc["anchor_ms"], doc["interval_ms"]
+        first = max(1, -(-(start - anchor) // every))
+        last = -(-(end - anchor) // every) - 1
+        total += max(0, last - first + 1)
+    return total
+
+
+def percentile(values: list[int], share: float) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(share * len(ordered)))]) if ordered else 0.0
+
+
+async def bench_schedules(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``--schedules`` schedules every ``--interval`` s, fired by two nodes for ``--seconds``."""
+    a = Periodic(tmp, name="node-a")
+    b = Periodic(tmp, mongo_uri=a.mongo_uri, name="node-b")
+    try:
+        client = await Client.setup(a.target, "bench", "scheduled")
+        async with grpc.aio.insecure_channel(b.target) as channel:
+            stub = pb_grpc.PeriodicTaskStub(channel)
+            await stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**client.auth))
+        started = time.time()
+        await create_schedules(a, client.auth, args)
+        created = time.time()
+        print(f"created {args.schedules} schedules in {created - started:.1f} s", flush=True)
+        # every schedule has fired once before the window opens: steady state
+        window_start = int((created + args.interval) * 1000)
+        window_end = window_start + int(args.seconds * 1000)
+        await asyncio.sleep(max(0.0, window_start / 1000 - time.time()))
+        cpu_start = [a.cpu_s(), b.cpu_s(), a.cpu_s(children=True)]
+        load_start = os.getloadavg()[0]
+        await asyncio.sleep(max(0.0, window_end / 1000 - time.time()))
+        cpu = [a.cpu_s(), b.cpu_s(), a.cpu_s(children=True)]
+        cpu = [end - start for end, start in zip(cpu, cpu_start, strict=True)]
+        load = (load_start + os.getloadavg()[0]) / 2
+        await asyncio.sleep(args.settle)  # fires of the window's last runs are stored
+        firers = [node.readiness()["schedules"] for node in (a, b)]
+    finally:
+        b.stop()
+        with MongoClient(a.mongo_uri) as mongo:
+            db = mongo["taskdash"]
+            schedules = list(db.periodic_schedules.find({}, {"anchor_ms": 1, "interval_ms": 1}))
+            query = {"scheduled_for": {"$gte": window_start, "$lt": window_end}}
+            tasks = list(db.periodic_tasks.find(query, {"schedule_inc": 1, "scheduled_for": 1,
+                                                         "created_at": 1, "_id": 0}))  # fmt: skip
+        a.stop()
+    runs = Counter((t["schedule_inc"], t["scheduled_for"]) for t in tasks)
+    lateness = [t["created_at"] - t["scheduled_for"] for t in tasks]
+    expected = expected_runs(schedules, window_start, window_end)
+    return {
+        "schedules": args.schedules,
+        "interval_s": args.interval,
+        "window_s": args.seconds,
+        "create_s": created - started,
+        "expected_runs": expected,
+        "fired_runs": len(runs),
+        "tasks": len(tasks),
+        "duplicates": sum(n - 1 for n in runs.values()),
+        "missed": expected - len(runs),
+        "fires_per_s": len(runs) / args.seconds,
+        "lateness_ms_p50": percentile(lateness, 0.50),
+        "lateness_ms_p99": percentile(lateness, 0.99),
+        "lateness_ms_max": float(max(lateness, default=0)),
+        "cpu_s_node_a": cpu[0],
+        "cpu_s_node_b": cpu[1],
+        "cpu_s_nx27017": cpu[2],
+        "load_average": load,
+        "fired_node_a": firers[0]["fired"],
+        "fired_node_b": firers[1]["fired"],
+        "lost_races": firers[0]["lost"] + firers[1]["lost"],
+    }
+
+
 # -- (b) RQ on Redis --------------------------------------------------------------------------
 
 
@@ -271,7 +394,25 @@ def main() -> None:
     parser.add_argument("--lease-rounds", type=int, default=15)
     parser.add_argument("--rq-worker-class", default="", help="e.g. rq.worker.SimpleWorker")
     parser.add_argument("--skip-rq", action="store_true")
+    parser.add_argument(
+        "--schedules", type=int, default=0, help="instead: N schedules fired by two nodes"
+    )
+    parser.add_argument("--interval", type=float, default=10.0, help="each schedule's (s)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured window (s)")
+    parser.add_argument("--settle", type=float, default=5.0, help="wait after the window (s)")
     args = parser.parse_args()
+    if args.schedules:
+        with tempfile.TemporaryDirectory(prefix="bench_schedules_") as name:
+            found = asyncio.run(bench_schedules(Path(name), args))
+        print(
+            f"{found['schedules']} schedules every {args.interval:g} s, two nodes, "
+            f"{args.seconds:g} s: fired {found['fired_runs']} of {found['expected_runs']} runs, "
+            f"duplicates {found['duplicates']}, missed {found['missed']}, lateness "
+            f"p50 {found['lateness_ms_p50']:.0f} ms p99 {found['lateness_ms_p99']:.0f} ms "
+            f"(target p99 <= 1000)"
+        )
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in found.items()}))
+        return
     figures: dict[str, Any] = {"tasks": args.tasks, "workers": args.workers, "limit": args.limit}
     with tempfile.TemporaryDirectory(prefix="bench_periodic_") as name:
         tmp = Path(name)

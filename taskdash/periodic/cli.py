@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from taskdash.periodic import schedule_cli
 from taskdash.settings import EnvWarning, Settings
 from taskdash.subcommands import subparser
 
@@ -20,6 +21,7 @@ EPILOG = """\
 Examples:
   taskdash periodic --config /etc/taskdash/taskdash.toml
   TASKDASH_MONGODB__URI=mongodb://db1/ TASKDASH_PERIODIC__GRPC_PORT=50052 taskdash periodic
+  taskdash periodic schedule --help      schedules of a queue (create, list, show, pause...)
 
 Reference: docs/periodic.md.
 Exit codes: 0 after a clean stop, 1 if start failed (e.g. a port in use), 2 bad
@@ -27,8 +29,8 @@ configuration."""
 
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """Register the ``periodic`` subcommand."""
-    subparser(
+    """Register the ``periodic`` subcommand (and ``periodic schedule ...``)."""
+    periodic = subparser(
         sub,
         "periodic",
         "run the periodic task service (gRPC + HTTP task queue)",
@@ -36,10 +38,14 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         EPILOG,
         parents=parents,
     )
+    commands = periodic.add_subparsers(dest="periodic_command", metavar="COMMAND")
+    schedule_cli.add_parser(commands)
 
 
 def run(args: argparse.Namespace, settings: Settings, warnings: list[EnvWarning]) -> int:
-    """Run the service until a stop signal; returns the exit code."""
+    """Run the service until a stop signal (or a ``schedule`` command); the exit code."""
+    if getattr(args, "periodic_command", None) == "schedule":
+        return schedule_cli.run(args, settings)
     from taskdash.cli import _configure_logs  # cli imports this module: import when run
     from taskdash.periodic.service import PeriodicService
 

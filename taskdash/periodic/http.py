@@ -9,6 +9,7 @@ authenticates with ``Authorization: Bearer <secret>``; listing services takes th
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -340,10 +341,13 @@ SERVICE = rf"/v1/services/{NAME}"
 QUEUE = rf"{SERVICE}/queues/{NAME}"
 
 
+Route = tuple[str, type, dict[str, Any]]
+
+
 def make_app(
-    leasing: Leasing, settings: PeriodicSettings, health: Health
+    leasing: Leasing, settings: PeriodicSettings, health: Health, extra: Sequence[Route] = ()
 ) -> tornado.web.Application:
-    """The routes; resources are passed in."""
+    """The routes (plus ``extra``, the schedules' for one); resources are passed in."""
     res = {"leasing": leasing, "settings": settings}
     return tornado.web.Application(
         [
@@ -357,6 +361,7 @@ def make_app(
             (rf"{QUEUE}/tasks", TasksHandler, res),
             (rf"{QUEUE}/tasks/([^/]+)", TaskHandler, res),
             (rf"{QUEUE}/tasks/([^/]+)/(complete|extend)", TaskActionHandler, res),
+            *extra,
         ],
         default_handler_class=NotFound,
         default_handler_args=res,

@@ -14,8 +14,9 @@ held twice; the ones lost to a race are replaced from the next candidates.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
 import structlog
@@ -88,7 +89,8 @@ class Leasing:
         # node-local, as the seed says: (service, queue, queue incarnation), so a queue
         # created again under the same names is not started here until someone starts it
         self.started: set[tuple[str, str, str]] = set()
-        self._ids = iter(())
+        self.on_start: Callable[[], None] = lambda: None  # the firer looks at once
+        self._ids: Iterator[int] = iter(())
         self._ids_lock = asyncio.Lock()
         self._seen = RecentlySeen(CACHE_MS, clock)
 
@@ -124,7 +126,7 @@ class Leasing:
             PeriodicError(Kind.UNAUTHENTICATED, f"unknown service {who.service!r} or wrong secret"),
         )
 
-    async def _queue(self, who: Caller, queue: str) -> QueueRef:
+    async def queue_ref(self, who: Caller, queue: str) -> QueueRef:
         """Authenticate, then require the queue to exist (in this incarnation of the service)."""
         check_name("queue_name", queue)
         service_inc = await self.authenticate(who)
@@ -166,15 +168,16 @@ class Leasing:
 
     async def start_queue(self, who: Caller, queue: str) -> None:
         """StartPeriodicTaskQueue: this node serves the queue from now on (idempotent)."""
-        ref = await self._queue(who, queue)
+        ref = await self.queue_ref(who, queue)
         self.started.add((who.service, queue, ref.inc))
+        self.on_start()
         log.info("periodic_queue_started", service=who.service, queue=queue, node=self.node_id)
 
     async def create_task(self, who: Caller, queue: str, task_type: str, task_data: str) -> int:
         """CreateTask: a pending task with a new id unique across every node."""
         check_task_type(task_type)
         check_task_data(task_data, self.settings.max_task_data_size)
-        ref = await self._queue(who, queue)
+        ref = await self.queue_ref(who, queue)
         task_id = await self._next_id()
         now = self.clock()
         await self.store.insert_task(
@@ -199,8 +202,8 @@ class Leasing:
 
     async def lease(self, who: Caller, queue: str, limit: int) -> list[dict[str, Any]]:
         """GetTaskList: lease up to ``limit`` due tasks (0 = 10), longest waiting first."""
-        limit = self._limit(limit)
-        ref = await self._queue(who, queue)
+        limit = self.check_limit(limit)
+        ref = await self.queue_ref(who, queue)
         if (who.service, queue, ref.inc) not in self.started:
             raise PeriodicError(
                 Kind.FAILED_PRECONDITION,
@@ -269,7 +272,7 @@ class Leasing:
         read, to say why (unknown, not leased, lease expired).
         """
         check_task_id(task_id)
-        ref = await self._queue(who, queue)
+        ref = await self.queue_ref(who, queue)
         self._require_storable(ref, task_id)
         now, max_attempts = self.clock(), self.settings.max_attempts
         if success:
@@ -293,7 +296,7 @@ class Leasing:
                 Kind.INVALID_ARGUMENT, f"seconds must be > 0 and <= 43200, got {seconds}"
             )
         check_task_id(task_id)
-        ref = await self._queue(who, queue)
+        ref = await self.queue_ref(who, queue)
         self._require_storable(ref, task_id)
         now = self.clock()
         until = now + int(seconds * 1000)
@@ -304,7 +307,7 @@ class Leasing:
 
     async def stop_queue(self, who: Caller, queue: str) -> bool:
         """This node stops serving the queue; False if it was not serving it."""
-        ref = await self._queue(who, queue)
+        ref = await self.queue_ref(who, queue)
         key = (who.service, queue, ref.inc)
         was_started = key in self.started
         self.started.discard(key)
@@ -312,7 +315,7 @@ class Leasing:
 
     async def destroy_queue(self, who: Caller, queue: str) -> None:
         """Delete the queue and every task in it."""
-        ref = await self._queue(who, queue)
+        ref = await self.queue_ref(who, queue)
         self.started.discard((who.service, queue, ref.inc))
         self._seen.forget(lambda key: key[0] == "queue" and key[1:] == ref[:3])
         await self.store.delete_queue(who.service, ref.service_inc, queue, ref.inc)
@@ -347,8 +350,8 @@ class Leasing:
             raise PeriodicError(
                 Kind.INVALID_ARGUMENT, f"state must be one of {', '.join(STATES)}, got {state!r}"
             )
-        limit = self._limit(limit)
-        ref = await self._queue(who, queue)
+        limit = self.check_limit(limit)
+        ref = await self.queue_ref(who, queue)
         after = min(after, INT64_MAX)  # no id is larger (and the store takes no larger int)
         docs = await self.store.list_tasks(ref.inc, state=state, after=after, limit=limit)
         now = self.clock()
@@ -357,7 +360,7 @@ class Leasing:
     async def get_task(self, who: Caller, queue: str, task_id: int) -> dict[str, Any]:
         """One task of the queue, as the listing shows it."""
         check_task_id(task_id)
-        ref = await self._queue(who, queue)
+        ref = await self.queue_ref(who, queue)
         self._require_storable(ref, task_id)
         doc = await self.store.get_task(task_id)
         if not self._in_queue(doc, ref):
@@ -368,7 +371,7 @@ class Leasing:
     async def delete_task(self, who: Caller, queue: str, task_id: int) -> None:
         """Delete one task, whatever its state."""
         check_task_id(task_id)
-        ref = await self._queue(who, queue)
+        ref = await self.queue_ref(who, queue)
         self._require_storable(ref, task_id)
         if not await self.store.delete_task(ref.inc, task_id):
             raise self._not_found(ref, task_id)
@@ -377,7 +380,7 @@ class Leasing:
         """Dead tasks (all of the queue's, or one) become pending with attempts reset."""
         if task_id is not None:
             check_task_id(task_id)
-        ref = await self._queue(who, queue)
+        ref = await self.queue_ref(who, queue)
         if task_id is not None:
             self._require_storable(ref, task_id)
         count = await self.store.redrive(ref.inc, self.clock(), task_id)
@@ -392,12 +395,12 @@ class Leasing:
 
     async def list_services(self, after: str, limit: int) -> list[dict[str, Any]]:
         """Registered services by name (the caller checked the admin token)."""
-        docs = await self.store.list_services(after, self._limit(limit))
+        docs = await self.store.list_services(after, self.check_limit(limit))
         return [{"service_name": d["_id"], "created_at": iso(d["created_at"])} for d in docs]
 
     # --- helpers -----------------------------------------------------------------------
 
-    def _limit(self, limit: int) -> int:
+    def check_limit(self, limit: int) -> int:
         if limit == 0:
             return DEFAULT_LIMIT
         if not 1 <= limit <= self.settings.max_limit:
@@ -414,13 +417,21 @@ class Leasing:
 
     async def _next_id(self) -> int:
         """The next id of this node's reserved block (a new block when it runs out)."""
+        [task_id] = await self.take_ids(1)
+        return task_id
+
+    async def take_ids(self, count: int) -> list[int]:
+        """``count`` new task ids: the rest of this node's block, then one more reservation
+        (at least a block) for whatever is missing."""
         async with self._ids_lock:
-            task_id = next(self._ids, None)
-            if task_id is None:
-                last = await self.store.reserve_ids(ID_BLOCK)
-                self._ids = iter(range(last - ID_BLOCK + 1, last + 1))
-                task_id = next(self._ids)
-            return task_id
+            ids = list(itertools.islice(self._ids, count))
+            missing = count - len(ids)
+            if missing:
+                size = max(missing, ID_BLOCK)
+                last = await self.store.reserve_ids(size)
+                self._ids = iter(range(last - size + 1, last + 1))
+                ids += itertools.islice(self._ids, missing)
+            return ids
 
     @staticmethod
     def _in_queue(doc: dict[str, Any] | None, ref: QueueRef) -> bool:

@@ -65,6 +65,8 @@ def record(doc: dict[str, Any], base: str, now: int) -> dict[str, str]:
         "attempts": doc["attempts"],
         "created_at": iso(doc["created_at"]),
     }
+    if "schedule_id" in doc:
+        extra["schedule_id"] = doc["schedule_id"]
     return {
         "id": f"periodic-{doc['_id']}",
         "name": doc["task_type"] or f"task {doc['_id']}",

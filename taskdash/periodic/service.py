@@ -1,4 +1,5 @@
-"""One ``taskdash periodic`` process: store, gRPC, HTTP, then the announcer; stopped in reverse.
+"""One ``taskdash periodic`` process: store, gRPC, HTTP, the schedules' firer, then the announcer;
+stopped in reverse.
 
 It runs on other machines than the daemon, so it is its own process with its own unit, but it
 has the daemon's shape: the start/stop bookkeeping, signals, systemd READY/STOPPING and the
@@ -15,11 +16,15 @@ import structlog
 from taskdash.daemon import Daemon, nsqd_http_address
 from taskdash.models import TaskService
 from taskdash.nsq.announce import Announcer
+from taskdash.periodic.firing import Firer, StoreClock
 from taskdash.periodic.grpc import GrpcServer
 from taskdash.periodic.http import make_app
 from taskdash.periodic.leasing import Leasing
+from taskdash.periodic.schedules import Schedules
+from taskdash.periodic.schedules_http import routes
 from taskdash.settings import PeriodicSettings
 from taskdash.store.periodic import PeriodicStore
+from taskdash.store.schedules import ScheduleStore
 
 log = structlog.get_logger("taskdash.periodic.service")
 
@@ -52,8 +57,13 @@ class PeriodicService(Daemon):
         self.store = store
         cfg = self.settings.periodic
         leasing = Leasing(PeriodicStore(store), cfg, node_id=self.node_name)
+        schedule_store = ScheduleStore(store)
+        clock = StoreClock(schedule_store.server_time)
+        firer = Firer(leasing, schedule_store, clock=clock, sync=clock.sync)
+        schedules = Schedules(leasing, schedule_store, clock=clock, changed=firer.poke)
         await self._start_grpc(leasing, cfg)
-        await self._start_http(leasing, cfg)
+        await self._start_http(leasing, cfg, schedules)
+        await self._start_firer(leasing, firer)
         await self._start_announcer(cfg)
         log.info("periodic_ready", node_id=self.node_name, grpc_port=self.grpc_port)
 
@@ -71,13 +81,22 @@ class PeriodicService(Daemon):
         self._started("grpc", stop)
         log.info("grpc_listening", host=cfg.grpc_host, port=server.port)
 
-    async def _start_http(self, leasing: Leasing, cfg: PeriodicSettings) -> None:
+    async def _start_http(
+        self, leasing: Leasing, cfg: PeriodicSettings, schedules: Schedules
+    ) -> None:
         # twice the limit: a body up to that gets a JSON 413, a larger one is cut off by Tornado
-        app = make_app(leasing, cfg, self.health)
+        app = make_app(leasing, cfg, self.health, routes(schedules))
         self.web_port = self._serve_http(
             "http", app, "periodic.http_port", cfg.http_host, cfg.http_port,
             max_body_size=cfg.max_body_size * 2,
         )  # fmt: skip
+
+    async def _start_firer(self, leasing: Leasing, firer: Firer) -> None:
+        """Fire the schedules of the queues started here (``schedules`` in ``/readyz``)."""
+        leasing.on_start = firer.poke
+        await firer.start()
+        self.health.add("schedules", firer.check)
+        self._started("schedules", firer.stop)
 
     async def _start_announcer(self, cfg: PeriodicSettings) -> None:
         """With NSQ configured: register as a task service and heartbeat, like any other."""

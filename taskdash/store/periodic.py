@@ -90,6 +90,9 @@ class PeriodicStore:
         self.queues = store["periodic_queues"]
         self.tasks = store["periodic_tasks"]
         self.counters = store["periodic_counters"]
+        # schedules go with their queue (their own queries are in store/schedules.py)
+        self.schedules = store["periodic_schedules"]
+        self.schedule_states = store["periodic_schedule_state"]
         self._inserts: Group[Doc, None] = Group("periodic_inserts", self._insert_many)
 
     # services ---------------------------------------------------------------------------
@@ -118,15 +121,20 @@ class PeriodicStore:
             return [doc async for doc in cursor]
 
     async def delete_service(self, name: str, inc: str) -> bool:
-        """Delete incarnation ``inc`` of a service with its queues and tasks; itself last.
+        """Delete incarnation ``inc`` of a service with its schedules, queues and tasks; itself
+        last.
 
         If this is cut short, the service still exists and deregistering again (with the same
         secret) finishes the job; nothing is left behind unreachable. A stale node asking for
         an incarnation that is already gone deletes nothing of the name's next owner.
         """
         async with translated("periodic_delete_service"):
+            mine = {"service": eq(name), "service_inc": eq(inc)}
+            queues = self.queues.find(mine, {"incarnation": 1})
+            for queue_inc in [doc["incarnation"] async for doc in queues]:
+                await self._delete_schedules(queue_inc)
             await self.tasks.delete_many({"service_inc": eq(inc)})
-            await self.queues.delete_many({"service": eq(name), "service_inc": eq(inc)})
+            await self.queues.delete_many(mine)
             result = await self.services.delete_one({"_id": eq(name), "incarnation": eq(inc)})
         return result.deleted_count == 1
 
@@ -172,13 +180,20 @@ class PeriodicStore:
             return [doc async for doc in cursor]
 
     async def delete_queue(self, service: str, service_inc: str, queue: str, inc: str) -> bool:
-        """Delete a queue and its tasks (tasks first: a cut-short call can be repeated)."""
+        """Delete a queue, its schedules and its tasks (the queue last: a cut-short call can
+        be repeated; schedules before tasks, so that no fire adds one after)."""
         async with translated("periodic_delete_queue"):
+            await self._delete_schedules(inc)
             await self.tasks.delete_many(_in_queue(inc))
             result = await self.queues.delete_one(
                 {"_id": eq(queue_key(service, service_inc, queue)), "incarnation": eq(inc)}
             )
         return result.deleted_count == 1
+
+    async def _delete_schedules(self, queue_inc: str) -> None:
+        """A queue's schedules, states first (see store/schedules.py), so none fires after."""
+        await self.schedule_states.delete_many(_in_queue(queue_inc))
+        await self.schedules.delete_many(_in_queue(queue_inc))
 
     # tasks ------------------------------------------------------------------------------
 

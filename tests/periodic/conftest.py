@@ -15,14 +15,19 @@ import tornado.httpserver
 import tornado.netutil
 
 from taskdash.health import Health
+from taskdash.periodic.firing import Firer
 from taskdash.periodic.grpc import GrpcServer
 from taskdash.periodic.http import make_app
 from taskdash.periodic.leasing import Caller, Leasing, now_ms
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
+from taskdash.periodic.schedules import Schedules
+from taskdash.periodic.schedules_http import routes
+from taskdash.periodic.sharing import TAKEOVER_MS
 from taskdash.settings import PeriodicSettings
 from taskdash.store import Store
 from taskdash.store.periodic import PeriodicStore
+from taskdash.store.schedules import ScheduleStore
 
 
 @dataclass
@@ -40,12 +45,15 @@ class Clock:
 
 @dataclass
 class Node:
-    """One periodic service node: its rules, its gRPC server and a client stub to it."""
+    """One periodic service node: its rules, its gRPC server and a client stub to it, its
+    schedules and their firer (not running: tests fire with ``firer.fire_due()``)."""
 
     leasing: Leasing
     server: GrpcServer
     channel: grpc.aio.Channel
     stub: pb_grpc.PeriodicTaskStub
+    schedules: Schedules
+    firer: Firer
 
     @property
     def target(self) -> str:
@@ -65,18 +73,25 @@ async def make_node(store: Store, clock: Clock) -> AsyncIterator[NodeFactory]:
     """Start nodes sharing the test's database (each its own gRPC port); stopped afterwards."""
     nodes: list[Node] = []
 
-    async def make(node_id: str = "node-a", **settings: Any) -> Node:
+    async def make(
+        node_id: str = "node-a", takeover_ms: int = TAKEOVER_MS, **settings: Any
+    ) -> Node:
         cfg = PeriodicSettings(grpc_port=0, http_port=0, **settings)
         leasing = Leasing(PeriodicStore(store), cfg, node_id=node_id, clock=clock)
         server = GrpcServer(leasing, host="127.0.0.1", port=0, max_message=cfg.max_body_size)
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        node = Node(leasing, server, channel, pb_grpc.PeriodicTaskStub(channel))
+        schedule_store = ScheduleStore(store)
+        firer = Firer(leasing, schedule_store, clock=clock, takeover_ms=takeover_ms)
+        schedules = Schedules(leasing, schedule_store, clock=clock, changed=firer.poke)
+        stub = pb_grpc.PeriodicTaskStub(channel)
+        node = Node(leasing, server, channel, stub, schedules, firer)
         nodes.append(node)
         return node
 
     yield make
     for node in nodes:
+        await node.firer.stop()
         await node.channel.close()
         await node.server.stop(0)
 
@@ -182,7 +197,8 @@ class Api:
 async def _serve(node: Node) -> tuple[tornado.httpserver.HTTPServer, int]:
     settings = node.leasing.settings
     server = tornado.httpserver.HTTPServer(
-        make_app(node.leasing, settings, Health()), max_body_size=settings.max_body_size * 2
+        make_app(node.leasing, settings, Health(), routes(node.schedules)),
+        max_body_size=settings.max_body_size * 2,
     )
     [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
     server.add_sockets([sock])

@@ -48,7 +48,7 @@ async def test_the_task_listing_reads_an_index(node: Node, state: str | None) ->
     store: PeriodicStore = node.leasing.store
     who = await register(node.stub)
     await who.create(3)
-    ref = await node.leasing._queue(who.caller, who.queue)
+    ref = await node.leasing.queue_ref(who.caller, who.queue)
     query, order = list_filter(ref.inc, state, after=1)
     plan = await store.tasks.find(query).sort(order, 1).limit(10).explain()
     assert uses_an_index(plan), plan

@@ -81,6 +81,15 @@ class PeriodicProcess:
         return found
 
 
+def register_and_start(stub: pb_grpc.PeriodicTaskStub) -> dict[str, str]:
+    """Register service "s", create and start queue "q"; the fields that authenticate."""
+    secret = stub.ServiceRegistry(pb.ServiceRegistryRequest(service_name="s")).secret
+    auth = {"service_name": "s", "secret": secret, "queue_name": "q"}
+    stub.CreatePeriodicTaskQueue(pb.CreatePeriodicTaskQueueRequest(**auth))
+    stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**auth))
+    return auth
+
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -100,10 +109,7 @@ def test_runs_serves_and_stops_cleanly_on_sigterm(
         service.wait_ready()
         with grpc.insecure_channel(service.grpc_target) as channel:
             stub = pb_grpc.PeriodicTaskStub(channel)
-            secret = stub.ServiceRegistry(pb.ServiceRegistryRequest(service_name="s")).secret
-            auth = {"service_name": "s", "secret": secret, "queue_name": "q"}
-            stub.CreatePeriodicTaskQueue(pb.CreatePeriodicTaskQueueRequest(**auth))
-            stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**auth))
+            auth = register_and_start(stub)
             stub.CreateTask(pb.CreateTaskRequest(**auth, task_type="t", task_data="{}"))
             listed = stub.GetTaskList(pb.GetTaskListRequest(**auth))
         assert len(json.loads(listed.task_list)) == 1
