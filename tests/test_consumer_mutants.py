@@ -57,6 +57,10 @@ NSQ = NsqSettings(
 )
 TOPIC = NSQ.heartbeat_topic
 
+#: how long to wait for what must happen: generous, as mutmut's tracing and a loaded machine
+#: slow everything down (what must not happen is held off far longer: flush intervals of 3600)
+WAIT = 60.0
+
 broker = broker_fixture()
 ingestion = ingestion_fixture(NSQ)
 
@@ -84,7 +88,7 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 async def connected(consumer: Consumer[Any]) -> None:
-    await async_wait_for(lambda: consumer.check()[1]["connections"] == 1)
+    await async_wait_for(lambda: consumer.check()[1]["connections"] == 1, timeout=WAIT)
 
 
 # -- the log lines an admin reads --------------------------------------------------------------
@@ -96,8 +100,8 @@ async def test_a_dead_letter_is_logged_with_its_message_reason_field_and_reader(
     """The line names the message as ``/api/dead-letters`` does, so an admin can find it."""
     with structlog.testing.capture_logs() as logs:
         await mpub_binary(broker, NSQ.service_topic, [b'{"id": 5}'])
-        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
-        await async_wait_for(lambda: events(logs, "message_dead_lettered"))
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
+        await async_wait_for(lambda: events(logs, "message_dead_lettered"), timeout=WAIT)
     (line,) = events(logs, "message_dead_lettered")
     assert letter["field"] == "id" and "Expected `str`, got `int`" in letter["reason"]
     assert line["msg_id"] == letter["msg_id"] and len(letter["msg_id"]) == 16
@@ -126,7 +130,7 @@ async def test_an_apply_failure_is_logged_with_the_message_and_the_error_and_iso
     # batches of exactly 3 (a flush interval longer than the test); a retry comes back only
     # after 30 s, so each round's batch is the three messages published together
     consumer = heartbeat_consumer(
-        broker, apply, never_dead_letter, batch_size=3, flush_interval=60, max_attempts=5,
+        broker, apply, never_dead_letter, batch_size=3, flush_interval=3600, max_attempts=5,
         requeue_delay=30.0, requeue_delay_max=30.0,
     )  # fmt: skip
     await consumer.start()
@@ -134,13 +138,13 @@ async def test_an_apply_failure_is_logged_with_the_message_and_the_error_and_iso
         await connected(consumer)
         with structlog.testing.capture_logs() as logs:
             await mpub_binary(broker, TOPIC, bodies("g0", "bad1", "g2"))
-            await async_wait_for(lambda: consumer.counters.requeued == 1)
+            await async_wait_for(lambda: consumer.counters.requeued == 1, timeout=WAIT)
         (line,) = events(logs, "message_apply_failed")
         assert line["msg_id"] == culprits["bad1"] and line["attempts"] == 1
         assert line["error"] == "RuntimeError: cannot apply bad" and line["exc_info"] is failure
         assert (line["topic"], line["log_level"]) == (TOPIC, "warning")
         await mpub_binary(broker, TOPIC, bodies("g3", "bad2", "g5"))
-        await async_wait_for(lambda: consumer.counters.requeued == 2)
+        await async_wait_for(lambda: consumer.counters.requeued == 2, timeout=WAIT)
         ready, details = consumer.check()
         assert ready and sorted(applied) == ["g0", "g2", "g3", "g5"]
         assert (details["isolated"], details["stored"], details["requeued"]) == (6, 4, 2)
@@ -171,7 +175,7 @@ async def test_a_bug_in_the_handler_is_logged_with_the_message_and_its_traceback
         await connected(consumer)
         with structlog.testing.capture_logs() as logs:
             await mpub_binary(broker, TOPIC, bodies("bad"))
-            letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+            letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
     finally:
         await consumer.stop()
     line = events(logs, "message_handler_failed")[0]
@@ -201,7 +205,7 @@ async def test_a_dead_letter_write_that_fails_unexpectedly_is_logged_and_the_mes
         await connected(consumer)
         with structlog.testing.capture_logs() as logs:
             await mpub_binary(broker, TOPIC, [b"not json"])
-            letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+            letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
     finally:
         await consumer.stop()
     (line,) = events(logs, "dead_letter_failed")
@@ -228,13 +232,15 @@ async def test_a_store_outage_is_logged_once_with_its_first_batch_and_its_length
             calls.append((start, time.monotonic()))
 
     # the three always come back together (same delay) and make exactly one batch
-    consumer = heartbeat_consumer(broker, apply, never_dead_letter, batch_size=3, flush_interval=60)
+    consumer = heartbeat_consumer(
+        broker, apply, never_dead_letter, batch_size=3, flush_interval=3600
+    )
     await consumer.start()
     try:
         await connected(consumer)
         with structlog.testing.capture_logs() as logs:
             await mpub_binary(broker, TOPIC, bodies("s1", "s2", "s3"))
-            await async_wait_for(lambda: consumer.counters.stored == 3)
+            await async_wait_for(lambda: consumer.counters.stored == 3, timeout=WAIT)
             observed = time.monotonic()
     finally:
         await consumer.stop()
@@ -270,7 +276,7 @@ async def test_a_dead_letter_the_store_cannot_take_is_logged_as_an_outage_and_re
         await connected(consumer)
         with structlog.testing.capture_logs() as logs:
             await mpub_binary(broker, TOPIC, [b"not json"])
-            letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+            letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
     finally:
         await consumer.stop()
     (failed,) = events(logs, "store_write_failed")
@@ -291,11 +297,11 @@ async def test_a_store_outage_at_the_stop_is_one_warning_and_the_stop_completes(
     async with own_mongodb(tmp_path, broker, settings) as own:
         ingestion = own.ingestion
         await mpub_binary(broker, settings.service_topic, [b'{"id":"svc-1"}'])
-        await async_wait_for(lambda: ingestion.services.counters.stored == 1)
+        await async_wait_for(lambda: ingestion.services.counters.stored == 1, timeout=WAIT)
         await mpub_binary(broker, settings.heartbeat_topic, [b'{"id":"svc-1"}'])
-        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 1)
+        await async_wait_for(lambda: ingestion.heartbeats.counters.stored == 1, timeout=WAIT)
         await mpub_binary(broker, settings.heartbeat_topic, [b'{"id":"svc-1"}'])
-        await async_wait_for(lambda: ingestion.absorbed_heartbeats == 1)
+        await async_wait_for(lambda: ingestion.absorbed_heartbeats == 1, timeout=WAIT)
         own.server.stop()
         with structlog.testing.capture_logs() as logs:
             await stop_ingestion(ingestion)
@@ -344,7 +350,7 @@ async def test_a_stop_takes_no_new_message_once_it_has_begun(broker: Broker) -> 
     await consumer.start()
     await connected(consumer)
     await mpub_binary(broker, TOPIC, bodies("first"))
-    await asyncio.wait_for(started.wait(), 15)
+    await asyncio.wait_for(started.wait(), WAIT)
     stopping = asyncio.ensure_future(consumer.stop())
 
     async def rdy_zero() -> bool:
@@ -352,7 +358,7 @@ async def test_a_stop_takes_no_new_message_once_it_has_begun(broker: Broker) -> 
         return client["ready_count"] == 0
 
     try:
-        await async_wait_for(rdy_zero)
+        await async_wait_for(rdy_zero, timeout=WAIT)
         await mpub_binary(broker, TOPIC, bodies("a", "b", "c"))
     finally:
         release.set()
@@ -377,7 +383,7 @@ async def test_a_stop_lets_a_dead_letter_being_written_finish(store: Store, brok
     await consumer.start()
     await connected(consumer)
     await mpub_binary(broker, TOPIC, [b"not json"])
-    await asyncio.wait_for(writing.wait(), 15)
+    await asyncio.wait_for(writing.wait(), WAIT)
     await consumer.stop()
     assert consumer.counters.dead_lettered == 1
     assert await store.dead_letters.count_documents({}) == 1
@@ -401,13 +407,13 @@ async def test_a_consumer_never_started_is_not_ready_and_stops_quietly() -> None
 async def test_a_full_batch_is_written_at_once_not_at_the_flush_interval(broker: Broker) -> None:
     applied, apply = recorder()
     consumer = heartbeat_consumer(
-        broker, apply, never_dead_letter, batch_size=3, flush_interval=60, max_in_flight=50
+        broker, apply, never_dead_letter, batch_size=3, flush_interval=3600, max_in_flight=50
     )
     await consumer.start()
     try:
         await connected(consumer)
         await mpub_binary(broker, TOPIC, bodies("s1", "s2", "s3"))
-        await async_wait_for(lambda: len(applied) == 3, timeout=30)
+        await async_wait_for(lambda: len(applied) == 3, timeout=WAIT)
     finally:
         await consumer.stop()
 
@@ -424,8 +430,8 @@ async def test_a_message_of_exactly_max_message_size_is_accepted(
     await consumer.start()
     try:
         await mpub_binary(broker, TOPIC, [exact, over])
-        await async_wait_for(lambda: consumer.counters.received == 2 and applied)
-        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+        await async_wait_for(lambda: consumer.counters.received == 2 and applied, timeout=WAIT)
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
     finally:
         await consumer.stop()
     assert applied == ["svc-exact"]
@@ -442,14 +448,14 @@ async def test_a_batch_of_two_with_one_culprit_stores_the_other(
 
     applied: list[str] = []
     consumer = heartbeat_consumer(
-        broker, apply, store_dead_letter(store), batch_size=2, flush_interval=60, max_attempts=1
+        broker, apply, store_dead_letter(store), batch_size=2, flush_interval=3600, max_attempts=1
     )
     await consumer.start()
     try:
         await connected(consumer)
         await mpub_binary(broker, TOPIC, bodies("good", "bad"))
-        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
-        await async_wait_for(lambda: applied == ["good"])
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
+        await async_wait_for(lambda: applied == ["good"], timeout=WAIT)
     finally:
         await consumer.stop()
     assert "RuntimeError: cannot apply bad" in letter["reason"]
@@ -470,7 +476,7 @@ async def test_a_lone_message_that_fails_is_applied_once_per_delivery(
     await consumer.start()
     try:
         await mpub_binary(broker, TOPIC, bodies("bad"))
-        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
     finally:
         await consumer.stop()
     assert deliveries == [1, 2, 3] and letter["attempts"] == 3
@@ -493,7 +499,7 @@ async def test_a_store_outage_while_isolating_requeues_the_rest_of_the_batch(
             raise StoreUnavailable("record_heartbeats: MongoDB unreachable")
 
     consumer = heartbeat_consumer(
-        broker, apply, never_dead_letter, batch_size=4, flush_interval=60, max_attempts=5,
+        broker, apply, never_dead_letter, batch_size=4, flush_interval=3600, max_attempts=5,
         requeue_delay=30.0, requeue_delay_max=30.0,
     )  # fmt: skip
     await consumer.start()
@@ -501,7 +507,7 @@ async def test_a_store_outage_while_isolating_requeues_the_rest_of_the_batch(
         await connected(consumer)
         with structlog.testing.capture_logs() as logs:
             await mpub_binary(broker, TOPIC, bodies("g0", "bad", "g2", "g3"))
-            await async_wait_for(lambda: consumer.counters.requeued == 3)
+            await async_wait_for(lambda: consumer.counters.requeued == 3, timeout=WAIT)
             await asyncio.sleep(0.1)
         assert calls == [["g0", "bad", "g2", "g3"], ["g0"], ["bad"], ["g2"]]
         assert consumer.counters.stored == 1 and consumer.check()[1]["in_flight"] == 0
@@ -535,7 +541,7 @@ async def test_a_bug_after_a_message_was_queued_leaves_its_answer_to_the_batch(
     try:
         with structlog.testing.capture_logs() as logs:
             await mpub_binary(broker, TOPIC, bodies("late-bug"))
-            await async_wait_for(lambda: applied == ["late-bug"])
+            await async_wait_for(lambda: applied == ["late-bug"], timeout=WAIT)
             await asyncio.sleep(0.3)  # a second answer, if any, would come now
     finally:
         await consumer.stop()
@@ -554,15 +560,15 @@ async def test_a_handler_bug_is_answered_while_other_messages_wait_in_the_batch(
     applied, apply = recorder()
     consumer = heartbeat_consumer(
         broker, apply, store_dead_letter(store), cls=FailsBeforeQueueing, max_attempts=2,
-        flush_interval=60,
+        flush_interval=3600,
     )  # fmt: skip
     await consumer.start()
     try:
         await connected(consumer)
         await mpub_binary(broker, TOPIC, bodies("good"))
-        await async_wait_for(lambda: consumer.counters.received == 1)
+        await async_wait_for(lambda: consumer.counters.received == 1, timeout=WAIT)
         await mpub_binary(broker, TOPIC, bodies("bad"))
-        letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
+        letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
         assert "KeyError" in letter["reason"] and letter["attempts"] == 2
         assert applied == [], "the good one still waits for its batch"
     finally:
@@ -592,8 +598,8 @@ async def test_a_handler_bug_before_anything_is_answered_by_us_not_by_pynsq(
     try:
         with structlog.testing.capture_logs() as logs:
             await mpub_binary(broker, TOPIC, [b"boom", *bodies("good")])
-            letter = await async_wait_for(lambda: store.dead_letters.find_one({}))
-            await async_wait_for(lambda: applied == ["good"])
+            letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
+            await async_wait_for(lambda: applied == ["good"], timeout=WAIT)
     finally:
         await consumer.stop()
     assert "KeyError" in letter["reason"] and letter["attempts"] == 2
@@ -612,8 +618,8 @@ async def test_settled_poison_leaves_nothing_behind(
     await consumer.start()
     try:
         await mpub_binary(broker, TOPIC, [b"not json %d" % i for i in range(20)])
-        await async_wait_for(lambda: consumer.counters.dead_lettered == 20)
-        await async_wait_for(lambda: not consumer._tasks, timeout=5)
+        await async_wait_for(lambda: consumer.counters.dead_lettered == 20, timeout=WAIT)
+        await async_wait_for(lambda: not consumer._tasks, timeout=WAIT)
     finally:
         await consumer.stop()
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
@@ -647,7 +653,7 @@ async def test_a_reader_finds_nsqd_through_lookupd_alone(broker: Broker) -> None
     )  # fmt: skip
     await consumer.start()
     try:
-        await async_wait_for(lambda: applied == ["svc-1"])
+        await async_wait_for(lambda: applied == ["svc-1"], timeout=WAIT)
         assert consumer.check()[0]
     finally:
         await consumer.stop()
@@ -669,7 +675,7 @@ async def test_a_reader_without_several_nsqds_names_each() -> None:
             ready, details = consumer.check()
             return None if ready else details["reason"]
 
-        text = await async_wait_for(reason)
+        text = await async_wait_for(reason, timeout=WAIT)
     finally:
         await consumer.stop()
     assert text == f"no connection to nsqd {first}, {second} for 0.3 s or more"
