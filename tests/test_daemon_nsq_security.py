@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 from nsq_tls import make_pki
-from support import VENV_BIN, daemon_env, free_port, http_get, running_daemon, wait_for
+from support import (
+    VENV_BIN,
+    daemon_env,
+    daemon_token,
+    free_port,
+    http_get,
+    running_daemon,
+    wait_for,
+)
 
 SECRET = "daemon-auth-secret-0451"
 
@@ -118,8 +126,9 @@ def test_daemon_reads_and_publishes_through_a_secured_nsqd(
                 f"http://127.0.0.1:{http}/pub?topic=taskdash.service", data=body, method="POST"
             )
             assert urllib.request.urlopen(request, timeout=5).status == 200
-            url = f"{daemon.web}/api/services/svc-sec"
-            wait_for(lambda: http_get(url)[0] == 200)
+            url = f"{daemon.web}/api/v1/services/svc-sec"
+            token = daemon_token(env)  # the API needs a login or a token
+            wait_for(lambda: http_get(url, token=token)[0] == 200)
 
             # status changes go out through HTTPS /mpub with the client certificate
             ctx = ssl.create_default_context(cafile=str(pki.ca))

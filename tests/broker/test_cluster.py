@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from broker_process import Nsqd, Process, clean_env
-from support import daemon_env, free_port, http_get, running_daemon, wait_for
+from support import daemon_env, daemon_token, free_port, http_get, running_daemon, wait_for
 
 # pynsq's Reader asks lookupd every lookupd_poll_interval (taskdash/nsq/consumer.py: 15 s), with
 # up to 30 % jitter; a broker is found within one poll
@@ -35,12 +35,12 @@ def pub(broker: Nsqd, topic: str, doc: dict[str, str]) -> bool:
         return False
 
 
-def stored_ids(web: str) -> set[str]:
-    """Every service id the daemon stored, through its API."""
+def stored_ids(web: str, token: str) -> set[str]:
+    """Every service id the daemon stored, through its API (with a bearer token)."""
     ids: set[str] = set()
     skip = 0
     while True:
-        status, body = http_get(f"{web}/api/services?limit=1000&skip={skip}")
+        status, body = http_get(f"{web}/api/v1/services?limit=1000&skip={skip}", token=token)
         assert status == 200, body
         ids |= {s["id"] for s in body["services"]}
         if body["count"] < 1000:
@@ -106,13 +106,14 @@ def test_three_brokers_behind_one_lookupd(tmp_path: Path, mongo_uri: str) -> Non
             TASKDASH_FETCHER__ENABLED="false",
         )
         with running_daemon(tmp_path, env) as daemon:
+            token = daemon_token(env)  # the API needs a login or a token
 
             def readers_connected(count: int) -> bool:
                 parts = http_get(f"{daemon.web}/readyz")[1]["components"]
                 return parts["reader:taskdash.service"]["connections"] == count
 
             # the daemon knows only the lookupd: it reads from all three brokers
-            wait_for(lambda: {"svc-0", "svc-1", "svc-2"} <= stored_ids(daemon.web))
+            wait_for(lambda: {"svc-0", "svc-1", "svc-2"} <= stored_ids(daemon.web, token))
             wait_for(lambda: readers_connected(3))
 
             # broker 1 stopped and started again while a publisher keeps sending to it
@@ -128,8 +129,10 @@ def test_three_brokers_behind_one_lookupd(tmp_path: Path, mongo_uri: str) -> Non
             load.halt.set()
             load.join()
 
-            wait_for(lambda: "svc-3" in stored_ids(daemon.web), timeout=LOOKUPD_POLL + 10)
-            wait_for(lambda: set(load.acked) <= stored_ids(daemon.web), timeout=LOOKUPD_POLL + 10)
+            wait_for(lambda: "svc-3" in stored_ids(daemon.web, token), timeout=LOOKUPD_POLL + 10)
+            wait_for(
+                lambda: set(load.acked) <= stored_ids(daemon.web, token), timeout=LOOKUPD_POLL + 10
+            )
             wait_for(lambda: readers_connected(4), timeout=LOOKUPD_POLL + 10)
             assert daemon.stop() == 0
     finally:
