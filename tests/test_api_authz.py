@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from web_client import Served, WebClient, make_token, make_user, password_for, serve
+from web_client import Served, client_of, make_user, password_for, serve
 
 from taskdash.models import TaskMetaData
-from taskdash.store import Store, users
+from taskdash.store import Store
 from taskdash.store.assignments import get_assignment, set_assignment
 from taskdash.store.tasks import ServiceListing, apply_listings, load_known
 from taskdash.web import api
@@ -79,20 +79,6 @@ async def served(store: Store) -> AsyncIterator[Served]:
         await make_user(store, name, role)  # type: ignore[arg-type]
     async with serve(store) as running:
         yield running
-
-
-async def client_of(served: Served, role: str, via: str) -> WebClient:
-    """A client acting as ``role``; a disabled user is disabled after logging in."""
-    if role == "anonymous":
-        return served.client()
-    if via == "token":
-        web = served.client(token=await make_token(served.store, role))
-    else:
-        web = served.client()
-        await web.login(role, password_for(role))
-    if role == "dis":
-        await users.set_disabled(served.store, "dis", True)
-    return web
 
 
 def test_the_matrix_covers_every_task_write_route() -> None:

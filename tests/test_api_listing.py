@@ -244,3 +244,19 @@ async def test_remembered_filter_counts_stay_bounded(
     for status in STATUSES:
         await find_tasks(store, TaskQuery(status=status, sort="name"))
     assert len(tasklist._sizes) <= 2
+
+
+def test_a_tasks_times_are_shown_alike_whatever_type_the_driver_gave() -> None:
+    """Epoch ms as int or BSON Int64 (remembered per value), a datetime, or nothing."""
+    from datetime import UTC, datetime
+
+    from bson.int64 import Int64
+
+    from taskdash.store.times import iso, to_ms
+
+    at = datetime(2026, 11, 26, 12, 0, 0, 123000, tzinfo=UTC)
+    ms = to_ms(at)
+    for value in (ms, Int64(ms), at):
+        shown = tasklist.public_task({"_id": "t", "first_seen_at": value, "last_seen_at": value})
+        assert shown["first_seen_at"] == shown["last_seen_at"] == iso(at) == iso(ms)
+    assert tasklist.public_task({"_id": "t"})["gone_at"] is None

@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import urllib.parse
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from web_client import Served, WebClient, make_token, make_user, password_for, s
 
 from taskdash.settings import load
 from taskdash.store import Store, audit, sessions, users
+from taskdash.store.times import from_ms
 from taskdash.web.auth import SESSION_COOKIE, PageHandler, safe_next
 
 
@@ -464,3 +466,18 @@ async def test_an_unknown_path_is_404_whatever_the_method(app: Served) -> None:
     for method in ("GET", "POST", "DELETE"):
         reply = await app.client().fetch("/nope", method)
         assert (reply.status, reply.json["error"]) == (404, "not_found"), method
+
+
+async def test_audit_entries_are_kept_audit_ttl_days(store: Store) -> None:
+    """Every entry a request writes expires [web] audit_ttl_days after it (a TTL index)."""
+    await make_user(store, "alice")
+    async with serve(store, load(env={"TASKDASH_WEB__AUDIT_TTL_DAYS": "7"})) as app:
+        client = app.client()
+        await client.login_form("alice", "wrong password")
+        await client.login("alice", password_for("alice"))
+        await client.call("/api/v1/me/tokens", "POST", {"name": "x"})
+        docs = [doc async for doc in store.audit.find({})]
+        assert {d["action"] for d in docs} == {"login", "token.create"} and len(docs) == 3
+        for doc in docs:
+            kept = doc["expires_at"] - from_ms(doc["at"])
+            assert kept == timedelta(days=7), doc

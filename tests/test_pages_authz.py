@@ -14,7 +14,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from web_client import CHEAP, Reply, Served, WebClient, make_token, make_user, password_for, serve
+from web_client import (
+    CHEAP,
+    Reply,
+    Served,
+    WebClient,
+    client_of,
+    make_token,
+    make_user,
+    password_for,
+    serve,
+)
 
 from taskdash.models import TaskMetaData
 from taskdash.store import Store, audit, tokens, users
@@ -123,20 +133,6 @@ async def reset(store: Store) -> str:
     return vic.id
 
 
-async def client_of(served: Served, role: str, via: str) -> WebClient:
-    """A client acting as ``role``; dis is disabled after logging in and making its token."""
-    if role == "anonymous":
-        return served.client()
-    if via == "token":
-        web = served.client(token=await make_token(served.store, role, label="client"))
-    else:
-        web = served.client()
-        await web.login(role, password_for(role))
-    if role == "dis":
-        await users.set_disabled(served.store, "dis", True)
-    return web
-
-
 async def post(client: WebClient, path: str, fields: dict[str, str]) -> Reply:
     """A form as the browser posts it (the XSRF field from the cookie, if there is one)."""
     body = urllib.parse.urlencode({**fields, "_xsrf": client.xsrf})
@@ -169,7 +165,7 @@ def test_the_matrix_covers_every_page_and_every_form_action() -> None:
 async def test_every_role_on_every_page_and_form(
     served: Served, store: Store, role: str, via: str
 ) -> None:
-    web = await client_of(served, role, via)
+    web = await client_of(served, role, via, label="client")
     out = role in ("anonymous", "dis")
     wrong = []
     for path in ["/", *PAGES, *ADMIN_PAGES]:

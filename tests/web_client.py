@@ -202,6 +202,22 @@ class Served:
         return WebClient(self.base, token=token)
 
 
+async def client_of(served: Served, role: str, via: str, *, label: str = "test") -> WebClient:
+    """A client acting as the account named ``role`` ("anonymous": nobody), by ``via``
+    ("session": logged in through the form; "token": a token named ``label``); the account
+    "dis" is disabled once its session or token exists (a disabled user's credentials)."""
+    if role == "anonymous":
+        return served.client()
+    if via == "token":
+        web = served.client(token=await make_token(served.store, role, label=label))
+    else:
+        web = served.client()
+        await web.login(role, password_for(role))
+    if role == "dis":
+        await users.set_disabled(served.store, "dis", True)
+    return web
+
+
 @contextlib.asynccontextmanager
 async def serve(
     store: Store,

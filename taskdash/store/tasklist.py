@@ -168,7 +168,9 @@ def _iso_of_ms(ms: int) -> object:
 def _time(value: object) -> object:
     """:func:`iso`, remembered for epoch ms: the tasks of one listing share their times (a
     fetch stores them at one moment), and a page of 50 converted them 100 times."""
-    return _iso_of_ms(value) if type(value) is int else iso(value)
+    if isinstance(value, int) and not isinstance(value, bool):  # BSON int64 comes as Int64
+        return _iso_of_ms(int(value))
+    return iso(value)
 
 
 def public_task(doc: Doc) -> dict[str, Any]:

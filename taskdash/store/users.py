@@ -11,7 +11,8 @@ module and brings its credentials along (:func:`sync_credentials`):
 
 * a change that takes rights away (disabling, demoting) first takes them from the
   credentials, then writes the account, then syncs: a crash in between leaves the credentials
-  narrower than the account (a login or ``taskdash user enable`` mends that), never wider;
+  narrower than the account, never wider (the account's next change mends that: ``taskdash
+  user enable`` will do);
 * a change that gives rights writes the account, then syncs;
 * a sync reads the account, writes the credentials to match, and reads the account again: if
   it changed meanwhile, it syncs again. Whatever the interleaving with another change, the

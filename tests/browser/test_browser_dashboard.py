@@ -105,6 +105,14 @@ def test_user_filters_and_claims_then_admin_assigns(dashboard: Dashboard) -> Non
     expect(page.locator(".timeline li").first).to_contain_text("first heartbeat")
     expect(page.locator("#fetch-h + dl")).to_contain_text("ok")
     dashboard.shot(page, "service")
+
+    page.locator("a.user").click()  # one's own account: a token for a script
+    expect(page.locator("h1")).to_have_text("Your account")
+    page.fill("input[name=name]", "nightly report")
+    page.get_by_role("button", name="Create a token").click()
+    expect(page.locator("code.token-secret")).to_contain_text("taskdash_")
+    expect(page.locator("table.tokens th", has_text="nightly report")).to_have_count(1)
+    dashboard.shot(page, "account")
     log_out(page, dashboard)
     assert page.dialogs == []  # type: ignore[attr-defined]
 
