@@ -1,0 +1,170 @@
+"""store/tasks.py behaviour that mutation testing (``make mutation``) showed no test held.
+
+What ``GET /api/services/<id>/fetch`` shows after a first fetch that failed, a changed or
+returning task as the dashboard finds it, the adoption of tasks registered over TCP (and its
+log line), the conflict records an admin reads, the claim that keeps a service from being
+fetched twice, and the operation each failure names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import structlog.testing
+from fetcher_site import Clock, register, settings
+from support import free_port
+
+from taskdash.errors import StoreUnavailable
+from taskdash.fetcher import Fetcher
+from taskdash.models import TaskMetaData
+from taskdash.store import Store
+from taskdash.store import tasks as ts
+from taskdash.store.tasklist import TaskQuery, find_tasks
+from taskdash.store.tasks import (
+    ApplyResult,
+    Conflict,
+    ServiceListing,
+    apply_listings,
+    claim_due,
+    content_hash,
+    get_fetch_result,
+    load_known,
+    record_conflicts,
+    release,
+    write_registered,
+)
+
+
+async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: int) -> ApplyResult:
+    """Store a service's listing as the fetcher does on a cold cache."""
+    known = (await load_known(store, [service_id]))[service_id]
+    return await apply_listings(store, [ServiceListing(service_id, list(tasks), known)], now_ms)
+
+
+async def test_a_first_fetch_that_failed_reads_with_empty_counts_and_no_validators(
+    store: Store,
+) -> None:
+    """Only the failure is written; what the API shows for the rest is its empty defaults."""
+    url = f"http://127.0.0.1:{free_port()}/tasks"  # nothing listens there
+    await register(store, {"svc": url})
+    clock = Clock()
+    fetcher = Fetcher(store, settings(), node_id="n1", clock=clock)
+    try:
+        result = await fetcher.sweep()
+    finally:
+        await fetcher.stop()
+    assert result.failed == 1
+    fetched = await get_fetch_result(store, "svc")
+    assert fetched is not None and fetched["error"]
+    assert (fetched["service_id"], fetched["url"], fetched["node"]) == ("svc", url, "n1")
+    assert fetched["at"] == clock.now.isoformat() and fetched["http_status"] is None
+    counts = ("task_count", "bad_count", "bad_errors", "conflict_count", "failures")
+    assert [fetched[k] for k in counts] == [0, 0, [], 0, 1]
+    assert (fetched["etag"], fetched["last_modified"], fetched["listed_at"]) == ("", "", None)
+    assert fetched["retry_at"] is not None and fetched["not_modified"] is False
+
+
+async def test_a_changed_task_is_found_by_its_new_name_and_a_returning_one_is_not_gone(
+    store: Store,
+) -> None:
+    await harvest(store, "s", TaskMetaData(id="t1", name="Alpha"), now_ms=1000)
+    await harvest(store, "s", now_ms=2000)  # no longer listed: gone
+    (gone,) = (await find_tasks(store, TaskQuery(gone="only"))).tasks
+    assert gone["gone_at"] is not None
+    back = TaskMetaData(id="t1", name="Beta")
+    await harvest(store, "s", back, now_ms=3000)
+    (found,) = (await find_tasks(store, TaskQuery(q="beta"))).tasks
+    assert (found["id"], found["gone"], found["gone_at"]) == ("t1", False, None)
+    assert (await find_tasks(store, TaskQuery(q="alpha"))).tasks == []
+    # what is stored is what a cold cache reads back: the next fetch of it writes nothing
+    assert (await load_known(store, ["s"]))["s"] == {"t1": content_hash(back)}
+    assert (await harvest(store, "s", back, now_ms=4000)).unchanged == 1
+
+
+async def test_a_service_adopts_the_unowned_tasks_it_lists_and_says_so(store: Store) -> None:
+    """Registered over TCP (no owner), then listed by a service: now the service's, seen now,
+    with their first sighting, window and binding kept."""
+    ids = [f"tcp-{i}" for i in range(6)]
+    for task_id in ids:
+        fields, window = {"name": f"tcp-name-{task_id}"}, {"start_time": "12:00"}
+        await write_registered(store, task_id, fields, window, create=True, now_ms=1000)
+    listed = [TaskMetaData(id=task_id, name=f"svc-name-{task_id}") for task_id in ids]
+    with structlog.testing.capture_logs() as logs:
+        result = await harvest(store, "svc", *listed, now_ms=5000)
+    assert (result.conflicts, result.stale, result.inserted) == ([], {"svc"}, 0)
+    (line,) = [e for e in logs if e["event"] == "tasks_adopted"]
+    assert (line["count"], line["task_ids"], line["log_level"]) == (6, ids[:5], "info")
+    doc = await store.tasks.find_one({"_id": ids[0]})
+    assert (doc["service_id"], doc["name"]) == ("svc", "svc-name-tcp-0")
+    assert (doc["first_seen_at"], doc["last_seen_at"], doc["start_time"]) == (1000, 5000, "12:00")
+    assert set((await load_known(store, ["svc"]))["svc"]) == set(ids)
+
+
+async def test_a_conflict_record_keeps_when_it_was_first_and_last_seen(store: Store) -> None:
+    """What an admin reads in ``task_conflicts`` (docs/operations.md)."""
+    conflict = Conflict("shared", "second", "first")
+    assert await record_conflicts(store, [conflict], ["second"], 1000, "sweep-1") == [conflict]
+    assert await record_conflicts(store, [conflict], ["second"], 2000, "sweep-2") == []
+    (doc,) = [d async for d in store["task_conflicts"].find({})]
+    assert (doc["task_id"], doc["service_id"], doc["owner_service_id"]) == (
+        "shared",
+        "second",
+        "first",
+    )
+    assert (doc["first_at"], doc["last_at"], doc["count"]) == (1000, 2000, 2)
+    await record_conflicts(store, [], ["second"], 3000, "sweep-3")  # no longer listed
+    assert await store["task_conflicts"].count_documents({}) == 0
+
+
+async def test_a_claim_holds_a_service_until_its_end_and_a_release_gives_it_back(
+    store: Store,
+) -> None:
+    assert list(await claim_due(store, ["s"], now_ms=0, until_ms=100, token="a")) == ["s"]
+    assert await claim_due(store, ["s"], now_ms=99, until_ms=200, token="b") == {}
+    assert list(await claim_due(store, ["s"], now_ms=100, until_ms=200, token="b")) == ["s"]
+    assert await claim_due(store, ["s"], now_ms=150, until_ms=300, token="c") == {}
+    doc = await store["fetch_results"].find_one({"_id": "s"})
+    assert (doc["due_at"], doc["claim"]) == (200, "b")
+    await release(store, ["s"], "c")  # not c's to give back
+    assert await claim_due(store, ["s"], now_ms=150, until_ms=300, token="d") == {}
+    await release(store, ["s"], "b")  # b stops before fetching it: due at once
+    assert list(await claim_due(store, ["s"], now_ms=150, until_ms=300, token="e")) == ["s"]
+
+
+@pytest.fixture
+async def dead() -> AsyncIterator[Store]:
+    """A store whose server is not there."""
+    store = Store(
+        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        "t",
+        server_selection_timeout=0.3,
+    )
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+NEW = TaskMetaData(id="t1", name="n")
+OPERATIONS: dict[str, Callable[[Store], Awaitable[Any]]] = {
+    "load_known": lambda s: ts.load_known(s, ["s"]),
+    "apply_listings": lambda s: ts.apply_listings(s, [ServiceListing("s", [NEW], {})], 1),
+    "record_conflicts": lambda s: ts.record_conflicts(s, [], ["s"], 1, "tok"),
+    "write_registered": lambda s: ts.write_registered(s, "t1", {}, {}, create=True, now_ms=1),
+    "get_tasks": lambda s: ts.get_tasks(s, ["t1"]),
+    "fetchable_services": lambda s: ts.fetchable_services(s),
+    "claim_due": lambda s: ts.claim_due(s, ["s"], now_ms=1, until_ms=2, token="tok"),
+    "release_claims": lambda s: ts.release(s, ["s"], "tok"),
+    "write_fetch_results": lambda s: ts.write_fetch_results(s, {"s": {"at": 1}}),
+    "get_fetch_result": lambda s: ts.get_fetch_result(s, "s"),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+async def test_an_operation_against_a_dead_store_names_itself(dead: Store, operation: str) -> None:
+    """What the fetcher's and the API's logs say when MongoDB is away."""
+    with pytest.raises(StoreUnavailable) as caught:
+        await OPERATIONS[operation](dead)
+    assert str(caught.value).startswith(f"{operation}: MongoDB ")
