@@ -10,7 +10,7 @@ import pytest
 from conftest import Clock, Node, NodeFactory, Registered, register
 
 from taskdash.periodic.errors import Kind, PeriodicError
-from taskdash.periodic.fires import fired_task, timing_of
+from taskdash.periodic.fires import WHOLE_QUEUE, fired_task, timing_of
 from taskdash.periodic.firing import HOLD_MS, Firer
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.views import encode, iso
@@ -442,3 +442,16 @@ async def test_a_state_without_its_definition_is_left(node: Node, clock: Clock) 
     clock.advance(10)
     await node.firer.fire_due()
     assert [t["schedule_id"] for t in await tasks_of(node, who)] == ["kept"]
+
+
+async def test_a_node_new_to_a_busy_queue_reads_its_definitions_at_once(
+    node: Node, clock: Clock
+) -> None:
+    """More definitions missing than WHOLE_QUEUE: the queue's are read in one query."""
+    who = await register(node.stub)
+    for n in range(WHOLE_QUEUE + 6):
+        await create(node, who, interval=10, task_data=n)
+    clock.advance(10)
+    await node.firer.fire_due()
+    assert node.firer.fired == WHOLE_QUEUE + 6
+    assert sorted(t["task_data"] for t in await tasks_of(node, who)) == list(range(WHOLE_QUEUE + 6))
