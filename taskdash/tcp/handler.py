@@ -36,10 +36,12 @@ def _now_ms() -> int:
 class RequestHandler:
     """Turns one decoded request into its reply frame; never raises for a client's input."""
 
-    def __init__(self, store: Store, cache: FindCache, *, now_ms: Now = _now_ms) -> None:
+    def __init__(
+        self, store: Store, cache: FindCache, *, now_ms: Now = _now_ms, lookback: float = 5.0
+    ) -> None:
         self.store = store
         self.now_ms = now_ms
-        self.finder = FindBatcher(store, cache)
+        self.finder = FindBatcher(store, cache, now_ms=now_ms, lookback=lookback)
         self.store_failures = 0
         self._bad_log = RateLimitedLog(log, "tcp_bad_request")
         self._store_log = RateLimitedLog(log, "tcp_store_failed")

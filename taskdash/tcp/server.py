@@ -19,11 +19,13 @@ from typing import Any
 import structlog
 
 from taskdash.background import Background
+from taskdash.errors import StoreError
 from taskdash.logs import RateLimitedLog
 from taskdash.settings import TcpSettings
 from taskdash.store import Store
 from taskdash.tcp.cache import Clock, FindCache
 from taskdash.tcp.handler import RequestHandler
+from taskdash.tcp.lookup import LookOverflow
 from taskdash.tcp.protocol import HEARTBEAT_ID, Frame, FrameDecoder, FrameError
 from taskdash.tcp.requests import parse_request
 
@@ -152,10 +154,23 @@ class TcpServer:
         *,
         drain_timeout: float = 5.0,
         clock: Clock = time.monotonic,
+        look_for_changes: bool = True,
     ) -> None:
         self.settings = settings
-        cache = FindCache(settings.find_cache_ttl, settings.find_cache_size, clock=clock)
-        self.handler = RequestHandler(store, cache)
+        cache = FindCache(
+            settings.find_cache_ttl,
+            settings.find_cache_size,
+            max_age=settings.find_cache_max_age,
+            clock=clock,
+        )
+        self.handler = RequestHandler(store, cache, lookback=settings.find_cache_lookback)
+        # the change looks keep hot entries confirmed (taskdash.tcp.cache); tests driving a
+        # manual clock call ``look()`` themselves
+        self._looker = (
+            Background("tcp-find-changes", self._look_for_changes)
+            if look_for_changes and cache.enabled
+            else None
+        )
         self.drain_timeout = drain_timeout
         self.connections: set[Connection] = set()
         self.port: int | None = None
@@ -179,6 +194,7 @@ class TcpServer:
                 "client_too_slow",
                 "idle_closed",
                 "internal_error",
+                "find_look_failed",
             )
         }
 
@@ -195,6 +211,8 @@ class TcpServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         await self._sweeper.start()
+        if self._looker is not None:
+            await self._looker.start()
         log.info("tcp_listening", host=cfg.host, port=self.port)
 
     # -- connection events ---------------------------------------------------------------------
@@ -273,8 +291,22 @@ class TcpServer:
                     if conn.transport:
                         conn.transport.abort()
         await server.wait_closed()
+        if self._looker is not None:
+            await self._looker.stop()
         await self.handler.finder.stop()
         log.info("tcp_stopped", requests=self.requests)
+
+    async def _look_for_changes(self) -> None:
+        """Every ``ttl / 2``: a change look; a failure is logged (rate-limited) and retried."""
+        finder = self.handler.finder
+        while True:
+            await asyncio.sleep(finder.cache.ttl / 2)
+            try:
+                await finder.look()
+            except (StoreError, LookOverflow) as exc:
+                self._logs["find_look_failed"](error=str(exc))
+            except Exception as exc:  # a bug here must not end the looks: entries use the TTL
+                self._logs["find_look_failed"](error=f"{type(exc).__name__}: {exc}")
 
     def find_stats(self) -> dict[str, Any]:
         """The Find cache's counters, with the store reads its misses cost."""
@@ -284,6 +316,8 @@ class TcpServer:
             "queries": finder.queries,
             "reads": finder.reads,
             "joined": finder.joined,
+            "looks": finder.looks,
+            "look_reads": finder.look_reads,
         }
 
     def check(self) -> tuple[bool, dict[str, Any]]:
