@@ -8,6 +8,7 @@ loop on the real clock.
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from pathlib import Path
 
@@ -89,7 +90,9 @@ async def test_a_change_by_any_writer_is_seen_after_the_next_look(
 ) -> None:
     """Each write path stamps ``changed_at``: without the stamp, Find would answer stale."""
     clock = ManualClock()
-    async with serving(store, clock=clock, find_cache_ttl=TTL) as server:
+    # no lookback: the first write's own stamp is outside every window, so only the change's
+    # stamp can bring the change
+    async with serving(store, clock=clock, find_cache_ttl=TTL, find_cache_lookback=0) as server:
         finder = server.handler.finder
         c = await client(server)
         task = listed("s")
@@ -160,25 +163,43 @@ async def test_an_unknown_id_registered_elsewhere_is_seen_after_the_next_look(st
         await c.close()
 
 
-async def test_a_look_never_puts_back_what_this_server_wrote_meanwhile(store: Store) -> None:
+async def test_a_look_never_puts_back_what_this_server_wrote_meanwhile(tmp_path: Path) -> None:
+    """The look's query is held (the store frozen with SIGSTOP) while this server writes the
+    task and a Find caches the write: the look's older read must not replace it."""
+    nx = NxServer(tmp_path / "nx")
+    nx.start()
+    store = Store(nx.uri, f"t_{uuid.uuid4().hex[:8]}", server_selection_timeout=30)
     clock = ManualClock()
-    async with serving(store, clock=clock, find_cache_ttl=TTL) as server:
-        finder = server.handler.finder
-        c = await client(server)
-        await c.register(RECORD)
-        await finder.look()
-        assert (await c.find("1234567"))["status"] == "running"
-        await write_registered(store, "1234567", {"status": "a"}, {}, create=False, now_ms=now_ms())
-        looking = asyncio.create_task(finder.look())  # will read "a"
-        await async_wait_for(lambda: finder.looking, every=0.0005)
-        # meanwhile this server writes "b" (invalidate) and a Find reads it back (put)
-        await c.update({"id": "1234567", "status": "b"})
-        fresh = dict(await c.find("1234567"))
-        finder.cache.put("1234567", fresh)
-        await looking
-        assert finder.cache.get("1234567") == fresh, "the look's older read was not put"
-        assert (await c.find("1234567"))["status"] == "b"
-        await c.close()
+    try:
+        await store.ensure_indexes()
+        async with serving(store, clock=clock, find_cache_ttl=TTL) as server:
+            finder = server.handler.finder
+            c = await client(server)
+            await c.register(RECORD)
+            await finder.look()
+            assert (await c.find("1234567"))["status"] == "running"
+            await write_registered(
+                store, "1234567", {"status": "a"}, {}, create=False, now_ms=now_ms()
+            )
+            assert nx.proc is not None
+            nx.proc.send_signal(signal.SIGSTOP)
+            try:
+                looking = asyncio.create_task(finder.look())  # will read "a"
+                await async_wait_for(lambda: finder.looking, every=0.0005)
+                await asyncio.sleep(0.2)  # its query is out, held by the frozen store
+                # what a Register/Update over TCP does once written, then a Find re-reading it
+                finder.invalidate("1234567")
+                fresh = {"name": "abc", "status": "b"}  # its written state, re-read
+            finally:
+                nx.proc.send_signal(signal.SIGCONT)
+            finder.cache.put("1234567", fresh)
+            await looking
+            assert finder.looks >= 2
+            assert finder.cache.get("1234567") == fresh, "the look's older read was not put"
+            await c.close()
+    finally:
+        await store.close()
+        nx.stop()
 
 
 async def test_more_changes_than_a_look_reads_break_the_chain(store: Store) -> None:
