@@ -74,8 +74,11 @@ class FindCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, task_id: str) -> Cached:
-        """The fields (None: known not to exist), or :data:`MISS` if absent or expired."""
+    def get(self, task_id: str, *, count_miss: bool = True) -> Cached:
+        """The fields (None: known not to exist), or :data:`MISS` if absent or expired.
+
+        ``count_miss`` False: a look before the real lookup, which counts the miss itself.
+        """
         entry = self._entries.get(task_id)
         if entry is not None:
             if self._fresh(entry[0], self.clock()):
@@ -83,7 +86,8 @@ class FindCache:
                 self.hits += 1
                 return entry[1]
             del self._entries[task_id]
-        self.misses += 1
+        if count_miss:
+            self.misses += 1
         return MISS
 
     def _fresh(self, read_at: float, now: float) -> bool:
