@@ -60,11 +60,16 @@ log = structlog.get_logger("taskdash.daemon")
 
 
 def nsqd_http_address(cfg: NsqSettings) -> str:
-    """Where to publish: configured, else the first nsqd's host on nsqd's default HTTP port."""
+    """Where to publish: configured, else the first nsqd's host on nsqd's default HTTP port.
+
+    With ``tls`` the default is nsqd's HTTPS port (``--https-address``, 4152): an nsqd that
+    requires TLS refuses its plain HTTP port.
+    """
     if cfg.nsqd_http_address:
         return cfg.nsqd_http_address
     if cfg.nsqd_tcp_addresses:
-        return f"http://{cfg.nsqd_tcp_addresses[0].rsplit(':', 1)[0]}:4151"
+        scheme, port = ("https", 4152) if cfg.tls else ("http", 4151)
+        return f"{scheme}://{cfg.nsqd_tcp_addresses[0].rsplit(':', 1)[0]}:{port}"
     return ""
 
 
