@@ -51,6 +51,7 @@ from taskdash.store import Store, users
 from taskdash.store.embedded import EmbeddedMongo
 from taskdash.store.monitor import StoreMonitor, probe_timeout
 from taskdash.systemd import Notifier
+from taskdash.watchdog import WatchdogPings
 from taskdash.web.app import make_app, server_options
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
@@ -472,6 +473,13 @@ class Daemon:
         self._begin_stop()
         self.stop_requested.set()
 
+    async def _start_watchdog_pings(self) -> None:
+        """``WATCHDOG=1`` from the loop, before anything else starts and stopped last."""
+        pings = WatchdogPings(self.notifier)
+        if pings.enabled:
+            await pings.start()
+            self._started("systemd_watchdog", pings.stop)
+
     async def _run_start(self) -> bool:
         """Start, unless a stop request comes first; False if the start failed or was cut short."""
         starting = asyncio.create_task(self.start(), name="daemon_start")
@@ -499,6 +507,7 @@ class Daemon:
         """
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        await self._start_watchdog_pings()
         try:
             started = await self._run_start()
         except Exception:
