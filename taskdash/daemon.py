@@ -21,12 +21,12 @@ import time
 from typing import Any
 
 import structlog
-import tornado.httpserver
 import tornado.web
 
 from taskdash.background import Background
 from taskdash.checker import Checker
 from taskdash.cookie_secret import cookie_secret
+from taskdash.draining import DrainingHTTPServer
 from taskdash.errors import StoreError, StoreUnavailable, TaskDashError
 from taskdash.fetcher import Fetcher
 from taskdash.health import Health
@@ -222,17 +222,17 @@ class Daemon:
     ) -> int:  # fmt: skip
         """Serve ``app`` on ``host:port`` as component ``name``; returns the bound port.
 
-        A taken port is one line naming ``setting``. Stopping closes every connection; after
-        the shutdown budget only the listener is closed.
+        A taken port is one line naming ``setting``. Stopping answers the requests already read
+        (within half the shutdown budget), then closes every connection; after the budget only
+        the listener is closed.
         """
         sockets = bind_setting(setting, host, port)
-        server = tornado.httpserver.HTTPServer(app, **options)
+        server = DrainingHTTPServer(app, **options)
         server.add_sockets(sockets)
         bound: int = sockets[0].getsockname()[1]
 
-        async def stop() -> None:
-            server.stop()
-            await server.close_all_connections()
+        async def stop() -> None:  # requests already read are answered first
+            await server.drain(self.settings.daemon.shutdown_timeout / 2)
 
         async def abort() -> None:
             server.stop()
