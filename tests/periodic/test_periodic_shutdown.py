@@ -7,8 +7,8 @@ from __future__ import annotations
 import itertools
 import json
 import socket
-import threading
 from pathlib import Path
+from threading import Thread
 
 import grpc
 from support import wait_for
@@ -63,8 +63,7 @@ def test_sigterm_while_calls_flow_keeps_every_acknowledged_task(
             auth = register_and_start(pb_grpc.PeriodicTaskStub(channel))
         numbers, acked, errors = itertools.count(), [], []
         args = (service.grpc_target, auth, numbers, acked, errors)
-        worker = threading.Thread
-        workers = [worker(target=create_until_refused, args=args) for _ in range(WORKERS)]
+        workers = [Thread(target=create_until_refused, args=args) for _ in range(WORKERS)]
         for worker in workers:
             worker.start()
         wait_for(lambda: len(acked) >= 200, timeout=60)
