@@ -21,12 +21,12 @@ import time
 from typing import Any
 
 import structlog
-import tornado.httpserver
 import tornado.web
 
 from taskdash.background import Background
 from taskdash.checker import Checker
 from taskdash.cookie_secret import cookie_secret
+from taskdash.draining import DrainingHTTPServer
 from taskdash.errors import StoreError, StoreUnavailable, TaskDashError
 from taskdash.fetcher import Fetcher
 from taskdash.health import Health
@@ -51,6 +51,7 @@ from taskdash.store import Store, users
 from taskdash.store.embedded import EmbeddedMongo
 from taskdash.store.monitor import StoreMonitor, probe_timeout
 from taskdash.systemd import Notifier
+from taskdash.watchdog import WatchdogPings
 from taskdash.web.app import make_app, server_options
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
@@ -226,17 +227,17 @@ class Daemon:
     ) -> int:  # fmt: skip
         """Serve ``app`` on ``host:port`` as component ``name``; returns the bound port.
 
-        A taken port is one line naming ``setting``. Stopping closes every connection; after
-        the shutdown budget only the listener is closed.
+        A taken port is one line naming ``setting``. Stopping answers the requests already read
+        (within half the shutdown budget), then closes every connection; after the budget only
+        the listener is closed.
         """
         sockets = bind_setting(setting, host, port)
-        server = tornado.httpserver.HTTPServer(app, **options)
+        server = DrainingHTTPServer(app, **options)
         server.add_sockets(sockets)
         bound: int = sockets[0].getsockname()[1]
 
-        async def stop() -> None:
-            server.stop()
-            await server.close_all_connections()
+        async def stop() -> None:  # requests already read are answered first
+            await server.drain(self.settings.daemon.shutdown_timeout / 2)
 
         async def abort() -> None:
             server.stop()
@@ -477,6 +478,13 @@ class Daemon:
         self._begin_stop()
         self.stop_requested.set()
 
+    async def _start_watchdog_pings(self) -> None:
+        """``WATCHDOG=1`` from the loop, before anything else starts and stopped last."""
+        pings = WatchdogPings(self.notifier)
+        if pings.enabled:
+            await pings.start()
+            self._started("systemd_watchdog", pings.stop)
+
     async def _run_start(self) -> bool:
         """Start, unless a stop request comes first; False if the start failed or was cut short."""
         starting = asyncio.create_task(self.start(), name="daemon_start")
@@ -504,6 +512,7 @@ class Daemon:
         """
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        await self._start_watchdog_pings()
         try:
             started = await self._run_start()
         except Exception:
