@@ -181,7 +181,7 @@ class Demo:
         pids = [f"{c.name} {c.pid}" for c in self.children]
         if self.mongo is not None and self.mongo.proc is not None:
             pids.insert(0, f"nx-27017 {self.mongo.proc.pid}")
-        services = "\n".join(f"                {s.id:<13} {s.description}" for s in self.services)
+        services = f"\n{'':16}".join(f"{s.id:<13} {s.description}" for s in self.services)
         return f"""
 TaskDash demo is running; Ctrl-C stops all of it.
 
@@ -189,9 +189,9 @@ TaskDash demo is running; Ctrl-C stops all of it.
   Login         {ADMIN} / {password}
 
   Services      (each a real HTTP server and NSQ publisher on {HOST})
-{services.lstrip()}
+                {services}
   Periodic      gRPC {HOST}:{ports.periodic_grpc}, HTTP http://{HOST}:{ports.periodic_http}
-                (queue {QUEUE}: a schedule every {self.timings.schedule_every:g} s)
+                (queue {QUEUE}: a schedule every {self.timings.schedule_every:.3g} s)
   TCP           {HOST}:{ports.tcp} (tasks demo-tcp-sync, demo-tcp-backup, daily windows in UTC)
   NSQ           nsqd http://{HOST}:{ports.nsqd_http}
   Config        {path} (loopback allowed to the fetcher there)

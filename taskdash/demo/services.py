@@ -135,7 +135,9 @@ class SimulatedService:
         self._started_at = time.monotonic()
         sockets = tornado.netutil.bind_sockets(0, HOST)
         self._server = tornado.httpserver.HTTPServer(
-            tornado.web.Application([(r"/tasks", _Metadata, {"service": self})])
+            tornado.web.Application(
+                [(r"/tasks", _Metadata, {"service": self})], log_function=lambda _handler: None
+            )
         )
         self._server.add_sockets(sockets)
         self.port = int(sockets[0].getsockname()[1])
@@ -210,21 +212,21 @@ def simulated(nsq: NsqSettings, t: Timings) -> list[SimulatedService]:
         make("steady", "beats steadily, answers at once", Behaviour(), "ingest", "report", "sync"),
         make(
             "flaky",
-            f"beats {t.flaky_up:g} s, then is silent {t.flaky_down:g} s: stale, then back",
+            f"beats {t.flaky_up:.3g} s, then is silent {t.flaky_down:.3g} s: stale, then back",
             Behaviour(flaps=(t.flaky_up, t.flaky_down)),
             "crawl",
             "index",
         ),
         make(
             "slow",
-            f"answers its URL in {t.slow_delay:g} s, every third time too late",
+            f"answers its URL in {t.slow_delay:.3g} s, every third time too late",
             Behaviour(delays=(t.slow_delay, t.slow_delay, t.slow_stall)),
             "render",
             "encode",
         ),
         make(
             "doomed",
-            f"dies {t.doomed_after:g} s after the start: stale, then offline",
+            f"dies {t.doomed_after:.3g} s after the start: stale, then offline",
             Behaviour(dies_after=t.doomed_after),
             "migrate",
             "vacuum",
