@@ -3,12 +3,14 @@ dashboard shows every part moving, and which Ctrl-C stops with no process left b
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,14 @@ DEMO_SERVICES = {"demo-steady", "demo-flaky", "demo-slow", "demo-doomed", "demo-
 
 
 class DemoProcess:
-    """``taskdash demo --speed 3``, its stdout read line by line as it comes."""
+    """``taskdash demo --speed 3 [args]``, its stdout read line by line as it comes."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
-        self.stderr = tmp / "demo.stderr"
+        self.stderr = tmp / f"demo-{time.monotonic_ns()}.stderr"
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
-                [str(VENV_BIN / "taskdash"), "demo", "--speed", "3"],
+                [str(VENV_BIN / "taskdash"), "demo", "--speed", "3", *args],
                 stdout=subprocess.PIPE,
                 stderr=err,
                 env=env,
@@ -56,6 +58,16 @@ class DemoProcess:
             return None
 
         return str(wait_for(found, timeout=90, every=0.2))
+
+    def logged(self, event: str, **fields: Any) -> bool:
+        """Whether the demo logged ``event`` (JSON lines on stdout) with ``fields``."""
+        for line in list(self.lines):
+            if not line.startswith("{"):
+                continue
+            entry = json.loads(line)
+            if entry.get("event") == event and fields.items() <= entry.items():
+                return True
+        return False
 
     def output(self) -> str:
         return "\n".join(self.lines) + "\n" + self.stderr.read_text(errors="replace")
@@ -162,4 +174,40 @@ def test_a_taken_web_port_fails_before_anything_starts(
         code = main(["demo", "--web-port", str(port), "--data-dir", str(data_dir)])
     assert code == 1
     assert f"--web-port {port} is already in use on 127.0.0.1" in capsys.readouterr().err
+    assert pids_with_arg(str(data_dir)) == []
+
+
+def test_sigterm_during_the_start_stops_what_started(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    demo = DemoProcess(tmp_path, "--data-dir", str(data_dir))
+    wait_for(lambda: demo.logged("demo_child_started", child="daemon"), timeout=60, every=0.1)
+    assert pids_with_arg(str(data_dir))
+    demo.proc.send_signal(signal.SIGTERM)
+    assert demo.proc.wait(timeout=30) == 0, demo.output()
+    assert pids_with_arg(str(data_dir)) == []
+    assert (data_dir / "demo.toml").exists()  # a --data-dir is kept
+
+
+def test_a_reused_data_dir_runs_again_and_a_dead_child_ends_the_demo(tmp_path: Path) -> None:
+    """--duration ends a first run by itself; a second run on its data (the admin, the worker's
+    registration, queue and schedule exist) gets a new password; when a child dies, the demo
+    says which and where its log is, stops the rest and exits 1."""
+    data_dir = tmp_path / "data"
+    first = DemoProcess(tmp_path, "--data-dir", str(data_dir), "--duration", "2")
+    first.banner("Dashboard")
+    assert first.proc.wait(timeout=30) == 0, first.output()
+    assert first.logged("demo_duration_reached")
+    again = DemoProcess(tmp_path, "--data-dir", str(data_dir))
+    try:
+        name, password = again.banner("Login").split(" / ")
+        login(again.banner("Dashboard"), name, password)
+        wait_for(lambda: again.logged("demo_worker_completed"), timeout=30)
+        daemon = int(re.findall(r"daemon (\d+)", again.banner("Processes"))[0])
+    except BaseException:
+        again.proc.kill()
+        raise
+    os.kill(daemon, signal.SIGKILL)
+    assert again.proc.wait(timeout=30) == 1, again.output()
+    log = data_dir / "logs" / "daemon.log"
+    assert f"taskdash: demo: daemon was killed by SIGKILL (see {log})" in again.output()
     assert pids_with_arg(str(data_dir)) == []

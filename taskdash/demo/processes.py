@@ -27,6 +27,16 @@ class ChildFailed(TaskDashError):
     """A child exited while the demo needed it."""
 
 
+def ending(code: int) -> str:
+    """How a child ended, from its return code (negative: the signal that killed it)."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
 def taskdash_command() -> list[str]:
     """This very ``taskdash``: the interpreter running the demo, so a venv is kept."""
     return [sys.executable, "-m", "taskdash"]
@@ -75,10 +85,10 @@ class Child:
 
     def check_alive(self) -> None:
         """ChildFailed if it has exited."""
-        if self.proc is not None and self.proc.returncode is not None:
-            raise ChildFailed(
-                f"{self.name} exited with code {self.proc.returncode} (see {self.log_path})"
-            )
+        code = self.exited
+        if code is None:
+            return
+        raise ChildFailed(f"{self.name} {ending(code)} (see {self.log_path})")
 
     async def stop(self, timeout: float) -> int | None:
         """SIGTERM, wait up to ``timeout``, then SIGKILL; reaped either way. Idempotent."""
