@@ -138,6 +138,9 @@ def test_demo_shows_every_part_moving_and_stops_cleanly_on_ctrl_c(tmp_path: Path
         raise
     demo.proc.send_signal(signal.SIGINT)
     assert demo.proc.wait(timeout=30) == 0, demo.output()
+    for child in ("periodic", "daemon"):  # each stopped by its own clean shutdown
+        assert demo.logged("demo_child_stopped", child=child, exit_code=0), demo.output()
+    assert demo.logged("embedded_mongodb_stopped", returncode=0)
     wait_for(lambda: not any(pid_alive(p) for p in children), timeout=5)
     assert pids_with_arg(str(data_dir)) == []
     assert not data_dir.exists()  # a temporary data directory is removed

@@ -4,6 +4,7 @@ real broker and a real HTTP client), the TCP tasks' windows, the worker's outcom
 from __future__ import annotations
 
 import json
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,13 +14,14 @@ from ingest_helpers import running_broker
 
 from taskdash import windows
 from taskdash.demo import config
+from taskdash.demo.processes import ending
 from taskdash.demo.services import Behaviour, SimulatedService, cycling_tasks, simulated
 from taskdash.demo.tcp_tasks import tcp_tasks
 from taskdash.demo.timing import Timings
-from taskdash.demo.worker import FAIL_EVERY, outcome
+from taskdash.demo.worker import FAIL_EVERY, Worker, WorkerError, outcome
 from taskdash.fetcher.errors import Refused
 from taskdash.fetcher.rules import Rules
-from taskdash.settings import NsqSettings
+from taskdash.settings import NsqSettings, PeriodicSettings, Settings
 from taskdash.testing import Subscriber
 
 
@@ -148,3 +150,25 @@ def test_tcp_tasks_one_inside_its_window_one_running_outside() -> None:
 def test_every_fifth_task_fails() -> None:
     assert [outcome(n) for n in range(2 * FAIL_EVERY)].count(False) == 2
     assert not outcome(FAIL_EVERY - 1)
+
+
+async def test_a_worker_with_no_periodic_service_fails_in_one_line(tmp_path: Path) -> None:
+    free = config.Ports.pick()
+    settings = Settings(
+        periodic=PeriodicSettings(grpc_port=free.periodic_grpc, http_port=free.periodic_http),
+        nsq=NsqSettings(nsqd_http_address=f"http://127.0.0.1:{free.nsqd_http}"),
+    )
+    worker = Worker(settings, Timings(), tmp_path)
+    try:
+        with pytest.raises(WorkerError, match=r"^periodic service: UNAVAILABLE: "):
+            await worker.start()
+    finally:
+        await worker.stop()
+    assert not (tmp_path / "demo-worker.secret").exists()
+
+
+def test_how_a_child_ended() -> None:
+    assert ending(0) == "exited with code 0"
+    assert ending(2) == "exited with code 2"
+    assert ending(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert ending(-200) == "was killed by signal 200"

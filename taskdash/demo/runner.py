@@ -77,7 +77,7 @@ async def http_ok(url: str) -> bool:
     client = tornado.httpclient.AsyncHTTPClient()
     try:
         response = await client.fetch(url, raise_error=False, request_timeout=5.0)
-    except OSError:
+    except (OSError, tornado.httpclient.HTTPClientError):  # refused; no answer in time (599)
         return False
     return response.code == 200
 

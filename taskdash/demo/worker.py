@@ -81,6 +81,16 @@ class Worker:
         await self.service.start()
         self._channel = grpc.aio.insecure_channel(self.target)
         self._stub = pb_grpc.PeriodicTaskStub(self._channel)
+        try:
+            await self._set_up()
+        except grpc.aio.AioRpcError as exc:
+            raise WorkerError(f"periodic service: {exc.code().name}: {exc.details()}") from None
+        except tornado.httpclient.HTTPClientError as exc:  # no answer (599)
+            raise WorkerError(f"periodic service: schedule not created: {exc}") from None
+        await self._loop.start()
+        log.info("demo_worker_started", queue=QUEUE, every=self.timings.schedule_every)
+
+    async def _set_up(self) -> None:
         secret = await self._secret()
         self._auth = {"service_name": SERVICE_NAME, "secret": secret, "queue_name": QUEUE}
         await self._queue()
@@ -89,19 +99,13 @@ class Worker:
             await self._stub.CreateTask(
                 pb.CreateTaskRequest(**self._auth, task_type=f"demo.{name}", task_data="{}")
             )
-        await self._loop.start()
-        log.info("demo_worker_started", queue=QUEUE, every=self.timings.schedule_every)
 
     async def _secret(self) -> str:
         """Registered once per data directory: the secret is handed out only once."""
         if self.secret_path.exists():
             return self.secret_path.read_text(encoding="utf-8").strip()
-        try:
-            reply = await self._stub.ServiceRegistry(
-                pb.ServiceRegistryRequest(service_name=SERVICE_NAME)
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise WorkerError(f"periodic ServiceRegistry refused: {exc.details()}") from None
+        request = pb.ServiceRegistryRequest(service_name=SERVICE_NAME)
+        reply = await self._stub.ServiceRegistry(request)
         fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(reply.secret)
@@ -110,12 +114,11 @@ class Worker:
     async def _queue(self) -> None:
         """Create the queue (it may exist from an earlier run) and serve it on this node."""
         try:
-            await self._stub.CreatePeriodicTaskQueue(
-                pb.CreatePeriodicTaskQueueRequest(**self._auth)
-            )
+            request = pb.CreatePeriodicTaskQueueRequest(**self._auth)
+            await self._stub.CreatePeriodicTaskQueue(request)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-                raise WorkerError(f"periodic CreatePeriodicTaskQueue: {exc.details()}") from None
+                raise
         await self._stub.StartPeriodicTaskQueue(pb.StartPeriodicTaskQueueRequest(**self._auth))
 
     async def _schedule(self, secret: str) -> None:
