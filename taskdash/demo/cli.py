@@ -28,8 +28,8 @@ Examples:
   taskdash demo --web-port 8080 --data-dir ./demo-data
   taskdash demo --speed 3 --duration 60        everything three times faster, for a minute
 
-The demo writes its own config (demo.toml in the data directory) and ignores TASKDASH_*
-variables. Exit codes: 0 stopped by Ctrl-C, SIGTERM or --duration; 1 a part failed to start
+The demo writes its own config (demo.toml in the data directory); TASKDASH_* variables
+are not passed on to the parts it starts. Exit codes: 0 stopped by Ctrl-C, SIGTERM or --duration; 1 a part failed to start
 or died (its log is named); 2 bad arguments."""
 
 
