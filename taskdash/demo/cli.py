@@ -29,8 +29,9 @@ Examples:
   taskdash demo --speed 3 --duration 60        everything three times faster, for a minute
 
 The demo writes its own config (demo.toml in the data directory); TASKDASH_* variables
-are not passed on to the parts it starts. Exit codes: 0 stopped by Ctrl-C, SIGTERM or --duration; 1 a part failed to start
-or died (its log is named); 2 bad arguments."""
+are not passed on to the parts it starts.
+Exit codes: 0 stopped by Ctrl-C, SIGTERM or --duration; 1 a part failed to start or died
+(its log is named); 2 bad arguments."""
 
 
 def _number(low: float, high: float, kind: Callable[[str], Any] = float) -> Callable[[str], Any]:
