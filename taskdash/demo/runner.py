@@ -131,12 +131,14 @@ class Demo:
         await mongo.start()
         return await ensure_admin(settings)
 
-    async def _start_child(self, name: str, args: list[str], ready_url: str) -> Child:
+    async def _start_child(
+        self, name: str, args: list[str], ready_url: str, settings: Settings
+    ) -> Child:
         child = Child(name, args, self.data_dir / "logs" / f"{name}.log")
         self.children.append(child)
 
         async def stop() -> None:
-            await child.stop(5.0 + STOP_MARGIN)  # [daemon] shutdown_timeout in demo.toml
+            await child.stop(settings.daemon.shutdown_timeout + STOP_MARGIN)
 
         self._started(name, stop)
         await child.start()
@@ -167,9 +169,9 @@ class Demo:
         password = await self._start_store(settings, ports)
         cfg = ["--config", str(path)]
         web = f"http://{HOST}:{ports.web}"
-        await self._start_child("daemon", ["run", *cfg], f"{web}/readyz")
+        await self._start_child("daemon", ["run", *cfg], f"{web}/readyz", settings)
         periodic = f"http://{HOST}:{ports.periodic_http}"
-        await self._start_child("periodic", ["periodic", *cfg], f"{periodic}/readyz")
+        await self._start_child("periodic", ["periodic", *cfg], f"{periodic}/readyz", settings)
         await self._start_services(settings)
         tcp = TcpTasks(ports.tcp, self.timings.tcp_update_every)
         self._started("tcp_tasks", tcp.stop)
