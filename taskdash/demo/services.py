@@ -23,6 +23,7 @@ import tornado.web
 from taskdash.background import Background
 from taskdash.demo.config import HOST
 from taskdash.demo.timing import Timings
+from taskdash.logs import RateLimitedLog
 from taskdash.models import HeartBeat, TaskService
 from taskdash.nsq.announce import PublishError, encode, publish
 from taskdash.settings import NsqSettings
@@ -119,6 +120,9 @@ class SimulatedService:
     _server: tornado.httpserver.HTTPServer | None = None
     _loop: Background | None = None
     _session: requests.Session = field(default_factory=requests.Session)
+    _publish_failed: RateLimitedLog = field(
+        default_factory=lambda: RateLimitedLog(log, "demo_publish_failed")
+    )
 
     @property
     def url(self) -> str:
@@ -149,8 +153,8 @@ class SimulatedService:
         nsqd_http = self.nsq.nsqd_http_address
         try:
             await asyncio.to_thread(publish, nsqd_http, topic, body, session=self._session)
-        except PublishError as exc:
-            log.warning("demo_publish_failed", service_id=self.id, error=str(exc))
+        except PublishError as exc:  # the broker away: said at most every 10 s per service
+            self._publish_failed(service_id=self.id, error=str(exc))
             return False
         return True
 
