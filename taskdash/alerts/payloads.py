@@ -88,6 +88,16 @@ def slack(delivery: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _stored_int(value: Any) -> Any:
+    """Numbers read back from the store may be BSON's Int64, an int subclass msgspec refuses."""
+    if isinstance(value, int):
+        return int(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_stored_int)
+
+
 def body(fmt: str, delivery: dict[str, Any]) -> bytes:
     """The request body for a webhook of format ``fmt`` (``json`` or ``slack``)."""
-    return msgspec.json.encode(slack(delivery) if fmt == "slack" else event(delivery))
+    return _ENCODER.encode(slack(delivery) if fmt == "slack" else event(delivery))
