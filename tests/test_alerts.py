@@ -8,6 +8,7 @@ scripts them. Time is moved by the clock, never waited for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -87,8 +88,8 @@ class _Hook(tornado.web.RequestHandler):
         self.finish("ok" if answer == 200 else "receiver says no")
 
 
-@pytest.fixture
-async def receivers() -> AsyncIterator[Any]:
+@contextlib.asynccontextmanager
+async def started_receivers() -> AsyncIterator[Any]:
     """Start receivers on demand; all stopped at the end."""
     started: list[tuple[tornado.httpserver.HTTPServer, Receiver]] = []
 
@@ -103,10 +104,18 @@ async def receivers() -> AsyncIterator[Any]:
         started.append((server, receiver))
         return receiver
 
-    yield start
-    for server, receiver in started:
-        receiver.release.set()
-        server.stop()
+    try:
+        yield start
+    finally:
+        for server, receiver in started:
+            receiver.release.set()
+            server.stop()
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[Any]:
+    async with started_receivers() as start:
+        yield start
 
 
 def loopback_rules(**overrides: Any) -> Rules:
