@@ -25,6 +25,7 @@ import tornado.web
 
 from taskdash.alerts import enqueue
 from taskdash.alerts.dispatcher import Dispatcher
+from taskdash.alerts.fanout import FanOut
 from taskdash.alerts.signing import HEADER, verify
 from taskdash.checker import Checker
 from taskdash.fetcher.rules import Rules
@@ -452,3 +453,17 @@ async def test_a_redirect_is_not_followed(store: Store, receivers: Any) -> None:
     (shown,) = await deliveries(store, "s")
     assert shown["state"] == "failed" and "redirects are not followed" in shown["last_error"]
     assert len(receiver.requests) == 1
+
+
+async def test_a_delivery_claimed_meanwhile_is_not_claimed_again(store: Store) -> None:
+    """Two daemons read the same due ids; the one that claims second gets none of them."""
+    clock = Clock()
+    await enqueue(store, kind="service.stale", subject="s", details={}, key="k", at=to_ms(T0))
+    await FanOut(store, alerts(WebhookSettings(name="ops", url="http://127.0.0.1:9/"))).once(
+        to_ms(clock.now)
+    )
+    now = to_ms(clock.now)
+    ids = ["k|ops"]
+    first = await outbox.claim_ids(store, outbox.DELIVERIES, ids, now=now, until=now + 10, inc={})
+    second = await outbox.claim_ids(store, outbox.DELIVERIES, ids, now=now, until=now + 10, inc={})
+    assert [d["_id"] for d in first] == ids and second == []

@@ -98,15 +98,24 @@ async def _claim(
     store: Store, name: str, now: int, until: int, limit: int, inc: Doc, only: Doc | None = None
 ) -> list[Doc]:
     """Claim up to ``limit`` due documents of ``name`` (matching ``only``) until ``until``."""
-    token = uuid.uuid4().hex
-    collection = store[name]
     due = {"due": {"$lte": now}, **(only or {})}
-    ids = [d["_id"] async for d in collection.find(due, {"_id": 1}).limit(limit)]
-    if not ids:
-        return []
+    ids = [d["_id"] async for d in store[name].find(due, {"_id": 1}).limit(limit)]
+    return await claim_ids(store, name, ids, now=now, until=until, inc=inc) if ids else []
+
+
+async def claim_ids(
+    store: Store, name: str, ids: list[Any], *, now: int, until: int, inc: Doc
+) -> list[Doc]:
+    """Claim those of ``ids`` still due at ``now``; the ones this call won, oldest first.
+
+    The ids were read a moment ago, and another daemon may have claimed some since: only
+    the condition on ``due`` in the update, checked atomically per document, decides.
+    """
+    token = uuid.uuid4().hex
     update: Doc = {"$set": {"due": until, "claim": token}}
     if inc:
         update["$inc"] = inc
+    collection = store[name]
     await collection.update_many({"_id": {"$in": ids}, "due": {"$lte": now}}, update)
     return [doc async for doc in collection.find({"claim": eq(token)}).sort("at", ASCENDING)]
 
