@@ -22,6 +22,7 @@ import tornado.httpserver
 import tornado.httputil
 import tornado.netutil
 import tornado.web
+from fetcher_site import T0, Clock
 
 from taskdash.alerts import enqueue
 from taskdash.alerts.dispatcher import Dispatcher
@@ -36,22 +37,7 @@ from taskdash.store import alerts as outbox
 from taskdash.store.services import record_heartbeats, register_services
 from taskdash.store.times import to_ms
 
-T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SECRET = "s3cret-for-tests-only"
-
-
-class Clock:
-    """The daemons' clock, moved by the test instead of by waiting."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
 
 
 @dataclass
