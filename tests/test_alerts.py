@@ -241,11 +241,12 @@ async def test_old_state_changes_are_not_alerted(store: Store, receivers: Any) -
     await record_heartbeats(store, {"old": (1, clock.now)})
     await checker.check_once()
     clock.advance(3601)
+    await checker.check_once()  # online -> stale now: news
     sender = dispatcher(store, alerts(hook(receiver), max_event_age=3600), clock, node_id="d1")
     await sender.once()
-    assert receiver.requests == []
-    (change,) = [d async for d in store.service_events.find({})]
-    assert change["alerted"] == "too_old"
+    assert [b["kind"] for b in receiver.bodies()] == ["service.stale"]
+    marks = {d["to"]: d["alerted"] async for d in store.service_events.find({})}
+    assert marks == {"online": "too_old", "stale": "queued"}
 
 
 # --- retries and timeouts --------------------------------------------------------------------

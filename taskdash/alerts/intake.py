@@ -12,17 +12,19 @@ from __future__ import annotations
 from taskdash.alerts.outbox import enqueue
 from taskdash.settings import AlertsSettings
 from taskdash.store import Store
-from taskdash.store.alerts import mark_alerted, unalerted_service_events
+from taskdash.store.alerts import (
+    mark_alerted,
+    skip_old_service_events,
+    unalerted_service_events,
+)
 from taskdash.store.times import to_ms
 
 
 async def service_changes(store: Store, settings: AlertsSettings, now: int) -> int:
     """Turn one batch of new state changes into events; how many were enqueued."""
+    await skip_old_service_events(store, now - int(settings.max_event_age * 1000))
     changes = await unalerted_service_events(store, settings.batch_size)
-    oldest = now - int(settings.max_event_age * 1000)
-    too_old = [c["_id"] for c in changes if to_ms(c["at"]) < oldest]
-    fresh = [c for c in changes if to_ms(c["at"]) >= oldest]
-    for change in fresh:
+    for change in changes:
         await enqueue(
             store,
             kind=f"service.{change['to']}",
@@ -37,6 +39,5 @@ async def service_changes(store: Store, settings: AlertsSettings, now: int) -> i
             at=to_ms(change["at"]),
             keep_days=settings.keep_days,
         )
-    await mark_alerted(store, too_old, "too_old")
-    await mark_alerted(store, [c["_id"] for c in fresh], "queued")
-    return len(fresh)
+    await mark_alerted(store, [c["_id"] for c in changes])
+    return len(changes)

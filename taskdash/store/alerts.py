@@ -224,6 +224,18 @@ async def record_attempt(store: Store, attempt: Doc, keep_days: float) -> None:
         await store[ATTEMPTS].insert_one(attempt)
 
 
+async def skip_old_service_events(store: Store, before: int) -> int:
+    """Mark the state changes from before ``before`` (epoch ms) that will never be alerted.
+
+    One update however long the history (the first start with alerts on a store that has
+    30 days of it), so that no backlog delays the changes that are news.
+    """
+    query = {"alerted": eq(None), "at": {"$lt": from_ms(before)}}
+    async with translated("skip_old_service_events"):
+        result = await store.service_events.update_many(query, {"$set": {"alerted": "too_old"}})
+    return result.modified_count
+
+
 async def unalerted_service_events(store: Store, limit: int) -> list[Doc]:
     """State changes not yet turned into alert events, oldest first."""
     async with translated("unalerted_service_events"):
@@ -231,12 +243,12 @@ async def unalerted_service_events(store: Store, limit: int) -> list[Doc]:
         return sorted([doc async for doc in cursor], key=lambda d: d["at"])
 
 
-async def mark_alerted(store: Store, ids: list[Any], how: str) -> None:
-    """Those state changes are events now (``how`` = "queued") or never will be ("too_old")."""
+async def mark_alerted(store: Store, ids: list[Any]) -> None:
+    """Those state changes are alert events now."""
     if ids:
         async with translated("mark_service_events_alerted"):
             await store.service_events.update_many(
-                {"_id": {"$in": ids}}, {"$set": {"alerted": how}}
+                {"_id": {"$in": ids}}, {"$set": {"alerted": "queued"}}
             )
 
 
