@@ -11,7 +11,6 @@ carries its event ``id`` to deduplicate on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -42,7 +41,7 @@ def backoff_ms(settings: AlertsSettings, attempt: int) -> int:
 
 
 class Dispatcher:
-    """Runs :meth:`once` every ``poll_interval`` (at once after :meth:`kick`)."""
+    """Runs :meth:`once` every ``poll_interval``."""
 
     def __init__(
         self,
@@ -64,7 +63,6 @@ class Dispatcher:
         self.counts = {DELIVERED: 0, RETRY: 0, FAILED: 0, REFUSED: 0}
         self.last_error = ""
         self._indexes = False
-        self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(settings.concurrency)
         self._loop_task = Background("alerts", self._loop)
 
@@ -161,10 +159,6 @@ class Dispatcher:
             lost_claim=not kept or None,
         )
 
-    def kick(self) -> None:
-        """Look now rather than at the next interval."""
-        self._wake.set()
-
     def check(self) -> tuple[bool, dict[str, Any]]:
         """Readiness details: attempts by outcome since start, the last store error."""
         details: dict[str, Any] = {"webhooks": len(self.hooks), "attempts": dict(self.counts)}
@@ -183,9 +177,7 @@ class Dispatcher:
                 self.last_error = str(exc)
             except Exception:
                 log.exception("alerts_round_crashed")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            await asyncio.sleep(self.settings.poll_interval)
 
     async def start(self) -> None:
         """Start in the background."""
