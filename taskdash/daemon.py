@@ -330,6 +330,19 @@ class Daemon:
         self.health.add("fetcher", fetcher.check)
         self._started("fetcher", fetcher.stop)
 
+    async def _start_alerts(self, store: Store) -> None:
+        """Webhooks for state changes and dead periodic tasks, under the fetcher's SSRF rules."""
+        if not self.settings.alerts.webhooks:
+            return
+        from taskdash.alerts.dispatcher import Dispatcher
+        from taskdash.fetcher.rules import Rules
+
+        rules = Rules.from_settings(self.settings.fetcher)
+        dispatcher = Dispatcher(store, self.settings.alerts, rules, node_id=self.node_id)
+        await dispatcher.start()
+        self.health.add("alerts", dispatcher.check)
+        self._started("alerts", dispatcher.stop)
+
     async def _start_tcp(self, store: Store) -> None:
         """The tcpx interface: it only needs the store. Started last, it is stopped first and
         drains within half the shutdown budget, so the parts stopped after it keep the rest."""
@@ -354,6 +367,7 @@ class Daemon:
         await self._start_first_admin(self.store)
         await self._start_ingestion(self.store)
         await self._start_fetcher(self.store)
+        await self._start_alerts(self.store)
         await self._start_tcp(self.store)
 
     async def stop(self) -> None:
