@@ -370,22 +370,7 @@ class NsqSettings(_Section):
         """The AUTH secret: ``auth_secret``, else the first line of ``auth_secret_file``."""
         if not self.auth_secret_file:
             return self.auth_secret
-        path = Path(self.auth_secret_file)
-        try:
-            mode = path.stat().st_mode
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            raise ValueError(f"auth_secret_file cannot be read: {path}: {reason}") from None
-        if mode & 0o077:
-            raise ValueError(
-                f"auth_secret_file {path} is readable by others (mode {mode & 0o777:o}): "
-                "chmod 600 it"
-            )
-        secret = text.strip()
-        if not secret:
-            raise ValueError(f"auth_secret_file {path} is empty")
-        return secret
+        return read_secret_file("auth_secret_file", self.auth_secret_file)
 
     def _require_distinct_ports(self) -> None:
         """Two embedded servers on one port: the second bind would fail at start."""
@@ -506,6 +491,57 @@ class PeriodicSettings(_Section):
             )
 
 
+class MetricsSettings(_Section):
+    """``/metrics`` (Prometheus) on the web port and on the periodic service's HTTP port."""
+
+    enabled: bool = True
+    # "" = open to whoever reaches the port; else scrapers send "Authorization: Bearer <token>"
+    token: str = ""
+    token_file: str = ""  # the token from a file (mode 0600), instead of ``token``
+    # services by state and periodic queue depths are counted in MongoDB at most this often
+    store_counts_ttl: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+
+    def __post_init__(self) -> None:
+        if self.token and self.token_file:
+            raise ValueError("token must be empty when token_file is set (keep one)")
+        if self.token and len(self.token) < METRICS_TOKEN_MIN:
+            raise ValueError(f"token must be at least {METRICS_TOKEN_MIN} characters (or empty)")
+        if self.token_file and len(self.bearer()) < METRICS_TOKEN_MIN:
+            raise ValueError(f"token_file must hold at least {METRICS_TOKEN_MIN} characters")
+
+    def bearer(self) -> str:
+        """The token scrapers must send ("" = open): ``token``, else ``token_file``'s."""
+        if not self.token_file:
+            return self.token
+        return read_secret_file("token_file", self.token_file)
+
+
+#: the shortest ``[metrics] token`` accepted (a guessable token is no protection)
+METRICS_TOKEN_MIN = 16
+
+
+def read_secret_file(key: str, name: str) -> str:
+    """A secret kept in a file: readable, private to its owner (mode 0600), not empty.
+
+    Raises ValueError naming ``key`` (the setting that points at the file).
+    """
+    path = Path(name)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ValueError(f"{key} cannot be read: {path}: {reason}") from None
+    if mode & 0o077:
+        raise ValueError(
+            f"{key} {path} is readable by others (mode {mode & 0o777:o}): chmod 600 it"
+        )
+    secret = text.strip()
+    if not secret:
+        raise ValueError(f"{key} {path} is empty")
+    return secret
+
+
 class Settings(_Section):
     """Every section; what :func:`load` returns."""
 
@@ -518,6 +554,7 @@ class Settings(_Section):
     checker: CheckerSettings = msgspec.field(default_factory=CheckerSettings)
     fetcher: FetcherSettings = msgspec.field(default_factory=FetcherSettings)
     periodic: PeriodicSettings = msgspec.field(default_factory=PeriodicSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
 
     def __post_init__(self) -> None:
         # A beat absorbed by the resolution is not stored: with a resolution near stale_after,

@@ -126,6 +126,7 @@ class Connection(asyncio.Protocol):
                 self._paused = False
                 transport.resume_reading()
             if frame.message_id == HEARTBEAT_ID:
+                self.server.heartbeats += 1
                 continue
             request = parse_request(frame)  # never raises: unreadable bytes are errid 1000
             try:
@@ -160,6 +161,8 @@ class TcpServer:
         self.connections: set[Connection] = set()
         self.port: int | None = None
         self.requests = 0
+        self.accepted = 0  # connections admitted, and heartbeat frames (for the metrics)
+        self.heartbeats = 0
         self.counts = {
             "refused_connections": 0,
             "frame_errors": 0,
@@ -209,6 +212,7 @@ class TcpServer:
             conn.transport.abort()
             return
         self.connections.add(conn)
+        self.accepted += 1
         self._gone.clear()
 
     def closed(self, conn: Connection) -> None:
