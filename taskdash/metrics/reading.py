@@ -1,0 +1,39 @@
+"""A ``/metrics`` page read back into values: for tests, scripts and ad-hoc checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Key = tuple[str, frozenset[tuple[str, str]]]
+
+
+class Scrape:
+    """Every sample of one exposition (Prometheus text), by name and labels."""
+
+    def __init__(self, text: str) -> None:
+        self.samples: dict[Key, float] = {}
+        self.families: set[str] = set()
+        for family in text_string_to_metric_families(text):
+            self.families.add(family.name)
+            for sample in family.samples:
+                self.samples[sample.name, frozenset(sample.labels.items())] = sample.value
+
+    @property
+    def names(self) -> set[str]:
+        """Every sample name (``x_total``, ``x_bucket``, ``x_count``...)."""
+        return {name for name, _ in self.samples}
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample with exactly these labels (0 when absent: a series not yet touched)."""
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def sum(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``."""
+        wanted = set(labels.items())
+        return sum(v for (n, found), v in self.samples.items() if n == name and wanted <= found)
+
+    def labelled(self, name: str) -> list[Mapping[str, str]]:
+        """The label sets ``name`` has samples for."""
+        return [dict(found) for n, found in self.samples if n == name]
