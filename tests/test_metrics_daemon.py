@@ -1,0 +1,152 @@
+"""``taskdash run``'s ``/metrics`` after real traffic: NSQ messages published to its broker,
+tcpx requests, API calls, a fetch, the checker; each counter moves by exactly what was sent.
+
+The daemon runs with ``[metrics] token`` set: the same run shows the 401 without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from support import DaemonProcess, daemon_env, daemon_token, http_get, running_daemon, wait_for
+
+from taskdash.metrics.reading import Scrape
+from taskdash.tcp.client import TcpClient
+
+TOKEN = "daemon-metrics-token-0123456789"
+SERVICE, HEARTBEAT = "taskdash.service", "taskdash.heartbeat"
+
+pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def listing() -> Iterator[str]:
+    """A task service's metadata URL on loopback (one task)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"tasks": [{"id": "m-1", "name": "metered"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/tasks"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def scrape(daemon: DaemonProcess) -> Scrape:
+    request = urllib.request.Request(
+        f"{daemon.web}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return Scrape(response.read().decode())
+
+
+def publish(env: dict[str, str], topic: str, body: bytes) -> None:
+    nsqd = f"http://127.0.0.1:{env['TASKDASH_NSQ__EMBEDDED_HTTP_PORT']}"
+    request = urllib.request.Request(f"{nsqd}/pub?topic={topic}", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+async def tcp_traffic(port: int) -> None:
+    """Register, Find (found and not), an unknown request, a heartbeat: one connection."""
+    async with TcpClient("127.0.0.1", port, timeout=20) as client:
+        assert (await client.register({"id": "tcp-m1", "name": "t"}))["errid"] == 0
+        assert (await client.find("tcp-m1"))["errid"] == 0
+        assert (await client.find("tcp-none"))["errid"] == 1002
+        assert (await client.request("Bogus", {"id": "x"}))["errid"] == 1000
+        await client.heartbeat()
+        assert (await client.find("tcp-m1"))["errid"] == 0  # after the heartbeat: it was read
+
+
+def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
+    env = daemon_env(
+        tmp_path,
+        TASKDASH_METRICS__TOKEN=TOKEN,
+        TASKDASH_METRICS__STORE_COUNTS_TTL=0,
+        TASKDASH_FETCHER__FETCH_INTERVAL=0.5,
+        TASKDASH_FETCHER__NODE_HEARTBEAT_INTERVAL=0.2,
+        TASKDASH_FETCHER__NODE_TIMEOUT=1,
+    )
+    with listing() as url, running_daemon(tmp_path, env) as daemon:
+        assert http_get(f"{daemon.web}/metrics")[0] == 401
+        assert http_get(f"{daemon.web}/metrics", token="wrong-token-0123456789")[0] == 401
+        before = scrape(daemon)
+        assert before.value("taskdash_services", state="unknown") == 0
+        assert before.value("taskdash_nsq_messages_received_total", topic=SERVICE) == 0
+
+        publish(env, SERVICE, json.dumps({"id": "svc-m", "url": url}).encode())
+        publish(env, SERVICE, b'{"id": 7}')  # poison: dead-lettered
+        publish(env, HEARTBEAT, b'{"id": "svc-m"}')
+
+        def settled() -> Scrape | None:
+            now = scrape(daemon)
+            done = now.sum("taskdash_nsq_processing_seconds_count")
+            return now if done == 3 else None
+
+        after = wait_for(settled, timeout=30)
+        messages = "taskdash_nsq_messages_total"
+        assert after.value("taskdash_nsq_messages_received_total", topic=SERVICE) == 2
+        assert after.value(messages, topic=SERVICE, outcome="stored") == 1
+        assert after.value(messages, topic=SERVICE, outcome="dead_lettered") == 1
+        assert after.value(messages, topic=SERVICE, outcome="requeued") == 0
+        assert after.value(messages, topic=HEARTBEAT, outcome="stored") == 1
+        assert after.value(messages, topic=HEARTBEAT, outcome="absorbed") == 0
+        assert after.value("taskdash_nsq_processing_seconds_count", topic=SERVICE) == 2
+        assert after.value("taskdash_nsq_processing_seconds_bucket", topic=SERVICE, le="+Inf") == 2
+        assert after.sum("taskdash_services") == 1
+
+        online = wait_for(
+            lambda: (s := scrape(daemon)).value("taskdash_services", state="online") == 1 and s
+        )
+        transitions = "taskdash_checker_transitions_total"
+        assert online.value(transitions, from_state="unknown", to_state="online") == 1
+        assert online.value("taskdash_checker_pass_duration_seconds_count") > 0
+        assert online.value("taskdash_checker_mode", mode="normal") == 1
+
+        fetched = wait_for(
+            lambda: (s := scrape(daemon)).value("taskdash_fetch_requests_total", result="ok") and s
+        )
+        assert fetched.value("taskdash_fetch_duration_seconds_count", outcome="ok") >= 1
+        assert fetched.value("taskdash_fetch_share_services") == 1
+
+        asyncio.run(tcp_traffic(int(env["TASKDASH_TCP__PORT"])))
+        tcp = scrape(daemon)
+        requests = "taskdash_tcp_requests_total"
+        assert tcp.value(requests, type="Register", errid="0") == 1
+        assert tcp.value(requests, type="Find", errid="0") == 2
+        assert tcp.value(requests, type="Find", errid="1002") == 1
+        assert tcp.value(requests, type="Unknown", errid="1000") == 1
+        assert tcp.sum(requests) == 5
+        assert tcp.value("taskdash_tcp_heartbeats_total") == 1
+        assert tcp.value("taskdash_tcp_connections_accepted_total") == 1
+
+        token = daemon_token(env)
+        for _ in range(3):
+            assert http_get(f"{daemon.web}/api/v1/services/svc-m", token=token)[0] == 200
+        route = "/api/v1/services/(?P<service_id>[^/]{1,1536})"
+        http = scrape(daemon)
+        total = "taskdash_http_requests_total"
+        assert http.value(total, route=route, method="GET", status="200") == 3
+        assert http.value(total, route="/metrics", method="GET", status="401") == 2
+        assert not [labels for labels in http.labelled(total) if "svc-m" in labels["route"]]
+        assert daemon.stop() == 0
