@@ -8,6 +8,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 Key = tuple[str, frozenset[tuple[str, str]]]
 
+#: the series names a family of each type is queried by
+SERIES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+    "info": ("_info",),
+}
+
 
 class Scrape:
     """Every sample of one exposition (Prometheus text), by name and labels."""
@@ -15,8 +23,12 @@ class Scrape:
     def __init__(self, text: str) -> None:
         self.samples: dict[Key, float] = {}
         self.families: set[str] = set()
+        #: every series name a query may use (``x_total``, ``x_bucket``...) -> its family
+        self.series: dict[str, str] = {}
         for family in text_string_to_metric_families(text):
             self.families.add(family.name)
+            for suffix in SERIES.get(family.type, ("",)):
+                self.series[family.name + suffix] = family.name
             for sample in family.samples:
                 self.samples[sample.name, frozenset(sample.labels.items())] = sample.value
 
