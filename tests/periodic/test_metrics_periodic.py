@@ -69,6 +69,9 @@ def test_periodic_metrics_after_real_calls(mongo_uri: str, tmp_path: Path) -> No
             with pytest.raises(grpc.RpcError) as refused:
                 stub.CreateTask(pb.CreateTaskRequest(**wrong, task_type="t", task_data="{}"))
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as unknown:  # a method nobody serves
+                channel.unary_unary("/PeriodicTask/Nope")(b"")
+            assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
             now = scrape(service)
             assert now.value(CALLS, method=rpc("ServiceRegistry"), code="OK") == 1
@@ -78,6 +81,7 @@ def test_periodic_metrics_after_real_calls(mongo_uri: str, tmp_path: Path) -> No
             assert now.value(CALLS, method=rpc("CreateTask"), code="UNAUTHENTICATED") == 1
             assert now.value(CALLS, method=rpc("GetTaskList"), code="OK") == 1
             assert now.value(CALLS, method=rpc("CompleteTask"), code="OK") == 2
+            assert now.sum(CALLS) == 11  # the unknown method is not counted: bounded labels
             count = "taskdash_grpc_request_duration_seconds_count"
             assert now.value(count, method=rpc("CreateTask")) == 5
             assert now.value("taskdash_periodic_leases_granted_total") == 2
