@@ -83,6 +83,8 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         tmp_path,
         TASKDASH_METRICS__TOKEN=TOKEN,
         TASKDASH_METRICS__STORE_COUNTS_TTL=0,
+        # a second beat within 7 s of the first stored one is absorbed (no write of its own)
+        TASKDASH_NSQ__HEARTBEAT_RESOLUTION=7,
         TASKDASH_FETCHER__FETCH_INTERVAL=0.5,
         TASKDASH_FETCHER__NODE_HEARTBEAT_INTERVAL=0.2,
         TASKDASH_FETCHER__NODE_TIMEOUT=1,
@@ -98,19 +100,22 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         publish(env, SERVICE, b'{"id": 7}')  # poison: dead-lettered
         publish(env, HEARTBEAT, b'{"id": "svc-m"}')
 
-        def settled() -> Scrape | None:
+        def settled(count: int) -> Scrape | None:
             now = scrape(daemon)
             done = now.sum("taskdash_nsq_processing_seconds_count")
-            return now if done == 3 else None
+            return now if done == count else None
 
-        after = wait_for(settled, timeout=30)
+        wait_for(lambda: settled(3), timeout=30)
+        publish(env, HEARTBEAT, b'{"id": "svc-m"}')
+        after = wait_for(lambda: settled(4), timeout=30)
         messages = "taskdash_nsq_messages_total"
         assert after.value("taskdash_nsq_messages_received_total", topic=SERVICE) == 2
         assert after.value(messages, topic=SERVICE, outcome="stored") == 1
         assert after.value(messages, topic=SERVICE, outcome="dead_lettered") == 1
         assert after.value(messages, topic=SERVICE, outcome="requeued") == 0
         assert after.value(messages, topic=HEARTBEAT, outcome="stored") == 1
-        assert after.value(messages, topic=HEARTBEAT, outcome="absorbed") == 0
+        assert after.value(messages, topic=HEARTBEAT, outcome="absorbed") == 1
+        assert after.value("taskdash_nsq_messages_received_total", topic=HEARTBEAT) == 2
         assert after.value("taskdash_nsq_processing_seconds_count", topic=SERVICE) == 2
         assert after.value("taskdash_nsq_processing_seconds_bucket", topic=SERVICE, le="+Inf") == 2
         assert after.sum("taskdash_services") == 1
