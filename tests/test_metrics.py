@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tornado.httpclient
 import tornado.httpserver
 import tornado.netutil
+from web_client import Reply, WebClient
 
 from taskdash.errors import ConfigError
 from taskdash.fetcher.client import Response
@@ -41,28 +41,18 @@ class Served:
         self.server = tornado.httpserver.HTTPServer(make_app(ctx))
         self.server.add_sockets(sockets)
         self.base = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-        self.client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+        self.web = WebClient(self.base)
 
-    async def fetch(
-        self, path: str, method: str = "GET", **headers: str
-    ) -> tornado.httpclient.HTTPResponse:
-        return await self.client.fetch(
-            self.base + path,
-            method=method,
-            headers=headers,
-            raise_error=False,
-            follow_redirects=False,
-            allow_nonstandard_methods=True,
-        )
+    async def fetch(self, path: str, method: str = "GET", **headers: str) -> Reply:
+        return await self.web.fetch(path, method, headers=headers)
 
     async def scrape(self, token: str = "") -> Scrape:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         response = await self.fetch("/metrics", **headers)
-        assert response.code == 200, response.body
-        return Scrape(response.body.decode())
+        assert response.status == 200, response.body
+        return Scrape(response.text)
 
     def close(self) -> None:
-        self.client.close()
         self.server.stop()
 
 
@@ -86,11 +76,11 @@ async def test_requests_are_counted_by_route_pattern_never_by_raw_path(
     serve: Callable[..., Served],
 ) -> None:
     app = serve()
-    codes = [(await app.fetch(f"/api/v1/tasks/{tid}")).code for tid in ("t-1", "t-2")]
+    codes = [(await app.fetch(f"/api/v1/tasks/{tid}")).status for tid in ("t-1", "t-2")]
     assert codes[0] == codes[1]
-    assert (await app.fetch("/healthz")).code == 200
-    assert (await app.fetch("/no/such/page")).code == 404
-    assert (await app.fetch("/healthz", method="BREW")).code == 405
+    assert (await app.fetch("/healthz")).status == 200
+    assert (await app.fetch("/no/such/page")).status == 404
+    assert (await app.fetch("/healthz", method="BREW")).status == 405
     found = await app.scrape()
     route = "/api/v1/tasks/(?P<task_id>[^/]{1,1536})"
     total = "taskdash_http_requests_total"
@@ -139,19 +129,19 @@ async def test_the_token_guards_the_page_when_configured(serve: Callable[..., Se
         {"Authorization": "Bearer"},
     ):
         refused = await app.fetch("/metrics", **headers)
-        assert refused.code == 401, headers
+        assert refused.status == 401, headers
         assert refused.headers["WWW-Authenticate"] == 'Bearer realm="taskdash-metrics"'
         assert b"taskdash_" not in refused.body
     found = await app.scrape(token=TOKEN)
     assert found.value("taskdash_http_requests_total", route="/metrics", method="GET",
                        status="401") == 5  # fmt: skip
-    assert (await app.fetch("/metrics", Authorization=f"bearer  {TOKEN} ")).code == 200
+    assert (await app.fetch("/metrics", Authorization=f"bearer  {TOKEN} ")).status == 200
 
 
 async def test_disabled_metrics_answer_404(serve: Callable[..., Served]) -> None:
     app = serve(enabled=False)
     assert app.metrics is None
-    assert (await app.fetch("/metrics")).code == 404
+    assert (await app.fetch("/metrics")).status == 404
 
 
 def test_the_token_from_a_private_file(tmp_path: Path) -> None:

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from support import DaemonProcess, daemon_env, daemon_token, http_get, running_daemon, wait_for
+from test_daemon_fetch import task_service
 
 from taskdash.metrics.reading import Scrape
 from taskdash.tcp.client import TcpClient
@@ -25,31 +22,6 @@ TOKEN = "daemon-metrics-token-0123456789"
 SERVICE, HEARTBEAT = "taskdash.service", "taskdash.heartbeat"
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def listing() -> Iterator[str]:
-    """A task service's metadata URL on loopback (one task)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps({"tasks": [{"id": "m-1", "name": "metered"}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/tasks"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def scrape(daemon: DaemonProcess) -> Scrape:
@@ -89,7 +61,7 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         TASKDASH_FETCHER__NODE_HEARTBEAT_INTERVAL=0.2,
         TASKDASH_FETCHER__NODE_TIMEOUT=1,
     )
-    with listing() as url, running_daemon(tmp_path, env) as daemon:
+    with task_service() as url, running_daemon(tmp_path, env) as daemon:
         assert http_get(f"{daemon.web}/metrics")[0] == 401
         assert http_get(f"{daemon.web}/metrics", token="wrong-token-0123456789")[0] == 401
         before = scrape(daemon)
