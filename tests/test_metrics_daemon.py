@@ -12,24 +12,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import DaemonProcess, daemon_env, daemon_token, http_get, running_daemon, wait_for
+from support import daemon_env, daemon_token, http_get, running_daemon, wait_for
 from test_daemon_fetch import task_service
 
-from taskdash.metrics.reading import Scrape
+from taskdash.metrics.reading import Scrape, scrape
 from taskdash.tcp.client import TcpClient
 
 TOKEN = "daemon-metrics-token-0123456789"
 SERVICE, HEARTBEAT = "taskdash.service", "taskdash.heartbeat"
 
 pytestmark = pytest.mark.slow
-
-
-def scrape(daemon: DaemonProcess) -> Scrape:
-    request = urllib.request.Request(
-        f"{daemon.web}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return Scrape(response.read().decode())
 
 
 def publish(env: dict[str, str], topic: str, body: bytes) -> None:
@@ -62,9 +54,10 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         TASKDASH_FETCHER__NODE_TIMEOUT=1,
     )
     with task_service() as url, running_daemon(tmp_path, env) as daemon:
-        assert http_get(f"{daemon.web}/metrics")[0] == 401
-        assert http_get(f"{daemon.web}/metrics", token="wrong-token-0123456789")[0] == 401
-        before = scrape(daemon)
+        page = f"{daemon.web}/metrics"
+        assert http_get(page)[0] == 401
+        assert http_get(page, token="wrong-token-0123456789")[0] == 401
+        before = scrape(page, TOKEN)
         assert before.value("taskdash_services", state="unknown") == 0
         assert before.value("taskdash_nsq_messages_received_total", topic=SERVICE) == 0
 
@@ -73,7 +66,7 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         publish(env, HEARTBEAT, b'{"id": "svc-m"}')
 
         def settled(count: int) -> Scrape | None:
-            now = scrape(daemon)
+            now = scrape(page, TOKEN)
             done = now.sum("taskdash_nsq_processing_seconds_count")
             return now if done == count else None
 
@@ -93,7 +86,7 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         assert after.sum("taskdash_services") == 1
 
         online = wait_for(
-            lambda: (s := scrape(daemon)).value("taskdash_services", state="online") == 1 and s
+            lambda: (s := scrape(page, TOKEN)).value("taskdash_services", state="online") == 1 and s
         )
         transitions = "taskdash_checker_transitions_total"
         assert online.value(transitions, from_state="unknown", to_state="online") == 1
@@ -101,13 +94,15 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         assert online.value("taskdash_checker_mode", mode="normal") == 1
 
         fetched = wait_for(
-            lambda: (s := scrape(daemon)).value("taskdash_fetch_requests_total", result="ok") and s
+            lambda: (
+                (s := scrape(page, TOKEN)).value("taskdash_fetch_requests_total", result="ok") and s
+            )
         )
         assert fetched.value("taskdash_fetch_duration_seconds_count", outcome="ok") >= 1
         assert fetched.value("taskdash_fetch_share_services") == 1
 
         asyncio.run(tcp_traffic(int(env["TASKDASH_TCP__PORT"])))
-        tcp = scrape(daemon)
+        tcp = scrape(page, TOKEN)
         requests = "taskdash_tcp_requests_total"
         assert tcp.value(requests, type="Register", errid="0") == 1
         assert tcp.value(requests, type="Find", errid="0") == 2
@@ -121,7 +116,7 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         for _ in range(3):
             assert http_get(f"{daemon.web}/api/v1/services/svc-m", token=token)[0] == 200
         route = "/api/v1/services/(?P<service_id>[^/]{1,1536})"
-        http = scrape(daemon)
+        http = scrape(page, TOKEN)
         total = "taskdash_http_requests_total"
         assert http.value(total, route=route, method="GET", status="200") == 3
         assert http.value(total, route="/metrics", method="GET", status="401") == 2

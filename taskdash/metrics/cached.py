@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from taskdash.errors import StoreError
 from taskdash.logs import RateLimitedLog
@@ -58,3 +59,28 @@ class StoreValue(Generic[T]):
                 self.value = None
                 self._failed_log(metric=self.name, error=str(exc) or type(exc).__name__)
             self._read_at = now
+
+
+Rows = Callable[[T], Iterable[tuple[Sequence[str], float]]]
+
+
+class StoreGauge(Generic[T]):
+    """A gauge family drawn from a :class:`StoreValue` (``rows``: label values and number);
+    left out of the page while the value is missing."""
+
+    def __init__(
+        self, value: StoreValue[T], documentation: str, labels: Sequence[str], rows: Rows[T]
+    ) -> None:
+        self.value = value
+        self.documentation = documentation
+        self.labels = labels
+        self.rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        current = self.value.value
+        if current is None:
+            return
+        family = GaugeMetricFamily(self.value.name, self.documentation, labels=self.labels)
+        for labels, number in self.rows(current):
+            family.add_metric(labels, number)
+        yield family

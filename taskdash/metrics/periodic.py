@@ -6,12 +6,11 @@ import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from taskdash.store.periodic import DEAD, FAILED, LEASED, PENDING
 
 if TYPE_CHECKING:
-    from taskdash.metrics.cached import StoreValue
     from taskdash.metrics.registry import Metrics
     from taskdash.periodic.firing import Firer
     from taskdash.periodic.leasing import Leasing
@@ -62,27 +61,6 @@ class LeasingCollector:
         yield from (granted, expired, completed, dead)
 
 
-class QueueDepths:
-    """``taskdash_periodic_queue_tasks{service,queue,state}``, counted in MongoDB (cached)."""
-
-    def __init__(self, depths: StoreValue[Depths]) -> None:
-        self.depths = depths
-
-    def collect(self) -> Iterator[Metric]:
-        depths = self.depths.value
-        if depths is None:
-            return
-        family = GaugeMetricFamily(
-            "taskdash_periodic_queue_tasks",
-            f"Tasks per queue and state (pending, leased, failed, dead); first {MAX_QUEUES} "
-            "queues.",
-            labels=["service", "queue", "state"],
-        )
-        for (service, queue, state), n in sorted(depths.items()):
-            family.add_metric([service, queue, state], n)
-        yield family
-
-
 def watch_leasing(metrics: Metrics, leasing: Leasing, store: PeriodicStore) -> None:
     """This node's lease counters, and every queue's depth by state (shared MongoDB)."""
     metrics.add(LeasingCollector(leasing))
@@ -97,7 +75,13 @@ def watch_leasing(metrics: Metrics, leasing: Leasing, store: PeriodicStore) -> N
             (svc, queue, state): n for (svc, queue, _, state), n in zip(keys, found, strict=True)
         }
 
-    metrics.add(QueueDepths(metrics.store_value("taskdash_periodic_queue_tasks", read)))
+    metrics.store_gauge(
+        "taskdash_periodic_queue_tasks",
+        f"Tasks per queue and state (pending, leased, failed, dead); first {MAX_QUEUES} queues.",
+        ["service", "queue", "state"],
+        read,
+        lambda depths: ((list(key), n) for key, n in sorted(depths.items())),
+    )
 
 
 class FirerCollector:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,3 +50,10 @@ class Scrape:
     def labelled(self, name: str) -> list[Mapping[str, str]]:
         """The label sets ``name`` has samples for."""
         return [dict(found) for n, found in self.samples if n == name]
+
+
+def scrape(url: str, token: str = "", timeout: float = 10.0) -> Scrape:
+    """GET a ``/metrics`` page (with ``Authorization: Bearer`` when ``token``) and read it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+        return Scrape(r.read().decode())

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from taskdash import __version__
 from taskdash.metrics import fetch, nsq, periodic, services, tcp
-from taskdash.metrics.cached import StoreValue
+from taskdash.metrics.cached import Rows, StoreGauge, StoreValue
 from taskdash.metrics.grpc import GrpcMetrics
 from taskdash.metrics.http import HttpMetrics
 from taskdash.settings import MetricsSettings
@@ -85,11 +85,18 @@ class Metrics:
         """A collector that reads a part's own counters at scrape time."""
         self.registry.register(collector)
 
-    def store_value(self, name: str, read: Callable[[], Awaitable[T]]) -> StoreValue[T]:
-        """A MongoDB count refreshed before each scrape, reused for ``store_counts_ttl``."""
+    def store_gauge(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        read: Callable[[], Awaitable[T]],
+        rows: Rows[T],
+    ) -> None:
+        """A gauge counted in MongoDB before a scrape, reused for ``store_counts_ttl``."""
         value = StoreValue(name, read, ttl=self.settings.store_counts_ttl)
         self._store_values.append(value)
-        return value
+        self.add(StoreGauge(value, documentation, labels, rows))
 
     # -- the daemon's parts ----------------------------------------------------------------
 

@@ -13,31 +13,12 @@ from taskdash.store.status import OFFLINE, ONLINE, STALE, UNKNOWN, count
 
 if TYPE_CHECKING:
     from taskdash.checker import Checker, PassResult
-    from taskdash.metrics.cached import StoreValue
     from taskdash.metrics.registry import Metrics
     from taskdash.store import Store
 
 STATES = (ONLINE, STALE, OFFLINE, UNKNOWN)
 MODES = ("normal", "self_preservation")
 PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-
-class ServiceStates:
-    """``taskdash_services{state}``: the last count, absent while MongoDB does not answer."""
-
-    def __init__(self, counts: StoreValue[dict[str, int]]) -> None:
-        self.counts = counts
-
-    def collect(self) -> Iterator[Metric]:
-        counts = self.counts.value
-        if counts is None:
-            return
-        family = GaugeMetricFamily(
-            "taskdash_services", "Registered services by state (MongoDB).", labels=["state"]
-        )
-        for state in STATES:
-            family.add_metric([state], counts.get(state, 0))
-        yield family
 
 
 def watch_services(metrics: Metrics, store: Store) -> None:
@@ -47,7 +28,13 @@ def watch_services(metrics: Metrics, store: Store) -> None:
         found = await asyncio.gather(*(count(store, state) for state in STATES))
         return dict(zip(STATES, found, strict=True))
 
-    metrics.add(ServiceStates(metrics.store_value("taskdash_services", read)))
+    metrics.store_gauge(
+        "taskdash_services",
+        "Registered services by state (MongoDB).",
+        ["state"],
+        read,
+        lambda counts: (([state], counts.get(state, 0)) for state in STATES),
+    )
 
 
 class CheckerMode:

@@ -4,7 +4,6 @@ code, leases granted and expired, completions, dead tasks, queue depths by state
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from support import http_get, wait_for
 from test_process import PeriodicProcess, periodic_env, register_and_start
 
-from taskdash.metrics.reading import Scrape
+from taskdash.metrics.reading import scrape
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
 
@@ -22,14 +21,6 @@ CALLS = "taskdash_grpc_requests_total"
 DEPTH = "taskdash_periodic_queue_tasks"
 
 pytestmark = pytest.mark.slow
-
-
-def scrape(service: PeriodicProcess) -> Scrape:
-    request = urllib.request.Request(
-        f"{service.http}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return Scrape(response.read().decode())
 
 
 def rpc(method: str) -> str:
@@ -56,7 +47,8 @@ def test_periodic_metrics_after_real_calls(mongo_uri: str, tmp_path: Path) -> No
     service = PeriodicProcess(tmp_path, env)
     try:
         service.wait_ready()
-        assert http_get(f"{service.http}/metrics")[0] == 401
+        page = f"{service.http}/metrics"
+        assert http_get(page)[0] == 401
         with grpc.insecure_channel(service.grpc_target) as channel:
             stub = pb_grpc.PeriodicTaskStub(channel)
             auth = register_and_start(stub)
@@ -73,7 +65,7 @@ def test_periodic_metrics_after_real_calls(mongo_uri: str, tmp_path: Path) -> No
                 channel.unary_unary("/PeriodicTask/Nope")(b"")
             assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
-            now = scrape(service)
+            now = scrape(page, TOKEN)
             assert now.value(CALLS, method=rpc("ServiceRegistry"), code="OK") == 1
             assert now.value(CALLS, method=rpc("CreatePeriodicTaskQueue"), code="OK") == 1
             assert now.value(CALLS, method=rpc("StartPeriodicTaskQueue"), code="OK") == 1
@@ -101,7 +93,7 @@ def test_periodic_metrics_after_real_calls(mongo_uri: str, tmp_path: Path) -> No
             assert len(again) == 2
             complete(stub, auth, again[0], False)  # its last attempt: dead
 
-        end = scrape(service)
+        end = scrape(page, TOKEN)
         assert end.value("taskdash_periodic_leases_granted_total") == 7
         assert end.value("taskdash_periodic_leases_expired_total") == 3
         dead = "taskdash_periodic_tasks_dead_total"
@@ -115,7 +107,7 @@ def test_periodic_metrics_after_real_calls(mongo_uri: str, tmp_path: Path) -> No
         queues = f"{service.http}/v1/services/s/queues"
         assert http_get(queues)[0] == 401
         assert http_get(queues, token=auth["secret"])[0] == 200
-        http = scrape(service)
+        http = scrape(page, TOKEN)
         total, route = "taskdash_http_requests_total", "/v1/services/([^/]+)/queues"
         assert http.value(total, route=route, method="GET", status="200") == 1
         assert http.value(total, route=route, method="GET", status="401") == 1
