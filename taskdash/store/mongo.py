@@ -20,6 +20,11 @@ Doc = dict[str, Any]
 
 DUPLICATE_KEY = 11000
 
+#: a task's change stamp (ms, the writer's clock), set by every write of what TCP Find returns
+#: (``store.tasks``, ``store.assignments``): the feed that keeps Find's cache confirmed
+#: (``taskdash.tcp.cache``)
+CHANGED_AT = "changed_at"
+
 
 def duplicates_only(exc: BulkWriteError) -> list[Doc]:
     """The write errors of an unordered bulk write; re-raise unless every one is a duplicate key.
@@ -63,6 +68,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("service_id", ASCENDING), ("key", ASCENDING)], name="service_key"),
         IndexModel([("assignee", ASCENDING), ("key", ASCENDING)], name="assignee_key"),
         IndexModel([("last_seen_at", ASCENDING), ("key", ASCENDING)], name="seen_key"),
+        IndexModel([(CHANGED_AT, ASCENDING)], name=CHANGED_AT),
     ],
     "fetch_results": [
         IndexModel([("claim", ASCENDING)], name="claim"),

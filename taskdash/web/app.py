@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from taskdash.metrics.http import log_function, routed
-from taskdash.web import account, api, health, pages, scrape
+from taskdash.web import account, alerts, api, health, pages, scrape
 from taskdash.web.base import JsonHandler
 from taskdash.web.context import WebContext
 
@@ -58,6 +58,7 @@ def server_options(web: WebSettings) -> dict[str, Any]:
 ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     *health.ROUTES,
     *api.ROUTES,
+    *alerts.ROUTES,
     *account.ROUTES,
     *pages.ROUTES,
     *scrape.ROUTES,
