@@ -1,5 +1,6 @@
 """The MongoDB counts behind ``/metrics``: services by state on a real store, reused for the
-ttl, left out (never shown stale) while the store does not answer."""
+ttl, left out (never shown stale) while the store does not answer; the checker's passes
+and mode."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from datetime import UTC, datetime
 
 from support import free_port
 
+from taskdash.checker import Checker
 from taskdash.errors import StoreUnavailable
 from taskdash.metrics import Metrics
 from taskdash.metrics.cached import StoreValue
 from taskdash.metrics.reading import Scrape
 from taskdash.models import TaskService
-from taskdash.settings import MetricsSettings
+from taskdash.settings import CheckerSettings, MetricsSettings
 from taskdash.store import Store
 from taskdash.store.services import register_services
 
@@ -87,3 +89,18 @@ async def test_services_are_left_out_while_the_store_fails(store: Store) -> None
         await nobody.close()
     assert "taskdash_services" not in found.families
     assert "taskdash_build_info" in found.families  # the rest of the page is there
+
+
+async def test_the_checker_passes_and_mode(store: Store) -> None:
+    metrics = Metrics(MetricsSettings())
+    checker = Checker(store, CheckerSettings(), node_id="n")
+    metrics.watch_checker(checker)
+    await checker.check_once()
+    found = await page(metrics)
+    assert found.value("taskdash_checker_pass_duration_seconds_count") == 1
+    assert found.value("taskdash_checker_mode", mode="normal") == 1
+    assert found.value("taskdash_checker_mode", mode="self_preservation") == 0
+    checker._set_mode("most services went quiet at once", datetime.now(UTC))
+    found = await page(metrics)
+    assert found.value("taskdash_checker_mode", mode="normal") == 0
+    assert found.value("taskdash_checker_mode", mode="self_preservation") == 1

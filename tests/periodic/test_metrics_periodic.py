@@ -1,5 +1,6 @@
 """``taskdash periodic``'s ``/metrics`` after real gRPC and HTTP calls: calls by method and
-code, leases granted and expired, completions, dead tasks, queue depths by state."""
+code, leases granted and expired, completions, dead tasks, queue depths by state; schedule
+runs fired, on a node in process."""
 
 from __future__ import annotations
 
@@ -9,18 +10,19 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import Clock, Node, register
 from support import http_get, wait_for
 from test_process import PeriodicProcess, periodic_env, register_and_start
 
-from taskdash.metrics.reading import scrape
+from taskdash.metrics import Metrics
+from taskdash.metrics.reading import Scrape, scrape
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
+from taskdash.settings import MetricsSettings
 
 TOKEN = "periodic-metrics-token-0123456789"
 CALLS = "taskdash_grpc_requests_total"
 DEPTH = "taskdash_periodic_queue_tasks"
-
-pytestmark = pytest.mark.slow
 
 
 def rpc(method: str) -> str:
@@ -36,6 +38,7 @@ def complete(stub: pb_grpc.PeriodicTaskStub, auth: dict[str, str], task: Any, ok
     stub.CompleteTask(pb.CompleteTaskRequest(**auth, task_id=task["task_id"], success=ok))
 
 
+@pytest.mark.slow
 def test_periodic_metrics_after_real_calls(mongo_uri: str, tmp_path: Path) -> None:
     env = periodic_env(
         mongo_uri,
@@ -115,3 +118,19 @@ def test_periodic_metrics_after_real_calls(mongo_uri: str, tmp_path: Path) -> No
     finally:
         code = service.stop()
     assert code == 0, service.logs()
+
+
+async def test_schedule_runs_fired_are_counted(node: Node, clock: Clock) -> None:
+    metrics = Metrics(MetricsSettings())
+    metrics.watch_firer(node.firer)
+    who = await register(node.stub)
+    body = {"schedule_id": "tick", "interval": 10, "task_type": "r", "task_data": {}}
+    await node.schedules.create(who.caller, who.queue, body)
+    for _ in range(3):
+        clock.advance(10)
+        await node.firer.fire_due()
+    await node.firer.fire_due()  # the same moment again: nothing more
+    found = Scrape(metrics.expose("")[0].decode())
+    runs = "taskdash_periodic_schedule_runs_total"
+    assert found.value(runs, outcome="fired") == 3
+    assert found.value(runs, outcome="skipped") == 0
