@@ -61,17 +61,19 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         assert before.value("taskdash_services", state="unknown") == 0
         assert before.value("taskdash_nsq_messages_received_total", topic=SERVICE) == 0
 
-        publish(env, SERVICE, json.dumps({"id": "svc-m", "url": url}).encode())
-        publish(env, SERVICE, b'{"id": 7}')  # poison: dead-lettered
-        publish(env, HEARTBEAT, b'{"id": "svc-m"}')
-
         def settled(count: int) -> Scrape | None:
             now = scrape(page, TOKEN)
             done = now.sum("taskdash_nsq_processing_seconds_count")
             return now if done == count else None
 
-        wait_for(lambda: settled(3), timeout=30)
+        # one at a time: the readers run apart, and a beat read before its service's
+        # registration would be from an unknown service
+        publish(env, SERVICE, json.dumps({"id": "svc-m", "url": url}).encode())
+        publish(env, SERVICE, b'{"id": 7}')  # poison: dead-lettered
+        wait_for(lambda: settled(2), timeout=30)
         publish(env, HEARTBEAT, b'{"id": "svc-m"}')
+        wait_for(lambda: settled(3), timeout=30)
+        publish(env, HEARTBEAT, b'{"id": "svc-m"}')  # within heartbeat_resolution: absorbed
         after = wait_for(lambda: settled(4), timeout=30)
         messages = "taskdash_nsq_messages_total"
         assert after.value("taskdash_nsq_messages_received_total", topic=SERVICE) == 2
@@ -81,6 +83,7 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         assert after.value(messages, topic=HEARTBEAT, outcome="stored") == 1
         assert after.value(messages, topic=HEARTBEAT, outcome="absorbed") == 1
         assert after.value("taskdash_nsq_messages_received_total", topic=HEARTBEAT) == 2
+        assert after.value("taskdash_nsq_heartbeats_unknown_total", topic=HEARTBEAT) == 0
         assert after.value("taskdash_nsq_processing_seconds_count", topic=SERVICE) == 2
         assert after.value("taskdash_nsq_processing_seconds_bucket", topic=SERVICE, le="+Inf") == 2
         assert after.sum("taskdash_services") == 1
