@@ -88,11 +88,19 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         assert after.value("taskdash_nsq_processing_seconds_bucket", topic=SERVICE, le="+Inf") == 2
         assert after.sum("taskdash_services") == 1
 
-        online = wait_for(
-            lambda: (s := scrape(page, TOKEN)).value("taskdash_services", state="online") == 1 and s
-        )
+        # the pass counts its changes once it ends, a moment after the store shows them
         transitions = "taskdash_checker_transitions_total"
+        online = wait_for(
+            lambda: (
+                (s := scrape(page, TOKEN)).value(
+                    transitions, from_state="unknown", to_state="online"
+                )
+                and s
+            )
+        )
         assert online.value(transitions, from_state="unknown", to_state="online") == 1
+        assert online.sum(transitions) == 1
+        assert online.value("taskdash_services", state="online") == 1
         assert online.value("taskdash_checker_pass_duration_seconds_count") > 0
         assert online.value("taskdash_checker_mode", mode="normal") == 1
 
