@@ -92,6 +92,7 @@ class Checker:
         self.passes = 0
         self.last_pass_ms: float | None = None
         self.last_error = ""
+        self.on_pass: Callable[[PassResult], None] | None = None  # the metrics hear every pass
         self._loop_task = Background("checker", self._loop)
 
     def _quiet_decision(self, silent: int, population: int, now: datetime) -> str:
@@ -222,11 +223,14 @@ class Checker:
         seconds = time.perf_counter() - started
         self.passes += 1
         self.last_pass_ms = round(seconds * 1000, 3)
-        if changes and self.on_change is not None:
-            await self.on_change()
-        return PassResult(
+        result = PassResult(
             changes, bool(preserving), plan.quiet, population, seconds, grace, silent=silent
         )
+        if self.on_pass is not None:
+            self.on_pass(result)
+        if changes and self.on_change is not None:
+            await self.on_change()
+        return result
 
     async def _apply(
         self, plan: Plan, now: datetime, stale_cut: int, offline_cut: int, *, held: bool

@@ -44,6 +44,7 @@ from taskdash.lifecycle import (
     run_rescue,
 )
 from taskdash.logs import ReopenableFileHandler
+from taskdash.metrics import Metrics
 from taskdash.nsq.publisher import StatusPublisher, https_context
 from taskdash.nsq.readers import Ingestion
 from taskdash.settings import NsqSettings, Settings
@@ -106,6 +107,8 @@ class Daemon:
         self.checker: Checker | None = None
         self.web_port: int | None = None
         self.pipeline = Pipeline(node_id=self.node_id)  # the Pipeline page's view of the parts
+        # /metrics (docs/metrics.md): this process's registry, fed by the parts as they start
+        self.metrics = Metrics(settings.metrics) if settings.metrics.enabled else None
 
     def _started(
         self,
@@ -216,6 +219,8 @@ class Daemon:
         secret = cookie_secret(self.settings)
         ctx = WebContext(self.settings, self.health, self.gate, cookie_secret=secret)
         ctx.extra["pipeline"] = self.pipeline
+        if self.metrics is not None:
+            ctx.extra["metrics"] = self.metrics
         app = make_app(ctx)
         self.web_port = self._serve_http(
             "web", app, "web.port", cfg.host, cfg.port, **server_options(cfg)
@@ -297,6 +302,8 @@ class Daemon:
             )
             await self.checker.start()
             self.pipeline.checker = self.checker
+            if self.metrics is not None:
+                self.metrics.watch_checker(self.checker)
             self.health.add("checker", self.checker.check)
             self._started("checker", self.checker.stop)
         ingestion = Ingestion(
@@ -312,6 +319,9 @@ class Daemon:
             self.health.add(f"reader:{consumer.topic}", consumer.check)
             self._started(f"reader:{consumer.topic}", consumer.stop)
         self.pipeline.readers = list(ingestion.consumers)
+        if self.metrics is not None:
+            self.metrics.watch_readers(ingestion.consumers)
+            self.metrics.watch_services(store)
         await self.pipeline.start()
         self._started("pipeline_rates", self.pipeline.stop)
 
@@ -327,6 +337,8 @@ class Daemon:
         )
         await fetcher.start()
         self.pipeline.fetcher = fetcher
+        if self.metrics is not None:
+            self.metrics.watch_fetcher(fetcher)
         self.health.add("fetcher", fetcher.check)
         self._started("fetcher", fetcher.stop)
 
@@ -353,6 +365,8 @@ class Daemon:
         drain = self.settings.daemon.shutdown_timeout / 2
         server = TcpServer(store, self.settings.tcp, drain_timeout=drain)
         await server.start()
+        if self.metrics is not None:
+            self.metrics.watch_tcp(server)
         self.health.add("tcp", server.check)
         self._started("tcp", server.stop)
 

@@ -606,6 +606,43 @@ class AlertsSettings(_Section):
             )
 
 
+class MetricsSettings(_Section):
+    """``/metrics`` (Prometheus) on the web port and on the periodic service's HTTP port."""
+
+    enabled: bool = True
+    # "" = open to whoever reaches the port; else scrapers send "Authorization: Bearer <token>"
+    token: str = ""
+    token_file: str = ""  # the token from a file (mode 0600), instead of ``token``
+    # services by state and periodic queue depths are counted in MongoDB at most this often
+    store_counts_ttl: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+
+    def __post_init__(self) -> None:
+        if self.token and self.token_file:
+            raise ValueError("token must be empty when token_file is set (keep one)")
+        if self.token and len(self.token) < METRICS_TOKEN_MIN:
+            raise ValueError(f"token must be at least {METRICS_TOKEN_MIN} characters (or empty)")
+        if self.token_file and len(self.bearer()) < METRICS_TOKEN_MIN:
+            raise ValueError(f"token_file must hold at least {METRICS_TOKEN_MIN} characters")
+
+    def __repr__(self) -> str:
+        """Never the token, whoever prints the settings."""
+        token = "***" if self.token else ""
+        return (
+            f"MetricsSettings(enabled={self.enabled!r}, token={token!r}, "
+            f"token_file={self.token_file!r}, store_counts_ttl={self.store_counts_ttl!r})"
+        )
+
+    def bearer(self) -> str:
+        """The token scrapers must send ("" = open): ``token``, else ``token_file``'s."""
+        if not self.token_file:
+            return self.token
+        return read_secret_file("token_file", self.token_file)
+
+
+#: the shortest ``[metrics] token`` accepted (a guessable token is no protection)
+METRICS_TOKEN_MIN = 16
+
+
 class Settings(_Section):
     """Every section; what :func:`load` returns."""
 
@@ -619,6 +656,7 @@ class Settings(_Section):
     fetcher: FetcherSettings = msgspec.field(default_factory=FetcherSettings)
     periodic: PeriodicSettings = msgspec.field(default_factory=PeriodicSettings)
     alerts: AlertsSettings = msgspec.field(default_factory=AlertsSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
 
     def __post_init__(self) -> None:
         # A beat absorbed by the resolution is not stored: with a resolution near stale_after,

@@ -158,6 +158,7 @@ class Connection(asyncio.Protocol):
                 return item  # parsed already, put back by _kick for the task
             if item.message_id != HEARTBEAT_ID:
                 return parse_request(item)  # never raises: unreadable bytes are errid 1000
+            self.server.heartbeats += 1
         return None
 
     def _answer_now(
@@ -224,6 +225,8 @@ class TcpServer:
         self.connections: set[Connection] = set()
         self.port: int | None = None
         self.requests = 0
+        self.accepted = 0  # connections admitted, and heartbeat frames (for the metrics)
+        self.heartbeats = 0
         self.counts = {
             "refused_connections": 0,
             "frame_errors": 0,
@@ -276,6 +279,7 @@ class TcpServer:
             conn.transport.abort()
             return
         self.connections.add(conn)
+        self.accepted += 1
         self._gone.clear()
 
     def closed(self, conn: Connection) -> None:
