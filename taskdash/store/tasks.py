@@ -10,7 +10,8 @@ Collections:
   service stops listing is marked gone, never deleted.
   A task registered over TCP (``taskdash/tcp``) has ``service_id`` null (no owner) until a
   service lists it: that service then adopts it, and from then on owns it like any other.
-  ``start_time`` / ``stop_time`` (the seed's daily window) are set over TCP only, on any task.
+  ``start_time`` / ``stop_time`` (the seed's daily window) are set over TCP only, on any task;
+  every write of a status or a window is followed by its verdict (``store/task_windows.py``).
 * ``task_conflicts``: a task id listed by a service that does not own it (one document per
   task id and claimant), kept while the claimant keeps listing it.
 * ``fetch_results`` (``_id`` = service id): the last fetch of each service, plus the state the
@@ -36,6 +37,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from taskdash.models import TaskMetaData
 from taskdash.store.assignments import empty_binding
 from taskdash.store.mongo import Doc, Store, duplicates_only, eq, translated
+from taskdash.store.task_windows import judge_tasks, judge_windowed, window_minutes
 from taskdash.store.tasklist import FIELDS, WINDOW, TaskQuery, every_task, fold
 from taskdash.store.tasklist import public_task as public_task  # its former home
 from taskdash.store.times import iso
@@ -223,6 +225,8 @@ async def apply_listings(
             )
         if duplicates:
             await _sort_duplicates(store, duplicates, result, plan.new_docs, now_ms)
+    if plan.where:  # new statuses (and adopted tasks, which may have a window)
+        await judge_windowed(store, [task_id for _, task_id in plan.where], now_ms)
     result.inserted = len(plan.ops) - plan.updates - len(duplicates)
     result.changed = plan.updates
     result.unchanged = len(plan.bump)
@@ -329,13 +333,14 @@ def _tcp_update(
 ) -> Doc:
     named = {"name_lc": fold(fields["name"])} if "name" in fields else {}
     update: Doc = {
-        "$set": {**fields, **named, **window, "updated_at": now_ms},
+        "$set": {**fields, **named, **window, **window_minutes(window), "updated_at": now_ms},
         "$max": {"last_seen_at": now_ms},
     }
     if create:
         unset = [k for k in (*FIELDS, *WINDOW) if k not in fields and k not in window]
         update["$setOnInsert"] = {
             **dict.fromkeys(unset, ""),
+            **window_minutes(dict.fromkeys((k for k in WINDOW if k not in window), "")),
             **({} if named else {"name_lc": ""}),
             **_keys(task_id),
             **empty_binding(),
@@ -368,12 +373,27 @@ async def write_registered(
     "no owner". So the same conditional update is tried once more without upsert: the id
     exists now, a match means updated, and only no match means owned.
     """
+    written = await _write_tcp(store, task_id, fields, window, create=create, now_ms=now_ms)
+    if written.outcome != "missing" and (window or "status" in fields):
+        await judge_tasks(store, [task_id], now_ms)  # its new status or window, judged
+    return written
+
+
+async def _write_tcp(
+    store: Store,
+    task_id: str,
+    fields: dict[str, str],
+    window: dict[str, str],
+    *,
+    create: bool,
+    now_ms: int,
+) -> TcpWrite:
     unowned = {"_id": task_id, "service_id": eq(None)}
     update = _tcp_update(task_id, fields, window, now_ms, create)
     async with translated("write_registered"):
         try:
             done = await store.tasks.update_one(unowned, update, upsert=create)
-        except DuplicateKeyError:  # owned, or inserted meanwhile: see the docstring
+        except DuplicateKeyError:  # owned, or inserted meanwhile: see write_registered
             retry = _tcp_update(task_id, fields, window, now_ms, create=False)
             done = await store.tasks.update_one(unowned, retry)
         if done.upserted_id is not None:
@@ -384,7 +404,8 @@ async def write_registered(
         if doc is None:
             return TcpWrite("missing")
         if window:
-            await store.tasks.update_one({"_id": task_id}, {"$set": window})
+            owned_window = {**window, **window_minutes(window)}
+            await store.tasks.update_one({"_id": task_id}, {"$set": owned_window})
     ignored = tuple(k for k, v in fields.items() if doc.get(k, "") != v)
     return TcpWrite("owned", owner=doc.get("service_id"), ignored=ignored)
 
