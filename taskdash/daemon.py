@@ -55,6 +55,7 @@ from taskdash.web.app import make_app, server_options
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
 from taskdash.web.pipeline import Pipeline
+from taskdash.window_judge import WindowJudge
 
 log = structlog.get_logger("taskdash.daemon")
 
@@ -140,6 +141,7 @@ class Daemon:
             cfg.database,
             server_selection_timeout=cfg.server_selection_timeout,
             history_ttl_days=self.settings.checker.history_ttl_days,
+            window_rules=self.settings.tasks.window_rules(),
         )
 
         async def close() -> None:
@@ -324,6 +326,13 @@ class Daemon:
         self.health.add("fetcher", fetcher.check)
         self._started("fetcher", fetcher.stop)
 
+    async def _start_window_judge(self, store: Store) -> None:
+        """Daily windows opening and closing with no write (docs/windows.md)."""
+        cfg = self.settings.tasks
+        judge = WindowJudge(store, interval=cfg.window_check_interval, node_id=self.node_id)
+        await judge.start()
+        self._started("window_judge", judge.stop)
+
     async def _start_tcp(self, store: Store) -> None:
         """The tcpx interface: it only needs the store. Started last, it is stopped first and
         drains within half the shutdown budget, so the parts stopped after it keep the rest."""
@@ -348,6 +357,7 @@ class Daemon:
         await self._start_first_admin(self.store)
         await self._start_ingestion(self.store)
         await self._start_fetcher(self.store)
+        await self._start_window_judge(self.store)
         await self._start_tcp(self.store)
 
     async def stop(self) -> None:
