@@ -44,7 +44,7 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
 from taskdash.store.mongo import Doc, Store, duplicates_only, eq, translated
-from taskdash.store.times import from_ms, iso
+from taskdash.store.times import from_ms, iso, utcnow
 from taskdash.windows import FLAGGED, clock_or_none
 
 #: a verdict write lost this many times in a row (its task kept changing) is left for later
@@ -263,7 +263,9 @@ def _event(store: Store, task_id: str, raw: str) -> Doc:
         "at": at,
         "published": False,
         "claim_until": 0,
-        "expires_at": at + timedelta(seconds=store.history_ttl_seconds),
+        # kept for [checker] history_ttl_days from when it is recorded (``at`` is the judging
+        # clock's, which tests set in the past)
+        "expires_at": utcnow() + timedelta(seconds=store.history_ttl_seconds),
     }
 
 
