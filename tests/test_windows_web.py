@@ -3,14 +3,18 @@ the API's window field and filter, the tasks pages' badge and filter link (real 
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
+import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from support import DaemonProcess, daemon_env, daemon_token, http_get, wait_for
 from web_client import Served, client_of, make_user, serve
 
 from taskdash.errors import ConfigError
@@ -168,3 +172,54 @@ async def test_the_pages_show_the_badge_and_filter(served: Served) -> None:
     assert "window-flag" not in fine and "as expected" in fine
     half = html.unescape((await alice.fetch("/tasks/half")).text)
     assert "not a window: both times are needed" in half
+
+
+# -- the whole daemon -------------------------------------------------------------------------
+
+
+def test_the_daemon_judges_windows_stored_before_it_started(tmp_path: Path, mongo_uri: str) -> None:
+    """A task stored by a version without verdicts (times, status, nothing else): the
+    daemon's first pass gives it its minutes and its verdict, in [tasks] window_timezone."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    minute = datetime.now(UTC).hour * 60 + datetime.now(UTC).minute
+    start, stop = ((minute + k) % 1440 for k in (120, 180))  # hours away from now: outside
+    clock = f"{start // 60:02d}:{start % 60:02d}", f"{stop // 60:02d}:{stop % 60:02d}"
+
+    async def seed() -> None:
+        store = Store(mongo_uri, database)
+        try:
+            await store.tasks.insert_one(
+                {"_id": "old", "key": "old", "status": "running", "gone": False,
+                 "start_time": clock[0], "stop_time": clock[1]}
+            )  # fmt: skip
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    env = daemon_env(
+        tmp_path,
+        TASKDASH_MONGODB__URI=mongo_uri,
+        TASKDASH_MONGODB__DATABASE=database,
+        TASKDASH_TASKS__WINDOW_TIMEZONE="UTC",
+        TASKDASH_FETCHER__ENABLED="false",
+    )
+    daemon = DaemonProcess(tmp_path, env).start()
+    try:
+        daemon.wait_ready()
+        token = daemon_token(env)
+
+        def flagged() -> list[Any] | None:
+            status, body = http_get(f"{daemon.web}/api/v1/tasks?out_of_window=true", token=token)
+            assert status == 200, body
+            return body["tasks"] or None
+
+        (task,) = wait_for(flagged, timeout=30, every=0.2)
+        assert task["id"] == "old" and task["window"]["verdict"] == RUNNING_OUTSIDE
+        assert "component_started" in daemon.event_names()
+        assert any(e.get("component") == "window_judge" for e in daemon.events()), (
+            "the loop is a component the daemon stops"
+        )
+    finally:
+        assert daemon.stop() == 0
+    stopped = [e for e in daemon.events() if e.get("event") == "component_stopped"]
+    assert "window_judge" in [e["component"] for e in stopped]
