@@ -373,39 +373,35 @@ async def write_registered(
     "no owner". So the same conditional update is tried once more without upsert: the id
     exists now, a match means updated, and only no match means owned.
     """
-    written = await _write_tcp(store, task_id, fields, window, create=create, now_ms=now_ms)
-    if written.outcome != "missing" and (window or "status" in fields):
-        await judge_tasks(store, [task_id], now_ms)  # its new status or window, judged
-    return written
-
-
-async def _write_tcp(
-    store: Store,
-    task_id: str,
-    fields: dict[str, str],
-    window: dict[str, str],
-    *,
-    create: bool,
-    now_ms: int,
-) -> TcpWrite:
     unowned = {"_id": task_id, "service_id": eq(None)}
     update = _tcp_update(task_id, fields, window, now_ms, create)
     async with translated("write_registered"):
         try:
             done = await store.tasks.update_one(unowned, update, upsert=create)
-        except DuplicateKeyError:  # owned, or inserted meanwhile: see write_registered
+        except DuplicateKeyError:  # owned, or inserted meanwhile: see the docstring
             retry = _tcp_update(task_id, fields, window, now_ms, create=False)
             done = await store.tasks.update_one(unowned, retry)
         if done.upserted_id is not None:
-            return TcpWrite("created")
-        if done.matched_count:
-            return TcpWrite("updated")
-        doc = await store.tasks.find_one({"_id": task_id})
-        if doc is None:
-            return TcpWrite("missing")
-        if window:
-            owned_window = {**window, **window_minutes(window)}
-            await store.tasks.update_one({"_id": task_id}, {"$set": owned_window})
+            written = TcpWrite("created")
+        elif done.matched_count:
+            written = TcpWrite("updated")
+        else:
+            written = await _owned(store, task_id, fields, window)
+    if written.outcome != "missing" and (window or "status" in fields):
+        await judge_tasks(store, [task_id], now_ms)  # its new status or window, judged
+    return written
+
+
+async def _owned(
+    store: Store, task_id: str, fields: dict[str, str], window: dict[str, str]
+) -> TcpWrite:
+    """A service's task (or none): only the window is written; what else differs is named."""
+    doc = await store.tasks.find_one({"_id": task_id})
+    if doc is None:
+        return TcpWrite("missing")
+    if window:
+        owned_window = {**window, **window_minutes(window)}
+        await store.tasks.update_one({"_id": task_id}, {"$set": owned_window})
     ignored = tuple(k for k, v in fields.items() if doc.get(k, "") != v)
     return TcpWrite("owned", owner=doc.get("service_id"), ignored=ignored)
 
