@@ -237,6 +237,11 @@ class TcpSettings(_Section):
     find_cache_ttl: Annotated[float, msgspec.Meta(ge=0, le=300)] = 1.0
     # entries (tasks, or ids known not to exist) in that cache, least recently used evicted
     find_cache_size: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
+    # every ttl/2 the server reads the tasks changed since its last look (each write stamps
+    # ``changed_at``): an entry nobody changed stays valid, read again only every max_age.
+    # The look reaches this far back: how far a daemon's clock may lag the writers' clocks
+    find_cache_lookback: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    find_cache_max_age: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
 
     def __post_init__(self) -> None:
         self._require_host("host")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog.testing
 from fetcher_site import Clock, register, settings
-from support import free_port
+from support import free_port, harvest
 
 from taskdash.errors import StoreUnavailable
 from taskdash.fetcher import Fetcher
@@ -23,10 +23,8 @@ from taskdash.store import Store
 from taskdash.store import tasks as ts
 from taskdash.store.tasklist import TaskQuery, find_tasks
 from taskdash.store.tasks import (
-    ApplyResult,
     Conflict,
     ServiceListing,
-    apply_listings,
     claim_due,
     content_hash,
     get_fetch_result,
@@ -35,12 +33,6 @@ from taskdash.store.tasks import (
     release,
     write_registered,
 )
-
-
-async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: int) -> ApplyResult:
-    """Store a service's listing as the fetcher does on a cold cache."""
-    known = (await load_known(store, [service_id]))[service_id]
-    return await apply_listings(store, [ServiceListing(service_id, list(tasks), known)], now_ms)
 
 
 async def test_a_first_fetch_that_failed_reads_with_empty_counts_and_no_validators(

@@ -22,6 +22,11 @@ Doc = dict[str, Any]
 
 DUPLICATE_KEY = 11000
 
+#: a task's change stamp (ms, the writer's clock), set by every write of what TCP Find returns
+#: (``store.tasks``, ``store.assignments``): the feed that keeps Find's cache confirmed
+#: (``taskdash.tcp.cache``)
+CHANGED_AT = "changed_at"
+
 
 def duplicates_only(exc: BulkWriteError) -> list[Doc]:
     """The write errors of an unordered bulk write; re-raise unless every one is a duplicate key.
@@ -65,6 +70,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("service_id", ASCENDING), ("key", ASCENDING)], name="service_key"),
         IndexModel([("assignee", ASCENDING), ("key", ASCENDING)], name="assignee_key"),
         IndexModel([("last_seen_at", ASCENDING), ("key", ASCENDING)], name="seen_key"),
+        IndexModel([(CHANGED_AT, ASCENDING)], name=CHANGED_AT),
         # daily windows (store/task_windows.py): the listing's filter, the minutes a window
         # opens and closes at (the re-judge loop), flag changes waiting to become events
         IndexModel([("out_of_window", ASCENDING), ("key", ASCENDING)], name="flag_key"),

@@ -36,7 +36,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from taskdash.models import TaskMetaData
 from taskdash.store.assignments import empty_binding
-from taskdash.store.mongo import Doc, Store, duplicates_only, eq, translated
+from taskdash.store.mongo import CHANGED_AT, Doc, Store, duplicates_only, eq, translated
 from taskdash.store.task_windows import judge_tasks, judge_windowed, window_minutes
 from taskdash.store.tasklist import FIELDS, WINDOW, TaskQuery, every_task, fold
 from taskdash.store.tasklist import public_task as public_task  # its former home
@@ -131,6 +131,7 @@ def _new_doc(task: TaskMetaData, service_id: str, digest: int, now_ms: int) -> D
         "h": digest,
         "first_seen_at": now_ms,
         "last_seen_at": now_ms,
+        CHANGED_AT: now_ms,
         "gone": False,
         "gone_at": None,
     }
@@ -142,7 +143,7 @@ def _changed(task: TaskMetaData, service_id: str, digest: int, now_ms: int) -> U
     return UpdateOne(
         {"_id": task.id, "service_id": service_id},
         {
-            "$set": {**fields, "h": digest, "gone": False, "gone_at": None},
+            "$set": {**fields, "h": digest, "gone": False, "gone_at": None, CHANGED_AT: now_ms},
             "$max": {"last_seen_at": now_ms},
         },
     )
@@ -333,7 +334,14 @@ def _tcp_update(
 ) -> Doc:
     named = {"name_lc": fold(fields["name"])} if "name" in fields else {}
     update: Doc = {
-        "$set": {**fields, **named, **window, **window_minutes(window), "updated_at": now_ms},
+        "$set": {
+            **fields,
+            **named,
+            **window,
+            **window_minutes(window),
+            "updated_at": now_ms,
+            CHANGED_AT: now_ms,
+        },
         "$max": {"last_seen_at": now_ms},
     }
     if create:
@@ -386,24 +394,38 @@ async def write_registered(
         elif done.matched_count:
             written = TcpWrite("updated")
         else:
-            written = await _owned(store, task_id, fields, window)
+            written = await _owned(store, task_id, fields, window, now_ms)
     if written.outcome != "missing" and (window or "status" in fields):
         await judge_tasks(store, [task_id], now_ms)  # its new status or window, judged
     return written
 
 
 async def _owned(
-    store: Store, task_id: str, fields: dict[str, str], window: dict[str, str]
+    store: Store, task_id: str, fields: dict[str, str], window: dict[str, str], now_ms: int
 ) -> TcpWrite:
     """A service's task (or none): only the window is written; what else differs is named."""
     doc = await store.tasks.find_one({"_id": task_id})
     if doc is None:
         return TcpWrite("missing")
     if window:
-        owned_window = {**window, **window_minutes(window)}
+        owned_window = {**window, **window_minutes(window), CHANGED_AT: now_ms}
         await store.tasks.update_one({"_id": task_id}, {"$set": owned_window})
     ignored = tuple(k for k, v in fields.items() if doc.get(k, "") != v)
     return TcpWrite("owned", owner=doc.get("service_id"), ignored=ignored)
+
+
+async def changed_since(
+    store: Store, since_ms: int, fields: Sequence[str], limit: int
+) -> list[Doc]:
+    """Tasks whose ``changed_at`` is ``since_ms`` or later, at most ``limit`` + 1 of them.
+
+    One indexed range query; the caller learns that more changed than it wants to read from
+    getting ``limit`` + 1 documents.
+    """
+    projection = dict.fromkeys(fields, 1)
+    async with translated("changed_since"):
+        cursor = store.tasks.find({CHANGED_AT: {"$gte": since_ms}}, projection).limit(limit + 1)
+        return [doc async for doc in cursor]
 
 
 async def get_tasks(

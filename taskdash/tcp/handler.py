@@ -20,7 +20,7 @@ from taskdash.store import Store
 from taskdash.store.assignments import set_assignment
 from taskdash.store.tasks import HARVESTED, WINDOW, TcpWrite, write_registered
 from taskdash.store.times import to_ms, utcnow
-from taskdash.tcp.cache import FindCache
+from taskdash.tcp.cache import MISS, Fields, FindCache
 from taskdash.tcp.lookup import FindBatcher
 from taskdash.tcp.requests import BadRequest, ErrId, FindBody, Request, TaskRecord, reply
 
@@ -36,20 +36,35 @@ def _now_ms() -> int:
 class RequestHandler:
     """Turns one decoded request into its reply frame; never raises for a client's input."""
 
-    def __init__(self, store: Store, cache: FindCache, *, now_ms: Now = _now_ms) -> None:
+    def __init__(
+        self, store: Store, cache: FindCache, *, now_ms: Now = _now_ms, lookback: float = 5.0
+    ) -> None:
         self.store = store
         self.now_ms = now_ms
-        self.finder = FindBatcher(store, cache)
+        self.finder = FindBatcher(store, cache, now_ms=now_ms, lookback=lookback)
         self.store_failures = 0
         self._bad_log = RateLimitedLog(log, "tcp_bad_request")
         self._store_log = RateLimitedLog(log, "tcp_store_failed")
         self._ignored_log = RateLimitedLog(log, "tcp_owned_fields_ignored")
 
+    def answer_now(self, request: Request | BadRequest, peer: str) -> bytes | None:
+        """The reply if it needs no store (a bad request, a Find the cache holds), else None."""
+        if isinstance(request, BadRequest):
+            return self._bad(request, peer)
+        if isinstance(request.body, FindBody):
+            cached = self.finder.cache.get(request.id, count_miss=False)
+            if cached is not MISS:
+                return self._found(request, cached)
+        return None
+
+    def _bad(self, request: BadRequest, peer: str) -> bytes:
+        self._bad_log(peer=peer, request=request.name, reason=request.reason[:200])
+        return reply(request.name, request.message_id, request.task_id, ErrId.BAD_REQUEST)
+
     async def handle(self, request: Request | BadRequest, peer: str) -> bytes:
         """The reply to ``request`` (errid 1000 for a bad one, 1001 if the store failed)."""
         if isinstance(request, BadRequest):
-            self._bad_log(peer=peer, request=request.name, reason=request.reason[:200])
-            return reply(request.name, request.message_id, request.task_id, ErrId.BAD_REQUEST)
+            return self._bad(request, peer)
         try:
             if isinstance(request.body, FindBody):
                 return await self._find(request)
@@ -63,7 +78,10 @@ class RequestHandler:
             return reply(request.name, request.message_id, request.id, ErrId.STORE_FAILED)
 
     async def _find(self, request: Request) -> bytes:
-        fields = await self.finder.find(request.id)
+        return self._found(request, await self.finder.find(request.id))
+
+    @staticmethod
+    def _found(request: Request, fields: Fields | None) -> bytes:
         if fields is None:
             return reply(request.name, request.message_id, request.id, ErrId.NO_SUCH_TASK)
         return reply(request.name, request.message_id, request.id, ErrId.OK, fields)
