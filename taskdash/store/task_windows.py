@@ -54,7 +54,8 @@ FLAGGED_EVENT, CLEARED_EVENT = "window_flagged", "window_cleared"
 #: the fields a verdict is computed from: the verdict write is conditional on all of them
 STATE = ("status", "start_time", "stop_time")
 _MINUTES = {"start_time": "window_start", "stop_time": "window_stop"}
-_READ = dict.fromkeys(
+#: what judging a task reads of it
+JUDGED = dict.fromkeys(
     (*STATE, "window_verdict", "out_of_window", "window_version", "service_id"), 1
 )
 
@@ -78,37 +79,57 @@ class Judged:
     left: int = 0
 
 
-def _verdict_update(doc: Doc, verdict: str | None, now_ms: int, node: str) -> UpdateOne | None:
-    """The conditional write of ``verdict``, or None when the stored one is the same."""
+def _changes(doc: Doc, verdict: str | None, now_ms: int, node: str) -> tuple[Doc, str] | None:
+    """What writing ``verdict`` sets, and the flag change's event (JSON text, "" if the flag
+    stays); None when the stored verdict is the same."""
     flagged = verdict in FLAGGED
     was_flagged = bool(doc.get("out_of_window"))  # nx-27017 gives a stored bool back as 0/1
     if verdict == doc.get("window_verdict") and flagged == was_flagged:
         return None
-    match = {"_id": doc["_id"], **{k: eq(doc.get(k)) for k in (*STATE, "window_version")}}
-    update: Doc = {
-        "$set": {"window_verdict": verdict, "out_of_window": flagged, "window_since": now_ms},
-        "$inc": {"window_version": 1},
+    fields: Doc = {"window_verdict": verdict, "out_of_window": flagged, "window_since": now_ms}
+    if flagged == was_flagged:
+        return fields, ""
+    event = {
+        "token": uuid.uuid4().hex,
+        "kind": FLAGGED_EVENT if flagged else CLEARED_EVENT,
+        "verdict": verdict,
+        "previous": doc.get("window_verdict"),
+        **{k: doc.get(k) for k in (*STATE, "service_id")},
+        "at": now_ms,
+        "node": node,
     }
-    if flagged != was_flagged:
-        event = {
-            "token": uuid.uuid4().hex,
-            "kind": FLAGGED_EVENT if flagged else CLEARED_EVENT,
-            "verdict": verdict,
-            "previous": doc.get("window_verdict"),
-            **{k: doc.get(k) for k in (*STATE, "service_id")},
-            "at": now_ms,
-            "node": node,
-        }
-        update["$set"]["window_outbox_pending"] = 1
-        update["$push"] = {"window_outbox": json.dumps(event, separators=(",", ":"))}
+    fields["window_outbox_pending"] = 1
+    return fields, json.dumps(event, separators=(",", ":"))
+
+
+def _verdict_update(doc: Doc, verdict: str | None, now_ms: int, node: str) -> UpdateOne | None:
+    """The write of ``verdict``, conditional on what it came from (None: nothing changes)."""
+    changes = _changes(doc, verdict, now_ms, node)
+    if changes is None:
+        return None
+    fields, event = changes
+    match = {"_id": doc["_id"], **{k: eq(doc.get(k)) for k in (*STATE, "window_version")}}
+    update: Doc = {"$set": fields, "$inc": {"window_version": 1}}
+    if event:
+        update["$push"] = {"window_outbox": event}
     return UpdateOne(match, update)
+
+
+def verdict_on_insert(store: Store, state: Doc, now_ms: int) -> Doc:
+    """The verdict fields of a task created with ``state`` (its status and times), for the
+    insert's ``$setOnInsert``: a new task is judged in the write that creates it."""
+    changes = _changes(state, _verdict(store, state, now_ms), now_ms, "")
+    if changes is None:
+        return {}
+    fields, event = changes
+    return {**fields, "window_version": 1, **({"window_outbox": [event]} if event else {})}
 
 
 async def _read(store: Store, conditions: Sequence[Doc]) -> list[Doc]:
     """The tasks matching any of ``conditions`` (each one query an index serves), once each."""
     found: dict[str, Doc] = {}
     for condition in conditions:
-        async for doc in store.tasks.find(condition, _READ):
+        async for doc in store.tasks.find(condition, JUDGED):
             found.setdefault(doc["_id"], doc)
     return list(found.values())
 
@@ -117,18 +138,23 @@ async def judge_where(
     store: Store, conditions: Sequence[Doc], now_ms: int, *, node: str = ""
 ) -> Judged:
     """Judge the tasks matching any of ``conditions`` at ``now_ms``; write what changed."""
-    result = Judged()
     async with translated("judge_windows"):
         docs = await _read(store, conditions)
+    return await judge_docs(store, docs, now_ms, node=node)
+
+
+async def judge_docs(store: Store, docs: list[Doc], now_ms: int, *, node: str = "") -> Judged:
+    """Judge tasks as read (:data:`JUDGED`; a write's own view of what it wrote will do):
+    write what changed; a write that lost its compare-and-set is judged again from a read."""
+    result = Judged()
+    flipped = False
+    async with translated("judge_windows"):
         for attempt in range(ATTEMPTS):
-            planned = [
-                (doc["_id"], op)
-                for doc in docs
-                if (op := _verdict_update(doc, _verdict(store, doc, now_ms), now_ms, node))
-            ]
+            planned = _plan(store, docs, now_ms, node)
             if not planned:
                 break
-            ops = [op for _, op in planned]
+            ops = [op for _, op, _ in planned]
+            flipped = flipped or any(flips for _, _, flips in planned)
             written = await store.tasks.bulk_write(ops, ordered=False)
             result.changed += written.modified_count
             if written.matched_count == len(ops):
@@ -137,10 +163,23 @@ async def judge_where(
                 result.left = len(ops) - written.matched_count
                 break
             # some lost the compare-and-set: judge those tasks again, as they are now
-            docs = await _read(store, [{"_id": {"$in": [task_id for task_id, _ in planned]}}])
-    if result.changed:
+            docs = await _read(store, [{"_id": {"$in": [task_id for task_id, _, _ in planned]}}])
+    if flipped and result.changed:
         await record_window_events(store)
     return result
+
+
+def _plan(
+    store: Store, docs: list[Doc], now_ms: int, node: str
+) -> list[tuple[str, UpdateOne, bool]]:
+    """(task id, its verdict write, whether its flag changes) for the tasks that change."""
+    planned = []
+    for doc in docs:
+        verdict = _verdict(store, doc, now_ms)
+        op = _verdict_update(doc, verdict, now_ms, node)
+        if op is not None:
+            planned.append((doc["_id"], op, bool(doc.get("out_of_window")) != (verdict in FLAGGED)))
+    return planned
 
 
 def _verdict(store: Store, doc: Doc, now_ms: int) -> str | None:

@@ -37,7 +37,16 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from taskdash.models import TaskMetaData
 from taskdash.store.assignments import empty_binding
 from taskdash.store.mongo import CHANGED_AT, Doc, Store, duplicates_only, eq, translated
-from taskdash.store.task_windows import judge_tasks, judge_windowed, window_minutes
+from taskdash.store.task_windows import (
+    JUDGED,
+    STATE,
+    judge_docs,
+    judge_tasks,
+    judge_windowed,
+    record_window_events,
+    verdict_on_insert,
+    window_minutes,
+)
 from taskdash.store.tasklist import FIELDS, WINDOW, TaskQuery, every_task, fold
 from taskdash.store.tasklist import public_task as public_task  # its former home
 from taskdash.store.times import iso
@@ -330,7 +339,12 @@ class TcpWrite:
 
 
 def _tcp_update(
-    task_id: str, fields: dict[str, str], window: dict[str, str], now_ms: int, create: bool
+    task_id: str,
+    fields: dict[str, str],
+    window: dict[str, str],
+    now_ms: int,
+    create: bool,
+    on_insert: Doc | None = None,
 ) -> Doc:
     named = {"name_lc": fold(fields["name"])} if "name" in fields else {}
     update: Doc = {
@@ -356,6 +370,7 @@ def _tcp_update(
             "first_seen_at": now_ms,
             "gone": False,
             "gone_at": None,
+            **(on_insert or {}),
         }
     return update
 
@@ -382,22 +397,57 @@ async def write_registered(
     exists now, a match means updated, and only no match means owned.
     """
     unowned = {"_id": task_id, "service_id": eq(None)}
-    update = _tcp_update(task_id, fields, window, now_ms, create)
+    given = {**fields, **window}
+    state = {"_id": task_id, **{k: given.get(k, "") for k in STATE}}
+    on_insert = verdict_on_insert(store, state, now_ms) if create else {}
+    update = _tcp_update(task_id, fields, window, now_ms, create, on_insert)
     async with translated("write_registered"):
         try:
-            done = await store.tasks.update_one(unowned, update, upsert=create)
+            if create:  # nx-27017's find_one_and_update ignores $setOnInsert: update_one
+                done = await store.tasks.update_one(unowned, update, upsert=True)
+                inserted, before = done.upserted_id is not None, None
+                if done.matched_count:  # registered again: what it is now, to judge
+                    before = await store.tasks.find_one({"_id": task_id}, JUDGED)
+            else:  # the state it had, returned by the write itself
+                before = await store.tasks.find_one_and_update(unowned, update, JUDGED)
+                inserted = False
         except DuplicateKeyError:  # owned, or inserted meanwhile: see the docstring
             retry = _tcp_update(task_id, fields, window, now_ms, create=False)
-            done = await store.tasks.update_one(unowned, retry)
-        if done.upserted_id is not None:
+            before, inserted = await store.tasks.find_one_and_update(unowned, retry, JUDGED), False
+        if inserted:
             written = TcpWrite("created")
-        elif done.matched_count:
+        elif before is not None:
             written = TcpWrite("updated")
         else:
             written = await _owned(store, task_id, fields, window, now_ms)
-    if written.outcome != "missing" and (window or "status" in fields):
-        await judge_tasks(store, [task_id], now_ms)  # its new status or window, judged
+    await _judge_tcp_write(store, task_id, written, before, given, on_insert, now_ms)
     return written
+
+
+async def _judge_tcp_write(
+    store: Store,
+    task_id: str,
+    written: TcpWrite,
+    before: Doc | None,
+    given: dict[str, str],
+    on_insert: Doc,
+    now_ms: int,
+) -> None:
+    """The daily-window verdict of what a TCP write left, with as few reads as it can.
+
+    A created task was judged in its insert (only its flag change, if any, is moved to
+    ``task_events``); an updated one is judged from its state around the write (``before``,
+    the sent fields applied again: the same thing after a re-read), a write following only
+    if the verdict changes; a service's task whose window was set is judged from a read.
+    """
+    if written.outcome == "created":
+        if on_insert.get("window_outbox"):
+            await record_window_events(store)
+    elif before is not None and given.keys() & set(STATE):
+        after = {**before, **{k: v for k, v in given.items() if k in STATE}}
+        await judge_docs(store, [after], now_ms)
+    elif written.outcome == "owned" and given.keys() & {"start_time", "stop_time"}:
+        await judge_tasks(store, [task_id], now_ms)
 
 
 async def _owned(
