@@ -350,3 +350,11 @@ def test_boundary_conditions_are_index_ranges() -> None:
         {"window_start": {"$gte": 120, "$lte": 122}},
         {"window_stop": {"$gte": 120, "$lte": 122}},
     ]
+
+
+async def test_registering_again_judges_the_task_as_it_is_now(paris: Store) -> None:
+    assert await tcp(paris, "again", at("2026-01-15 13:00"), DAY, status="finish") == "created"
+    assert (await window_of(paris, "again"))["verdict"] == IDLE_INSIDE  # type: ignore[index]
+    assert await tcp(paris, "again", at("2026-01-15 13:01"), status="running") == "updated"
+    assert (await window_of(paris, "again"))["verdict"] == OK  # type: ignore[index]
+    assert [e["kind"] for e in await events(paris)] == [FLAGGED_EVENT, "window_cleared"]

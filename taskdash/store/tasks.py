@@ -362,7 +362,6 @@ def _tcp_update(
         unset = [k for k in (*FIELDS, *WINDOW) if k not in fields and k not in window]
         update["$setOnInsert"] = {
             **dict.fromkeys(unset, ""),
-            **window_minutes(dict.fromkeys((k for k in WINDOW if k not in window), "")),
             **({} if named else {"name_lc": ""}),
             **_keys(task_id),
             **empty_binding(),
