@@ -166,6 +166,7 @@ class _Plan:
     bump: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     new_docs: dict[tuple[str, str], Doc] = field(default_factory=dict)  # (service, task) -> insert
+    changed: list[str] = field(default_factory=list)  # updated tasks: new statuses to judge
 
 
 def _plan(listings: Sequence[ServiceListing], now_ms: int, result: ApplyResult) -> _Plan:
@@ -187,6 +188,7 @@ def _plan(listings: Sequence[ServiceListing], now_ms: int, result: ApplyResult) 
             else:
                 plan.ops.append(_changed(task, sid, digest, now_ms))
                 plan.updates += 1
+                plan.changed.append(task.id)
             plan.where.append((sid, task.id))
         for task_id, digest in listing.known.items():
             if task_id in after:
@@ -235,8 +237,11 @@ async def apply_listings(
             )
         if duplicates:
             await _sort_duplicates(store, duplicates, result, plan.new_docs, now_ms)
-    if plan.where:  # new statuses (and adopted tasks, which may have a window)
-        await judge_windowed(store, [task_id for _, task_id in plan.where], now_ms)
+    # new statuses, and tasks that existed when inserted (adopted ones may have a window);
+    # a task this fetch inserted has none
+    judged = plan.changed + [task_id for _, task_id in duplicates]
+    if judged:
+        await judge_windowed(store, judged, now_ms)
     result.inserted = len(plan.ops) - plan.updates - len(duplicates)
     result.changed = plan.updates
     result.unchanged = len(plan.bump)
