@@ -21,12 +21,12 @@ import time
 from typing import Any
 
 import structlog
-import tornado.httpserver
 import tornado.web
 
 from taskdash.background import Background
 from taskdash.checker import Checker
 from taskdash.cookie_secret import cookie_secret
+from taskdash.draining import DrainingHTTPServer
 from taskdash.errors import StoreError, StoreUnavailable, TaskDashError
 from taskdash.fetcher import Fetcher
 from taskdash.health import Health
@@ -51,6 +51,7 @@ from taskdash.store import Store, users
 from taskdash.store.embedded import EmbeddedMongo
 from taskdash.store.monitor import StoreMonitor, probe_timeout
 from taskdash.systemd import Notifier
+from taskdash.watchdog import WatchdogPings
 from taskdash.web.app import make_app, server_options
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
@@ -61,11 +62,16 @@ log = structlog.get_logger("taskdash.daemon")
 
 
 def nsqd_http_address(cfg: NsqSettings) -> str:
-    """Where to publish: configured, else the first nsqd's host on nsqd's default HTTP port."""
+    """Where to publish: configured, else the first nsqd's host on nsqd's default HTTP port.
+
+    With ``tls`` the default is nsqd's HTTPS port (``--https-address``, 4152): an nsqd that
+    requires TLS refuses its plain HTTP port.
+    """
     if cfg.nsqd_http_address:
         return cfg.nsqd_http_address
     if cfg.nsqd_tcp_addresses:
-        return f"http://{cfg.nsqd_tcp_addresses[0].rsplit(':', 1)[0]}:4151"
+        scheme, port = ("https", 4152) if cfg.tls else ("http", 4151)
+        return f"{scheme}://{cfg.nsqd_tcp_addresses[0].rsplit(':', 1)[0]}:{port}"
     return ""
 
 
@@ -223,17 +229,17 @@ class Daemon:
     ) -> int:  # fmt: skip
         """Serve ``app`` on ``host:port`` as component ``name``; returns the bound port.
 
-        A taken port is one line naming ``setting``. Stopping closes every connection; after
-        the shutdown budget only the listener is closed.
+        A taken port is one line naming ``setting``. Stopping answers the requests already read
+        (within half the shutdown budget), then closes every connection; after the budget only
+        the listener is closed.
         """
         sockets = bind_setting(setting, host, port)
-        server = tornado.httpserver.HTTPServer(app, **options)
+        server = DrainingHTTPServer(app, **options)
         server.add_sockets(sockets)
         bound: int = sockets[0].getsockname()[1]
 
-        async def stop() -> None:
-            server.stop()
-            await server.close_all_connections()
+        async def stop() -> None:  # requests already read are answered first
+            await server.drain(self.settings.daemon.shutdown_timeout / 2)
 
         async def abort() -> None:
             server.stop()
@@ -333,6 +339,19 @@ class Daemon:
         await judge.start()
         self._started("window_judge", judge.stop)
 
+    async def _start_alerts(self, store: Store) -> None:
+        """Webhooks for state changes and dead periodic tasks, under the fetcher's SSRF rules."""
+        if not self.settings.alerts.webhooks:
+            return
+        from taskdash.alerts.dispatcher import Dispatcher
+        from taskdash.fetcher.rules import Rules
+
+        rules = Rules.from_settings(self.settings.fetcher)
+        dispatcher = Dispatcher(store, self.settings.alerts, rules, node_id=self.node_id)
+        await dispatcher.start()
+        self.health.add("alerts", dispatcher.check)
+        self._started("alerts", dispatcher.stop)
+
     async def _start_tcp(self, store: Store) -> None:
         """The tcpx interface: it only needs the store. Started last, it is stopped first and
         drains within half the shutdown budget, so the parts stopped after it keep the rest."""
@@ -358,6 +377,7 @@ class Daemon:
         await self._start_ingestion(self.store)
         await self._start_fetcher(self.store)
         await self._start_window_judge(self.store)
+        await self._start_alerts(self.store)
         await self._start_tcp(self.store)
 
     async def stop(self) -> None:
@@ -482,6 +502,13 @@ class Daemon:
         self._begin_stop()
         self.stop_requested.set()
 
+    async def _start_watchdog_pings(self) -> None:
+        """``WATCHDOG=1`` from the loop, before anything else starts and stopped last."""
+        pings = WatchdogPings(self.notifier)
+        if pings.enabled:
+            await pings.start()
+            self._started("systemd_watchdog", pings.stop)
+
     async def _run_start(self) -> bool:
         """Start, unless a stop request comes first; False if the start failed or was cut short."""
         starting = asyncio.create_task(self.start(), name="daemon_start")
@@ -509,6 +536,7 @@ class Daemon:
         """
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        await self._start_watchdog_pings()
         try:
             started = await self._run_start()
         except Exception:

@@ -8,7 +8,7 @@ fetched twice, and the operation each failure names.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -123,20 +123,6 @@ async def test_a_claim_holds_a_service_until_its_end_and_a_release_gives_it_back
     assert await claim_due(store, ["s"], now_ms=150, until_ms=300, token="d") == {}
     await release(store, ["s"], "b")  # b stops before fetching it: due at once
     assert list(await claim_due(store, ["s"], now_ms=150, until_ms=300, token="e")) == ["s"]
-
-
-@pytest.fixture
-async def dead() -> AsyncIterator[Store]:
-    """A store whose server is not there."""
-    store = Store(
-        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-        "t",
-        server_selection_timeout=0.3,
-    )
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 NEW = TaskMetaData(id="t1", name="n")

@@ -11,10 +11,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from fetcher_site import Clock as AlertsClock
 from support import free_port
+from test_alerts import alerts, dispatcher, hook, started_receivers
 
+from taskdash.alerts.windows import window_changes
 from taskdash.errors import StoreUnavailable
 from taskdash.models import TaskMetaData
+from taskdash.settings import AlertsSettings
 from taskdash.store import Store
 from taskdash.store.task_windows import (
     FLAGGED_EVENT,
@@ -30,8 +34,9 @@ from taskdash.store.task_windows import (
 )
 from taskdash.store.tasklist import TaskQuery, every_task, get_task
 from taskdash.store.tasks import ServiceListing, apply_listings, load_known, write_registered
+from taskdash.store.times import to_ms
 from taskdash.window_judge import WindowJudge
-from taskdash.windows import IDLE_INSIDE, OK, RUNNING_OUTSIDE, Rules
+from taskdash.windows import IDLE_INSIDE, OK, RUNNING_OUTSIDE, Rules, minute_of_day
 
 PARIS = ZoneInfo("Europe/Paris")
 DAY = {"start_time": "12:00", "stop_time": "18:00"}
@@ -358,3 +363,51 @@ async def test_registering_again_judges_the_task_as_it_is_now(paris: Store) -> N
     assert await tcp(paris, "again", at("2026-01-15 13:01"), status="running") == "updated"
     assert (await window_of(paris, "again"))["verdict"] == OK  # type: ignore[index]
     assert [e["kind"] for e in await events(paris)] == [FLAGGED_EVENT, "window_cleared"]
+
+
+async def test_flag_changes_become_alert_events_once(paris: Store) -> None:
+    await tcp(paris, "al", at("2026-01-15 19:00"), DAY, status="running")  # flagged
+    await tcp(paris, "al", at("2026-01-15 19:01"), create=False, status="finish")  # cleared
+    settings = AlertsSettings()
+    assert await window_changes(paris, settings, at("2026-01-15 19:02")) == 2
+    assert await window_changes(paris, settings, at("2026-01-15 19:03")) == 0  # marked
+    alerts = [a async for a in paris["alert_events"].find({}).sort("at", 1)]
+    assert [(a["kind"], a["subject"]) for a in alerts] == [
+        ("task.out_of_window", "al"),
+        ("task.in_window", "al"),
+    ]
+    assert alerts[0]["title"] == "Task al is out of its daily window: running outside it"
+    assert (
+        alerts[0]["details"]["start_time"] == "12:00"
+        and alerts[0]["details"]["status"] == "running"
+    )
+    assert alerts[1]["title"] == "Task al is back within its daily window"
+    # a change older than max_event_age when first seen is marked, not sent
+    await tcp(paris, "old", at("2026-01-15 19:00"), DAY, status="running")
+    late = at("2026-01-15 19:00") + int(settings.max_event_age * 1000) + 1
+    assert await window_changes(paris, settings, late) == 0
+    assert await paris["alert_events"].count_documents({}) == 2
+    marked = await paris["task_events"].find_one({"task_id": "old"})
+    assert marked is not None and marked["alerted"] == "too_old"
+
+
+async def test_a_window_alert_reaches_a_webhook(paris: Store) -> None:
+    """Through the alerts dispatcher to a receiver on loopback, for a webhook that asks
+    for the task kinds only."""
+    clock = AlertsClock()
+    now = to_ms(clock.now)
+    minute = minute_of_day(now, PARIS)
+    start, stop = ((minute + k) % 1440 for k in (120, 180))  # now is outside it
+    window = {
+        "start_time": f"{start // 60}:{start % 60:02d}",
+        "stop_time": f"{stop // 60}:{stop % 60:02d}",
+    }
+    await tcp(paris, "wh", now, window, status="running")
+    async with started_receivers() as start_receiver:
+        receiver = await start_receiver()
+        settings = alerts(hook(receiver, events=["task.*"]))
+        assert await dispatcher(paris, settings, clock, node_id="d1").once() == 1
+    [body] = receiver.bodies()
+    assert (body["kind"], body["subject"]) == ("task.out_of_window", "wh")
+    assert body["title"] == "Task wh is out of its daily window: running outside it"
+    assert body["details"]["stop_time"] == window["stop_time"]

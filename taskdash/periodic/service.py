@@ -13,6 +13,7 @@ import socket
 
 import structlog
 
+from taskdash.alerts.periodic import AlertingPeriodicStore
 from taskdash.daemon import Daemon, nsqd_http_address
 from taskdash.models import TaskService
 from taskdash.nsq.announce import Announcer
@@ -23,7 +24,6 @@ from taskdash.periodic.leasing import Leasing
 from taskdash.periodic.schedules import Schedules
 from taskdash.periodic.schedules_http import routes
 from taskdash.settings import PeriodicSettings
-from taskdash.store.periodic import PeriodicStore
 from taskdash.store.schedules import ScheduleStore
 
 log = structlog.get_logger("taskdash.periodic.service")
@@ -56,7 +56,9 @@ class PeriodicService(Daemon):
         store = await self._start_store()
         self.store = store
         cfg = self.settings.periodic
-        leasing = Leasing(PeriodicStore(store), cfg, node_id=self.node_name)
+        # dead tasks raise alerts, sent by the daemons that list webhooks (docs/alerts.md)
+        tasks = AlertingPeriodicStore(store, keep_days=self.settings.alerts.keep_days)
+        leasing = Leasing(tasks, cfg, node_id=self.node_name)
         schedule_store = ScheduleStore(store)
         clock = StoreClock(schedule_store.server_time)
         firer = Firer(leasing, schedule_store, clock=clock, sync=clock.sync)

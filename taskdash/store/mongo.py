@@ -82,6 +82,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     "task_events": [
         IndexModel([("task_id", ASCENDING), ("at", ASCENDING)], name="task_at"),
         IndexModel([("published", ASCENDING), ("claim_until", ASCENDING)], name="outbox"),
+        IndexModel([("alerted", ASCENDING)], name="alerted"),  # taskdash/alerts/windows.py
     ],
     "fetch_results": [
         IndexModel([("claim", ASCENDING)], name="claim"),

@@ -323,3 +323,22 @@ async def window_events(store: Store, task_id: str, limit: int = 20) -> list[dic
             }
             async for e in cursor
         ]
+
+
+# -- for the alert webhooks (taskdash/alerts/windows.py) ---------------------------------------
+
+
+async def unalerted_window_events(store: Store, limit: int) -> list[Doc]:
+    """Flag changes not yet turned into alert events (``alerted`` absent), oldest first."""
+    async with translated("unalerted_window_events"):
+        cursor = store["task_events"].find({"alerted": eq(None)}).limit(limit)
+        return sorted([doc async for doc in cursor], key=lambda d: d["at"])
+
+
+async def mark_window_events(store: Store, ids: Sequence[str], alerted: str = "queued") -> None:
+    """Those flag changes are alert events now (or never will be: ``alerted="too_old"``)."""
+    if ids:
+        async with translated("mark_window_events"):
+            await store["task_events"].update_many(
+                {"_id": {"$in": list(ids)}}, {"$set": {"alerted": alerted}}
+            )

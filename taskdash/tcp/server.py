@@ -124,12 +124,8 @@ class Connection(asyncio.Protocol):
         """
         if not self.queue or self.busy:
             return
-        transport = self.transport
-        assert transport is not None
-        while self.queue:
-            request = self._next(transport)
-            if request is None:
-                continue
+        transport = self._open_transport()
+        while (request := self._next(transport)) is not None:
             answer = self._answer_now(request, transport)
             if answer is None:
                 self.queue.appendleft(request)
@@ -137,20 +133,32 @@ class Connection(asyncio.Protocol):
                 return
             if not self._sent(answer, transport):
                 return
+        self._close_if_asked(transport)
+
+    def _close_if_asked(self, transport: asyncio.Transport) -> None:
+        """Everything read is answered: close if the connection was to close after that."""
         if self.closing and not transport.is_closing():
             transport.close()
 
+    def _open_transport(self) -> asyncio.Transport:
+        assert self.transport is not None, "requests are queued only once connected"
+        return self.transport
+
     def _next(self, transport: asyncio.Transport) -> Request | BadRequest | None:
-        """The next queued request, parsed (None for a heartbeat); resumes reading if paused."""
-        item = self.queue.popleft()
-        if self._paused and not self.closing and not self._backlogged():
-            self._paused = False
-            transport.resume_reading()
-        if not isinstance(item, Frame):
-            return item  # parsed already, put back by _kick for the task
-        if item.message_id == HEARTBEAT_ID:
-            return None
-        return parse_request(item)  # never raises: unreadable bytes are errid 1000
+        """The next queued request, parsed, heartbeats skipped (None: nothing left).
+
+        Resumes reading if the queue was too long and is no longer.
+        """
+        while self.queue:
+            item = self.queue.popleft()
+            if self._paused and not self.closing and not self._backlogged():
+                self._paused = False
+                transport.resume_reading()
+            if not isinstance(item, Frame):
+                return item  # parsed already, put back by _kick for the task
+            if item.message_id != HEARTBEAT_ID:
+                return parse_request(item)  # never raises: unreadable bytes are errid 1000
+        return None
 
     def _answer_now(
         self, request: Request | BadRequest, transport: asyncio.Transport
@@ -172,12 +180,8 @@ class Connection(asyncio.Protocol):
 
     async def _answer(self) -> None:
         """Answer queued requests in order; heartbeats only keep the connection alive."""
-        transport = self.transport
-        assert transport is not None
-        while self.queue:
-            request = self._next(transport)
-            if request is None:
-                continue
+        transport = self._open_transport()
+        while (request := self._next(transport)) is not None:
             try:
                 answer = await self.server.handler.handle(request, self.peer)
             except Exception:  # a bug, not the client's fault: no errid fits, so close
@@ -186,8 +190,7 @@ class Connection(asyncio.Protocol):
                 return
             if not self._sent(answer, transport):
                 return
-        if self.closing and not transport.is_closing():
-            transport.close()
+        self._close_if_asked(transport)
 
 
 class TcpServer:

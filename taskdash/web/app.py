@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from taskdash.web import account, api, health, pages
+from taskdash.web import account, alerts, api, health, pages
 from taskdash.web.base import JsonHandler
 from taskdash.web.context import WebContext
 
@@ -57,6 +57,7 @@ def server_options(web: WebSettings) -> dict[str, Any]:
 ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     *health.ROUTES,
     *api.ROUTES,
+    *alerts.ROUTES,
     *account.ROUTES,
     *pages.ROUTES,
 ]

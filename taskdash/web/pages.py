@@ -34,6 +34,7 @@ from taskdash.store import (
     users,
 )
 from taskdash.store import audit as audit_log
+from taskdash.store.alerts import recent as recent_alerts
 from taskdash.store.tasks import get_fetch_result, get_fetch_results
 from taskdash.store.times import from_ms, to_ms
 from taskdash.web import account
@@ -46,6 +47,8 @@ from taskdash.web.pipeline import WINDOWS, Pipeline, node_rows
 #: seconds between two refreshes of a page's table (app.js reads it from data-refresh)
 REFRESH = 5
 PAGE_SIZES = (25, 50, 100)
+#: the service page shows this many of the service's latest alert deliveries
+ALERTS_SHOWN = 10
 #: the longest text filter accepted (search, status, service, user names)
 MAX_FILTER = 128
 #: the services page shows this many at most per page (each with its last fetch)
@@ -462,6 +465,7 @@ class ServicePage(Page):
             service=found,
             fetch=await get_fetch_result(self.store, service_id),
             timeline=await status.history(self.store, service_id, limit=100),
+            alerts=await recent_alerts(self.store, service_id, ALERTS_SHOWN),
             tasks=tasks.tasks,
             more_tasks=tasks.next is not None,
             thresholds=self.ctx.settings.checker,
