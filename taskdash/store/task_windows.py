@@ -73,7 +73,8 @@ def _chunks(ids: Sequence[str]) -> Iterable[list[str]]:
 
 @dataclass
 class Judged:
-    """What a judgement wrote: verdicts changed, and those left for later (always lost)."""
+    """What a judgement wrote: verdicts changed, and those left for later (their writes lost
+    the compare-and-set :data:`ATTEMPTS` times: the next pass or write judges them)."""
 
     changed: int = 0
     left: int = 0
