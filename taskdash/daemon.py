@@ -57,6 +57,7 @@ from taskdash.web.app import make_app, server_options
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
 from taskdash.web.pipeline import Pipeline
+from taskdash.window_judge import WindowJudge
 
 log = structlog.get_logger("taskdash.daemon")
 
@@ -149,6 +150,7 @@ class Daemon:
             cfg.database,
             server_selection_timeout=cfg.server_selection_timeout,
             history_ttl_days=self.settings.checker.history_ttl_days,
+            window_rules=self.settings.tasks.window_rules(),
         )
 
         async def close() -> None:
@@ -342,6 +344,13 @@ class Daemon:
         self.health.add("fetcher", fetcher.check)
         self._started("fetcher", fetcher.stop)
 
+    async def _start_window_judge(self, store: Store) -> None:
+        """Daily windows opening and closing with no write (docs/windows.md)."""
+        cfg = self.settings.tasks
+        judge = WindowJudge(store, interval=cfg.window_check_interval, node_id=self.node_id)
+        await judge.start()
+        self._started("window_judge", judge.stop)
+
     async def _start_alerts(self, store: Store) -> None:
         """Webhooks for state changes and dead periodic tasks, under the fetcher's SSRF rules."""
         if not self.settings.alerts.webhooks:
@@ -381,6 +390,7 @@ class Daemon:
         await self._start_first_admin(self.store)
         await self._start_ingestion(self.store)
         await self._start_fetcher(self.store)
+        await self._start_window_judge(self.store)
         await self._start_alerts(self.store)
         await self._start_tcp(self.store)
 

@@ -25,7 +25,9 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
-from taskdash.errors import ConfigError
+from taskdash.errors import ConfigError, ValidationError
+from taskdash.windows import Rules
+from taskdash.zones import machine_zone, zone
 
 ENV_PREFIX = "TASKDASH_"
 DEFAULTS = "built-in defaults"  # where a value came from when neither file nor variable set it
@@ -477,6 +479,34 @@ class FetcherSettings(_Section):
             raise ValueError("node_timeout must be greater than node_heartbeat_interval")
 
 
+class TasksSettings(_Section):
+    """Tasks' daily windows (docs/windows.md): the zone they are read in, what is running."""
+
+    # an IANA zone name (Europe/Paris); "" = this machine's zone (/etc/localtime)
+    window_timezone: str = ""
+    # statuses that mean running (compared stripped and casefolded); the others are not
+    running_statuses: list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]] = (
+        msgspec.field(default_factory=lambda: ["running"])
+    )
+    # how often the clock is checked for windows opening or closing
+    window_check_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 15.0
+
+    def __post_init__(self) -> None:
+        if self.window_timezone:
+            try:
+                zone(self.window_timezone)
+            except ValidationError as exc:
+                raise ValueError(f"window_timezone {exc}") from None
+        if not any(s.strip() for s in self.running_statuses):
+            raise ValueError("running_statuses must name at least one status")
+
+    def window_rules(self) -> Rules:
+        """How windows are judged, from these settings."""
+        where = zone(self.window_timezone) if self.window_timezone else machine_zone()
+        running = frozenset(s.strip().casefold() for s in self.running_statuses if s.strip())
+        return Rules(where, running)
+
+
 class PeriodicSettings(_Section):
     """The periodic task service (``taskdash periodic``): gRPC + HTTP task queue with leases."""
 
@@ -526,6 +556,8 @@ ALERT_KINDS = (
     "service.offline",
     "service.online",
     "periodic.task_dead",
+    "task.out_of_window",  # a daily window's flag (docs/windows.md)
+    "task.in_window",
     "alerts.suppressed",  # the summary sent once a subject's rate limit held some back
 )
 
@@ -654,6 +686,7 @@ class Settings(_Section):
     nsq: NsqSettings = msgspec.field(default_factory=NsqSettings)
     checker: CheckerSettings = msgspec.field(default_factory=CheckerSettings)
     fetcher: FetcherSettings = msgspec.field(default_factory=FetcherSettings)
+    tasks: TasksSettings = msgspec.field(default_factory=TasksSettings)
     periodic: PeriodicSettings = msgspec.field(default_factory=PeriodicSettings)
     alerts: AlertsSettings = msgspec.field(default_factory=AlertsSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)

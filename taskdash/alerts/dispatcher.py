@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from taskdash.alerts import intake, payloads
+from taskdash.alerts import intake, payloads, windows
 from taskdash.alerts.fanout import FanOut
 from taskdash.alerts.sender import DELIVERED, FAILED, REFUSED, RETRY, Result, Sender
 from taskdash.background import Background
@@ -73,6 +73,7 @@ class Dispatcher:
             self._indexes = True
         now = to_ms(self.clock())
         await intake.service_changes(self.store, self.settings, now)
+        await windows.window_changes(self.store, self.settings, now)
         await self.fan_out.once(now)
         until = now + int(self.settings.claim_lease * 1000)
         claimed = await outbox.claim_deliveries(

@@ -23,7 +23,16 @@ import msgspec
 import tornado.web
 
 from taskdash.errors import ValidationError
-from taskdash.store import assignments, deadletters, services, status, tasklist, tokens, users
+from taskdash.store import (
+    assignments,
+    deadletters,
+    services,
+    status,
+    task_windows,
+    tasklist,
+    tokens,
+    users,
+)
 from taskdash.store import audit as audit_log
 from taskdash.store.alerts import recent as recent_alerts
 from taskdash.store.tasks import get_fetch_result, get_fetch_results
@@ -64,6 +73,13 @@ _STATUS_TONES = {
     "bad": ("offline", "failed", "fail", "error", "dead", "killed", "gone"),
 }
 _TONE_OF = {word: tone for tone, words in _STATUS_TONES.items() for word in words}
+#: a daily-window verdict (taskdash/windows.py) in words; None: the task reports no status
+WINDOW_VERDICTS = {
+    "ok": "as expected",
+    "running_outside": "running outside its window",
+    "idle_inside": "not running inside its window",
+    None: "not judged: no status",
+}
 
 
 def epoch_ms(value: object) -> int | None:
@@ -164,6 +180,7 @@ class Page(PageHandler):
             flash=("ok", done) if done else None,
             problem=None,
             is_admin=self.user is not None and self.user.role == "admin",
+            window_verdicts=WINDOW_VERDICTS,
         )
         return namespace
 
@@ -231,6 +248,7 @@ class TaskFilters:
     description: str = ""
     mine: bool = False
     unassigned: bool = False
+    out_of_window: bool = False
     gone: str = "hide"
     sort: str = "id"
     per: int = PAGE_SIZES[1]
@@ -251,6 +269,7 @@ class TasksPage(Page):
             description=self.text_argument("description"),
             mine=self.get_query_argument("mine", "") == "1",
             unassigned=self.get_query_argument("unassigned", "") == "1",
+            out_of_window=self.get_query_argument("out_of_window", "") == "1",
             gone=self.text_argument("gone") or "hide",
             sort=self.text_argument("sort") or "id",
             per=self.int_argument("per", PAGE_SIZES[1], 1, tasklist.MAX_PAGE),
@@ -267,6 +286,7 @@ class TasksPage(Page):
             status=f.status or None,
             service_id=f.service or None,
             assignee=assignee,
+            out_of_window=True if f.out_of_window else None,
             gone=f.gone,  # type: ignore[arg-type]  # checked by the store
             q=f.q,
             description=f.description,
@@ -312,6 +332,8 @@ class TaskPage(Page):
             task=task,
             binding=await assignments.get_assignment(self.store, task_id),
             history=await assignments.assignment_history(self.store, task_id, limit=50),
+            window_events=await task_windows.window_events(self.store, task_id, limit=10),
+            window_zone=self.ctx.settings.tasks.window_timezone or "this machine's time zone",
             people=[p for p in people if not p.disabled],
             problem=problem,
         )
