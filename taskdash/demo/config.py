@@ -96,6 +96,9 @@ stale_after = {t.stale_after:.3f}
 offline_after = {t.offline_after:.3f}
 self_preservation = false     # the demo silences two of six services at once, on purpose
 
+[tasks]
+window_timezone = "UTC"       # the TCP tasks' windows are placed around the current UTC time
+
 [fetcher]
 fetch_interval = {t.fetch_interval:.3f}
 connect_timeout = {t.connect_timeout:.3f}
