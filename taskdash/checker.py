@@ -22,8 +22,7 @@ from typing import Any
 
 import structlog
 
-from taskdash.background import Background
-from taskdash.errors import StoreError
+from taskdash.background import Background, store_round
 from taskdash.logs import log_each_or_summary
 from taskdash.settings import CheckerSettings
 from taskdash.store import Store
@@ -300,17 +299,19 @@ class Checker:
 
     async def _loop(self) -> None:
         while True:
-            try:
-                await self.check_once()
-                self.last_error = ""
-            except StoreError as exc:
-                if not self.last_error:
-                    log.error("checker_pass_failed", error=str(exc))
-                self.last_error = str(exc)
-                self.watching_since = None  # heartbeats are not being stored: watch anew
-            except Exception:
-                log.exception("checker_pass_crashed")
+            self.last_error = await store_round(
+                self.check_once,
+                self.last_error,
+                logger=log,
+                failed="checker_pass_failed",
+                crashed="checker_pass_crashed",
+                on_store_error=self._watch_anew,
+            )
             await asyncio.sleep(self.settings.check_interval)
+
+    def _watch_anew(self) -> None:
+        """Heartbeats are not being stored during a store outage: watch anew after it."""
+        self.watching_since = None
 
     async def start(self) -> None:
         """Start checking in the background."""

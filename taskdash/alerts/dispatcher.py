@@ -19,8 +19,7 @@ import structlog
 from taskdash.alerts import intake, payloads, windows
 from taskdash.alerts.fanout import FanOut
 from taskdash.alerts.sender import DELIVERED, FAILED, REFUSED, RETRY, Result, Sender
-from taskdash.background import Background
-from taskdash.errors import StoreError
+from taskdash.background import Background, store_round
 from taskdash.fetcher.rules import Rules
 from taskdash.settings import AlertsSettings, WebhookSettings
 from taskdash.store import Store
@@ -169,15 +168,13 @@ class Dispatcher:
 
     async def _loop(self) -> None:
         while True:
-            try:
-                await self.once()
-                self.last_error = ""
-            except StoreError as exc:
-                if not self.last_error:
-                    log.error("alerts_round_failed", error=str(exc))
-                self.last_error = str(exc)
-            except Exception:
-                log.exception("alerts_round_crashed")
+            self.last_error = await store_round(
+                self.once,
+                self.last_error,
+                logger=log,
+                failed="alerts_round_failed",
+                crashed="alerts_round_crashed",
+            )
             await asyncio.sleep(self.settings.poll_interval)
 
     async def start(self) -> None:
