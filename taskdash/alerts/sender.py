@@ -19,7 +19,7 @@ from tornado.simple_httpclient import HTTPTimeoutError, SimpleAsyncHTTPClient
 
 from taskdash import __version__
 from taskdash.alerts.signing import HEADER, signature
-from taskdash.fetcher.client import RuleResolver
+from taskdash.fetcher.client import CheckedHttp
 from taskdash.fetcher.errors import FetchError, Refused
 from taskdash.fetcher.rules import Rules
 from taskdash.settings import AlertsSettings
@@ -69,23 +69,16 @@ class Sender:
     def __init__(self, settings: AlertsSettings, rules: Rules) -> None:
         self.settings = settings
         self.rules = rules
-        self._client: SimpleAsyncHTTPClient | None = None
+        self._checked = CheckedHttp(
+            rules, max_clients=settings.concurrency, max_body_size=settings.max_response_size
+        )
 
     def _http(self) -> SimpleAsyncHTTPClient:
-        if self._client is None:
-            self._client = SimpleAsyncHTTPClient(
-                force_instance=True,
-                max_clients=self.settings.concurrency,
-                resolver=RuleResolver(rules=self.rules),
-                max_body_size=self.settings.max_response_size,
-            )
-        return self._client
+        return self._checked.client()
 
     def close(self) -> None:
         """Close the client. Idempotent."""
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._checked.close()
 
     async def post(
         self, url: str, body: bytes, *, secret: str, headers: dict[str, str], now: float
