@@ -35,6 +35,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that were free a moment ago on 127.0.0.1.
+
+    All are bound at once before any is released: ports taken one by one (free_port() in a
+    row) can repeat, and a daemon given one port for two listeners refuses to start.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, every: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
     deadline = time.monotonic() + timeout
@@ -198,14 +211,15 @@ def nx_server(directory: Path) -> Iterator[NxServer]:
 def daemon_env(tmp: Path, **overrides: str | int) -> dict[str, str]:
     """Environment for a ``taskdash run`` subprocess on free ports, data under ``tmp``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
+    web, tcp, mongodb, nsqd_tcp, nsqd_http, lookupd = free_ports(6)
     env.update(
         TASKDASH_DAEMON__DATA_DIR=str(tmp / "var"),
-        TASKDASH_WEB__PORT=str(free_port()),
-        TASKDASH_TCP__PORT=str(free_port()),
-        TASKDASH_MONGODB__EMBEDDED_PORT=str(free_port()),
-        TASKDASH_NSQ__EMBEDDED_TCP_PORT=str(free_port()),
-        TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(free_port()),
-        TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(free_port()),
+        TASKDASH_WEB__PORT=str(web),
+        TASKDASH_TCP__PORT=str(tcp),
+        TASKDASH_MONGODB__EMBEDDED_PORT=str(mongodb),
+        TASKDASH_NSQ__EMBEDDED_TCP_PORT=str(nsqd_tcp),
+        TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(nsqd_http),
+        TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(lookupd),
         TASKDASH_LOG__FORMAT="json",
     )
     env.update({k: str(v) for k, v in overrides.items()})

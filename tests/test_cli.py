@@ -25,6 +25,7 @@ from support import (
     async_wait_for,
     daemon_env,
     free_port,
+    free_ports,
     http_get,
     running_daemon,
     wait_for,
@@ -75,13 +76,12 @@ class Nsqd:
 
     def __init__(self, tmp: Path, **env: str) -> None:
         self.tmp = tmp
-        self.http_port = free_port()
-        self.tcp_port = free_port()
+        self.http_port, self.tcp_port, lookupd_port = free_ports(3)
         self.env = clean_env(
             TASKDASH_DAEMON__DATA_DIR=str(tmp / "var"),
             TASKDASH_NSQ__EMBEDDED_TCP_PORT=str(self.tcp_port),
             TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(self.http_port),
-            TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(free_port()),
+            TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(lookupd_port),
             TASKDASH_LOG__FORMAT="json",
         )
         self.env.update(env)
@@ -205,13 +205,14 @@ def test_unreadable_config_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_malformed_mongodb_uri_is_exit_2_before_anything_starts(
     tmp_path: Path, command: str, uri: str
 ) -> None:
+    web, nsqd_tcp, nsqd_http, lookupd = free_ports(4)
     env = clean_env(
         TASKDASH_MONGODB__URI=uri,
         TASKDASH_DAEMON__DATA_DIR=str(tmp_path / "var"),
-        TASKDASH_WEB__PORT=str(free_port()),
-        TASKDASH_NSQ__EMBEDDED_TCP_PORT=str(free_port()),
-        TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(free_port()),
-        TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(free_port()),
+        TASKDASH_WEB__PORT=str(web),
+        TASKDASH_NSQ__EMBEDDED_TCP_PORT=str(nsqd_tcp),
+        TASKDASH_NSQ__EMBEDDED_HTTP_PORT=str(nsqd_http),
+        TASKDASH_NSQ__EMBEDDED_LOOKUPD_PORT=str(lookupd),
     )
     result = taskdash(command, env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr

@@ -20,7 +20,7 @@ from support import (
     VENV_BIN,
     daemon_env,
     daemon_token,
-    free_port,
+    free_ports,
     http_get,
     running_daemon,
     wait_for,
@@ -71,7 +71,7 @@ def test_daemon_reads_and_publishes_through_a_secured_nsqd(
     tmp_path: Path, auth_server: str
 ) -> None:
     pki = make_pki(tmp_path / "pki")
-    tcp, http, https = free_port(), free_port(), free_port()
+    tcp, http, https = free_ports(3)
     broker_env = daemon_env(
         tmp_path / "broker",
         TASKDASH_NSQ__EMBEDDED_TCP_PORT=tcp,

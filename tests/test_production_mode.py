@@ -23,7 +23,7 @@ from support import (
     VENV_BIN,
     async_wait_for,
     daemon_env,
-    free_port,
+    free_ports,
     http_get,
     new_daemon_token,
     pids_with_arg,
@@ -42,7 +42,7 @@ class NsqdProcess:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.tcp_port, self.http_port, self.lookupd_port = free_port(), free_port(), free_port()
+        self.tcp_port, self.http_port, self.lookupd_port = free_ports(3)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
         self.env.update(
             TASKDASH_DAEMON__DATA_DIR=str(tmp / "nsqd-var"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pymongo
 import requests
-from support import VENV_BIN, daemon_env, free_port, http_get, running_daemon, wait_for
+from support import VENV_BIN, daemon_env, free_ports, http_get, running_daemon, wait_for
 
 from taskdash.models import TaskService
 from taskdash.nsq.announce import encode
@@ -49,7 +49,7 @@ def publish_all(nsqd_http: str, failures: list[str]) -> None:
 
 
 def test_sigterm_under_load_loses_no_message(tmp_path: Path, mongo_uri: str) -> None:
-    tcp, http = free_port(), free_port()
+    tcp, http = free_ports(2)
     nsqd_http = f"http://127.0.0.1:{http}"
     broker_env = daemon_env(
         tmp_path / "nsqd",

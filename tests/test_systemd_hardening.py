@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import VENV_BIN, daemon_env, free_port, http_get, wait_for
+from support import VENV_BIN, daemon_env, free_ports, http_get, wait_for
 
 from taskdash.settings import Settings
 
@@ -146,7 +146,7 @@ def test_the_periodic_service_runs_without_writable_executable_memory(
     tmp_path: Path, mongo_uri: str
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_ports(2)
     env.update(
         TASKDASH_MONGODB__URI=mongo_uri,
         TASKDASH_MONGODB__DATABASE=f"p_{uuid.uuid4().hex[:12]}",

@@ -42,6 +42,7 @@ class Ports:
     def pick(cls, web: int = 0) -> Ports:
         """``web`` as given (0: a free one), every other port free."""
         names = [f for f in cls.__dataclass_fields__ if f != "web"]
+        web = web or free_port()
         chosen: set[int] = {web}
         ports: dict[str, int] = {}
         for name in names:
@@ -50,7 +51,7 @@ class Ports:
                 port = free_port()
             chosen.add(port)
             ports[name] = port
-        return cls(web=web or free_port(), **ports)
+        return cls(web=web, **ports)
 
 
 def _text(value: str) -> str:

@@ -17,7 +17,14 @@ import uuid
 from pathlib import Path
 
 from broker_process import Nsqd, Process, clean_env
-from support import daemon_env, daemon_token, free_port, http_get, running_daemon, wait_for
+from support import (
+    daemon_env,
+    daemon_token,
+    free_ports,
+    http_get,
+    running_daemon,
+    wait_for,
+)
 
 # pynsq's Reader asks lookupd every lookupd_poll_interval (taskdash/nsq/consumer.py: 15 s), with
 # up to 30 % jitter; a broker is found within one poll
@@ -71,7 +78,7 @@ class Load(threading.Thread):
 
 
 def test_three_brokers_behind_one_lookupd(tmp_path: Path, mongo_uri: str) -> None:
-    lookupd_tcp, lookupd_http = free_port(), free_port()
+    lookupd_tcp, lookupd_http = free_ports(2)
     lookupd = Process(
         tmp_path,
         "nsqlookupd",

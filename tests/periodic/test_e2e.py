@@ -11,7 +11,7 @@ from support import (
     VENV_BIN,
     daemon_env,
     daemon_token,
-    free_port,
+    free_ports,
     http_get,
     running_daemon,
     wait_for,
@@ -26,7 +26,7 @@ SERVICE_ID = "taskdash-periodic"
 
 def _broker(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     """``taskdash nsqd`` on free ports: (process, TCP port, HTTP port)."""
-    tcp, http = free_port(), free_port()
+    tcp, http = free_ports(2)
     env = daemon_env(
         tmp_path / "nsqd",
         TASKDASH_NSQ__EMBEDDED_TCP_PORT=tcp,
