@@ -22,7 +22,7 @@ from taskdash.store.assignments import set_assignment
 from taskdash.store.tasks import HARVESTED, WINDOW, TcpWrite, write_registered
 from taskdash.store.times import to_ms, utcnow
 from taskdash.tcp.cache import MISS, Fields, FindCache
-from taskdash.tcp.lookup import FindBatcher
+from taskdash.tcp.lookup import FindBatcher, Found
 from taskdash.tcp.requests import (
     REQUESTS,
     UNKNOWN,
@@ -103,6 +103,12 @@ class RequestHandler:
     def _found(self, request: Request, fields: Fields | None) -> bytes:
         if fields is None:
             return self._reply(request.name, request.message_id, request.id, ErrId.NO_SUCH_TASK)
+        if isinstance(fields, Found):  # a Find's messageID is always 2: the frame is reusable
+            if fields.reply is None:
+                fields.reply = self._reply(request.name, 2, request.id, ErrId.OK, fields)
+            else:
+                self.replies[request.name, int(ErrId.OK)] += 1
+            return fields.reply
         return self._reply(request.name, request.message_id, request.id, ErrId.OK, fields)
 
     async def _write(self, request: Request, record: TaskRecord, peer: str) -> bytes:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from taskdash.store import Store
 from taskdash.store.assignments import Assignment
@@ -35,10 +36,24 @@ LOOK_LIMIT = 10_000
 FIELDS = ("name", "url", "description", "status", *WINDOW, "assignee", "assignment")
 
 
-def found_fields(doc: Doc) -> dict[str, str]:
+class Found(dict[str, str]):
+    """A task's record as Find returns it, with its reply frame once one was made.
+
+    The cache hands the same object to every hit, so the frame (the same bytes for every
+    Find of this record: messageID 2, ``RespFind``, the id, the fields) is made once.
+    """
+
+    __slots__ = ("reply",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reply: bytes | None = None
+
+
+def found_fields(doc: Doc) -> Found:
     """The seed's task record of a stored task, as Find returns it."""
     binding = Assignment.from_doc(doc)
-    fields = {key: str(doc.get(key) or "") for key in ("name", "url")}
+    fields = Found((key, str(doc.get(key) or "")) for key in ("name", "url"))
     fields["user"] = binding.user
     fields["group_id"] = binding.group_id
     fields.update({key: str(doc.get(key) or "") for key in ("description", "status", *WINDOW)})

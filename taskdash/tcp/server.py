@@ -83,6 +83,8 @@ class Connection(asyncio.Protocol):
         """
         if len(self.queue) >= MAX_QUEUED:
             return True
+        if not self.queue:
+            return False
         queued = sum(len(f.header) + len(f.body) for f in self.queue if isinstance(f, Frame))
         return queued >= self.server.settings.max_frame_size
 

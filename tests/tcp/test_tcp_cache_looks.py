@@ -307,3 +307,19 @@ async def test_without_the_cache_nothing_looks(store: Store) -> None:
         assert server.find_stats()["looks"] == 0
         assert server.handler.finder.cache.get("1234567") is MISS
         await c.close()
+
+
+async def test_a_cached_records_reply_is_made_once_and_every_find_counted(store: Store) -> None:
+    async with serving(store, clock=ManualClock(), find_cache_ttl=TTL) as server:
+        handler = server.handler
+        c = await client(server)
+        await c.register(RECORD)
+        answers = [await c.find("1234567") for _ in range(5)]
+        assert all(a == answers[0] for a in answers) and answers[0]["name"] == "abc"
+        cached = handler.finder.cache.get("1234567")
+        assert cached is not MISS and cached is not None
+        assert getattr(cached, "reply", None) is not None, "the frame kept with the record"
+        assert handler.replies["Find", 0] == 5, "each Find counted, the memo's too"
+        await c.update({"id": "1234567", "status": "other"})
+        assert (await c.find("1234567"))["status"] == "other", "a new record, a new frame"
+        await c.close()
