@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--tasks", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=3, help="ceiling/Find measured in turn")
+    parser.add_argument("--rounds", type=int, default=5, help="ceiling/Find measured in turn")
     parser.add_argument(
         "--find-cache-ttl",
         type=float,
