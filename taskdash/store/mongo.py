@@ -13,6 +13,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from taskdash.errors import StoreError, StoreUnavailable
+from taskdash.store.credcache import CredentialCache
 
 log = structlog.get_logger("taskdash.store")
 
@@ -212,6 +213,8 @@ class Store:
         self.db = self.client[database]
         self.history_ttl_seconds = int(history_ttl_days * 86400)
         self.indexes_ready = False
+        #: sessions and tokens verified lately (store/credcache.py), emptied by their changes
+        self.credentials = CredentialCache()
 
     def __getitem__(self, name: str) -> AsyncCollection[Doc]:
         return self.db[name]
