@@ -1,0 +1,126 @@
+"""What one task page costs the store, per kind of listing scripts/bench_web.py requests: the
+commands pinned here are the store work per request the benchmark reports (docs/web-performance.md).
+A credential is read once per ``[web] credential_cache_ttl``, a filter's size once per
+``tasklist.SIZES_TTL`` (with the ``count`` command, never an aggregation), and a page is one
+query, two for the page after a cursor (its ties first) or a search (the id, the name)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from pymongo import monitoring
+from test_web_round_trips import Commands
+from web_client import Served, WebClient, make_token, make_user, serve
+
+from taskdash.errors import ConfigError
+from taskdash.models import TaskMetaData, TaskService
+from taskdash.settings import load
+from taskdash.store import Store
+from taskdash.store.services import register_services
+from taskdash.store.tasks import ServiceListing, apply_listings
+from taskdash.store.times import to_ms
+
+STATUSES = ("running", "finish", "new")
+
+
+@pytest.fixture
+async def watched(store: Store, mongo_uri: str) -> AsyncIterator[tuple[Served, Commands, str]]:
+    """The application on a store whose client reports every command: 3 services of 20 tasks,
+    and a token that has been used once (so its first-use note is behind us)."""
+    listener = Commands()
+    monitoring.register(listener)
+    own = Store(mongo_uri, store.db.name)
+    try:
+        now = datetime.now(UTC)
+        services = [TaskService(id=f"svc-{i}", name=f"s{i}") for i in range(3)]
+        await register_services(own, services, now)
+        listings = [
+            ServiceListing(
+                s.id,
+                [
+                    TaskMetaData(id=f"{s.id}-{j:02d}", name=f"job {j % 7}", status=STATUSES[j % 3])
+                    for j in range(20)
+                ],
+                {},
+            )
+            for s in services
+        ]
+        await apply_listings(own, listings, to_ms(now))
+        await make_user(own, "alice")
+        token = await make_token(own, "alice")
+        async with serve(own) as served:
+            assert (await served.client(token=token).call("/api/v1/tasks"))[0] == 200
+            yield served, listener, token
+    finally:
+        listener.counting = False
+        await own.close()
+
+
+async def sent_for(client: WebClient, commands: Commands, path: str) -> list[str]:
+    with commands.count() as sent:
+        status, body = await client.call(path)
+        assert status == 200, body
+    return list(sent)
+
+
+async def test_a_first_page_is_one_query(watched: tuple[Served, Commands, str]) -> None:
+    served, commands, token = watched
+    client = served.client(token=token)
+    for path in (
+        "/api/v1/tasks?sort=last_seen&order=desc",
+        "/api/v1/tasks?unassigned=true&sort=id",
+        "/api/v1/tasks?status=running",  # its own index gives the order: nothing to count
+    ):
+        assert await sent_for(client, commands, path) == ["find tasks"], path
+
+
+async def test_a_filters_size_is_counted_once_then_remembered(
+    watched: tuple[Served, Commands, str],
+) -> None:
+    served, commands, token = watched
+    client = served.client(token=token)
+    path = "/api/v1/tasks?service_id=svc-1&sort=last_seen&order=desc"
+    assert await sent_for(client, commands, path) == ["count tasks", "find tasks"]
+    assert await sent_for(client, commands, path) == ["find tasks"]
+
+
+async def test_the_page_after_a_cursor_and_a_search_are_two_queries(
+    watched: tuple[Served, Commands, str],
+) -> None:
+    served, commands, token = watched
+    client = served.client(token=token)
+    first = "/api/v1/tasks?sort=name&order=desc&limit=5"
+    status, page = await client.call(first)
+    assert status == 200 and page["next"]
+    after = await sent_for(client, commands, f"{first}&after={page['next']}")
+    assert after == ["find tasks", "find tasks"], "the ties of the last name, then the rest"
+    search = "/api/v1/tasks?q=job&sort=name"
+    assert await sent_for(client, commands, search) == ["count tasks", "find tasks", "find tasks"]
+    assert await sent_for(client, commands, search) == ["find tasks", "find tasks"]
+
+
+async def test_with_a_zero_ttl_nothing_is_remembered(store: Store) -> None:
+    await make_user(store, "alice")
+    token = await make_token(store, "alice")
+    settings = load(env={"TASKDASH_WEB__CREDENTIAL_CACHE_TTL": "0"})
+    async with serve(store, settings) as served:
+        client = served.client(token=token)
+        for _ in range(2):
+            assert (await client.call("/api/v1/tasks"))[0] == 200
+    assert len(store.credentials) == 0
+
+
+async def test_the_remembered_token_is_used_with_the_default_ttl(store: Store) -> None:
+    await make_user(store, "alice")
+    token = await make_token(store, "alice")
+    async with serve(store) as served:
+        assert (await served.client(token=token).call("/api/v1/tasks"))[0] == 200
+    assert len(store.credentials) == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "61", "soon"])
+def test_a_bad_credential_cache_ttl_is_refused_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError, match="credential_cache_ttl"):
+        load(env={"TASKDASH_WEB__CREDENTIAL_CACHE_TTL": value})
