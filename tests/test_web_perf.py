@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from pymongo import monitoring
 from test_web_round_trips import Commands
-from web_client import Served, WebClient, make_token, make_user, serve
+from web_client import Served, make_token, make_user, serve
 
 from taskdash.errors import ConfigError
 from taskdash.models import TaskMetaData, TaskService
@@ -58,47 +58,43 @@ async def watched(store: Store, mongo_uri: str) -> AsyncIterator[tuple[Served, C
         await own.close()
 
 
-async def sent_for(client: WebClient, commands: Commands, path: str) -> list[str]:
-    with commands.count() as sent:
-        status, body = await client.call(path)
-        assert status == 200, body
-    return list(sent)
+ONE = ["find tasks"]
+#: (requests made in turn, the commands each costs); "{next}": the last page's next cursor
+COSTS = [
+    (["/api/v1/tasks?sort=last_seen&order=desc"], [ONE]),
+    (["/api/v1/tasks?unassigned=true&sort=id"], [ONE]),
+    (["/api/v1/tasks?status=running"], [ONE]),  # its index gives the order: no count
+    (  # a filter's size: counted once, then remembered
+        ["/api/v1/tasks?service_id=svc-1&sort=last_seen&order=desc"] * 2,
+        [["count tasks", *ONE], ONE],
+    ),
+    (  # the page after a cursor: the ties of the last name, then the rest
+        [
+            "/api/v1/tasks?sort=name&order=desc&limit=5",
+            "/api/v1/tasks?sort=name&order=desc&limit=5&after={next}",
+        ],
+        [ONE, ONE * 2],
+    ),
+    (  # a search: the id prefix (its size counted once), the name prefix
+        ["/api/v1/tasks?q=job&sort=name"] * 2,
+        [["count tasks", *ONE * 2], ONE * 2],
+    ),
+]
 
 
-async def test_a_first_page_is_one_query(watched: tuple[Served, Commands, str]) -> None:
-    served, commands, token = watched
-    client = served.client(token=token)
-    for path in (
-        "/api/v1/tasks?sort=last_seen&order=desc",
-        "/api/v1/tasks?unassigned=true&sort=id",
-        "/api/v1/tasks?status=running",  # its own index gives the order: nothing to count
-    ):
-        assert await sent_for(client, commands, path) == ["find tasks"], path
-
-
-async def test_a_filters_size_is_counted_once_then_remembered(
-    watched: tuple[Served, Commands, str],
+@pytest.mark.parametrize(("paths", "costs"), COSTS)
+async def test_what_each_kind_of_page_costs_the_store(
+    watched: tuple[Served, Commands, str], paths: list[str], costs: list[list[str]]
 ) -> None:
     served, commands, token = watched
     client = served.client(token=token)
-    path = "/api/v1/tasks?service_id=svc-1&sort=last_seen&order=desc"
-    assert await sent_for(client, commands, path) == ["count tasks", "find tasks"]
-    assert await sent_for(client, commands, path) == ["find tasks"]
-
-
-async def test_the_page_after_a_cursor_and_a_search_are_two_queries(
-    watched: tuple[Served, Commands, str],
-) -> None:
-    served, commands, token = watched
-    client = served.client(token=token)
-    first = "/api/v1/tasks?sort=name&order=desc&limit=5"
-    status, page = await client.call(first)
-    assert status == 200 and page["next"]
-    after = await sent_for(client, commands, f"{first}&after={page['next']}")
-    assert after == ["find tasks", "find tasks"], "the ties of the last name, then the rest"
-    search = "/api/v1/tasks?q=job&sort=name"
-    assert await sent_for(client, commands, search) == ["count tasks", "find tasks", "find tasks"]
-    assert await sent_for(client, commands, search) == ["find tasks", "find tasks"]
+    cursor = ""
+    for path, cost in zip(paths, costs, strict=True):
+        with commands.count() as sent:
+            status, page = await client.call(path.replace("{next}", cursor))
+            assert status == 200, page
+        assert sent == cost, path
+        cursor = page["next"] or ""
 
 
 async def test_with_a_zero_ttl_nothing_is_remembered(store: Store) -> None:
