@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= config/taskdash.toml
 
-.PHONY: run test lint format check-config bench clean coverage-report mutation proto
+.PHONY: run test lint format check-config bench clean coverage-report mutation proto demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(VENV)/.installed-mutation: $(VENV)/.installed-test
 
 run: $(VENV)/.installed-run
 	$(BIN)/taskdash run --config $(CONFIG)
+
+# Everything on this machine, with simulated task services (docs/demo.md); Ctrl-C stops it.
+demo: $(VENV)/.installed-run
+	$(BIN)/taskdash demo $(DEMO_ARGS)
 
 check-config: $(VENV)/.installed-run
 	$(BIN)/taskdash check-config --config $(CONFIG)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+from taskdash.errors import StoreError
 
 
 class Background:
@@ -43,3 +46,32 @@ class Background:
             await asyncio.wait({task}, timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def store_round(
+    step: Callable[[], Awaitable[None]],
+    last_error: str,
+    *,
+    logger: Any,
+    failed: str,
+    crashed: str,
+    on_store_error: Callable[[], None] | None = None,
+) -> str:
+    """One round of a loop working on the store; returns its ``last_error`` after the round.
+
+    A store error is logged as ``failed`` only when it begins (one line per outage, not per
+    round) and kept for ``/readyz``; ``on_store_error`` then runs. Anything else is a bug:
+    logged with its traceback as ``crashed``, and the loop goes on (``last_error`` unchanged).
+    """
+    try:
+        await step()
+    except StoreError as exc:
+        if not last_error:
+            logger.error(failed, error=str(exc))
+        if on_store_error is not None:
+            on_store_error()
+        return str(exc)
+    except Exception:
+        logger.exception(crashed)
+        return last_error
+    return ""

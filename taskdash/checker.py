@@ -22,8 +22,7 @@ from typing import Any
 
 import structlog
 
-from taskdash.background import Background
-from taskdash.errors import StoreError
+from taskdash.background import Background, store_round
 from taskdash.logs import log_each_or_summary
 from taskdash.settings import CheckerSettings
 from taskdash.store import Store
@@ -92,6 +91,7 @@ class Checker:
         self.passes = 0
         self.last_pass_ms: float | None = None
         self.last_error = ""
+        self.on_pass: Callable[[PassResult], None] | None = None  # the metrics hear every pass
         self._loop_task = Background("checker", self._loop)
 
     def _quiet_decision(self, silent: int, population: int, now: datetime) -> str:
@@ -222,11 +222,14 @@ class Checker:
         seconds = time.perf_counter() - started
         self.passes += 1
         self.last_pass_ms = round(seconds * 1000, 3)
-        if changes and self.on_change is not None:
-            await self.on_change()
-        return PassResult(
+        result = PassResult(
             changes, bool(preserving), plan.quiet, population, seconds, grace, silent=silent
         )
+        if self.on_pass is not None:
+            self.on_pass(result)
+        if changes and self.on_change is not None:
+            await self.on_change()
+        return result
 
     async def _apply(
         self, plan: Plan, now: datetime, stale_cut: int, offline_cut: int, *, held: bool
@@ -296,17 +299,19 @@ class Checker:
 
     async def _loop(self) -> None:
         while True:
-            try:
-                await self.check_once()
-                self.last_error = ""
-            except StoreError as exc:
-                if not self.last_error:
-                    log.error("checker_pass_failed", error=str(exc))
-                self.last_error = str(exc)
-                self.watching_since = None  # heartbeats are not being stored: watch anew
-            except Exception:
-                log.exception("checker_pass_crashed")
+            self.last_error = await store_round(
+                self.check_once,
+                self.last_error,
+                logger=log,
+                failed="checker_pass_failed",
+                crashed="checker_pass_crashed",
+                on_store_error=self._watch_anew,
+            )
             await asyncio.sleep(self.settings.check_interval)
+
+    def _watch_anew(self) -> None:
+        """Heartbeats are not being stored during a store outage: watch anew after it."""
+        self.watching_since = None
 
     async def start(self) -> None:
         """Start checking in the background."""

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from taskdash import __version__, logs, users_cli
+from taskdash.demo import cli as demo_cli
 from taskdash.errors import ConfigError
 from taskdash.nsq.broker.flags import add_security_flags, security_options
 from taskdash.periodic import cli as periodic_cli
@@ -54,6 +55,7 @@ Examples:
   taskdash nsqlookupd                            a standalone nsqlookupd
   taskdash publish heartbeat --id svc-1 --every 5
   taskdash user add alice --role admin           a dashboard account
+  taskdash demo                                  everything, with simulated services
 
 Configuration: one TOML file (--config; config/taskdash.toml lists every key with its
 default) plus TASKDASH_<SECTION>__<KEY> environment variables, e.g. TASKDASH_WEB__PORT=9090.
@@ -258,6 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     tcp_cli.add_parser(sub, [common])
     periodic_cli.add_parser(sub, [common])
     users_cli.add_parser(sub, [common])
+    demo_cli.add_parser(sub, [common])
     return parser
 
 
@@ -531,6 +534,7 @@ COMMANDS: dict[str, Command] = {
     "tcp": tcp_cli.run,
     "periodic": periodic_cli.run,
     "user": users_cli.run,
+    "demo": demo_cli.run,
 }
 
 

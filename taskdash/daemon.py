@@ -21,12 +21,12 @@ import time
 from typing import Any
 
 import structlog
-import tornado.httpserver
 import tornado.web
 
 from taskdash.background import Background
 from taskdash.checker import Checker
 from taskdash.cookie_secret import cookie_secret
+from taskdash.draining import DrainingHTTPServer
 from taskdash.errors import StoreError, StoreUnavailable, TaskDashError
 from taskdash.fetcher import Fetcher
 from taskdash.health import Health
@@ -44,6 +44,7 @@ from taskdash.lifecycle import (
     run_rescue,
 )
 from taskdash.logs import ReopenableFileHandler
+from taskdash.metrics import Metrics
 from taskdash.nsq.publisher import StatusPublisher, https_context
 from taskdash.nsq.readers import Ingestion
 from taskdash.settings import NsqSettings, Settings
@@ -51,20 +52,27 @@ from taskdash.store import Store, users
 from taskdash.store.embedded import EmbeddedMongo
 from taskdash.store.monitor import StoreMonitor, probe_timeout
 from taskdash.systemd import Notifier
+from taskdash.watchdog import WatchdogPings
 from taskdash.web.app import make_app, server_options
 from taskdash.web.base import StoreGate
 from taskdash.web.context import WebContext
 from taskdash.web.pipeline import Pipeline
+from taskdash.window_judge import WindowJudge
 
 log = structlog.get_logger("taskdash.daemon")
 
 
 def nsqd_http_address(cfg: NsqSettings) -> str:
-    """Where to publish: configured, else the first nsqd's host on nsqd's default HTTP port."""
+    """Where to publish: configured, else the first nsqd's host on nsqd's default HTTP port.
+
+    With ``tls`` the default is nsqd's HTTPS port (``--https-address``, 4152): an nsqd that
+    requires TLS refuses its plain HTTP port.
+    """
     if cfg.nsqd_http_address:
         return cfg.nsqd_http_address
     if cfg.nsqd_tcp_addresses:
-        return f"http://{cfg.nsqd_tcp_addresses[0].rsplit(':', 1)[0]}:4151"
+        scheme, port = ("https", 4152) if cfg.tls else ("http", 4151)
+        return f"{scheme}://{cfg.nsqd_tcp_addresses[0].rsplit(':', 1)[0]}:{port}"
     return ""
 
 
@@ -100,6 +108,8 @@ class Daemon:
         self.checker: Checker | None = None
         self.web_port: int | None = None
         self.pipeline = Pipeline(node_id=self.node_id)  # the Pipeline page's view of the parts
+        # /metrics (docs/metrics.md): this process's registry, fed by the parts as they start
+        self.metrics = Metrics(settings.metrics) if settings.metrics.enabled else None
 
     def _started(
         self,
@@ -140,6 +150,7 @@ class Daemon:
             cfg.database,
             server_selection_timeout=cfg.server_selection_timeout,
             history_ttl_days=self.settings.checker.history_ttl_days,
+            window_rules=self.settings.tasks.window_rules(),
         )
 
         async def close() -> None:
@@ -210,6 +221,8 @@ class Daemon:
         secret = cookie_secret(self.settings)
         ctx = WebContext(self.settings, self.health, self.gate, cookie_secret=secret)
         ctx.extra["pipeline"] = self.pipeline
+        if self.metrics is not None:
+            ctx.extra["metrics"] = self.metrics
         app = make_app(ctx)
         self.web_port = self._serve_http(
             "web", app, "web.port", cfg.host, cfg.port, **server_options(cfg)
@@ -221,17 +234,17 @@ class Daemon:
     ) -> int:  # fmt: skip
         """Serve ``app`` on ``host:port`` as component ``name``; returns the bound port.
 
-        A taken port is one line naming ``setting``. Stopping closes every connection; after
-        the shutdown budget only the listener is closed.
+        A taken port is one line naming ``setting``. Stopping answers the requests already read
+        (within half the shutdown budget), then closes every connection; after the budget only
+        the listener is closed.
         """
         sockets = bind_setting(setting, host, port)
-        server = tornado.httpserver.HTTPServer(app, **options)
+        server = DrainingHTTPServer(app, **options)
         server.add_sockets(sockets)
         bound: int = sockets[0].getsockname()[1]
 
-        async def stop() -> None:
-            server.stop()
-            await server.close_all_connections()
+        async def stop() -> None:  # requests already read are answered first
+            await server.drain(self.settings.daemon.shutdown_timeout / 2)
 
         async def abort() -> None:
             server.stop()
@@ -291,6 +304,8 @@ class Daemon:
             )
             await self.checker.start()
             self.pipeline.checker = self.checker
+            if self.metrics is not None:
+                self.metrics.watch_checker(self.checker)
             self.health.add("checker", self.checker.check)
             self._started("checker", self.checker.stop)
         ingestion = Ingestion(
@@ -306,6 +321,9 @@ class Daemon:
             self.health.add(f"reader:{consumer.topic}", consumer.check)
             self._started(f"reader:{consumer.topic}", consumer.stop)
         self.pipeline.readers = list(ingestion.consumers)
+        if self.metrics is not None:
+            self.metrics.watch_readers(ingestion.consumers)
+            self.metrics.watch_services(store)
         await self.pipeline.start()
         self._started("pipeline_rates", self.pipeline.stop)
 
@@ -321,8 +339,30 @@ class Daemon:
         )
         await fetcher.start()
         self.pipeline.fetcher = fetcher
+        if self.metrics is not None:
+            self.metrics.watch_fetcher(fetcher)
         self.health.add("fetcher", fetcher.check)
         self._started("fetcher", fetcher.stop)
+
+    async def _start_window_judge(self, store: Store) -> None:
+        """Daily windows opening and closing with no write (docs/windows.md)."""
+        cfg = self.settings.tasks
+        judge = WindowJudge(store, interval=cfg.window_check_interval, node_id=self.node_id)
+        await judge.start()
+        self._started("window_judge", judge.stop)
+
+    async def _start_alerts(self, store: Store) -> None:
+        """Webhooks for state changes and dead periodic tasks, under the fetcher's SSRF rules."""
+        if not self.settings.alerts.webhooks:
+            return
+        from taskdash.alerts.dispatcher import Dispatcher
+        from taskdash.fetcher.rules import Rules
+
+        rules = Rules.from_settings(self.settings.fetcher)
+        dispatcher = Dispatcher(store, self.settings.alerts, rules, node_id=self.node_id)
+        await dispatcher.start()
+        self.health.add("alerts", dispatcher.check)
+        self._started("alerts", dispatcher.stop)
 
     async def _start_tcp(self, store: Store) -> None:
         """The tcpx interface: it only needs the store. Started last, it is stopped first and
@@ -334,6 +374,8 @@ class Daemon:
         drain = self.settings.daemon.shutdown_timeout / 2
         server = TcpServer(store, self.settings.tcp, drain_timeout=drain)
         await server.start()
+        if self.metrics is not None:
+            self.metrics.watch_tcp(server)
         self.health.add("tcp", server.check)
         self._started("tcp", server.stop)
 
@@ -348,6 +390,8 @@ class Daemon:
         await self._start_first_admin(self.store)
         await self._start_ingestion(self.store)
         await self._start_fetcher(self.store)
+        await self._start_window_judge(self.store)
+        await self._start_alerts(self.store)
         await self._start_tcp(self.store)
 
     async def stop(self) -> None:
@@ -472,6 +516,13 @@ class Daemon:
         self._begin_stop()
         self.stop_requested.set()
 
+    async def _start_watchdog_pings(self) -> None:
+        """``WATCHDOG=1`` from the loop, before anything else starts and stopped last."""
+        pings = WatchdogPings(self.notifier)
+        if pings.enabled:
+            await pings.start()
+            self._started("systemd_watchdog", pings.stop)
+
     async def _run_start(self) -> bool:
         """Start, unless a stop request comes first; False if the start failed or was cut short."""
         starting = asyncio.create_task(self.start(), name="daemon_start")
@@ -499,6 +550,7 @@ class Daemon:
         """
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        await self._start_watchdog_pings()
         try:
             started = await self._run_start()
         except Exception:

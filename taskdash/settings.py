@@ -10,6 +10,7 @@ without ``__`` is not an override at all: :func:`env_warnings` lists those for t
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import importlib.util
 import ipaddress
 import os
@@ -24,7 +25,9 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
-from taskdash.errors import ConfigError
+from taskdash.errors import ConfigError, ValidationError
+from taskdash.windows import Rules
+from taskdash.zones import machine_zone, zone
 
 ENV_PREFIX = "TASKDASH_"
 DEFAULTS = "built-in defaults"  # where a value came from when neither file nor variable set it
@@ -115,6 +118,28 @@ def mongodb_uri_error(uri: str) -> str | None:
     if any(not host for host, _port in parsed["nodelist"]):
         return "Empty host"
     return None
+
+
+def read_secret_file(key: str, name: str) -> str:
+    """A secret kept in a file: readable, private to its owner, not empty; stripped.
+
+    Raises ``ValueError("<key> ...")`` so that the error line names the key that points at it.
+    """
+    path = Path(name)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ValueError(f"{key} cannot be read: {path}: {reason}") from None
+    if mode & 0o077:
+        raise ValueError(
+            f"{key} {path} is readable by others (mode {mode & 0o777:o}): chmod 600 it"
+        )
+    secret = text.strip()
+    if not secret:
+        raise ValueError(f"{key} {path} is empty")
+    return secret
 
 
 class DaemonSettings(_Section):
@@ -238,6 +263,11 @@ class TcpSettings(_Section):
     find_cache_ttl: Annotated[float, msgspec.Meta(ge=0, le=300)] = 1.0
     # entries (tasks, or ids known not to exist) in that cache, least recently used evicted
     find_cache_size: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
+    # every ttl/2 the server reads the tasks changed since its last look (each write stamps
+    # ``changed_at``): an entry nobody changed stays valid, read again only every max_age.
+    # The look reaches this far back: how far a daemon's clock may lag the writers' clocks
+    find_cache_lookback: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    find_cache_max_age: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
 
     def __post_init__(self) -> None:
         self._require_host("host")
@@ -373,22 +403,7 @@ class NsqSettings(_Section):
         """The AUTH secret: ``auth_secret``, else the first line of ``auth_secret_file``."""
         if not self.auth_secret_file:
             return self.auth_secret
-        path = Path(self.auth_secret_file)
-        try:
-            mode = path.stat().st_mode
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            raise ValueError(f"auth_secret_file cannot be read: {path}: {reason}") from None
-        if mode & 0o077:
-            raise ValueError(
-                f"auth_secret_file {path} is readable by others (mode {mode & 0o777:o}): "
-                "chmod 600 it"
-            )
-        secret = text.strip()
-        if not secret:
-            raise ValueError(f"auth_secret_file {path} is empty")
-        return secret
+        return read_secret_file("auth_secret_file", self.auth_secret_file)
 
     def _require_distinct_ports(self) -> None:
         """Two embedded servers on one port: the second bind would fail at start."""
@@ -467,6 +482,34 @@ class FetcherSettings(_Section):
             raise ValueError("node_timeout must be greater than node_heartbeat_interval")
 
 
+class TasksSettings(_Section):
+    """Tasks' daily windows (docs/windows.md): the zone they are read in, what is running."""
+
+    # an IANA zone name (Europe/Paris); "" = this machine's zone (/etc/localtime)
+    window_timezone: str = ""
+    # statuses that mean running (compared stripped and casefolded); the others are not
+    running_statuses: list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]] = (
+        msgspec.field(default_factory=lambda: ["running"])
+    )
+    # how often the clock is checked for windows opening or closing
+    window_check_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 15.0
+
+    def __post_init__(self) -> None:
+        if self.window_timezone:
+            try:
+                zone(self.window_timezone)
+            except ValidationError as exc:
+                raise ValueError(f"window_timezone {exc}") from None
+        if not any(s.strip() for s in self.running_statuses):
+            raise ValueError("running_statuses must name at least one status")
+
+    def window_rules(self) -> Rules:
+        """How windows are judged, from these settings."""
+        where = zone(self.window_timezone) if self.window_timezone else machine_zone()
+        running = frozenset(s.strip().casefold() for s in self.running_statuses if s.strip())
+        return Rules(where, running)
+
+
 class PeriodicSettings(_Section):
     """The periodic task service (``taskdash periodic``): gRPC + HTTP task queue with leases."""
 
@@ -509,6 +552,132 @@ class PeriodicSettings(_Section):
             )
 
 
+#: What alerts are about (docs/alerts.md); a webhook's ``events`` filter names these or patterns
+#: of them (``service.*``). A new producer adds its kind here.
+ALERT_KINDS = (
+    "service.stale",
+    "service.offline",
+    "service.online",
+    "periodic.task_dead",
+    "task.out_of_window",  # a daily window's flag (docs/windows.md)
+    "task.in_window",
+    "alerts.suppressed",  # the summary sent once a subject's rate limit held some back
+)
+
+
+class WebhookSettings(_Section):
+    """One receiver of alerts (``[[alerts.webhooks]]``)."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    url: str
+    format: Literal["json", "slack"] = "json"
+    secret: str = ""  # signs each delivery (X-TaskDash-Signature); prefer secret_file
+    secret_file: str = ""
+    events: list[str] = []  # kinds or patterns (service.*); empty = every kind
+
+    def __repr__(self) -> str:
+        """Never the secret, whoever prints the settings."""
+        secret = "***" if self.secret else ""
+        return (
+            f"WebhookSettings(name={self.name!r}, url={self.url!r}, format={self.format!r}, "
+            f"secret={secret!r}, secret_file={self.secret_file!r}, events={self.events!r})"
+        )
+
+    def __post_init__(self) -> None:
+        problem = http_url_error(self.url)
+        if problem:
+            raise ValueError(f"url {self.url!r} is not an {HTTP_URL} URL: {problem}")
+        if self.secret and self.secret_file:
+            raise ValueError("secret must be empty when secret_file is set (keep one)")
+        if self.secret_file:
+            self.signing_secret()  # readable, private, not empty
+        for pattern in self.events:
+            if not any(fnmatch.fnmatchcase(kind, pattern) for kind in ALERT_KINDS):
+                raise ValueError(
+                    f"events entry {pattern!r} matches no alert kind ({', '.join(ALERT_KINDS)})"
+                )
+
+    def signing_secret(self) -> str:
+        """The HMAC key: ``secret``, else the content of ``secret_file`` ("" = unsigned)."""
+        if not self.secret_file:
+            return self.secret
+        return read_secret_file("secret_file", self.secret_file)
+
+    def wants(self, kind: str) -> bool:
+        """Whether this webhook receives alerts of ``kind``."""
+        return not self.events or any(fnmatch.fnmatchcase(kind, p) for p in self.events)
+
+
+class AlertsSettings(_Section):
+    """Webhooks told when services change state or periodic tasks die (docs/alerts.md)."""
+
+    webhooks: list[WebhookSettings] = []
+    poll_interval: Seconds = 1.0
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    backoff_initial: Seconds = 2.0
+    backoff_max: Seconds = 300.0
+    connect_timeout: Seconds = 5.0
+    request_timeout: Seconds = 10.0
+    max_response_size: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] = 65536
+    claim_lease: Seconds = 60.0
+    rate_limit: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 5
+    rate_window: Seconds = 600.0
+    max_event_age: Seconds = 3600.0
+    keep_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 30.0
+
+    def __post_init__(self) -> None:
+        names = [hook.name for hook in self.webhooks]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"webhooks name {name!r} is used twice (names must be unique)")
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must be >= backoff_initial")
+        if self.claim_lease <= self.connect_timeout + self.request_timeout:
+            raise ValueError(
+                "claim_lease must be longer than connect_timeout + request_timeout (else a "
+                "delivery still in flight is taken over and sent twice)"
+            )
+
+
+class MetricsSettings(_Section):
+    """``/metrics`` (Prometheus) on the web port and on the periodic service's HTTP port."""
+
+    enabled: bool = True
+    # "" = open to whoever reaches the port; else scrapers send "Authorization: Bearer <token>"
+    token: str = ""
+    token_file: str = ""  # the token from a file (mode 0600), instead of ``token``
+    # services by state and periodic queue depths are counted in MongoDB at most this often
+    store_counts_ttl: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+
+    def __post_init__(self) -> None:
+        if self.token and self.token_file:
+            raise ValueError("token must be empty when token_file is set (keep one)")
+        if self.token and len(self.token) < METRICS_TOKEN_MIN:
+            raise ValueError(f"token must be at least {METRICS_TOKEN_MIN} characters (or empty)")
+        if self.token_file and len(self.bearer()) < METRICS_TOKEN_MIN:
+            raise ValueError(f"token_file must hold at least {METRICS_TOKEN_MIN} characters")
+
+    def __repr__(self) -> str:
+        """Never the token, whoever prints the settings."""
+        token = "***" if self.token else ""
+        return (
+            f"MetricsSettings(enabled={self.enabled!r}, token={token!r}, "
+            f"token_file={self.token_file!r}, store_counts_ttl={self.store_counts_ttl!r})"
+        )
+
+    def bearer(self) -> str:
+        """The token scrapers must send ("" = open): ``token``, else ``token_file``'s."""
+        if not self.token_file:
+            return self.token
+        return read_secret_file("token_file", self.token_file)
+
+
+#: the shortest ``[metrics] token`` accepted (a guessable token is no protection)
+METRICS_TOKEN_MIN = 16
+
+
 class Settings(_Section):
     """Every section; what :func:`load` returns."""
 
@@ -520,7 +689,10 @@ class Settings(_Section):
     nsq: NsqSettings = msgspec.field(default_factory=NsqSettings)
     checker: CheckerSettings = msgspec.field(default_factory=CheckerSettings)
     fetcher: FetcherSettings = msgspec.field(default_factory=FetcherSettings)
+    tasks: TasksSettings = msgspec.field(default_factory=TasksSettings)
     periodic: PeriodicSettings = msgspec.field(default_factory=PeriodicSettings)
+    alerts: AlertsSettings = msgspec.field(default_factory=AlertsSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
 
     def __post_init__(self) -> None:
         # A beat absorbed by the resolution is not stored: with a resolution near stale_after,
@@ -667,7 +839,8 @@ def _describe(err: msgspec.ValidationError, source: str, origins: Mapping[str, s
         origin = ", ".join(origins[k] for k in named) or source
         return f"{message} (in {origin})"
     path, message = _key_of_check(path, message)
-    key_path = re.sub(r"\[\d+\]$", "", path)  # fetcher.allowed_schemes[1] -> its key
+    # fetcher.allowed_schemes[1], alerts.webhooks[0].format -> the key they are in
+    key_path = re.sub(r"\[\d+\].*$", "", path)
     bad_enum = re.fullmatch(r"Invalid enum value (.+)", message)
     allowed = _allowed_values(key_path) if bad_enum else ()
     if bad_enum and allowed:

@@ -20,7 +20,13 @@ class Notifier:
         # A leading "@" names a socket in the abstract namespace.
         self.address = "\0" + path[1:] if path.startswith("@") else path
         usec = env.get("WATCHDOG_USEC", "")
-        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
+        # as sd_watchdog_enabled(): a WATCHDOG_PID naming another process (the variables were
+        # inherited) means the watchdog is not ours
+        owner = env.get("WATCHDOG_PID", "")
+        ours = not owner or owner == str(os.getpid())
+        wanted = ours and usec.isdigit() and int(usec) > 0
+        #: seconds between ``WATCHDOG=1`` pings: half of ``WatchdogSec=``; None when off
+        self.watchdog_interval = int(usec) / 2e6 if wanted else None
 
     @property
     def enabled(self) -> bool:

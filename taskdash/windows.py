@@ -29,7 +29,11 @@ from taskdash.errors import ValidationError
 
 OK, RUNNING_OUTSIDE, IDLE_INSIDE = "ok", "running_outside", "idle_inside"
 VERDICTS = (OK, RUNNING_OUTSIDE, IDLE_INSIDE)
-RUNNING = frozenset({"running"})  # the seed's status for a task at work
+FLAGGED = frozenset({RUNNING_OUTSIDE, IDLE_INSIDE})
+"""The verdicts that put a task *out of its window* (the flag)."""
+#: The seed's status for a task at work. Of its other examples, ``finish`` and ``shutdown``
+#: are not running, and neither is ``restart``: a task restarting is not at work this minute.
+RUNNING = frozenset({"running"})
 DAY = 1440  # minutes
 MINUTE_MS = 60_000
 # the TCP interface's own pattern (taskdash/tcp/requests.py): "7:05" and "07:05", ASCII only
@@ -129,3 +133,39 @@ def minutes_crossed(since_ms: int, now_ms: int, zone: tzinfo) -> set[int]:
             crossed.update((current + k) % DAY for k in range(DAY - step + 1))
         previous, boundary = current, boundary + MINUTE_MS
     return crossed
+
+
+def clock_or_none(text: object) -> int | None:
+    """:func:`parse_clock` for a stored value: anything that is not a valid time is None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return parse_clock(text)
+    except ValidationError:
+        return None
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How windows are judged: in which zone, and which statuses mean running.
+
+    Every daemon sharing a store should be given the same rules (``[tasks]`` settings), or
+    they judge the same task differently at the same moment.
+    """
+
+    zone: tzinfo
+    running: frozenset[str] = RUNNING
+
+    def judge(
+        self, start_time: object, stop_time: object, status: object, epoch_ms: int
+    ) -> str | None:
+        """The verdict for a stored task's fields (see :func:`verdict`).
+
+        A stored time that is not ``HH:MM`` (a hand edit, an older version) makes no
+        window, like an empty one: nothing is judged, rather than the whole pass failing.
+        """
+        start, stop = clock_or_none(start_time), clock_or_none(stop_time)
+        if start is None or stop is None or start == stop or not isinstance(status, str):
+            return None
+        minute = minute_of_day(epoch_ms, self.zone)
+        return verdict(Window(start, stop), status, minute, self.running)

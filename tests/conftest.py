@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import nx_server
+from support import free_port, nx_server
 
 from taskdash.store import Store
 
@@ -34,4 +34,18 @@ async def store(mongo_uri: str) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.client.drop_database(name)
+        await store.close()
+
+
+@pytest.fixture
+async def dead() -> AsyncIterator[Store]:
+    """A store whose server is not there."""
+    store = Store(
+        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        "t",
+        server_selection_timeout=0.3,
+    )
+    try:
+        yield store
+    finally:
         await store.close()

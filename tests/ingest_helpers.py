@@ -32,6 +32,18 @@ from taskdash.store.deadletters import add_dead_letter
 CHANNEL = "taskdash"
 
 
+def fast_nsq(**overrides: Any) -> NsqSettings:
+    """Reader settings for tests: quick flushes and requeues, every beat stored, 4 KiB bodies."""
+    fast: dict[str, Any] = {
+        "heartbeat_flush_interval": 0.02,
+        "requeue_delay": 0.05,
+        "requeue_delay_max": 0.2,
+        "max_message_size": 4096,
+        "heartbeat_resolution": 0.0,
+    }
+    return NsqSettings(**(fast | overrides))
+
+
 def new_broker(tmp_path: Path) -> Broker:
     """An embedded broker on free loopback ports (started by the caller)."""
     return Broker(

@@ -19,8 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from taskdash.models import TaskMetaData
 from taskdash.store import Store, tokens
 from taskdash.store.embedded import die_with_parent, nx_command, port_open
+from taskdash.store.tasks import ApplyResult, ServiceListing, apply_listings, load_known
 from taskdash.store.users import UserExists, add_user
 
 VENV_BIN = Path(sys.executable).parent
@@ -318,3 +320,9 @@ def running_daemon(tmp: Path, env: dict[str, str], ready: bool = True) -> Iterat
     finally:
         if daemon.proc and daemon.proc.poll() is None:
             daemon.stop()
+
+
+async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: int) -> ApplyResult:
+    """Store a service's listing exactly as the fetcher does (on a cold cache)."""
+    known = (await load_known(store, [service_id]))[service_id]
+    return await apply_listings(store, [ServiceListing(service_id, list(tasks), known)], now_ms)

@@ -23,6 +23,7 @@ READS = [
     "/api/v1/services",
     "/api/v1/services/svc",
     "/api/v1/services/svc/history",
+    "/api/v1/services/svc/alerts",
     "/api/v1/dead-letters",
     "/api/v1/tasks",
     "/api/v1/tasks/t",

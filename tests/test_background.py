@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from taskdash.background import Background
+import structlog.testing
+
+from taskdash.background import Background, store_round
+from taskdash.errors import StoreError
 
 
 async def test_stop_ends_a_task_that_lost_a_cancellation() -> None:
@@ -47,3 +50,31 @@ async def test_stop_reraises_what_the_body_raised() -> None:
         assert str(exc) == "boom"
     else:
         raise AssertionError("the body's error was hidden")
+
+
+async def test_a_store_round_logs_an_outage_once_and_a_bug_each_time() -> None:
+    outcomes: list[BaseException | None] = [StoreError("down"), StoreError("down"), None]
+    outcomes += [ValueError("bug"), ValueError("bug")]
+    called: list[str] = []
+
+    async def step() -> None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    last = ""
+    seen: list[str] = []
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(5):
+            last = await store_round(
+                step,
+                last,
+                logger=structlog.get_logger("t"),
+                failed="t_failed",
+                crashed="t_crashed",
+                on_store_error=lambda: called.append("store"),
+            )
+            seen.append(last)
+    assert seen == ["down", "down", "", "", ""]
+    assert [e["event"] for e in logs] == ["t_failed", "t_crashed", "t_crashed"]
+    assert called == ["store", "store"]

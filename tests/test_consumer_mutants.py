@@ -26,6 +26,7 @@ from ingest_helpers import (
     CHANNEL,
     broker_fixture,
     channel_stats,
+    fast_nsq,
     heartbeat_consumer,
     ingestion_fixture,
     mpub_binary,
@@ -47,14 +48,7 @@ from taskdash.store import Store
 
 pytestmark = pytest.mark.timeout(90)
 
-NSQ = NsqSettings(
-    heartbeat_flush_interval=0.02,
-    requeue_delay=0.05,
-    requeue_delay_max=0.2,
-    max_message_size=4096,
-    heartbeat_resolution=0.0,
-    max_attempts=3,
-)
+NSQ = fast_nsq(max_attempts=3)
 TOPIC = NSQ.heartbeat_topic
 
 #: how long to wait for what must happen: generous, as mutmut's tracing and a loaded machine

@@ -86,6 +86,7 @@ async def test_listings_in_every_accepted_shape_are_stored(
         "gone_at": None,
         "start_time": "",  # the daily window, set over TCP only (docs/tcp.md)
         "stop_time": "",
+        "window": None,  # no daily window (docs/windows.md)
         "assignee": "",  # nobody holds it (docs/api.md)
         "assignment": None,
     }

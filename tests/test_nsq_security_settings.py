@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from nsq_tls import Pki, make_pki
 
+from taskdash.daemon import nsqd_http_address
 from taskdash.errors import ConfigError
 from taskdash.nsq.readers import connection_options
-from taskdash.settings import load
+from taskdash.settings import NsqSettings, load
 
 REAL = "nsqd_tcp_addresses = ['nsqd-1:4150']\n"
 
@@ -161,3 +162,24 @@ def test_check_config_refuses_snappy_without_its_library() -> None:
         "pip install 'taskdash[snappy]' (in TASKDASH_NSQ__COMPRESSION)"
     )
     assert check_config(**env).returncode == 0  # installed (the test extra has it)
+
+
+@pytest.mark.parametrize(
+    ("nsq", "expected"),
+    [
+        ({"nsqd_tcp_addresses": ["nsqd-1:4150", "nsqd-2:4150"]}, "http://nsqd-1:4151"),
+        ({"nsqd_tcp_addresses": ["nsqd-1:4150"], "tls": True}, "https://nsqd-1:4152"),
+        (
+            {
+                "nsqd_tcp_addresses": ["nsqd-1:4150"],
+                "tls": True,
+                "nsqd_http_address": "https://n:9",
+            },
+            "https://n:9",
+        ),
+        ({"lookupd_http_addresses": ["http://lookupd:4161"]}, ""),
+    ],
+)
+def test_the_status_publishers_nsqd_address(nsq: dict[str, object], expected: str) -> None:
+    """Derived from the first nsqd; with TLS on its HTTPS port (nsqd refuses plain HTTP then)."""
+    assert nsqd_http_address(NsqSettings(**nsq)) == expected  # type: ignore[arg-type]

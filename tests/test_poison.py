@@ -15,6 +15,7 @@ from ingest_helpers import (
     broker_fixture,
     channel_stats,
     drained,
+    fast_nsq,
     heartbeat_consumer,
     ingestion_fixture,
     mpub_binary,
@@ -35,14 +36,7 @@ from taskdash.store import Store
 
 pytestmark = pytest.mark.timeout(90)
 
-NSQ = NsqSettings(
-    heartbeat_flush_interval=0.02,
-    requeue_delay=0.05,
-    requeue_delay_max=0.2,
-    max_message_size=4096,
-    heartbeat_resolution=0.0,
-    max_attempts=3,
-)
+NSQ = fast_nsq(max_attempts=3)
 TOPICS = (NSQ.service_topic, NSQ.heartbeat_topic)
 
 

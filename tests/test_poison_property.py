@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from ingest_helpers import (
     channel_stats,
     drained,
+    fast_nsq,
     mpub_binary,
     new_broker,
     start_ingestion,
@@ -28,17 +29,9 @@ from support import async_wait_for
 
 from taskdash.nsq.broker import Broker
 from taskdash.nsq.readers import Ingestion
-from taskdash.settings import NsqSettings
 from taskdash.store import Store
 
-NSQ = NsqSettings(
-    heartbeat_flush_interval=0.02,
-    requeue_delay=0.05,
-    requeue_delay_max=0.2,
-    max_message_size=1024,
-    heartbeat_resolution=0.0,
-    max_attempts=3,
-)
+NSQ = fast_nsq(max_message_size=1024, max_attempts=3)
 PROBE = "svc-probe"
 
 json_values = st.recursive(

@@ -20,7 +20,13 @@ from datetime import UTC, datetime, timedelta
 import nsq
 import pytest
 import structlog.testing
-from ingest_helpers import broker_fixture, ingestion_fixture, mpub_binary, running_ingestion
+from ingest_helpers import (
+    broker_fixture,
+    fast_nsq,
+    ingestion_fixture,
+    mpub_binary,
+    running_ingestion,
+)
 from support import async_wait_for
 
 from taskdash.models import HeartBeat, TaskService
@@ -34,13 +40,7 @@ from taskdash.store.times import from_ms
 
 pytestmark = pytest.mark.timeout(90)
 
-NSQ = NsqSettings(
-    heartbeat_flush_interval=0.02,
-    requeue_delay=0.05,
-    requeue_delay_max=0.2,
-    max_message_size=4096,
-    heartbeat_resolution=0.0,
-)
+NSQ = fast_nsq()
 T = 1_800_000_000_000  # ms: receipt time of the first stored beat in the bound tests
 
 broker = broker_fixture()

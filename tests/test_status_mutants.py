@@ -6,12 +6,11 @@ the order events are published in, and the operation each failure names.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from support import free_port
 from test_checker import T0, Clock, beat, setup
 
 from taskdash.errors import StoreUnavailable
@@ -83,20 +82,6 @@ async def test_events_are_claimed_for_publishing_in_the_order_they_happened(
     assert [e["service_id"] for e in await st.record_events(store)] == [early]
     claimed = await st.claim_unpublished(store, clock.advance(1), lease=10, limit=10)
     assert [e["service_id"] for e in claimed] == [early, late]
-
-
-@pytest.fixture
-async def dead() -> AsyncIterator[Store]:
-    """A store whose server is not there."""
-    store = Store(
-        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-        "t",
-        server_selection_timeout=0.3,
-    )
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 OPERATIONS: dict[str, Callable[[Store], Awaitable[Any]]] = {

@@ -8,13 +8,13 @@ fetched twice, and the operation each failure names.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import structlog.testing
 from fetcher_site import Clock, register, settings
-from support import free_port
+from support import free_port, harvest
 
 from taskdash.errors import StoreUnavailable
 from taskdash.fetcher import Fetcher
@@ -23,10 +23,8 @@ from taskdash.store import Store
 from taskdash.store import tasks as ts
 from taskdash.store.tasklist import TaskQuery, find_tasks
 from taskdash.store.tasks import (
-    ApplyResult,
     Conflict,
     ServiceListing,
-    apply_listings,
     claim_due,
     content_hash,
     get_fetch_result,
@@ -35,12 +33,6 @@ from taskdash.store.tasks import (
     release,
     write_registered,
 )
-
-
-async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: int) -> ApplyResult:
-    """Store a service's listing as the fetcher does on a cold cache."""
-    known = (await load_known(store, [service_id]))[service_id]
-    return await apply_listings(store, [ServiceListing(service_id, list(tasks), known)], now_ms)
 
 
 async def test_a_first_fetch_that_failed_reads_with_empty_counts_and_no_validators(
@@ -131,20 +123,6 @@ async def test_a_claim_holds_a_service_until_its_end_and_a_release_gives_it_back
     assert await claim_due(store, ["s"], now_ms=150, until_ms=300, token="d") == {}
     await release(store, ["s"], "b")  # b stops before fetching it: due at once
     assert list(await claim_due(store, ["s"], now_ms=150, until_ms=300, token="e")) == ["s"]
-
-
-@pytest.fixture
-async def dead() -> AsyncIterator[Store]:
-    """A store whose server is not there."""
-    store = Store(
-        f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
-        "t",
-        server_selection_timeout=0.3,
-    )
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 NEW = TaskMetaData(id="t1", name="n")

@@ -20,9 +20,11 @@ from taskdash.web.account import LoginApi, LoginPage, LogoutPage
 from taskdash.web.app import ROUTES
 from taskdash.web.auth import ApiHandler, PageHandler
 from taskdash.web.health import HealthzHandler, ReadyzHandler
+from taskdash.web.scrape import MetricsPage
 
-#: what anyone may ask, on purpose: liveness and readiness (systemd, load balancers) ...
-OPEN = {HealthzHandler, ReadyzHandler}
+#: what anyone may ask, on purpose: liveness and readiness (systemd, load balancers), and
+#: /metrics (Prometheus: open, or behind its own [metrics] token, docs/metrics.md) ...
+OPEN = {HealthzHandler, ReadyzHandler, MetricsPage}
 #: ... and the way in (and out): the login form, its JSON twin, the logout form
 PUBLIC = {LoginPage, LoginApi, LogoutPage}
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")

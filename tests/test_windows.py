@@ -13,8 +13,10 @@ from taskdash.windows import (
     IDLE_INSIDE,
     OK,
     RUNNING_OUTSIDE,
+    Rules,
     Window,
     check,
+    clock_or_none,
     minute_of_day,
     minutes_crossed,
     parse_clock,
@@ -217,3 +219,57 @@ def test_zones(tmp_path: Path) -> None:
     paris = Path("/usr/share/zoneinfo/Europe/Paris")
     if paris.exists():  # a machine set to Paris: its DST rules come with it
         assert minute_of_day(utc_ms("2026-07-15 10:00"), machine_zone(str(paris))) == 720
+
+
+# -- Rules: judging stored fields ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "status", "local", "expected"),
+    [
+        # inside / outside x running / not, a daytime window
+        ("12:00", "18:00", "running", "2026-01-15 12:00", OK),
+        ("12:00", "18:00", "running", "2026-01-15 11:59", RUNNING_OUTSIDE),
+        ("12:00", "18:00", "finish", "2026-01-15 17:59", IDLE_INSIDE),
+        ("12:00", "18:00", "finish", "2026-01-15 18:00", OK),
+        # the same across midnight
+        ("22:00", "06:00", "running", "2026-01-15 23:30", OK),
+        ("22:00", "06:00", "running", "2026-01-16 06:00", RUNNING_OUTSIDE),
+        ("22:00", "06:00", "shutdown", "2026-01-16 00:00", IDLE_INSIDE),
+        ("22:00", "06:00", "shutdown", "2026-01-15 21:59", OK),
+        # the DST nights in Paris: 02:30 never happens in spring, twice in autumn
+        ("02:30", "03:30", "running", "2026-03-29 01:59", RUNNING_OUTSIDE),
+        ("02:30", "03:30", "running", "2026-03-29 03:00", OK),
+        ("02:30", "03:30", "finish", "2026-10-25 02:45", IDLE_INSIDE),
+        # stored values that make no window, or nothing to judge
+        ("25:00", "06:00", "running", "2026-01-15 12:00", None),
+        ("12:00", None, "running", "2026-01-15 12:00", None),
+        (1200, "18:00", "running", "2026-01-15 12:00", None),
+        ("12:00", "18:00", None, "2026-01-15 12:00", None),
+        ("12:00", "18:00", 7, "2026-01-15 12:00", None),
+    ],
+)
+def test_rules_judge_stored_fields(
+    start: object, stop: object, status: object, local: str, expected: str | None
+) -> None:
+    assert Rules(PARIS).judge(start, stop, status, at(local)) == expected
+
+
+def test_rules_in_other_zones_and_statuses() -> None:
+    ny, tokyo = ZoneInfo("America/New_York"), ZoneInfo("Asia/Tokyo")
+    moment = utc_ms("2026-01-15 23:30")  # 18:30 in New York, 08:30 in Tokyo (next day)
+    assert Rules(ny).judge("12:00", "18:00", "running", moment) == RUNNING_OUTSIDE
+    assert Rules(tokyo).judge("08:00", "09:00", "running", moment) == OK
+    busy = Rules(tokyo, frozenset({"busy"}))
+    assert busy.judge("08:00", "09:00", "Busy", moment) == OK
+    assert busy.judge("08:00", "09:00", "running", moment) == IDLE_INSIDE
+
+
+def test_clock_or_none() -> None:
+    assert [clock_or_none(v) for v in ("7:05", "", "24:00", None, 705)] == [
+        425,
+        None,
+        None,
+        None,
+        None,
+    ]

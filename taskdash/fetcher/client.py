@@ -91,32 +91,55 @@ class _CappedBody:
         raise HTTPInputError(f"response body larger than {self.cap} bytes")
 
 
-class HttpClient:
-    """Owns one Tornado client (created on the running loop) and the rules it enforces."""
+class CheckedHttp:
+    """One Tornado client whose every connection goes to an address ``rules`` allow.
 
-    def __init__(self, settings: FetcherSettings, rules: Rules | None = None) -> None:
-        self.settings = settings
-        self.rules = rules or Rules.from_settings(settings)
+    Made on first use, on the running loop (a Tornado client binds the loop it is made on);
+    ``options`` are the client's (``max_clients``, ``max_body_size``, ...). Shared by the
+    fetcher and the alert webhooks: one place where the SSRF rules meet the network.
+    """
+
+    def __init__(self, rules: Rules, **options: Any) -> None:
+        self.rules = rules
+        self.options = options
         self._client: SimpleAsyncHTTPClient | None = None
 
-    def _http(self) -> SimpleAsyncHTTPClient:
+    def client(self) -> SimpleAsyncHTTPClient:
+        """The client, made now if it was not yet."""
         if self._client is None:
             self._client = SimpleAsyncHTTPClient(
-                force_instance=True,
-                max_clients=self.settings.concurrency,
-                resolver=RuleResolver(rules=self.rules),
-                max_header_size=MAX_HEADER_SIZE,
-                # our streaming callback enforces the cap (on decoded bytes); Tornado's own limit
-                # sits above it so that the clearer error is ours
-                max_body_size=self.settings.max_body_size * 4 + 65536,
+                force_instance=True, resolver=RuleResolver(rules=self.rules), **self.options
             )
         return self._client
 
     def close(self) -> None:
-        """Close the Tornado client. Idempotent."""
+        """Close the client. Idempotent."""
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+class HttpClient:
+    """Owns one rule-checked Tornado client (created on the running loop) for fetches."""
+
+    def __init__(self, settings: FetcherSettings, rules: Rules | None = None) -> None:
+        self.settings = settings
+        self.rules = rules or Rules.from_settings(settings)
+        self._checked = CheckedHttp(
+            self.rules,
+            max_clients=settings.concurrency,
+            max_header_size=MAX_HEADER_SIZE,
+            # our streaming callback enforces the cap (on decoded bytes); Tornado's own limit
+            # sits above it so that the clearer error is ours
+            max_body_size=settings.max_body_size * 4 + 65536,
+        )
+
+    def _http(self) -> SimpleAsyncHTTPClient:
+        return self._checked.client()
+
+    def close(self) -> None:
+        """Close the Tornado client. Idempotent."""
+        self._checked.close()
 
     async def fetch(
         self, url: str, *, service_id: str, etag: str = "", last_modified: str = ""

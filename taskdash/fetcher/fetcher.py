@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,7 @@ class Fetcher:
         self.sweeps = 0
         self.last_sweep: SweepResult | None = None
         self.last_error = ""
+        self.on_fetch: Callable[[Outcome], None] | None = None  # the metrics hear every fetch
         self._known: dict[str, tuple[str, Known]] = {}  # service -> (listing token, stored)
         self._plan_lock = asyncio.Lock()  # one sweep at a time reads the share and claims
         self._planning = 0  # sweeps started that have not claimed yet
@@ -346,6 +347,8 @@ class Fetcher:
             log.exception("fetch_crashed", service_id=service_id, url=url)
             outcome.error = FetchError(f"internal error: {exc!r}", reason="internal")
         outcome.duration_ms = (time.perf_counter() - started) * 1000
+        if self.on_fetch is not None:
+            self.on_fetch(outcome)
         return outcome
 
     # -- storing --------------------------------------------------------------------------

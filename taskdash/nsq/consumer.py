@@ -113,6 +113,8 @@ class Consumer(Generic[M]):
         self.stall_after = stall_after
         self.counters = Counters()
         self.progress = Progress()
+        #: told each settled delivery's seconds from receipt to FIN/REQ (the metrics' histogram)
+        self.on_settled: Callable[[float], None] | None = None
         self._addresses = (nsqd_tcp_addresses, lookupd_http_addresses)
         self._max_in_flight = max_in_flight
         # pynsq's connection options (TLS, AUTH, compression, timeouts): readers.connection_options
@@ -379,7 +381,9 @@ class Consumer(Generic[M]):
             message.requeue(time_ms=self._delay_ms(message), backoff=False)
         else:
             message.finish()
-        self.progress.settled(message)
+        waited = self.progress.settled(message)
+        if waited is not None and self.on_settled is not None:
+            self.on_settled(waited)
 
     def _requeue(self, messages: list[nsq.Message]) -> None:
         for message in messages:

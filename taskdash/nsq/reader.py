@@ -31,7 +31,8 @@ class Progress:
     """
 
     def __init__(self) -> None:
-        self._in_flight: dict[int, object] = {}  # id() -> the message, kept so ids stay unique
+        # id() -> (the message, kept so ids stay unique; when it was handed to us)
+        self._in_flight: dict[int, tuple[object, float]] = {}
         self.since = time.monotonic()  # last settle, or when messages started being in flight
         self.last_settled_at: datetime | None = None
 
@@ -44,13 +45,17 @@ class Progress:
         """One more message handed to us and not yet answered."""
         if not self._in_flight:
             self.since = time.monotonic()
-        self._in_flight[id(message)] = message
+        self._in_flight[id(message)] = (message, time.monotonic())
 
-    def settled(self, message: object) -> None:
-        """One message answered (FIN or REQ): the reader makes progress."""
-        self._in_flight.pop(id(message), None)
+    def settled(self, message: object) -> float | None:
+        """One message answered (FIN or REQ): the reader makes progress.
+
+        Returns the seconds since it was handed to us (None if it was not tracked).
+        """
+        entry = self._in_flight.pop(id(message), None)
         self.since = time.monotonic()
         self.last_settled_at = datetime.now(UTC)
+        return None if entry is None else self.since - entry[1]
 
     def let_go(self, message: object) -> None:
         """A message we will not answer (nsqd redelivers it after its timeout): not ours now.

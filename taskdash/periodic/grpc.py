@@ -6,7 +6,7 @@ becomes a gRPC status with the same sentence, decided in one place (:func:`_answ
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -100,7 +100,15 @@ class PeriodicTaskServicer(pb_grpc.PeriodicTaskServicer):
 class GrpcServer:
     """``grpc.aio`` server: PeriodicTask, health (``""`` and ``PeriodicTask``), reflection."""
 
-    def __init__(self, leasing: Leasing, *, host: str, port: int, max_message: int) -> None:
+    def __init__(
+        self,
+        leasing: Leasing,
+        *,
+        host: str,
+        port: int,
+        max_message: int,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
         self.leasing = leasing
         self.address = f"{host}:{port}"
         self.port: int | None = None
@@ -110,6 +118,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
             ],
+            interceptors=list(interceptors),  # the metrics' (calls by method and code)
         )
         pb_grpc.add_PeriodicTaskServicer_to_server(PeriodicTaskServicer(leasing), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import tornado.web
@@ -18,12 +18,16 @@ import tornado.web
 from taskdash.errors import StoreError, StoreUnavailable
 from taskdash.health import Health
 from taskdash.logs import RateLimitedLog
+from taskdash.metrics.http import ScrapeHandler, log_function, routed
 from taskdash.periodic.auth import token_matches
 from taskdash.periodic.errors import Kind, PeriodicError
 from taskdash.periodic.leasing import Caller, Leasing
 from taskdash.periodic.metadata import metadata
 from taskdash.periodic.views import encode
 from taskdash.settings import PeriodicSettings
+
+if TYPE_CHECKING:
+    from taskdash.metrics import Metrics
 
 log = structlog.get_logger("taskdash.periodic.http")
 
@@ -345,25 +349,35 @@ Route = tuple[str, type, dict[str, Any]]
 
 
 def make_app(
-    leasing: Leasing, settings: PeriodicSettings, health: Health, extra: Sequence[Route] = ()
+    leasing: Leasing,
+    settings: PeriodicSettings,
+    health: Health,
+    extra: Sequence[Route] = (),
+    metrics: Metrics | None = None,
 ) -> tornado.web.Application:
-    """The routes (plus ``extra``, the schedules' for one); resources are passed in."""
+    """The routes (plus ``extra``, the schedules' for one); resources are passed in.
+
+    With ``metrics``: ``/metrics``, and every request counted by route pattern and status.
+    """
     res = {"leasing": leasing, "settings": settings}
     return tornado.web.Application(
-        [
-            (r"/(healthz|readyz)", HealthHandler, {**res, "health": health}),
-            (r"/metadata", MetadataHandler, res),
-            (r"/v1/services", ServicesHandler, res),
-            (rf"{SERVICE}", ServiceHandler, res),
-            (rf"{SERVICE}/queues", QueuesHandler, res),
-            (rf"{QUEUE}", QueueHandler, res),
-            (rf"{QUEUE}/(start|stop|lease|redrive)", QueueActionHandler, res),
-            (rf"{QUEUE}/tasks", TasksHandler, res),
-            (rf"{QUEUE}/tasks/([^/]+)", TaskHandler, res),
-            (rf"{QUEUE}/tasks/([^/]+)/(complete|extend)", TaskActionHandler, res),
-            *extra,
-        ],
+        routed(
+            [
+                (r"/(healthz|readyz)", HealthHandler, {**res, "health": health}),
+                (r"/metadata", MetadataHandler, res),
+                (r"/v1/services", ServicesHandler, res),
+                (rf"{SERVICE}", ServiceHandler, res),
+                (rf"{SERVICE}/queues", QueuesHandler, res),
+                (rf"{QUEUE}", QueueHandler, res),
+                (rf"{QUEUE}/(start|stop|lease|redrive)", QueueActionHandler, res),
+                (rf"{QUEUE}/tasks", TasksHandler, res),
+                (rf"{QUEUE}/tasks/([^/]+)", TaskHandler, res),
+                (rf"{QUEUE}/tasks/([^/]+)/(complete|extend)", TaskActionHandler, res),
+                *extra,
+                (r"/metrics", ScrapeHandler, {"metrics": metrics}),
+            ]
+        ),
         default_handler_class=NotFound,
         default_handler_args=res,
-        log_function=lambda handler: None,
+        log_function=log_function(metrics),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -93,6 +94,9 @@ class Leasing:
         self._ids: Iterator[int] = iter(())
         self._ids_lock = asyncio.Lock()
         self._seen = RecentlySeen(CACHE_MS, clock)
+        #: leased, lease_expired (a lease that ran out, handed out again), done, failed, dead,
+        #: buried (leases that ran out on their last attempt): read by the metrics
+        self.counts: Counter[str] = Counter()
 
     # --- authentication and lookups ----------------------------------------------------
 
@@ -221,6 +225,7 @@ class Leasing:
             if exhausted or full or len(won) >= limit:
                 break
         won.sort(key=lambda doc: (doc["created_at"], doc["_id"]))
+        self.counts["leased"] += len(won)
         return [lease_item(doc) for doc in won]
 
     async def _claim_round(
@@ -251,6 +256,7 @@ class Leasing:
             left -= size
         if spent:
             buried = await self.store.bury(spent, now=now, max_attempts=max_attempts)
+            self.counts["buried"] += buried
             if buried:
                 log.warning(
                     "periodic_tasks_dead", service=ref.service, queue=ref.queue, count=buried
@@ -263,6 +269,8 @@ class Leasing:
                 live, now=now, until=until, token=token, max_attempts=max_attempts
             )
             won = await self.store.leased_to(token)
+            ran_out = {c["_id"] for c in candidates if c.get("state") == LEASED}
+            self.counts["lease_expired"] += sum(doc["_id"] in ran_out for doc in won)
         return won, len(candidates) < wanted, full
 
     async def complete(self, who: Caller, queue: str, task_id: int, success: bool) -> str:
@@ -284,6 +292,7 @@ class Leasing:
             ]
         for state, changes, attempts in outcomes:
             if await self.store.settle(ref.inc, task_id, now, changes, attempts):
+                self.counts[state] += 1
                 return state
         raise await self._why_not_leased(ref, task_id)
 

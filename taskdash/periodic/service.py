@@ -13,6 +13,7 @@ import socket
 
 import structlog
 
+from taskdash.alerts.periodic import AlertingPeriodicStore
 from taskdash.daemon import Daemon, nsqd_http_address
 from taskdash.models import TaskService
 from taskdash.nsq.announce import Announcer
@@ -23,7 +24,6 @@ from taskdash.periodic.leasing import Leasing
 from taskdash.periodic.schedules import Schedules
 from taskdash.periodic.schedules_http import routes
 from taskdash.settings import PeriodicSettings
-from taskdash.store.periodic import PeriodicStore
 from taskdash.store.schedules import ScheduleStore
 
 log = structlog.get_logger("taskdash.periodic.service")
@@ -56,11 +56,16 @@ class PeriodicService(Daemon):
         store = await self._start_store()
         self.store = store
         cfg = self.settings.periodic
-        leasing = Leasing(PeriodicStore(store), cfg, node_id=self.node_name)
+        # dead tasks raise alerts, sent by the daemons that list webhooks (docs/alerts.md)
+        tasks = AlertingPeriodicStore(store, keep_days=self.settings.alerts.keep_days)
+        leasing = Leasing(tasks, cfg, node_id=self.node_name)
         schedule_store = ScheduleStore(store)
         clock = StoreClock(schedule_store.server_time)
         firer = Firer(leasing, schedule_store, clock=clock, sync=clock.sync)
         schedules = Schedules(leasing, schedule_store, clock=clock, changed=firer.poke)
+        if self.metrics is not None:
+            self.metrics.watch_leasing(leasing, tasks)
+            self.metrics.watch_firer(firer)
         await self._start_grpc(leasing, cfg)
         await self._start_http(leasing, cfg, schedules)
         await self._start_firer(leasing, firer)
@@ -69,7 +74,11 @@ class PeriodicService(Daemon):
 
     async def _start_grpc(self, leasing: Leasing, cfg: PeriodicSettings) -> None:
         server = GrpcServer(
-            leasing, host=cfg.grpc_host, port=cfg.grpc_port, max_message=cfg.max_body_size
+            leasing,
+            host=cfg.grpc_host,
+            port=cfg.grpc_port,
+            max_message=cfg.max_body_size,
+            interceptors=[self.metrics.grpc()] if self.metrics is not None else [],
         )
         await server.start()
         self.grpc_port = server.port
@@ -85,7 +94,7 @@ class PeriodicService(Daemon):
         self, leasing: Leasing, cfg: PeriodicSettings, schedules: Schedules
     ) -> None:
         # twice the limit: a body up to that gets a JSON 413, a larger one is cut off by Tornado
-        app = make_app(leasing, cfg, self.health, routes(schedules))
+        app = make_app(leasing, cfg, self.health, routes(schedules), metrics=self.metrics)
         self.web_port = self._serve_http(
             "http", app, "periodic.http_port", cfg.http_host, cfg.http_port,
             max_body_size=cfg.max_body_size * 2,

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pymongo import ReturnDocument
 
 from taskdash.errors import StoreError
-from taskdash.store.mongo import Doc, Store, eq, translated
+from taskdash.store.mongo import CHANGED_AT, Doc, Store, eq, translated
 from taskdash.store.times import iso
 
 Source = Literal["tcp", "web"]
@@ -131,6 +131,7 @@ def _changes(binding: Assignment) -> Doc:
             "at": binding.at_ms,
             "version": binding.version,
         },
+        CHANGED_AT: binding.at_ms,
     }
 
 
@@ -269,6 +270,7 @@ async def _hand_over(
             "assignment.source": "web",
             "assignment.by": by,
             "assignment.at": now_ms,
+            CHANGED_AT: now_ms,
         },
         "$inc": {"assignment.version": 1},
     }

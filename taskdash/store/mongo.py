@@ -14,12 +14,19 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 
 from taskdash.errors import StoreError, StoreUnavailable
 from taskdash.store.credcache import CredentialCache
+from taskdash.windows import Rules
+from taskdash.zones import machine_zone
 
 log = structlog.get_logger("taskdash.store")
 
 Doc = dict[str, Any]
 
 DUPLICATE_KEY = 11000
+
+#: a task's change stamp (ms, the writer's clock), set by every write of what TCP Find returns
+#: (``store.tasks``, ``store.assignments``): the feed that keeps Find's cache confirmed
+#: (``taskdash.tcp.cache``)
+CHANGED_AT = "changed_at"
 
 
 def duplicates_only(exc: BulkWriteError) -> list[Doc]:
@@ -64,6 +71,19 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("service_id", ASCENDING), ("key", ASCENDING)], name="service_key"),
         IndexModel([("assignee", ASCENDING), ("key", ASCENDING)], name="assignee_key"),
         IndexModel([("last_seen_at", ASCENDING), ("key", ASCENDING)], name="seen_key"),
+        IndexModel([(CHANGED_AT, ASCENDING)], name=CHANGED_AT),
+        # daily windows (store/task_windows.py): the listing's filter, the minutes a window
+        # opens and closes at (the re-judge loop), flag changes waiting to become events
+        IndexModel([("out_of_window", ASCENDING), ("key", ASCENDING)], name="flag_key"),
+        IndexModel([("window_start", ASCENDING)], name="window_start"),
+        IndexModel([("window_stop", ASCENDING)], name="window_stop"),
+        IndexModel([("window_outbox_pending", ASCENDING)], name="window_outbox"),
+    ],
+    # a task's daily-window flag changes (store/task_windows.py), shaped like service_events
+    "task_events": [
+        IndexModel([("task_id", ASCENDING), ("at", ASCENDING)], name="task_at"),
+        IndexModel([("published", ASCENDING), ("claim_until", ASCENDING)], name="outbox"),
+        IndexModel([("alerted", ASCENDING)], name="alerted"),  # taskdash/alerts/windows.py
     ],
     "fetch_results": [
         IndexModel([("claim", ASCENDING)], name="claim"),
@@ -199,6 +219,7 @@ class Store:
         *,
         server_selection_timeout: float = 5.0,
         history_ttl_days: float = 30.0,
+        window_rules: Rules | None = None,
     ) -> None:
         timeout_ms = int(server_selection_timeout * 1000)
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
@@ -215,6 +236,8 @@ class Store:
         self.indexes_ready = False
         #: sessions and tokens verified lately (store/credcache.py), emptied by their changes
         self.credentials = CredentialCache()
+        #: how every write of a status or window judges it (``[tasks]``; store/task_windows.py)
+        self.window_rules = window_rules or Rules(machine_zone())
 
     def __getitem__(self, name: str) -> AsyncCollection[Doc]:
         return self.db[name]
@@ -272,7 +295,7 @@ class Store:
         async with translated("ensure_indexes"):
             for name, models in INDEXES.items():
                 await self.db[name].create_indexes(models)
-            for ttl in (self.service_events, self.dead_letters):
+            for ttl in (self.service_events, self.dead_letters, self.db["task_events"]):
                 await ttl.create_index(
                     [("expires_at", ASCENDING)], name="ttl", expireAfterSeconds=0
                 )

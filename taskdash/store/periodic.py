@@ -179,6 +179,19 @@ class PeriodicStore:
             cursor = self.queues.find(query, projection).sort("queue", 1)
             return [doc async for doc in cursor]
 
+    async def some_queues(self, limit: int) -> list[Doc]:
+        """Up to ``limit`` queues of any service (names, incarnation), for the metrics."""
+        async with translated("periodic_some_queues"):
+            projection = {"service": 1, "queue": 1, "incarnation": 1}
+            return [doc async for doc in self.queues.find({}, projection).limit(limit)]
+
+    async def depth(self, queue_inc: str, state: str) -> int:
+        """A queue's tasks in ``state``: the ``count`` command on an index range (metrics)."""
+        query = {**_in_queue(queue_inc), "state": eq(state)}
+        async with translated("periodic_depth"):
+            reply = await self.store.db.command("count", self.tasks.name, query=query)
+        return int(reply["n"])
+
     async def delete_queue(self, service: str, service_inc: str, queue: str, inc: str) -> bool:
         """Delete a queue, its schedules and its tasks (the queue last: a cut-short call can
         be repeated; schedules before tasks, so that no fire adds one after)."""
@@ -235,7 +248,7 @@ class PeriodicStore:
         """
         query = {**_in_queue(queue_inc), "due": {"$lte": now}}
         async with translated("periodic_candidates"):
-            cursor = self.tasks.find(query, {"attempts": 1, "due": 1, "size": 1})
+            cursor = self.tasks.find(query, {"attempts": 1, "due": 1, "size": 1, "state": 1})
             cursor = cursor.sort("due", 1).limit(limit)
             return [doc async for doc in cursor]
 

@@ -1,9 +1,10 @@
 """The dashboard's task listing: filters, search, sort and keyset pages, indexed at 100,000 tasks.
 
 What a listing can ask (:class:`TaskQuery`): ``status``, ``service_id``, ``assignee`` ("" =
-unassigned), gone tasks hidden / shown / only, ``q`` (the id or the name starts with it,
-case-insensitively: indexed), ``description`` (the description contains it,
-case-insensitively: a scan of what the other filters leave), a sort (id, name, status,
+unassigned), ``out_of_window`` (the daily-window flag, ``store/task_windows.py``), gone tasks
+hidden / shown / only, ``q`` (the id or the name starts with it, case-insensitively:
+indexed), ``description`` (the description contains it, case-insensitively: a scan of what
+the other filters leave), a sort (id, name, status,
 service, assignee, last seen; ascending or descending) and a page of 1-200 tasks after or
 before a cursor. There is no total count: counting 100,000 tasks is a scan.
 
@@ -58,7 +59,7 @@ SORTS = {
 }
 NULLABLE = frozenset({"service_id"})  # a task registered over TCP has no service
 #: fields with an index ``(field, key)``: an equality on them comes in ``key`` order
-KEYED = frozenset({"status", "service_id", "assignee", "name_lc", "last_seen_at"})
+KEYED = frozenset({"status", "service_id", "assignee", "name_lc", "last_seen_at", "out_of_window"})
 MAX_PAGE = 200
 MAX_SEARCH = 64
 MAX_CURSOR = 1024
@@ -123,6 +124,7 @@ class TaskQuery:
     status: str | None = None
     service_id: str | None = None
     assignee: str | None = None
+    out_of_window: bool | None = None
     gone: Gone = "hide"
     q: str = ""
     description: str = ""
@@ -182,6 +184,7 @@ def public_task(doc: Doc) -> dict[str, Any]:
     out["service_id"] = doc.get("service_id")
     for key in WINDOW:
         out[key] = doc.get(key, "")
+    out["window"] = window_view(doc)
     out["first_seen_at"] = _time(doc.get("first_seen_at"))
     out["last_seen_at"] = _time(doc.get("last_seen_at"))
     out["gone"] = bool(doc.get("gone"))  # nx-27017 returns a bool set by an update as 0/1
@@ -190,6 +193,20 @@ def public_task(doc: Doc) -> dict[str, Any]:
     out["assignee"] = binding.user
     out["assignment"] = binding.public()
     return out
+
+
+def window_view(doc: Doc) -> dict[str, Any] | None:
+    """The daily window and its stored verdict; None when the task has no window."""
+    start, stop = doc.get("window_start"), doc.get("window_stop")
+    if not isinstance(start, int) or not isinstance(stop, int) or start == stop:
+        return None
+    return {
+        "start": doc.get("start_time", ""),
+        "stop": doc.get("stop_time", ""),
+        "verdict": doc.get("window_verdict"),
+        "out_of_window": bool(doc.get("out_of_window")),
+        "since": _time(doc.get("window_since")),
+    }
 
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -205,7 +222,7 @@ class _Cond:
     equality: bool  # an equality on a KEYED field comes in ``key`` order; a range does not
 
 
-def _equal(name: str, value: str) -> _Cond:
+def _equal(name: str, value: str | bool) -> _Cond:
     return _Cond(name, {name: eq(value)}, {name: {"$in": [value]}}, equality=True)
 
 
@@ -238,6 +255,10 @@ def _plan(query: TaskQuery) -> _Plan:
         value = getattr(query, name)
         if value is not None:
             plan.conds.append(_equal(name, value))
+    if query.out_of_window:
+        plan.conds.append(_equal("out_of_window", True))
+    elif query.out_of_window is False:  # never judged tasks have no flag at all: not an index
+        plan.fixed["out_of_window"] = {"$ne": True}
     if query.q:
         plan.branches = [_prefix("id_lc", query.q), _prefix("name_lc", query.q)]
     return plan

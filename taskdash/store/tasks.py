@@ -10,7 +10,8 @@ Collections:
   service stops listing is marked gone, never deleted.
   A task registered over TCP (``taskdash/tcp``) has ``service_id`` null (no owner) until a
   service lists it: that service then adopts it, and from then on owns it like any other.
-  ``start_time`` / ``stop_time`` (the seed's daily window) are set over TCP only, on any task.
+  ``start_time`` / ``stop_time`` (the seed's daily window) are set over TCP only, on any task;
+  every write of a status or a window is followed by its verdict (``store/task_windows.py``).
 * ``task_conflicts``: a task id listed by a service that does not own it (one document per
   task id and claimant), kept while the claimant keeps listing it.
 * ``fetch_results`` (``_id`` = service id): the last fetch of each service, plus the state the
@@ -35,7 +36,17 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from taskdash.models import TaskMetaData
 from taskdash.store.assignments import empty_binding
-from taskdash.store.mongo import Doc, Store, duplicates_only, eq, translated
+from taskdash.store.mongo import CHANGED_AT, Doc, Store, duplicates_only, eq, translated
+from taskdash.store.task_windows import (
+    JUDGED,
+    STATE,
+    judge_docs,
+    judge_tasks,
+    judge_windowed,
+    record_window_events,
+    verdict_on_insert,
+    window_minutes,
+)
 from taskdash.store.tasklist import FIELDS, WINDOW, TaskQuery, every_task, fold
 from taskdash.store.tasklist import public_task as public_task  # its former home
 from taskdash.store.times import iso
@@ -129,6 +140,7 @@ def _new_doc(task: TaskMetaData, service_id: str, digest: int, now_ms: int) -> D
         "h": digest,
         "first_seen_at": now_ms,
         "last_seen_at": now_ms,
+        CHANGED_AT: now_ms,
         "gone": False,
         "gone_at": None,
     }
@@ -140,7 +152,7 @@ def _changed(task: TaskMetaData, service_id: str, digest: int, now_ms: int) -> U
     return UpdateOne(
         {"_id": task.id, "service_id": service_id},
         {
-            "$set": {**fields, "h": digest, "gone": False, "gone_at": None},
+            "$set": {**fields, "h": digest, "gone": False, "gone_at": None, CHANGED_AT: now_ms},
             "$max": {"last_seen_at": now_ms},
         },
     )
@@ -154,6 +166,7 @@ class _Plan:
     bump: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     new_docs: dict[tuple[str, str], Doc] = field(default_factory=dict)  # (service, task) -> insert
+    changed: list[str] = field(default_factory=list)  # updated tasks: new statuses to judge
 
 
 def _plan(listings: Sequence[ServiceListing], now_ms: int, result: ApplyResult) -> _Plan:
@@ -175,6 +188,7 @@ def _plan(listings: Sequence[ServiceListing], now_ms: int, result: ApplyResult) 
             else:
                 plan.ops.append(_changed(task, sid, digest, now_ms))
                 plan.updates += 1
+                plan.changed.append(task.id)
             plan.where.append((sid, task.id))
         for task_id, digest in listing.known.items():
             if task_id in after:
@@ -223,6 +237,11 @@ async def apply_listings(
             )
         if duplicates:
             await _sort_duplicates(store, duplicates, result, plan.new_docs, now_ms)
+    # new statuses, and tasks that existed when inserted (adopted ones may have a window);
+    # a task this fetch inserted has none
+    judged = plan.changed + [task_id for _, task_id in duplicates]
+    if judged:
+        await judge_windowed(store, judged, now_ms)
     result.inserted = len(plan.ops) - plan.updates - len(duplicates)
     result.changed = plan.updates
     result.unchanged = len(plan.bump)
@@ -325,11 +344,23 @@ class TcpWrite:
 
 
 def _tcp_update(
-    task_id: str, fields: dict[str, str], window: dict[str, str], now_ms: int, create: bool
+    task_id: str,
+    fields: dict[str, str],
+    window: dict[str, str],
+    now_ms: int,
+    create: bool,
+    on_insert: Doc | None = None,
 ) -> Doc:
     named = {"name_lc": fold(fields["name"])} if "name" in fields else {}
     update: Doc = {
-        "$set": {**fields, **named, **window, "updated_at": now_ms},
+        "$set": {
+            **fields,
+            **named,
+            **window,
+            **window_minutes(window),
+            "updated_at": now_ms,
+            CHANGED_AT: now_ms,
+        },
         "$max": {"last_seen_at": now_ms},
     }
     if create:
@@ -343,6 +374,7 @@ def _tcp_update(
             "first_seen_at": now_ms,
             "gone": False,
             "gone_at": None,
+            **(on_insert or {}),
         }
     return update
 
@@ -369,24 +401,85 @@ async def write_registered(
     exists now, a match means updated, and only no match means owned.
     """
     unowned = {"_id": task_id, "service_id": eq(None)}
-    update = _tcp_update(task_id, fields, window, now_ms, create)
+    given = {**fields, **window}
+    state = {"_id": task_id, **{k: given.get(k, "") for k in STATE}}
+    on_insert = verdict_on_insert(store, state, now_ms) if create else {}
+    update = _tcp_update(task_id, fields, window, now_ms, create, on_insert)
     async with translated("write_registered"):
         try:
-            done = await store.tasks.update_one(unowned, update, upsert=create)
+            if create:  # nx-27017's find_one_and_update ignores $setOnInsert: update_one
+                done = await store.tasks.update_one(unowned, update, upsert=True)
+                inserted, before = done.upserted_id is not None, None
+                if done.matched_count:  # registered again: what it is now, to judge
+                    before = await store.tasks.find_one({"_id": task_id}, JUDGED)
+            else:  # the state it had, returned by the write itself
+                before = await store.tasks.find_one_and_update(unowned, update, JUDGED)
+                inserted = False
         except DuplicateKeyError:  # owned, or inserted meanwhile: see the docstring
             retry = _tcp_update(task_id, fields, window, now_ms, create=False)
-            done = await store.tasks.update_one(unowned, retry)
-        if done.upserted_id is not None:
-            return TcpWrite("created")
-        if done.matched_count:
-            return TcpWrite("updated")
-        doc = await store.tasks.find_one({"_id": task_id})
-        if doc is None:
-            return TcpWrite("missing")
-        if window:
-            await store.tasks.update_one({"_id": task_id}, {"$set": window})
+            before, inserted = await store.tasks.find_one_and_update(unowned, retry, JUDGED), False
+        if inserted:
+            written = TcpWrite("created")
+        elif before is not None:
+            written = TcpWrite("updated")
+        else:
+            written = await _owned(store, task_id, fields, window, now_ms)
+    await _judge_tcp_write(store, task_id, written, before, given, on_insert, now_ms)
+    return written
+
+
+async def _judge_tcp_write(
+    store: Store,
+    task_id: str,
+    written: TcpWrite,
+    before: Doc | None,
+    given: dict[str, str],
+    on_insert: Doc,
+    now_ms: int,
+) -> None:
+    """The daily-window verdict of what a TCP write left, with as few reads as it can.
+
+    A created task was judged in its insert (only its flag change, if any, is moved to
+    ``task_events``); an updated one is judged from its state around the write (``before``,
+    the sent fields applied again: the same thing after a re-read), a write following only
+    if the verdict changes; a service's task whose window was set is judged from a read.
+    """
+    if written.outcome == "created":
+        if on_insert.get("window_outbox"):
+            await record_window_events(store)
+    elif before is not None and given.keys() & set(STATE):
+        after = {**before, **{k: v for k, v in given.items() if k in STATE}}
+        await judge_docs(store, [after], now_ms)
+    elif written.outcome == "owned" and given.keys() & {"start_time", "stop_time"}:
+        await judge_tasks(store, [task_id], now_ms)
+
+
+async def _owned(
+    store: Store, task_id: str, fields: dict[str, str], window: dict[str, str], now_ms: int
+) -> TcpWrite:
+    """A service's task (or none): only the window is written; what else differs is named."""
+    doc = await store.tasks.find_one({"_id": task_id})
+    if doc is None:
+        return TcpWrite("missing")
+    if window:
+        owned_window = {**window, **window_minutes(window), CHANGED_AT: now_ms}
+        await store.tasks.update_one({"_id": task_id}, {"$set": owned_window})
     ignored = tuple(k for k, v in fields.items() if doc.get(k, "") != v)
     return TcpWrite("owned", owner=doc.get("service_id"), ignored=ignored)
+
+
+async def changed_since(
+    store: Store, since_ms: int, fields: Sequence[str], limit: int
+) -> list[Doc]:
+    """Tasks whose ``changed_at`` is ``since_ms`` or later, at most ``limit`` + 1 of them.
+
+    One indexed range query; the caller learns that more changed than it wants to read from
+    getting ``limit`` + 1 documents.
+    """
+    projection = dict.fromkeys(fields, 1)
+    async with translated("changed_since"):
+        cursor = store.tasks.find({CHANGED_AT: {"$gte": since_ms}}, projection).limit(limit + 1)
+        return [doc async for doc in cursor]
 
 
 async def get_tasks(

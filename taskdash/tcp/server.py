@@ -19,13 +19,15 @@ from typing import Any
 import structlog
 
 from taskdash.background import Background
+from taskdash.errors import StoreError
 from taskdash.logs import RateLimitedLog
 from taskdash.settings import TcpSettings
 from taskdash.store import Store
 from taskdash.tcp.cache import Clock, FindCache
 from taskdash.tcp.handler import RequestHandler
+from taskdash.tcp.lookup import LookOverflow
 from taskdash.tcp.protocol import HEARTBEAT_ID, Frame, FrameDecoder, FrameError
-from taskdash.tcp.requests import parse_request
+from taskdash.tcp.requests import BadRequest, Request, parse_request
 
 log = structlog.get_logger("taskdash.tcp")
 
@@ -38,7 +40,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: TcpServer) -> None:
         self.server = server
         self.decoder = FrameDecoder(server.settings.max_frame_size)
-        self.queue: deque[Frame] = deque()
+        self.queue: deque[Frame | Request | BadRequest] = deque()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.last_seen = time.monotonic()
@@ -81,7 +83,7 @@ class Connection(asyncio.Protocol):
         """
         if len(self.queue) >= MAX_QUEUED:
             return True
-        queued = sum(len(f.header) + len(f.body) for f in self.queue)
+        queued = sum(len(f.header) + len(f.body) for f in self.queue if isinstance(f, Frame))
         return queued >= self.server.settings.max_frame_size
 
     def eof_received(self) -> bool:
@@ -113,33 +115,83 @@ class Connection(asyncio.Protocol):
                 self.transport.close()
 
     def _kick(self) -> None:
-        if self.queue and not self.busy:
-            self._worker = asyncio.create_task(self._answer(), name=f"tcp-conn-{self.peer}")
+        """Answer what needs no waiting at once; a task answers the rest, in order.
 
-    async def _answer(self) -> None:
-        """Answer queued frames in order; heartbeats only keep the connection alive."""
-        transport = self.transport
-        assert transport is not None
+        A Find the cache holds, a bad request and a heartbeat are answered here, inside
+        ``data_received``: most Finds never cost a task (creating and scheduling one costs
+        more than answering a hit). The first request that must wait for the store, and all
+        after it, go to the task.
+        """
+        if not self.queue or self.busy:
+            return
+        transport = self._open_transport()
+        while (request := self._next(transport)) is not None:
+            answer = self._answer_now(request, transport)
+            if answer is None:
+                self.queue.appendleft(request)
+                self._worker = asyncio.create_task(self._answer(), name=f"tcp-conn-{self.peer}")
+                return
+            if not self._sent(answer, transport):
+                return
+        self._close_if_asked(transport)
+
+    def _close_if_asked(self, transport: asyncio.Transport) -> None:
+        """Everything read is answered: close if the connection was to close after that."""
+        if self.closing and not transport.is_closing():
+            transport.close()
+
+    def _open_transport(self) -> asyncio.Transport:
+        assert self.transport is not None, "requests are queued only once connected"
+        return self.transport
+
+    def _next(self, transport: asyncio.Transport) -> Request | BadRequest | None:
+        """The next queued request, parsed, heartbeats skipped (None: nothing left).
+
+        Resumes reading if the queue was too long and is no longer.
+        """
         while self.queue:
-            frame = self.queue.popleft()
+            item = self.queue.popleft()
             if self._paused and not self.closing and not self._backlogged():
                 self._paused = False
                 transport.resume_reading()
-            if frame.message_id == HEARTBEAT_ID:
-                continue
-            request = parse_request(frame)  # never raises: unreadable bytes are errid 1000
+            if not isinstance(item, Frame):
+                return item  # parsed already, put back by _kick for the task
+            if item.message_id != HEARTBEAT_ID:
+                return parse_request(item)  # never raises: unreadable bytes are errid 1000
+            self.server.heartbeats += 1
+        return None
+
+    def _answer_now(
+        self, request: Request | BadRequest, transport: asyncio.Transport
+    ) -> bytes | None:
+        try:
+            return self.server.handler.answer_now(request, self.peer)
+        except Exception:  # a bug, not the client's fault: no errid fits, so close
+            self.server.internal_error(self)
+            transport.abort()
+            return b""
+
+    def _sent(self, answer: bytes, transport: asyncio.Transport) -> bool:
+        """Write one reply; False when the connection is closing (stop answering)."""
+        if transport.is_closing():
+            return False
+        self.server.requests += 1
+        transport.write(answer)
+        return True
+
+    async def _answer(self) -> None:
+        """Answer queued requests in order; heartbeats only keep the connection alive."""
+        transport = self._open_transport()
+        while (request := self._next(transport)) is not None:
             try:
                 answer = await self.server.handler.handle(request, self.peer)
             except Exception:  # a bug, not the client's fault: no errid fits, so close
                 self.server.internal_error(self)
                 transport.abort()
                 return
-            self.server.requests += 1
-            if transport.is_closing():
+            if not self._sent(answer, transport):
                 return
-            transport.write(answer)
-        if self.closing and not transport.is_closing():
-            transport.close()
+        self._close_if_asked(transport)
 
 
 class TcpServer:
@@ -152,14 +204,29 @@ class TcpServer:
         *,
         drain_timeout: float = 5.0,
         clock: Clock = time.monotonic,
+        look_for_changes: bool = True,
     ) -> None:
         self.settings = settings
-        cache = FindCache(settings.find_cache_ttl, settings.find_cache_size, clock=clock)
-        self.handler = RequestHandler(store, cache)
+        cache = FindCache(
+            settings.find_cache_ttl,
+            settings.find_cache_size,
+            max_age=settings.find_cache_max_age,
+            clock=clock,
+        )
+        self.handler = RequestHandler(store, cache, lookback=settings.find_cache_lookback)
+        # the change looks keep hot entries confirmed (taskdash.tcp.cache); tests driving a
+        # manual clock call ``look()`` themselves
+        self._looker = (
+            Background("tcp-find-changes", self._look_for_changes)
+            if look_for_changes and cache.enabled
+            else None
+        )
         self.drain_timeout = drain_timeout
         self.connections: set[Connection] = set()
         self.port: int | None = None
         self.requests = 0
+        self.accepted = 0  # connections admitted, and heartbeat frames (for the metrics)
+        self.heartbeats = 0
         self.counts = {
             "refused_connections": 0,
             "frame_errors": 0,
@@ -179,6 +246,7 @@ class TcpServer:
                 "client_too_slow",
                 "idle_closed",
                 "internal_error",
+                "find_look_failed",
             )
         }
 
@@ -195,6 +263,8 @@ class TcpServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         await self._sweeper.start()
+        if self._looker is not None:
+            await self._looker.start()
         log.info("tcp_listening", host=cfg.host, port=self.port)
 
     # -- connection events ---------------------------------------------------------------------
@@ -209,6 +279,7 @@ class TcpServer:
             conn.transport.abort()
             return
         self.connections.add(conn)
+        self.accepted += 1
         self._gone.clear()
 
     def closed(self, conn: Connection) -> None:
@@ -273,8 +344,22 @@ class TcpServer:
                     if conn.transport:
                         conn.transport.abort()
         await server.wait_closed()
+        if self._looker is not None:
+            await self._looker.stop()
         await self.handler.finder.stop()
         log.info("tcp_stopped", requests=self.requests)
+
+    async def _look_for_changes(self) -> None:
+        """Every ``ttl / 2``: a change look; a failure is logged (rate-limited) and retried."""
+        finder = self.handler.finder
+        while True:
+            await asyncio.sleep(finder.cache.ttl / 2)
+            try:
+                await finder.look()
+            except (StoreError, LookOverflow) as exc:
+                self._logs["find_look_failed"](error=str(exc))
+            except Exception as exc:  # a bug here must not end the looks: entries use the TTL
+                self._logs["find_look_failed"](error=f"{type(exc).__name__}: {exc}")
 
     def find_stats(self) -> dict[str, Any]:
         """The Find cache's counters, with the store reads its misses cost."""
@@ -284,6 +369,8 @@ class TcpServer:
             "queries": finder.queries,
             "reads": finder.reads,
             "joined": finder.joined,
+            "looks": finder.looks,
+            "look_reads": finder.look_reads,
         }
 
     def check(self) -> tuple[bool, dict[str, Any]]:

@@ -243,6 +243,9 @@ LISTING = (
     Param("assignee", "only tasks this user holds", max_length=MAX_ID),
     Param("mine", "only tasks the caller holds", "boolean"),
     Param("unassigned", "only tasks nobody holds", "boolean"),
+    Param(
+        "out_of_window", "true: only tasks out of their daily window; false: the others", "boolean"
+    ),
     Param("gone", "tasks their service stopped listing", enum=GONE, default="hide"),
     Param("include_gone", "old name: true = gone=show", "boolean"),
     Param("q", "the id or the name starts with it (any case)", max_length=MAX_SEARCH),
@@ -289,6 +292,7 @@ class TasksHandler(Api):
         return TaskQuery(
             **{k: v for k, v in fields.items() if v is not None},
             assignee=assignee,
+            out_of_window=p["out_of_window"],
             gone=gone,
             descending=p["order"] == "desc",
             **cursors,

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from taskdash.web import account, api, health, pages
+from taskdash.metrics.http import log_function, routed
+from taskdash.web import account, alerts, api, health, pages, scrape
 from taskdash.web.base import JsonHandler
 from taskdash.web.context import WebContext
 
@@ -57,8 +58,10 @@ def server_options(web: WebSettings) -> dict[str, Any]:
 ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     *health.ROUTES,
     *api.ROUTES,
+    *alerts.ROUTES,
     *account.ROUTES,
     *pages.ROUTES,
+    *scrape.ROUTES,
 ]
 HERE = Path(__file__).parent
 
@@ -70,9 +73,9 @@ def make_app(ctx: WebContext) -> tornado.web.Application:
     ``/healthz`` before MongoDB is reachable.
     """
     return tornado.web.Application(
-        [(pattern, handler, {"ctx": ctx}) for pattern, handler in ROUTES],
+        routed([(pattern, handler, {"ctx": ctx}) for pattern, handler in ROUTES]),
         default_handler_class=NotFoundHandler,
-        log_function=lambda handler: None,
+        log_function=log_function(ctx.extra.get("metrics")),  # requests by route and status
         # no secret given (an app built by a test): one for this process only
         cookie_secret=ctx.cookie_secret or secrets.token_urlsafe(48),
         xsrf_cookies=True,

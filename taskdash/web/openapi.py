@@ -27,6 +27,7 @@ import tornado.web
 from taskdash import __version__
 from taskdash.web.auth import ApiHandler
 from taskdash.web.base import JsonHandler, StoreHandler
+from taskdash.windows import VERDICTS
 
 Schema = dict[str, Any]
 METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
@@ -238,6 +239,7 @@ SCHEMAS: dict[str, Schema] = {
             "service_id": _CURSOR,
             "start_time": _TEXT,
             "stop_time": _TEXT,
+            "window": _ref("Window"),
             "first_seen_at": _TIME,
             "last_seen_at": _TIME,
             "gone": {"type": "boolean"},
@@ -246,6 +248,18 @@ SCHEMAS: dict[str, Schema] = {
             "assignment": _ref("Assignment"),
         }
     ),
+    "Window": {  # docs/windows.md
+        **_object(
+            {
+                "start": _TEXT,
+                "stop": _TEXT,
+                "verdict": {"type": ["string", "null"], "enum": [*VERDICTS, None]},
+                "out_of_window": {"type": "boolean"},
+                "since": _TIME,
+            }
+        ),
+        "type": ["object", "null"],  # null: no daily window
+    },
     "TaskPage": _object(
         {
             "tasks": {"type": "array", "items": _ref("Task")},

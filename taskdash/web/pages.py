@@ -23,8 +23,18 @@ import msgspec
 import tornado.web
 
 from taskdash.errors import ValidationError
-from taskdash.store import assignments, deadletters, services, status, tasklist, tokens, users
+from taskdash.store import (
+    assignments,
+    deadletters,
+    services,
+    status,
+    task_windows,
+    tasklist,
+    tokens,
+    users,
+)
 from taskdash.store import audit as audit_log
+from taskdash.store.alerts import recent as recent_alerts
 from taskdash.store.tasks import get_fetch_result, get_fetch_results
 from taskdash.store.times import from_ms, to_ms
 from taskdash.web import account
@@ -37,6 +47,8 @@ from taskdash.web.pipeline import WINDOWS, Pipeline, node_rows
 #: seconds between two refreshes of a page's table (app.js reads it from data-refresh)
 REFRESH = 5
 PAGE_SIZES = (25, 50, 100)
+#: the service page shows this many of the service's latest alert deliveries
+ALERTS_SHOWN = 10
 #: the longest text filter accepted (search, status, service, user names)
 MAX_FILTER = 128
 #: the services page shows this many at most per page (each with its last fetch)
@@ -61,6 +73,13 @@ _STATUS_TONES = {
     "bad": ("offline", "failed", "fail", "error", "dead", "killed", "gone"),
 }
 _TONE_OF = {word: tone for tone, words in _STATUS_TONES.items() for word in words}
+#: a daily-window verdict (taskdash/windows.py) in words; None: the task reports no status
+WINDOW_VERDICTS = {
+    "ok": "as expected",
+    "running_outside": "running outside its window",
+    "idle_inside": "not running inside its window",
+    None: "not judged: no status",
+}
 
 
 def epoch_ms(value: object) -> int | None:
@@ -161,6 +180,7 @@ class Page(PageHandler):
             flash=("ok", done) if done else None,
             problem=None,
             is_admin=self.user is not None and self.user.role == "admin",
+            window_verdicts=WINDOW_VERDICTS,
         )
         return namespace
 
@@ -228,6 +248,7 @@ class TaskFilters:
     description: str = ""
     mine: bool = False
     unassigned: bool = False
+    out_of_window: bool = False
     gone: str = "hide"
     sort: str = "id"
     per: int = PAGE_SIZES[1]
@@ -248,6 +269,7 @@ class TasksPage(Page):
             description=self.text_argument("description"),
             mine=self.get_query_argument("mine", "") == "1",
             unassigned=self.get_query_argument("unassigned", "") == "1",
+            out_of_window=self.get_query_argument("out_of_window", "") == "1",
             gone=self.text_argument("gone") or "hide",
             sort=self.text_argument("sort") or "id",
             per=self.int_argument("per", PAGE_SIZES[1], 1, tasklist.MAX_PAGE),
@@ -264,6 +286,7 @@ class TasksPage(Page):
             status=f.status or None,
             service_id=f.service or None,
             assignee=assignee,
+            out_of_window=True if f.out_of_window else None,
             gone=f.gone,  # type: ignore[arg-type]  # checked by the store
             q=f.q,
             description=f.description,
@@ -309,6 +332,8 @@ class TaskPage(Page):
             task=task,
             binding=await assignments.get_assignment(self.store, task_id),
             history=await assignments.assignment_history(self.store, task_id, limit=50),
+            window_events=await task_windows.window_events(self.store, task_id, limit=10),
+            window_zone=self.ctx.settings.tasks.window_timezone or "this machine's time zone",
             people=[p for p in people if not p.disabled],
             problem=problem,
         )
@@ -440,6 +465,7 @@ class ServicePage(Page):
             service=found,
             fetch=await get_fetch_result(self.store, service_id),
             timeline=await status.history(self.store, service_id, limit=100),
+            alerts=await recent_alerts(self.store, service_id, ALERTS_SHOWN),
             tasks=tasks.tasks,
             more_tasks=tasks.next is not None,
             thresholds=self.ctx.settings.checker,

@@ -52,7 +52,7 @@ async def serving(
 
     With ``clock``, the Find cache's entries expire only when the test advances it.
     """
-    extra = {"clock": clock} if clock is not None else {}
+    extra: dict[str, Any] = {"clock": clock, "look_for_changes": False} if clock is not None else {}
     server = TcpServer(store, TcpSettings(port=0, **overrides), drain_timeout=5, **extra)
     await server.start()
     try:

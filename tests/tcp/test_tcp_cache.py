@@ -209,6 +209,9 @@ async def test_readyz_details_carry_the_cache_counters(store: Store) -> None:
         ("find_cache_ttl = 'soon'", "tcp.find_cache_ttl: Expected `float`, got `str`"),
         ("find_cache_size = 0", "tcp.find_cache_size: Expected `int` >= 1"),
         ("find_cache_size = 1.5", "tcp.find_cache_size: Expected `int`, got `float`"),
+        ("find_cache_lookback = -1", "tcp.find_cache_lookback: Expected `float` >= 0.0"),
+        ("find_cache_max_age = 0", "tcp.find_cache_max_age: Expected `float` > 0.0"),
+        ("find_cache_max_age = 'x'", "tcp.find_cache_max_age: Expected `float`, got `str`"),
     ],
 )
 def test_bad_cache_settings_are_refused_naming_the_key(

@@ -191,3 +191,33 @@ async def test_stop_answers_what_was_read_then_closes_and_accepts_nothing(store:
         pass
     else:
         raise AssertionError("a stopped server accepted a connection")
+
+
+async def test_answers_keep_request_order_when_hits_follow_a_write(store: Store) -> None:
+    """A cached Find is answered without waiting, but never before a request ahead of it."""
+    async with serving(store) as server:
+        async with TcpClient("127.0.0.1", server.port or 0) as c:
+            assert (await c.register({**RECORD, "id": "y"}))["errid"] == 0
+            assert (await c.find("y"))["errid"] == 0  # cached now
+            assert (await c.find("y"))["errid"] == 0
+        hits = server.find_stats()["hits"]
+        reader, writer = await open_raw(server)
+        not_json = pack(2, {"RequestID": "Find"}, None)[:-4] + b"{{{{"
+        batch = [find("y"), register("z", name="zed"), find("y"), find("z"), not_json, find("y")]
+        writer.write(b"".join(batch))
+        writer.write_eof()
+        frames, _ = await read_to_eof(reader)
+        writer.close()
+    replies = [
+        (msgspec.json.decode(f.header)["RequestID"], msgspec.json.decode(f.body)) for f in frames
+    ]
+    assert [(name, body["id"], body["errid"]) for name, body in replies] == [
+        ("RespFind", "y", 0),
+        ("RespRegister", "z", 0),
+        ("RespFind", "y", 0),
+        ("RespFind", "z", 0),
+        ("RespFind", "", 1000),
+        ("RespFind", "y", 0),
+    ]
+    assert replies[3][1]["name"] == "zed", "the Find behind the Register saw it"
+    assert server.find_stats()["hits"] >= hits + 3, "the cached Finds were hits"

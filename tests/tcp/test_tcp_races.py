@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import pytest
 import structlog.testing
+from support import harvest
 from tcp_helpers import OK, client, serving
 from tcp_race import Between, listened_store, other_store, run_elsewhere
 
@@ -28,24 +29,14 @@ from taskdash.store.assignments import (
     set_assignment,
 )
 from taskdash.store.tasks import (
-    ApplyResult,
     Conflict,
-    ServiceListing,
     TcpWrite,
-    apply_listings,
-    load_known,
     write_registered,
 )
 
 T = TypeVar("T")
 WINNER = {"name": "winner", "url": "http://w", "description": "w", "status": "new"}
 LOSER = {"name": "loser", "url": "http://l", "description": "l", "status": "running"}
-
-
-async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: int) -> ApplyResult:
-    """Store a service's listing exactly as the fetcher does."""
-    known = (await load_known(store, [service_id]))[service_id]
-    return await apply_listings(store, [ServiceListing(service_id, list(tasks), known)], now_ms)
 
 
 # -- two Registers of a new id -----------------------------------------------------------------

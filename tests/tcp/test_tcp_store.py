@@ -5,19 +5,15 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from support import NxServer, async_wait_for
+from support import NxServer, async_wait_for, harvest
 from tcp_helpers import NO_SUCH, OK, RECORD, STORE_FAILED, ManualClock, client, serving
 
 from taskdash.models import TaskMetaData
 from taskdash.store import Store
 from taskdash.store.assignments import AssignmentConflict, claim, get_assignment
 from taskdash.store.tasks import (
-    ApplyResult,
     Conflict,
-    ServiceListing,
-    apply_listings,
     list_tasks,
-    load_known,
 )
 
 
@@ -47,12 +43,6 @@ async def test_mongodb_stopped_mid_stream_gives_1001_then_recovers(tmp_path: Pat
     finally:
         await store.close()
         nx.stop()
-
-
-async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: int) -> ApplyResult:
-    """Store a service's listing exactly as the fetcher does."""
-    known = (await load_known(store, [service_id]))[service_id]
-    return await apply_listings(store, [ServiceListing(service_id, list(tasks), known)], now_ms)
 
 
 async def test_ownership_a_fetched_task_keeps_what_its_service_lists(store: Store) -> None:

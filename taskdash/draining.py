@@ -1,0 +1,84 @@
+"""An HTTP server whose stop answers the requests already read before closing connections.
+
+Tornado's ``close_all_connections`` closes every connection at once, so a request whose handler
+is still awaiting (MongoDB, say) loses its answer. Here a connection counts as busy from the
+moment a request's headers are read until the server is asked for the next request on it
+(Tornado does that right after the response is written) or the connection ends; :meth:`drain`
+stops listening, waits for the busy ones within a deadline, then closes them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+import tornado.httpserver
+import tornado.httputil
+
+log = structlog.get_logger("taskdash.http")
+
+
+class _Watched(tornado.httputil.HTTPMessageDelegate):
+    """Passes every call on; marks the connection busy once the headers are in."""
+
+    def __init__(
+        self, inner: tornado.httputil.HTTPMessageDelegate, server: DrainingHTTPServer, conn: object
+    ) -> None:
+        self.inner, self.server, self.conn = inner, server, conn
+
+    def headers_received(self, start_line: Any, headers: tornado.httputil.HTTPHeaders) -> Any:
+        self.server._busy.add(self.conn)
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self.inner.on_connection_close()
+
+
+class DrainingHTTPServer(tornado.httpserver.HTTPServer):
+    """``HTTPServer`` + :meth:`drain`."""
+
+    _busy: set[object]
+    _idle: asyncio.Event
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self._busy = set()
+        self._idle = asyncio.Event()
+
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
+        self._done(server_conn)  # the previous request on this connection was answered
+        return _Watched(super().start_request(server_conn, request_conn), self, server_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self._done(server_conn)
+        super().on_close(server_conn)
+
+    def _done(self, server_conn: object) -> None:
+        self._busy.discard(server_conn)
+        if not self._busy:
+            self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Connections with a request read and not yet answered."""
+        return len(self._busy)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop listening, answer what was read (at most ``timeout`` s), close everything."""
+        self.stop()
+        if self._busy:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                log.warning("http_drain_timed_out", unanswered=len(self._busy), timeout=timeout)
+        await self.close_all_connections()
