@@ -13,8 +13,15 @@ Each server runs alone in a child process (so the load generator does not share 
 ``--clients`` keep-alive connections (a small asyncio HTTP/1.1 client), each with the same
 bearer token, request in a loop for ``--seconds``: filtered and sorted first pages, the next
 page of one (a keyset cursor), and a search (``q``: id or name prefix). The two servers are
-measured in turn, ``--rounds`` times. Latency is per request, from write to last byte. The
-last line printed is one JSON object with every figure.
+measured in turn, ``--rounds`` times. Latency is per request, from write to last byte.
+
+Beside the latencies, what each request costs: the store commands the TaskDash child sent
+per request (its driver's own count, read from a bench-only ``/bench/commands`` route), and
+the CPU milliseconds per request of nx-27017, TaskDash and the load generator. On a machine
+shared with other work those ratios hold where requests per second and p95 do not
+(docs/web-performance.md). Both rounds repeat the same requests, so the second finds the
+filters' sizes remembered (the first round's figures are the cold ones). The last line
+printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
