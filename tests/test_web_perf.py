@@ -2,12 +2,14 @@
 commands pinned here are the store work per request the benchmark reports (docs/web-performance.md).
 A credential is read once per ``[web] credential_cache_ttl``, a filter's size once per
 ``tasklist.SIZES_TTL`` (with the ``count`` command, never an aggregation), and a page is one
-query, two for the page after a cursor (its ties first) or a search (the id, the name)."""
+query, two for the page after a cursor (its ties, the rest) or a search (the id, the name),
+asked at once where that costs nothing."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -20,7 +22,7 @@ from taskdash.models import TaskMetaData, TaskService
 from taskdash.settings import load
 from taskdash.store import Store
 from taskdash.store.services import register_services
-from taskdash.store.tasklist import TaskQuery, find_tasks
+from taskdash.store.tasklist import Cursor, TaskQuery, find_tasks
 from taskdash.store.tasks import ServiceListing, apply_listings
 from taskdash.store.times import to_ms
 
@@ -138,3 +140,22 @@ async def test_a_search_with_the_store_gone_is_unavailable_not_an_error_group() 
             await find_tasks(gone, TaskQuery(q="job", sort="name"))
     finally:
         await gone.close()
+
+
+async def test_the_ties_hint_steers_the_queries_never_the_answer(store: Store) -> None:
+    """A page that ends where the sort value changes says so in its cursor (the next page then
+    asks for the ties and the rest at once); a hint that is wrong changes nothing shown."""
+    tasks = [TaskMetaData(id=f"t{i}", name="ab"[i // 3]) for i in range(6)]
+    await apply_listings(store, [ServiceListing("svc", tasks, {})], to_ms(datetime.now(UTC)))
+    first = await find_tasks(store, TaskQuery(sort="name", limit=3))
+    assert first.next is not None and not Cursor.decode(first.next, "after").ties
+    inside = await find_tasks(store, TaskQuery(sort="name", limit=2))
+    assert inside.next is not None
+    hinted = Cursor.decode(inside.next, "after")
+    assert hinted.ties, "the task after the page is another 'a'"
+    pages = [
+        await find_tasks(store, TaskQuery(sort="name", limit=2, after=replace(hinted, ties=t)))
+        for t in (True, False)
+    ]
+    assert [t["id"] for t in pages[0].tasks] == [t["id"] for t in pages[1].tasks] == ["t2", "t3"]
+    assert Cursor.decode(Cursor("name", False, "a", "t1").encode(), "after").ties, "old cursors"

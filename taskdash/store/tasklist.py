@@ -18,7 +18,10 @@ How it stays fast, on MongoDB and on nx-27017 (whose limits shape it; see
   is "after it" in that order, never a skip. "After (v, k)" is an ``$or`` on MongoDB; nx-27017
   scans for any ``$or``, so it is run as its parts in order: the ties ``field == v and key > k``
   first, then ``field > v`` (and ``null`` last in a descending order of a nullable field).
-  Likewise the search "id or name starts with q" is two queries merged in sort order.
+  Likewise the search "id or name starts with q" is two queries merged in sort order. Both
+  pairs are asked at once when that costs nothing (the search's branches always; a cursor's
+  ties and the rest when its page ended where the value changed, :attr:`Cursor.ties`): with
+  the store busy, each query a request waits for is a wait in its queue.
 * SQLite, under nx-27017, picks indexes without statistics: for an equality on an indexed
   field it takes that index, even when half the tasks match and the page must then be sorted
   from all of them. So a filter is written so that only the right index can serve it: as an
@@ -89,17 +92,26 @@ class BadQuery(ValueError):
 
 @dataclass(frozen=True)
 class Cursor:
-    """A position in one order: the last (sort value, key) on a page."""
+    """A position in one order: the last (sort value, key) on a page.
+
+    ``ties`` is a hint, never part of the answer: False when the task after this one (when
+    the page was read) had another sort value, so the tasks sharing this one's value are
+    likely all behind. The page after it then asks for those ties and for the rest at once
+    (one wait in the store's queue, not two); were it wrong, both answers are used all the
+    same, in order, and only the second query was spent for nothing.
+    """
 
     sort: str
     descending: bool
     value: str | int | None
     key: str
+    ties: bool = True
 
     def encode(self) -> str:
         """Opaque text for the client (URL-safe)."""
         value = int(self.value) if isinstance(self.value, int) else self.value  # bson's Int64
-        raw = msgspec.json.encode([self.sort, self.descending, value, self.key])
+        fields = [self.sort, self.descending, value, self.key, *([] if self.ties else [False])]
+        raw = msgspec.json.encode(fields)
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
@@ -109,14 +121,20 @@ class Cursor:
             raise BadQuery(f"{name} is longer than {MAX_CURSOR} characters", name)
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            sort, descending, value, key = msgspec.json.decode(
-                raw, type=tuple[str, bool, str | int | None, str]
-            )
+            try:
+                sort, descending, value, key = msgspec.json.decode(raw, type=_CURSOR)
+                ties = True
+            except msgspec.ValidationError:
+                sort, descending, value, key, ties = msgspec.json.decode(raw, type=_HINTED)
         except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
             raise BadQuery(f"{name} is not a cursor this API gave", name) from None
         if sort not in SORTS:
             raise BadQuery(f"{name} is not a cursor this API gave", name)
-        return cls(sort, descending, value, key)
+        return cls(sort, descending, value, key, ties)
+
+
+_CURSOR = tuple[str, bool, str | int | None, str]
+_HINTED = tuple[str, bool, str | int | None, str, bool]
 
 
 @dataclass(frozen=True)
@@ -367,19 +385,33 @@ def _order_key(doc: Doc, sort_field: str) -> tuple[Any, ...]:
 
 
 async def _branch(
-    store: Store, base: Doc, parts: list[Doc], sort_field: str, descending: bool, limit: int
+    store: Store,
+    base: Doc,
+    parts: list[Doc],
+    sort_field: str,
+    descending: bool,
+    limit: int,
+    *,
+    at_once: bool = False,
 ) -> list[Doc]:
-    """Up to ``limit`` tasks matching ``base``, from each part in turn (they are in order)."""
+    """Up to ``limit`` tasks matching ``base``, from each part in turn (they are in order):
+    one after the other, each asked only for what the earlier left to find, or ``at_once``
+    (each asked for ``limit``; see :attr:`Cursor.ties`)."""
     direction = -1 if descending else 1
-    found: list[Doc] = []
-    for part in parts:
-        condition = _both(base, part)
-        if condition is None:
-            continue
+
+    async def read(condition: Doc, part: Doc, wanted: int) -> list[Doc]:
         ties = "$eq" in part.get(sort_field, {})
         order = [("key", direction)] if ties else [(sort_field, direction), ("key", direction)]
-        cursor = store.tasks.find(condition).sort(order).limit(limit - len(found))
-        found.extend(await cursor.to_list())  # one batch (the limit), not a coroutine per task
+        cursor = store.tasks.find(condition).sort(order).limit(wanted)
+        return await cursor.to_list()  # one batch (the limit), not a coroutine per task
+
+    todo = [(c, part) for part in parts if (c := _both(base, part)) is not None]
+    if at_once:
+        pages = await _at_once([read(c, part, limit) for c, part in todo])
+        return [doc for page in pages for doc in page][:limit]
+    found: list[Doc] = []
+    for condition, part in todo:
+        found.extend(await read(condition, part, limit - len(found)))
         if len(found) >= limit:
             break
     return found
@@ -411,11 +443,12 @@ async def find_tasks(store: Store, query: TaskQuery) -> TaskPage:
     parts = _after(sort_field, cursor, descending) if cursor else [{}]
     plan = _plan(query)
     want = query.limit + 1  # one more tells whether there is a next page
+    at_once = cursor is not None and not cursor.ties
 
     async def branch_docs(branch: _Cond | None) -> list[Doc]:
         conds = [*plan.conds, *([branch] if branch else [])]
         base = {**plan.fixed, **await _filter(store, conds, sort_field)}
-        return await _branch(store, base, parts, sort_field, descending, want)
+        return await _branch(store, base, parts, sort_field, descending, want, at_once=at_once)
 
     merged: dict[str, Doc] = {}
     async with translated("find_tasks"):
@@ -424,25 +457,28 @@ async def find_tasks(store: Store, query: TaskQuery) -> TaskPage:
                 merged.setdefault(doc["_id"], doc)
     docs = sorted(merged.values(), key=lambda d: _order_key(d, sort_field), reverse=descending)
     more = len(docs) > query.limit
+    # the edge the reading went towards: do tasks sharing its value follow? (Cursor.ties)
+    ties = more and docs[query.limit].get(sort_field) == docs[query.limit - 1].get(sort_field)
     docs = docs[: query.limit]
     if backwards:
         docs.reverse()
-    return _page(query, docs, sort_field, more)
+    return _page(query, docs, sort_field, more, ties)
 
 
-def _page(query: TaskQuery, docs: list[Doc], sort_field: str, more: bool) -> TaskPage:
+def _page(query: TaskQuery, docs: list[Doc], sort_field: str, more: bool, ties: bool) -> TaskPage:
     page = TaskPage([public_task(doc) for doc in docs])
     if not docs:
         return page
 
-    def at(doc: Doc) -> str:
-        value = doc.get(sort_field)
-        return Cursor(query.sort, query.descending, value, doc.get("key", doc["_id"])).encode()
+    def at(doc: Doc, hint: bool = True) -> str:
+        value, key = doc.get(sort_field), doc.get("key", doc["_id"])
+        return Cursor(query.sort, query.descending, value, key, ties=hint).encode()
 
-    forward_more = more if query.before is None else True
-    backward_more = more if query.before is not None else query.after is not None
-    page.next = at(docs[-1]) if forward_more else None
-    page.prev = at(docs[0]) if backward_more else None
+    backwards = query.before is not None
+    forward_more = more if not backwards else True
+    backward_more = more if backwards else query.after is not None
+    page.next = at(docs[-1], backwards or ties) if forward_more else None
+    page.prev = at(docs[0], not backwards or ties) if backward_more else None
     return page
 
 
