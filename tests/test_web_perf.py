@@ -143,8 +143,8 @@ async def test_a_search_with_the_store_gone_is_unavailable_not_an_error_group() 
 
 
 async def test_the_ties_hint_steers_the_queries_never_the_answer(store: Store) -> None:
-    """A page that ends where the sort value changes says so in its cursor (the next page then
-    asks for the ties and the rest at once); a hint that is wrong changes nothing shown."""
+    """A page whose last sort value few of its tasks share says so in its cursor (the next
+    page then asks for the ties and the rest at once); a wrong hint changes nothing shown."""
     tasks = [TaskMetaData(id=f"t{i}", name="ab"[i // 3]) for i in range(6)]
     await apply_listings(store, [ServiceListing("svc", tasks, {})], to_ms(datetime.now(UTC)))
     first = await find_tasks(store, TaskQuery(sort="name", limit=3))
@@ -152,7 +152,7 @@ async def test_the_ties_hint_steers_the_queries_never_the_answer(store: Store) -
     inside = await find_tasks(store, TaskQuery(sort="name", limit=2))
     assert inside.next is not None
     hinted = Cursor.decode(inside.next, "after")
-    assert hinted.ties, "the task after the page is another 'a'"
+    assert hinted.ties, "the page and the task after it: all 'a'"
     pages = [
         await find_tasks(store, TaskQuery(sort="name", limit=2, after=replace(hinted, ties=t)))
         for t in (True, False)

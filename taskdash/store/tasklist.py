@@ -20,7 +20,7 @@ How it stays fast, on MongoDB and on nx-27017 (whose limits shape it; see
   first, then ``field > v`` (and ``null`` last in a descending order of a nullable field).
   Likewise the search "id or name starts with q" is two queries merged in sort order. Both
   pairs are asked at once when that costs nothing (the search's branches always; a cursor's
-  ties and the rest when its page ended where the value changed, :attr:`Cursor.ties`): with
+  ties and the rest when few tasks on its page shared its value, :attr:`Cursor.ties`): with
   the store busy, each query a request waits for is a wait in its queue.
 * SQLite, under nx-27017, picks indexes without statistics: for an equality on an indexed
   field it takes that index, even when half the tasks match and the page must then be sorted
@@ -94,11 +94,12 @@ class BadQuery(ValueError):
 class Cursor:
     """A position in one order: the last (sort value, key) on a page.
 
-    ``ties`` is a hint, never part of the answer: False when the task after this one (when
-    the page was read) had another sort value, so the tasks sharing this one's value are
-    likely all behind. The page after it then asks for those ties and for the rest at once
-    (one wait in the store's queue, not two); were it wrong, both answers are used all the
-    same, in order, and only the second query was spent for nothing.
+    ``ties`` is a hint, never part of the answer: False when few tasks on the page shared
+    this one's sort value (a name: a few at most; a status: the whole page), so that few are
+    likely left after it. The page after it then asks for those ties and for the rest at
+    once (one wait in the store's queue, not two); were it wrong, both answers are used all
+    the same, in order, and only the second query was spent for nothing. True (and every
+    cursor from before the hint): the ties first, the rest only if they do not fill the page.
     """
 
     sort: str
@@ -457,12 +458,20 @@ async def find_tasks(store: Store, query: TaskQuery) -> TaskPage:
                 merged.setdefault(doc["_id"], doc)
     docs = sorted(merged.values(), key=lambda d: _order_key(d, sort_field), reverse=descending)
     more = len(docs) > query.limit
-    # the edge the reading went towards: do tasks sharing its value follow? (Cursor.ties)
-    ties = more and docs[query.limit].get(sort_field) == docs[query.limit - 1].get(sort_field)
+    ties = more and _long_run(docs, sort_field, query.limit)
     docs = docs[: query.limit]
     if backwards:
         docs.reverse()
     return _page(query, docs, sort_field, more, ties)
+
+
+def _long_run(docs: list[Doc], sort_field: str, limit: int) -> bool:
+    """Whether the tasks sharing the sort value of the page's edge (``docs[limit - 1]``, the
+    one read after it included) fill half the page or more: then the next page's ties may
+    well fill it too, and are read first (:attr:`Cursor.ties`)."""
+    value = docs[limit - 1].get(sort_field)
+    run = sum(1 for doc in docs[limit // 2 : limit + 1] if doc.get(sort_field) == value)
+    return run > limit - limit // 2
 
 
 def _page(query: TaskQuery, docs: list[Doc], sort_field: str, more: bool, ties: bool) -> TaskPage:
