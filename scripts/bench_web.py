@@ -13,8 +13,15 @@ Each server runs alone in a child process (so the load generator does not share 
 ``--clients`` keep-alive connections (a small asyncio HTTP/1.1 client), each with the same
 bearer token, request in a loop for ``--seconds``: filtered and sorted first pages, the next
 page of one (a keyset cursor), and a search (``q``: id or name prefix). The two servers are
-measured in turn, ``--rounds`` times. Latency is per request, from write to last byte. The
-last line printed is one JSON object with every figure.
+measured in turn, ``--rounds`` times. Latency is per request, from write to last byte.
+
+Beside the latencies, what each request costs: the store commands the TaskDash child sent
+per request (its driver's own count, read from a bench-only ``/bench/commands`` route), and
+the CPU milliseconds per request of nx-27017, TaskDash and the load generator. On a machine
+shared with other work those ratios hold where requests per second and p95 do not
+(docs/web-performance.md). Both rounds repeat the same requests, so the second finds the
+filters' sizes remembered (the first round's figures are the cold ones). The last line
+printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from pymongo import monitoring
 
 from taskdash import logs
 from taskdash.health import Health
@@ -130,6 +138,35 @@ async def new_token(store: Store) -> str:
 # -- the servers (child processes) ------------------------------------------------------------
 
 
+class Commands(monitoring.CommandListener):
+    """Every command TaskDash's store client sends, by ``name collection`` (one per round trip)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("ping", "hello", "ismaster", "isMaster"):
+            return  # the store monitor's probes, not the requests'
+        name = f"{event.command_name} {event.command.get(event.command_name)}"
+        self.sent[name] = self.sent.get(name, 0) + 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+class SentSoFar(tornado.web.RequestHandler):
+    """``/bench/commands`` (the bench's child only): the commands sent so far."""
+
+    def initialize(self, commands: Commands) -> None:
+        self.commands = commands
+
+    def get(self) -> None:
+        self.finish(self.commands.sent)
+
+
 class Constant(tornado.web.RequestHandler):
     """The ceiling: the same JSON page for every request."""
 
@@ -146,12 +183,15 @@ async def _serve(kind: str, uri: str, page: bytes, ports: Any) -> None:
     if kind == "bare":
         app = tornado.web.Application([(r"/.*", Constant, {"page": page})])
     else:
+        commands = Commands()
+        monitoring.register(commands)  # for the client made next
         store = Store(uri, DATABASE)
         monitor = StoreMonitor(store, interval=5, retry_initial=0.5, retry_max=2)
         await monitor.probe()
         gate = StoreGate(request_timeout=10)
         gate.attach(store, monitor)
         app = make_app(WebContext(settings=load(env={}), health=Health(), gate=gate))
+        app.add_handlers(r".*", [("/bench/commands", SentSoFar, {"commands": commands})])
     server = tornado.httpserver.HTTPServer(app)
     server.add_sockets(sockets)
     ports.put(sockets[0].getsockname()[1])
@@ -276,6 +316,18 @@ def summary(samples: list[float], seconds: float) -> dict[str, float]:
     }
 
 
+async def sent_so_far(port: int) -> dict[str, int]:
+    """The store commands the TaskDash child has sent so far, by ``name collection``."""
+    conn = await Connection.open(port)
+    try:
+        status, body = await conn.get("/bench/commands", "")
+    finally:
+        conn.close()
+    if status != 200:
+        raise SystemExit(f"/bench/commands: {status} {body[:300]!r}")
+    return {k: int(v) for k, v in json.loads(body).items()}
+
+
 async def measure(
     port: int,
     token: str,
@@ -283,10 +335,17 @@ async def measure(
     cursors: list[str],
     args: argparse.Namespace,
     pids: dict[str, int],
+    *,
+    counted: bool = False,
 ) -> dict[str, Any]:
     """One run of every client for ``--seconds``; with the CPU each process in ``pids`` used
-    (per second of the run: 1.0 is one core busy all the time)."""
+    (per second of the run: 1.0 is one core busy all the time, and per request), and when
+    ``counted`` the store commands sent per request (the TaskDash child's own count).
+
+    The per-request figures hold under a noisy machine where the latencies do not: they are
+    what each request costs, not how long it waited for a core."""
     latencies: dict[str, list[float]] = {}
+    before = await sent_so_far(port) if counted else {}
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     until = time.perf_counter() + args.seconds
     started = time.perf_counter()
@@ -297,11 +356,18 @@ async def measure(
         )
     )
     elapsed = time.perf_counter() - started
+    used = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
     pooled = [x for samples in latencies.values() for x in samples]
     result = summary(pooled, elapsed)
-    result["cpu_cores"] = {
-        name: round((cpu_seconds(pid) - cpu[name]) / elapsed, 2) for name, pid in pids.items()
-    }
+    requests = len(pooled)
+    result["cpu_cores"] = {name: round(t / elapsed, 2) for name, t in used.items()}
+    result["cpu_ms_per_request"] = {name: round(t * 1000 / requests, 2) for name, t in used.items()}
+    if counted:
+        after = await sent_so_far(port)
+        by_command = {k: round((n - before.get(k, 0)) / requests, 3) for k, n in after.items()}
+        by_command = {k: v for k, v in sorted(by_command.items()) if v}
+        result["store_commands_per_request"] = round(sum(by_command.values()), 3)
+        result["store_commands_by_kind"] = by_command
     result["by_kind"] = {kind: summary(s, elapsed) for kind, s in sorted(latencies.items())}
     return result
 
@@ -332,6 +398,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             store = Store(mongo.uri, DATABASE, server_selection_timeout=30)
             await store.ensure_indexes()
+            await store.ensure_account_indexes()  # as the daemon does (TTLs on tokens included)
             filled = await fill(store, args.services, args.tasks // args.services)
             token = await new_token(store)
             await store.close()
@@ -354,9 +421,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         ceiling = await measure(
                             bare, token, work, cursors, args, {"bare": bare_child.pid}
                         )
-                        app = await measure(taskdash, token, work, cursors, args, pids)
+                        app = await measure(
+                            taskdash, token, work, cursors, args, pids, counted=True
+                        )
                         for name, got in (("ceiling", ceiling), ("TaskDash", app)):
-                            flat = {k: v for k, v in got.items() if k != "by_kind"}
+                            flat = {k: v for k, v in got.items() if k not in ("by_kind", "rounds")}
                             print(f"round {number}: {name} {flat}", flush=True)
                         rounds.append({"ceiling": ceiling, "taskdash": app})
         finally:
@@ -370,6 +439,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         f"(CPU cores busy: {app['cpu_cores']}); "
         f"ceiling {ceiling['per_second']}/s p95 {ceiling['p95_ms']} ms "
         f"(target p95 <= {TARGET_P95_MS} ms)"
+    )
+    print(
+        f"per request: {app['store_commands_per_request']} store commands "
+        f"{app['store_commands_by_kind']}; CPU ms {app['cpu_ms_per_request']}"
     )
     return {
         "tasks": args.tasks,
@@ -386,6 +459,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ceiling_p95_ms": ceiling["p95_ms"],
         "over_ceiling": round(app["per_second"] / ceiling["per_second"], 3),
         "cpu_cores": app["cpu_cores"],
+        "store_commands_per_request": app["store_commands_per_request"],
+        "store_commands_by_kind": app["store_commands_by_kind"],
+        "cpu_ms_per_request": app["cpu_ms_per_request"],
+        "nx_27017_cpu_ms_per_request": app["cpu_ms_per_request"]["nx_27017"],
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "target_p95_ms": TARGET_P95_MS,
         "by_kind": app["by_kind"],

@@ -222,6 +222,9 @@ class WebSettings(_Section):
     login_delay_max: Seconds = 60.0
     login_lock_time: LongSeconds = 900.0
     audit_ttl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 90.0
+    # a session or token found live is not read again for this long (store/credcache.py):
+    # a revocation made on this daemon counts at once, one made on another within this. 0 = off
+    credential_cache_ttl: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
 
     def __post_init__(self) -> None:
         self._require_host("host")

@@ -77,11 +77,19 @@ async def test_round_trips_per_request(counted: tuple[Served, Commands]) -> None
 
     with commands.count() as sent:
         assert (await alice.fetch("/services")).status == 200
-    # the session (it says who and which role), a page of 50 services, their last fetches in
-    # one query, the 4 counts by state
-    assert sent[0] == "find sessions" and len(sent) == 7, sent
+    # the session is remembered ([web] credential_cache_ttl); a page of 50 services, their
+    # last fetches in one query, the 4 counts by state
+    assert sent[0] == "find services" and len(sent) == 6, sent
     assert sum("fetch_results" in c for c in sent) == 1, sent
 
     with commands.count() as sent:
         assert (await script.call("/api/v1/tasks?sort=name"))[0] == 200
-    assert sent == ["find api_tokens", "find tasks"]  # the token, the page: no account read
+    assert sent == ["find tasks"]  # the token is remembered too: the page alone
+
+    served.clock.advance(served.ctx.settings.web.credential_cache_ttl)
+    with commands.count() as sent:
+        assert (await script.call("/api/v1/tasks?sort=name"))[0] == 200
+        assert (await alice.fetch("/services")).status == 200
+    # once that is over, read again (and nothing else: no account read)
+    assert sent[:2] == ["find api_tokens", "find tasks"], sent
+    assert sent[2] == "find sessions" and len(sent) == 9, sent

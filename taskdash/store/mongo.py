@@ -13,6 +13,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from taskdash.errors import StoreError, StoreUnavailable
+from taskdash.store.credcache import CredentialCache
 from taskdash.windows import Rules
 from taskdash.zones import machine_zone
 
@@ -233,6 +234,8 @@ class Store:
         self.db = self.client[database]
         self.history_ttl_seconds = int(history_ttl_days * 86400)
         self.indexes_ready = False
+        #: sessions and tokens verified lately (store/credcache.py), emptied by their changes
+        self.credentials = CredentialCache()
         #: how every write of a status or window judges it (``[tasks]``; store/task_windows.py)
         self.window_rules = window_rules or Rules(machine_zone())
 

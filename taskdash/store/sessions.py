@@ -67,26 +67,48 @@ async def create(
     return session_id
 
 
-async def resolve(store: Store, session_id: str, *, now: datetime, idle: float) -> Session | None:
-    """The live session behind ``session_id`` (its last use noted), else None.
+async def resolve(
+    store: Store, session_id: str, *, now: datetime, idle: float, cache_ttl: float = 0.0
+) -> Session | None:
+    """The live session behind ``session_id`` (its last use noted), else None; a live one read
+    less than ``cache_ttl`` seconds ago is not read again (store/credcache.py).
 
     An expired or idle session found here is deleted at once: a TTL monitor may be slow (and
-    nx-27017 only expires on read).
+    nx-27017 only expires on read). That is decided on a fresh read, never a remembered one.
     """
-    key = digest(session_id)
+    key, now_ms = digest(session_id), to_ms(now)
+    doc = store.credentials.get(key, now_ms, cache_ttl)
+    if doc is not None and _usable(doc, now_ms, idle):
+        return _session(key, doc, now_ms)
+    generation = store.credentials.generation
     async with translated("resolve_session"):
         doc = await store[COLLECTION].find_one({"_id": key})
     if doc is None:
         return None
-    now_ms = to_ms(now)
-    if to_ms(doc["expires_at"]) <= now_ms or now_ms - doc["last_seen"] >= idle * 1000:
+    if _ended(doc, now_ms, idle):
         await end(store, key)
         return None
-    if now_ms - doc["last_seen"] >= TOUCH_EVERY_MS:
+    if not _usable(doc, now_ms, idle):  # its use is noted, at most once a minute
         async with translated("touch_session"):
             await store[COLLECTION].update_one(
                 {"_id": key, "last_seen": eq(doc["last_seen"])}, {"$set": {"last_seen": now_ms}}
             )
+        doc = {**doc, "last_seen": now_ms}
+    store.credentials.put(key, doc, now_ms, cache_ttl, generation)
+    return _session(key, doc, now_ms)
+
+
+def _ended(doc: Doc, now_ms: int, idle: float) -> bool:
+    """Past its expiry, or idle for ``idle`` seconds."""
+    return to_ms(doc["expires_at"]) <= now_ms or now_ms - doc["last_seen"] >= idle * 1000
+
+
+def _usable(doc: Doc, now_ms: int, idle: float) -> bool:
+    """Whether a session read earlier may serve as it is: live, no touch due."""
+    return 0 <= now_ms - doc["last_seen"] < TOUCH_EVERY_MS and not _ended(doc, now_ms, idle)
+
+
+def _session(key: str, doc: Doc, now_ms: int) -> Session:
     return Session(
         key=key,
         user=doc["user"],
@@ -98,8 +120,9 @@ async def resolve(store: Store, session_id: str, *, now: datetime, idle: float) 
 
 async def end(store: Store, key: str) -> None:
     """Delete one session by its stored digest (logout)."""
-    async with translated("end_session"):
-        await store[COLLECTION].delete_one({"_id": key})
+    with store.credentials.changing():
+        async with translated("end_session"):
+            await store[COLLECTION].delete_one({"_id": key})
 
 
 async def end_for_user(store: Store, user: str, *, keep: str | None = None) -> int:
@@ -107,15 +130,17 @@ async def end_for_user(store: Store, user: str, *, keep: str | None = None) -> i
     query: Doc = {"user": eq(user)}
     if keep is not None:
         query["_id"] = {"$ne": keep}
-    async with translated("end_sessions"):
-        result = await store[COLLECTION].delete_many(query)
+    with store.credentials.changing():
+        async with translated("end_sessions"):
+            result = await store[COLLECTION].delete_many(query)
     return result.deleted_count
 
 
 async def set_role(store: Store, user: str, role: str) -> None:
     """Every session of ``user`` carries ``role`` from now on."""
-    async with translated("set_session_role"):
-        await store[COLLECTION].update_many({"user": eq(user)}, {"$set": {"role": role}})
+    with store.credentials.changing():
+        async with translated("set_session_role"):
+            await store[COLLECTION].update_many({"user": eq(user)}, {"$set": {"role": role}})
 
 
 async def count_for_user(store: Store, user: str) -> int:

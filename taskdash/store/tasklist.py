@@ -18,26 +18,31 @@ How it stays fast, on MongoDB and on nx-27017 (whose limits shape it; see
   is "after it" in that order, never a skip. "After (v, k)" is an ``$or`` on MongoDB; nx-27017
   scans for any ``$or``, so it is run as its parts in order: the ties ``field == v and key > k``
   first, then ``field > v`` (and ``null`` last in a descending order of a nullable field).
-  Likewise the search "id or name starts with q" is two queries merged in sort order.
+  Likewise the search "id or name starts with q" is two queries merged in sort order. Both
+  pairs are asked at once when that costs nothing (the search's branches always; a cursor's
+  ties and the rest when few tasks on its page shared its value, :attr:`Cursor.ties`): with
+  the store busy, each query a request waits for is a wait in its queue.
 * SQLite, under nx-27017, picks indexes without statistics: for an equality on an indexed
   field it takes that index, even when half the tasks match and the page must then be sorted
   from all of them. So a filter is written so that only the right index can serve it: as an
   equality (``$eq``, a range) when its own index also gives the sort order, or when it matches
-  at most :data:`SMALL` tasks (counted first, bounded); otherwise as an ``$in`` of one value or
-  an anchored ``$regex``, which SQLite does not serve from an index, so it walks the sort
-  index and stops at the end of the page. MongoDB's planner picks as well either way.
+  at most :data:`SMALL` tasks (counted in its index first, remembered a while); otherwise as
+  an ``$in`` of one value or an anchored ``$regex``, which SQLite does not serve from an
+  index, so it walks the sort index and stops at the end of the page. MongoDB's planner
+  picks as well either way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -45,6 +50,7 @@ from taskdash.store.assignments import Assignment
 from taskdash.store.mongo import Doc, Store, eq, translated
 from taskdash.store.times import iso
 
+T = TypeVar("T")
 Gone = Literal["hide", "show", "only"]
 GONE: tuple[Gone, ...] = ("hide", "show", "only")
 #: the API's sort names -> the stored field, ordered with ``key`` on ties
@@ -86,17 +92,27 @@ class BadQuery(ValueError):
 
 @dataclass(frozen=True)
 class Cursor:
-    """A position in one order: the last (sort value, key) on a page."""
+    """A position in one order: the last (sort value, key) on a page.
+
+    ``ties`` is a hint, never part of the answer: False when few tasks on the page shared
+    this one's sort value (a name: a few at most; a status: the whole page), so that few are
+    likely left after it. The page after it then asks for those ties and for the rest at
+    once (one wait in the store's queue, not two); were it wrong, both answers are used all
+    the same, in order, and only the second query was spent for nothing. True (and every
+    cursor from before the hint): the ties first, the rest only if they do not fill the page.
+    """
 
     sort: str
     descending: bool
     value: str | int | None
     key: str
+    ties: bool = True
 
     def encode(self) -> str:
         """Opaque text for the client (URL-safe)."""
         value = int(self.value) if isinstance(self.value, int) else self.value  # bson's Int64
-        raw = msgspec.json.encode([self.sort, self.descending, value, self.key])
+        fields = [self.sort, self.descending, value, self.key, *([] if self.ties else [False])]
+        raw = msgspec.json.encode(fields)
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
@@ -106,14 +122,20 @@ class Cursor:
             raise BadQuery(f"{name} is longer than {MAX_CURSOR} characters", name)
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            sort, descending, value, key = msgspec.json.decode(
-                raw, type=tuple[str, bool, str | int | None, str]
-            )
+            try:
+                sort, descending, value, key = msgspec.json.decode(raw, type=_CURSOR)
+                ties = True
+            except msgspec.ValidationError:
+                sort, descending, value, key, ties = msgspec.json.decode(raw, type=_HINTED)
         except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
             raise BadQuery(f"{name} is not a cursor this API gave", name) from None
         if sort not in SORTS:
             raise BadQuery(f"{name} is not a cursor this API gave", name)
-        return cls(sort, descending, value, key)
+        return cls(sort, descending, value, key, ties)
+
+
+_CURSOR = tuple[str, bool, str | int | None, str]
+_HINTED = tuple[str, bool, str | int | None, str, bool]
 
 
 @dataclass(frozen=True)
@@ -264,23 +286,28 @@ def _plan(query: TaskQuery) -> _Plan:
 
 
 #: how long a filter's count steers the plan; a count only picks an index, so an old one can
-#: cost time, never a wrong answer (the counts are about 4 ms each on nx-27017: kept, a
-#: filtered page is one query instead of two or three)
+#: cost time, never a wrong answer
 SIZES_TTL = 30.0
 _SIZES_MAX = 4096
 _sizes: dict[tuple[str, str, int], tuple[float, int]] = {}
 
 
 async def _small(store: Store, cond: _Cond) -> int | None:
-    """How many tasks ``cond`` matches if at most :data:`SMALL` (None: more), counted with a
-    bounded query on either server, or remembered from the last :data:`SIZES_TTL` seconds."""
+    """How many tasks ``cond`` matches if at most :data:`SMALL` (None: more), counted, or
+    remembered from the last :data:`SIZES_TTL` seconds.
+
+    Counted with the ``count`` command on the seek form: both servers count the entries of
+    the filter's index range without reading a task (nx-27017: ~0.6 ms for a service's 100
+    tasks, ~4 ms for 40,000). A ``limit`` would bound it on MongoDB, but nx-27017 then reads
+    every task it counts (~100 ms for 2,000), and an aggregation's ``$limit`` + ``$count``
+    costs ~5 ms there whatever it matches (it counts the whole collection first).
+    """
     key = (store.db.name, repr(cond.seek), SMALL)
     now = time.monotonic()
     expires, n = _sizes.get(key, (0.0, 0))
     if expires <= now:
-        pipeline = [{"$match": cond.seek}, {"$limit": SMALL + 1}, {"$count": "n"}]
-        counted = [doc async for doc in await store.tasks.aggregate(pipeline)]
-        n = int(counted[0]["n"]) if counted else 0
+        answer = await store.db.command("count", store.tasks.name, query=cond.seek)
+        n = int(answer["n"])
         if len(_sizes) >= _SIZES_MAX:
             _sizes.clear()
         _sizes[key] = (now + SIZES_TTL, n)
@@ -359,22 +386,52 @@ def _order_key(doc: Doc, sort_field: str) -> tuple[Any, ...]:
 
 
 async def _branch(
-    store: Store, base: Doc, parts: list[Doc], sort_field: str, descending: bool, limit: int
+    store: Store,
+    base: Doc,
+    parts: list[Doc],
+    sort_field: str,
+    descending: bool,
+    limit: int,
+    *,
+    at_once: bool = False,
 ) -> list[Doc]:
-    """Up to ``limit`` tasks matching ``base``, from each part in turn (they are in order)."""
+    """Up to ``limit`` tasks matching ``base``, from each part in turn (they are in order):
+    one after the other, each asked only for what the earlier left to find, or ``at_once``
+    (each asked for ``limit``; see :attr:`Cursor.ties`)."""
     direction = -1 if descending else 1
-    found: list[Doc] = []
-    for part in parts:
-        condition = _both(base, part)
-        if condition is None:
-            continue
+
+    async def read(condition: Doc, part: Doc, wanted: int) -> list[Doc]:
         ties = "$eq" in part.get(sort_field, {})
         order = [("key", direction)] if ties else [(sort_field, direction), ("key", direction)]
-        cursor = store.tasks.find(condition).sort(order).limit(limit - len(found))
-        found.extend([doc async for doc in cursor])
+        cursor = store.tasks.find(condition).sort(order).limit(wanted)
+        return await cursor.to_list()  # one batch (the limit), not a coroutine per task
+
+    todo = [(c, part) for part in parts if (c := _both(base, part)) is not None]
+    if at_once:
+        pages = await _at_once([read(c, part, limit) for c, part in todo])
+        return [doc for page in pages for doc in page][:limit]
+    found: list[Doc] = []
+    for condition, part in todo:
+        found.extend(await read(condition, part, limit - len(found)))
         if len(found) >= limit:
             break
     return found
+
+
+async def _at_once(steps: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Independent queries (the search's id and name branches) asked at once: with the store
+    busy, a request then waits in its queue once, not once per query (scripts/bench_web.py:
+    a search's p95 was the slowest). The first failure cancels the others and is raised as
+    it is (no ExceptionGroup: :func:`translated` must see the driver's error)."""
+    if len(steps) == 1:
+        return [await steps[0]]
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 async def find_tasks(store: Store, query: TaskQuery) -> TaskPage:
@@ -387,34 +444,50 @@ async def find_tasks(store: Store, query: TaskQuery) -> TaskPage:
     parts = _after(sort_field, cursor, descending) if cursor else [{}]
     plan = _plan(query)
     want = query.limit + 1  # one more tells whether there is a next page
+    at_once = cursor is not None and not cursor.ties
+
+    async def branch_docs(branch: _Cond | None) -> list[Doc]:
+        conds = [*plan.conds, *([branch] if branch else [])]
+        base = {**plan.fixed, **await _filter(store, conds, sort_field)}
+        return await _branch(store, base, parts, sort_field, descending, want, at_once=at_once)
+
     merged: dict[str, Doc] = {}
     async with translated("find_tasks"):
-        for branch in plan.branches:
-            conds = [*plan.conds, *([branch] if branch else [])]
-            base = {**plan.fixed, **await _filter(store, conds, sort_field)}
-            for doc in await _branch(store, base, parts, sort_field, descending, want):
+        for found in await _at_once([branch_docs(b) for b in plan.branches]):
+            for doc in found:
                 merged.setdefault(doc["_id"], doc)
     docs = sorted(merged.values(), key=lambda d: _order_key(d, sort_field), reverse=descending)
     more = len(docs) > query.limit
+    ties = more and _long_run(docs, sort_field, query.limit)
     docs = docs[: query.limit]
     if backwards:
         docs.reverse()
-    return _page(query, docs, sort_field, more)
+    return _page(query, docs, sort_field, more, ties)
 
 
-def _page(query: TaskQuery, docs: list[Doc], sort_field: str, more: bool) -> TaskPage:
+def _long_run(docs: list[Doc], sort_field: str, limit: int) -> bool:
+    """Whether the tasks sharing the sort value of the page's edge (``docs[limit - 1]``, the
+    one read after it included) fill half the page or more: then the next page's ties may
+    well fill it too, and are read first (:attr:`Cursor.ties`)."""
+    value = docs[limit - 1].get(sort_field)
+    run = sum(1 for doc in docs[limit // 2 : limit + 1] if doc.get(sort_field) == value)
+    return run > limit - limit // 2
+
+
+def _page(query: TaskQuery, docs: list[Doc], sort_field: str, more: bool, ties: bool) -> TaskPage:
     page = TaskPage([public_task(doc) for doc in docs])
     if not docs:
         return page
 
-    def at(doc: Doc) -> str:
-        value = doc.get(sort_field)
-        return Cursor(query.sort, query.descending, value, doc.get("key", doc["_id"])).encode()
+    def at(doc: Doc, hint: bool = True) -> str:
+        value, key = doc.get(sort_field), doc.get("key", doc["_id"])
+        return Cursor(query.sort, query.descending, value, key, ties=hint).encode()
 
-    forward_more = more if query.before is None else True
-    backward_more = more if query.before is not None else query.after is not None
-    page.next = at(docs[-1]) if forward_more else None
-    page.prev = at(docs[0]) if backward_more else None
+    backwards = query.before is not None
+    forward_more = more if not backwards else True
+    backward_more = more if backwards else query.after is not None
+    page.next = at(docs[-1], backwards or ties) if forward_more else None
+    page.prev = at(docs[0], not backwards or ties) if backward_more else None
     return page
 
 

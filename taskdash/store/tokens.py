@@ -14,7 +14,6 @@ the request read the account instead.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -110,26 +109,43 @@ async def create(
     return secret, _token(doc)
 
 
-async def resolve(store: Store, secret: str, *, now: datetime) -> Token | None:
-    """The live token ``secret`` is (its use noted at most once a minute), else None."""
+async def resolve(
+    store: Store, secret: str, *, now: datetime, cache_ttl: float = 0.0
+) -> Token | None:
+    """The live token ``secret`` is (its use noted at most once a minute), else None; a live
+    one read less than ``cache_ttl`` seconds ago is not read again (store/credcache.py)."""
     if not looks_like_token(secret):
         return None
+    key, now_ms = digest(secret), to_ms(now)
+    doc = store.credentials.get(key, now_ms, cache_ttl)
+    if doc is not None and _usable(doc, now_ms):
+        return _token(doc)
+    generation = store.credentials.generation
     async with translated("resolve_token"):
-        doc = await store[COLLECTION].find_one({"_id": digest(secret)})
-    if doc is None or doc.get("disabled"):
+        doc = await store[COLLECTION].find_one({"_id": key})
+    if doc is None or doc.get("disabled") or _expired(doc, now_ms):
         return None
-    token = _token(doc)
-    now_ms = to_ms(now)
-    if token.expires_at is not None and token.expires_at <= now_ms:
-        return None
-    if token.last_used is None or now_ms - token.last_used >= TOUCH_EVERY_MS:
+    if not _usable(doc, now_ms):  # its use is noted, at most once a minute
         async with translated("touch_token"):
             await store[COLLECTION].update_one(
-                {"_id": doc["_id"], "last_used": eq(token.last_used)},
+                {"_id": key, "last_used": eq(doc.get("last_used"))},
                 {"$set": {"last_used": now_ms}},
             )
-        token = dataclasses.replace(token, last_used=now_ms)
-    return token
+        doc = {**doc, "last_used": now_ms}
+    store.credentials.put(key, doc, now_ms, cache_ttl, generation)
+    return _token(doc)
+
+
+def _expired(doc: Doc, now_ms: int) -> bool:
+    expires = doc.get("expires_at")
+    return expires is not None and to_ms(expires) <= now_ms
+
+
+def _usable(doc: Doc, now_ms: int) -> bool:
+    """Whether a token read earlier may serve as it is: not expired, no touch due."""
+    last_used = doc.get("last_used")
+    fresh = last_used is not None and 0 <= now_ms - last_used < TOUCH_EVERY_MS
+    return fresh and not _expired(doc, now_ms)
 
 
 async def list_for(store: Store, user: str) -> list[Token]:
@@ -144,12 +160,14 @@ async def set_access(store: Store, user: str, *, disabled: bool, role: str | Non
     changes: Doc = {"disabled": disabled}
     if role is not None:
         changes["role"] = role
-    async with translated("set_token_access"):
-        await store[COLLECTION].update_many({"user": eq(user)}, {"$set": changes})
+    with store.credentials.changing():
+        async with translated("set_token_access"):
+            await store[COLLECTION].update_many({"user": eq(user)}, {"$set": changes})
 
 
 async def revoke(store: Store, user: str, token_id: str) -> bool:
     """Delete ``user``'s token ``token_id``; False if ``user`` has no such token."""
-    async with translated("revoke_token"):
-        result = await store[COLLECTION].delete_one({"user": eq(user), "id": eq(token_id)})
+    with store.credentials.changing():
+        async with translated("revoke_token"):
+            result = await store[COLLECTION].delete_one({"user": eq(user), "id": eq(token_id)})
     return result.deleted_count == 1

@@ -20,7 +20,9 @@ compared by Tornado with ``hmac.compare_digest``. A login costs one argon2 verif
 whatever the name (:func:`~taskdash.store.users.verify_login`); only a name or password no
 account can have (their limits are public) is refused sooner.
 
-One read per request: the credential. A request used to read its session (or token) and
+At most one read per request: the credential, and none while it is remembered
+(``[web] credential_cache_ttl``, store/credcache.py: revocations on this daemon count at once,
+on another within the TTL). A request used to read its session (or token) and
 then the account, to see it still enabled and learn its role: two round trips to MongoDB
 before any work, the account read being ~10 % of a task listing's cost (scripts/bench_web.py).
 Now the session and the token carry the account's role (a token also whether the account is
@@ -223,14 +225,20 @@ class Authenticated(tornado.web.RequestHandler):
             )
             if cookie is not None:
                 session = await sessions.resolve(
-                    self.store, cookie.decode(), now=self.now(), idle=self.web.session_idle_timeout
+                    self.store,
+                    cookie.decode(),
+                    now=self.now(),
+                    idle=self.web.session_idle_timeout,
+                    cache_ttl=self.web.credential_cache_ttl,
                 )
                 if session is not None and await self._accept(session.user, session.role):
                     self.via, self.session_key = "session", session.key
                     return
             bearer = self._bearer()
             if bearer:
-                token = await tokens.resolve(self.store, bearer, now=self.now())
+                token = await tokens.resolve(
+                    self.store, bearer, now=self.now(), cache_ttl=self.web.credential_cache_ttl
+                )
                 if token is not None and await self._accept(token.user, token.role):
                     self.via = "token"
 
