@@ -408,8 +408,11 @@ async def test_a_full_batch_is_written_at_once_not_at_the_flush_interval(broker:
         await connected(consumer)
         await mpub_binary(broker, TOPIC, bodies("s1", "s2", "s3"))
         await async_wait_for(lambda: len(applied) == 3, timeout=WAIT)
+        await mpub_binary(broker, TOPIC, bodies("s4", "s5", "s6"))
+        await async_wait_for(lambda: len(applied) == 6, timeout=WAIT)
     finally:
         await consumer.stop()
+    assert consumer.counters.batches == 2, "each full batch counted (/readyz, the metrics)"
 
 
 async def test_a_message_of_exactly_max_message_size_is_accepted(
