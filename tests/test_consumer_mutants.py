@@ -386,6 +386,20 @@ async def test_a_stop_lets_a_dead_letter_being_written_finish(store: Store, brok
     assert stats["message_count"] == 1 and stats["deferred_count"] == 0
 
 
+async def test_readiness_shows_what_each_nsqd_connection_negotiated(broker: Broker) -> None:
+    _, apply = recorder()
+    consumer = heartbeat_consumer(broker, apply, never_dead_letter)
+    await consumer.start()
+    try:
+        await connected(consumer)
+        negotiated = consumer.check()[1]["negotiated"]
+    finally:
+        await consumer.stop()
+    ((address, conn),) = negotiated.items()
+    assert address.endswith(f":{broker.tcp_port}")
+    assert (conn["tls"], conn["compression"], conn["auth_required"]) == (False, "none", False)
+
+
 async def test_a_consumer_never_started_is_not_ready_and_stops_quietly() -> None:
     _, apply = recorder()
     consumer = heartbeat_consumer(None, apply, never_dead_letter)
