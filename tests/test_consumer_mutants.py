@@ -726,3 +726,39 @@ def test_a_second_answer_is_logged_as_a_bug_not_sent() -> None:
         {"event": "message_answered_twice", "msg_id": "0123456789abcdef", "topic": TOPIC,
          "channel": CHANNEL, "log_level": "error"}
     ]  # fmt: skip
+
+
+# -- what pynsq must not do on its own ----------------------------------------------------------
+
+
+async def test_a_store_outage_longer_than_pynsqs_own_try_limit_loses_nothing(
+    broker: Broker,
+) -> None:
+    """Only store unavailability retries without limit: pynsq's default would give up (FIN the
+    message, ``giving_up``) after 5 tries, so the reader must turn that limit off."""
+    tries = 0
+    applied: list[str] = []
+    received_at: list[datetime] = []
+
+    async def apply(batch: list[Received[HeartBeat]]) -> None:
+        nonlocal tries
+        tries += 1
+        if tries <= 8:
+            raise StoreUnavailable("the store is down")
+        applied.extend(r.item.id for r in batch)
+        received_at.extend(r.at for r in batch)
+
+    consumer = heartbeat_consumer(broker, apply, never_dead_letter, max_attempts=2)
+    settled: list[float] = []
+    consumer.on_settled = settled.append
+    await consumer.start()
+    try:
+        await connected(consumer)
+        await mpub_binary(broker, TOPIC, bodies("through-the-outage"))
+        await async_wait_for(lambda: applied == ["through-the-outage"], timeout=WAIT)
+        await async_wait_for(lambda: len(settled) == 9, timeout=WAIT)
+    finally:
+        await consumer.stop()
+    assert tries == 9 and consumer.counters.dead_lettered == 0
+    assert received_at[0].tzinfo is not None, "receipt times are aware (UTC), never local"
+    assert all(wait >= 0 for wait in settled), "each answer reports its message's wait"
