@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from broker_helpers import RawClient, eventually, http
-from support import free_port
 
 from taskdash.nsq.broker import Broker
 from taskdash.nsq.broker.lookupd_tcp import Lookupd
@@ -263,7 +262,12 @@ async def _nodes(port: int) -> bool:
 
 
 async def test_a_broker_started_before_its_lookupd_registers_once_it_is_up() -> None:
-    tcp_port = free_port()
+    # the lookupd's port is held (bound, not listening: connections to it are refused) until
+    # the lookupd starts, so nothing else takes it meanwhile, nor does the broker's own
+    # outgoing connection pick it as its source port (a TCP self-connect)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    tcp_port = int(holder.getsockname()[1])
     broker = Broker(
         tcp_port=0,
         http_port=0,
@@ -275,6 +279,7 @@ async def test_a_broker_started_before_its_lookupd_registers_once_it_is_up() -> 
     server = Lookupd(tcp_port=tcp_port, http_port=0)
     try:
         await asyncio.sleep(0.1)  # the first attempt has failed by now
+        holder.close()
         await server.start()
 
         async def found() -> bool:
@@ -283,5 +288,6 @@ async def test_a_broker_started_before_its_lookupd_registers_once_it_is_up() -> 
 
         await eventually(found)
     finally:
+        holder.close()  # if the test failed before the lookupd started
         await broker.stop()
         await server.stop()
