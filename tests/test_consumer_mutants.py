@@ -177,12 +177,11 @@ async def test_a_bug_in_the_handler_is_logged_with_the_message_and_its_traceback
     assert line["error"] == "KeyError: 'a bug in the handler'" and line["topic"] == TOPIC
 
 
-async def test_a_dead_letter_write_that_fails_unexpectedly_is_logged_and_the_message_kept(
-    store: Store, broker: Broker
-) -> None:
-    """Not a store outage but a bug while dead-lettering: logged with the reason and the error,
-    the message requeued (never lost), and dead-lettered once the write works."""
-    failure = RuntimeError("a bug in the dead-letter write")
+async def dead_letter_failing_once(
+    store: Store, broker: Broker, failure: Exception
+) -> tuple[Consumer[Any], list[dict[str, Any]], dict[str, Any]]:
+    """A poison message whose first dead-letter write raises ``failure``: (the stopped
+    consumer, the log lines, the dead letter stored in the end)."""
     write = store_dead_letter(store)
     tries: list[int] = []
 
@@ -202,6 +201,16 @@ async def test_a_dead_letter_write_that_fails_unexpectedly_is_logged_and_the_mes
             letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
     finally:
         await consumer.stop()
+    return consumer, logs, letter
+
+
+async def test_a_dead_letter_write_that_fails_unexpectedly_is_logged_and_the_message_kept(
+    store: Store, broker: Broker
+) -> None:
+    """Not a store outage but a bug while dead-lettering: logged with the reason and the error,
+    the message requeued (never lost), and dead-lettered once the write works."""
+    failure = RuntimeError("a bug in the dead-letter write")
+    consumer, logs, letter = await dead_letter_failing_once(store, broker, failure)
     (line,) = events(logs, "dead_letter_failed")
     assert line["reason"] == letter["reason"] and "not valid JSON" in line["reason"]
     assert line["error"] == "RuntimeError: a bug in the dead-letter write"
@@ -254,25 +263,8 @@ async def test_a_store_outage_is_logged_once_with_its_first_batch_and_its_length
 async def test_a_dead_letter_the_store_cannot_take_is_logged_as_an_outage_and_requeued(
     store: Store, broker: Broker
 ) -> None:
-    write = store_dead_letter(store)
-    tries: list[int] = []
-
-    async def dead_letter(*args: Any) -> None:
-        tries.append(1)
-        if len(tries) == 1:
-            raise StoreUnavailable("add_dead_letter: MongoDB unreachable")
-        await write(*args)
-
-    _, apply = recorder()
-    consumer = heartbeat_consumer(broker, apply, dead_letter)
-    await consumer.start()
-    try:
-        await connected(consumer)
-        with structlog.testing.capture_logs() as logs:
-            await mpub_binary(broker, TOPIC, [b"not json"])
-            letter = await async_wait_for(lambda: store.dead_letters.find_one({}), timeout=WAIT)
-    finally:
-        await consumer.stop()
+    outage = StoreUnavailable("add_dead_letter: MongoDB unreachable")
+    _, logs, letter = await dead_letter_failing_once(store, broker, outage)
     (failed,) = events(logs, "store_write_failed")
     assert (failed["error"], failed["requeued"]) == ("add_dead_letter: MongoDB unreachable", 1)
     assert len(events(logs, "store_writes_resumed")) == 1
