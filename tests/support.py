@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -340,3 +341,19 @@ async def harvest(store: Store, service_id: str, *tasks: TaskMetaData, now_ms: i
     """Store a service's listing exactly as the fetcher does (on a cold cache)."""
     known = (await load_known(store, [service_id]))[service_id]
     return await apply_listings(store, [ServiceListing(service_id, list(tasks), known)], now_ms)
+
+
+def periodic_env(mongo_uri: str, **overrides: str) -> dict[str, str]:
+    """Environment for a ``taskdash periodic`` on free ports and a database of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
+    grpc_port, http_port = free_ports(2)
+    env.update(
+        TASKDASH_MONGODB__URI=mongo_uri,
+        TASKDASH_MONGODB__DATABASE=f"p_{uuid.uuid4().hex[:12]}",
+        TASKDASH_PERIODIC__GRPC_PORT=str(grpc_port),
+        TASKDASH_PERIODIC__HTTP_PORT=str(http_port),
+        TASKDASH_PERIODIC__NODE_ID="node-p",
+        TASKDASH_LOG__FORMAT="json",
+    )
+    env.update(overrides)
+    return env

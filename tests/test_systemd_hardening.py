@@ -8,15 +8,13 @@ own equivalent (``prctl(PR_SET_MDWE)``, inherited across exec) and must serve an
 from __future__ import annotations
 
 import ctypes
-import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import VENV_BIN, daemon_env, free_ports, http_get, wait_for
+from support import VENV_BIN, daemon_env, http_get, periodic_env, wait_for
 
 from taskdash.settings import Settings
 
@@ -145,15 +143,8 @@ def test_the_daemon_runs_without_writable_executable_memory(tmp_path: Path) -> N
 def test_the_periodic_service_runs_without_writable_executable_memory(
     tmp_path: Path, mongo_uri: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
-    grpc_port, http_port = free_ports(2)
-    env.update(
-        TASKDASH_MONGODB__URI=mongo_uri,
-        TASKDASH_MONGODB__DATABASE=f"p_{uuid.uuid4().hex[:12]}",
-        TASKDASH_PERIODIC__GRPC_PORT=str(grpc_port),
-        TASKDASH_PERIODIC__HTTP_PORT=str(http_port),
-        TASKDASH_LOG__FORMAT="json",
-    )
+    env = periodic_env(mongo_uri)
+    grpc_port, http_port = (int(env[f"TASKDASH_PERIODIC__{k}_PORT"]) for k in ("GRPC", "HTTP"))
     proc = start_under_mdwe(tmp_path, "periodic", env)
     try:
         ready = f"http://127.0.0.1:{http_port}/readyz"

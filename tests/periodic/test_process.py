@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import uuid
@@ -12,26 +11,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import VENV_BIN, free_ports, http_get, wait_for
+from support import VENV_BIN, http_get, periodic_env, wait_for
 
 from taskdash.periodic.proto import periodic_task_pb2 as pb
 from taskdash.periodic.proto import periodic_task_pb2_grpc as pb_grpc
-
-
-def periodic_env(mongo_uri: str, **overrides: str) -> dict[str, str]:
-    """Environment for a ``taskdash periodic`` on free ports and a database of its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDASH_")}
-    grpc_port, http_port = free_ports(2)
-    env.update(
-        TASKDASH_MONGODB__URI=mongo_uri,
-        TASKDASH_MONGODB__DATABASE=f"p_{uuid.uuid4().hex[:12]}",
-        TASKDASH_PERIODIC__GRPC_PORT=str(grpc_port),
-        TASKDASH_PERIODIC__HTTP_PORT=str(http_port),
-        TASKDASH_PERIODIC__NODE_ID="node-p",
-        TASKDASH_LOG__FORMAT="json",
-    )
-    env.update(overrides)
-    return env
 
 
 class PeriodicProcess:
