@@ -7,6 +7,7 @@ asked at once where that costs nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -20,10 +21,10 @@ from web_client import Served, make_token, make_user, serve
 from taskdash.errors import ConfigError, StoreUnavailable
 from taskdash.models import TaskMetaData, TaskService
 from taskdash.settings import load
-from taskdash.store import Store
+from taskdash.store import Store, assignments, tasklist
 from taskdash.store.services import register_services
-from taskdash.store.tasklist import Cursor, TaskQuery, find_tasks
-from taskdash.store.tasks import ServiceListing, apply_listings
+from taskdash.store.tasklist import Cursor, TaskPage, TaskQuery, find_tasks
+from taskdash.store.tasks import ServiceListing, apply_listings, load_known, write_registered
 from taskdash.store.times import to_ms
 
 STATUSES = ("running", "finish", "new")
@@ -159,3 +160,109 @@ async def test_the_ties_hint_steers_the_queries_never_the_answer(store: Store) -
     ]
     assert [t["id"] for t in pages[0].tasks] == [t["id"] for t in pages[1].tasks] == ["t2", "t3"]
     assert Cursor.decode(Cursor("name", False, "a", "t1").encode(), "after").ties, "old cursors"
+
+
+# -- shared reads (store/flights.py) ----------------------------------------------------------
+
+
+async def test_the_same_pages_asked_at_once_share_one_read_and_one_count(
+    watched: tuple[Served, Commands, str],
+) -> None:
+    served, commands, _ = watched
+    own = served.store
+    tasklist._sizes.clear()  # the service's size is not known yet: it is counted
+    same = TaskQuery(sort="last_seen", descending=True)
+    by_name = TaskQuery(service_id="svc-1", sort="name")
+    by_id = TaskQuery(service_id="svc-1", sort="last_seen")
+    with commands.count() as sent:
+        pages = await asyncio.gather(
+            *(find_tasks(own, q) for q in (same, same, same, by_name, by_id))
+        )
+    assert pages[0] is pages[1] is pages[2], "one read's page, shown three times"
+    assert len(pages[0].tasks) == 50
+    assert sorted(sent) == sorted(["find tasks", "count tasks", "find tasks", "find tasks"])
+    assert own.flights.joined >= 2
+
+
+async def test_a_page_asked_while_its_read_is_held_is_that_reads_page(store: Store) -> None:
+    """The other side of the next test: with no write between, a request joins the read on
+    its way, whatever that read finds (so the next test's fresh page is not a coincidence)."""
+    await _two_tasks(store)
+    query = TaskQuery(sort="id").checked()
+    held = asyncio.Event()
+
+    async def old_page() -> str:
+        await held.wait()
+        return "the held read's page"
+
+    holding = asyncio.ensure_future(store.flights.share(("find_tasks", query), old_page))
+    await asyncio.sleep(0)
+    joining = asyncio.ensure_future(find_tasks(store, query))
+    await asyncio.sleep(0.05)
+    held.set()
+    assert await joining == await holding == "the held read's page"
+
+
+async def _two_tasks(store: Store) -> None:
+    now_ms = to_ms(datetime.now(UTC))
+    tasks = [TaskMetaData(id=f"t{i}", name=f"job {i}") for i in range(2)]
+    await apply_listings(store, [ServiceListing("svc", tasks, {})], now_ms)
+
+
+WRITES = {
+    "claim": lambda s, now: assignments.claim(s, "t0", "alice", now_ms=now),
+    "release": lambda s, now: assignments.release(s, "t1", "bob", now_ms=now),
+    "assign": lambda s, now: assignments.set_assignment(
+        s, "t0", user="carol", source="web", by="admin", now_ms=now
+    ),
+    "tcp register": lambda s, now: write_registered(
+        s, "t2", {"name": "job 2"}, {}, create=True, now_ms=now
+    ),
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+async def test_a_page_asked_after_a_clients_write_shows_it(store: Store, write: str) -> None:
+    """A read on its way when a claim (release, assignment, TCP Register) is answered is not
+    joined by a request made after that answer: the page shows the write."""
+    await _two_tasks(store)
+    now_ms = to_ms(datetime.now(UTC))
+    await assignments.claim(store, "t1", "bob", now_ms=now_ms)
+    query = TaskQuery(sort="id").checked()
+    before = await find_tasks(store, query)
+    held = asyncio.Event()
+
+    async def old_page() -> TaskPage:
+        await held.wait()
+        return before
+
+    holding = asyncio.ensure_future(store.flights.share(("find_tasks", query), old_page))
+    await asyncio.sleep(0)
+    await WRITES[write](store, now_ms + 1)
+    asyncio.get_running_loop().call_later(0.5, held.set)  # a joined request would get `before`
+    after = await find_tasks(store, query)
+    await holding
+    shown = {t["id"]: t["assignee"] for t in after.tasks}
+    assert shown != {t["id"]: t["assignee"] for t in before.tasks}
+    expected = {
+        "claim": {"t0": "alice", "t1": "bob"},
+        "release": {"t0": "", "t1": ""},
+        "assign": {"t0": "carol", "t1": "bob"},
+        "tcp register": {"t0": "", "t1": "bob", "t2": ""},
+    }
+    assert shown == expected[write]
+
+
+async def test_a_fetch_storing_listings_does_not_end_the_sharing(store: Store) -> None:
+    """Nobody waits on a fetch's write (it was never ordered before a request): the fetcher
+    storing a listing every few seconds must not stop identical requests sharing a read."""
+    await _two_tasks(store)
+    generation = store.flights.generation
+    tasks = [TaskMetaData(id="t0", name="renamed"), TaskMetaData(id="t9", name="new")]
+    known = await load_known(store, ["svc"])
+    await apply_listings(
+        store, [ServiceListing("svc", tasks, known["svc"])], to_ms(datetime.now(UTC))
+    )
+    page = await find_tasks(store, TaskQuery(sort="id"))
+    assert [t["name"] for t in page.tasks] == ["renamed", "new"]  # t1 left the listing
+    assert store.flights.generation == generation

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pymongo import ReturnDocument
 
 from taskdash.errors import StoreError
+from taskdash.store.flights import client_write
 from taskdash.store.mongo import CHANGED_AT, Doc, Store, eq, translated
 from taskdash.store.times import iso
 
@@ -153,6 +154,7 @@ async def get_assignments(store: Store, task_ids: Sequence[str]) -> dict[str, As
         return {doc["_id"]: Assignment.from_doc(doc) async for doc in cursor}
 
 
+@client_write
 async def set_assignment(
     store: Store,
     task_id: str,
@@ -259,6 +261,7 @@ async def release(store: Store, task_id: str, user: str, *, now_ms: int) -> tupl
     raise NotHolder(f"task {task_id} is held by {current.user}, not by {user}", current.user)
 
 
+@client_write
 async def _hand_over(
     store: Store, condition: Doc, holder: str, *, by: str, now_ms: int, previous: str
 ) -> Assignment | None:

@@ -14,6 +14,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 
 from taskdash.errors import StoreError, StoreUnavailable
 from taskdash.store.credcache import CredentialCache
+from taskdash.store.flights import Flights
 from taskdash.windows import Rules
 from taskdash.zones import machine_zone
 
@@ -236,6 +237,8 @@ class Store:
         self.indexes_ready = False
         #: sessions and tokens verified lately (store/credcache.py), emptied by their changes
         self.credentials = CredentialCache()
+        #: listing reads on their way, shared by identical requests (store/flights.py)
+        self.flights = Flights()
         #: how every write of a status or window judges it (``[tasks]``; store/task_windows.py)
         self.window_rules = window_rules or Rules(machine_zone())
 

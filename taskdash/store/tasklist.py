@@ -306,12 +306,16 @@ async def _small(store: Store, cond: _Cond) -> int | None:
     now = time.monotonic()
     expires, n = _sizes.get(key, (0.0, 0))
     if expires <= now:
-        answer = await store.db.command("count", store.tasks.name, query=cond.seek)
-        n = int(answer["n"])
+        n = await store.flights.share(key, lambda: _count(store, cond.seek))
         if len(_sizes) >= _SIZES_MAX:
             _sizes.clear()
         _sizes[key] = (now + SIZES_TTL, n)
     return n if n <= SMALL else None
+
+
+async def _count(store: Store, condition: Doc) -> int:
+    answer = await store.db.command("count", store.tasks.name, query=condition)
+    return int(answer["n"])
 
 
 def _aligned(cond: _Cond, sort_field: str) -> bool:
@@ -435,8 +439,15 @@ async def _at_once(steps: list[Coroutine[Any, Any, T]]) -> list[T]:
 
 
 async def find_tasks(store: Store, query: TaskQuery) -> TaskPage:
-    """One page of tasks (see the module docstring); BadQuery for a parameter out of bounds."""
+    """One page of tasks (see the module docstring); BadQuery for a parameter out of bounds.
+
+    The same page asked while its read is on its way shares that read (store/flights.py):
+    the page is the callers' to show, not to change."""
     query = query.checked()
+    return await store.flights.share(("find_tasks", query), lambda: _find_tasks(store, query))
+
+
+async def _find_tasks(store: Store, query: TaskQuery) -> TaskPage:
     sort_field = SORTS[query.sort]
     backwards = query.before is not None
     descending = query.descending != backwards  # a page before the cursor is read in reverse

@@ -36,6 +36,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from taskdash.models import TaskMetaData
 from taskdash.store.assignments import empty_binding
+from taskdash.store.flights import client_write
 from taskdash.store.mongo import CHANGED_AT, Doc, Store, duplicates_only, eq, translated
 from taskdash.store.task_windows import (
     JUDGED,
@@ -379,6 +380,7 @@ def _tcp_update(
     return update
 
 
+@client_write
 async def write_registered(
     store: Store,
     task_id: str,
