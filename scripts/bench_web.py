@@ -6,17 +6,21 @@ services, stored as the fetcher stores them (bulk writes of whole listings, each
 listed at its own moment), then 30 % of them assigned to 50 users and 5 % marked gone, in bulk.
 Each server runs alone in a child process (so the load generator does not share its loop):
 
-  * TaskDash: the real application (``taskdash.web.app.make_app``: auth, store gate, API);
+  * TaskDash: the real application (``taskdash.web.app.make_app``: auth, store gate, API),
+    as configured by default;
+  * TaskDash with ``[web] share_reads = false`` ("unshared"): every request reads on its own,
+    none joins an identical read on its way (store/flights.py) — what sharing is worth;
   * ceiling: a bare Tornado handler answering every request with one constant JSON page
     (a real first page of tasks, captured once): what HTTP and Tornado cost on this machine.
 
 ``--clients`` keep-alive connections (a small asyncio HTTP/1.1 client), each with the same
 bearer token, request in a loop for ``--seconds``: filtered and sorted first pages, the next
-page of one (a keyset cursor), and a search (``q``: id or name prefix). The two servers are
-measured in turn, ``--rounds`` times. Latency is per request, from write to last byte.
+page of one (a keyset cursor), and a search (``q``: id or name prefix). The three servers
+are measured in turn, ``--rounds`` times. Latency is per request, from write to last byte.
 
 Beside the latencies, what each request costs: the store commands the TaskDash child sent
-per request (its driver's own count, read from a bench-only ``/bench/commands`` route), and
+per request (its driver's own count, read from a bench-only ``/bench/commands`` route), the
+share of page reads a request found already on its way and joined (store/flights.py), and
 the CPU milliseconds per request of nx-27017, TaskDash and the load generator. On a machine
 shared with other work those ratios hold where requests per second and p95 do not
 (docs/web-performance.md). Both rounds repeat the same requests, so the second finds the
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -63,6 +68,8 @@ WORDS = ("alpha", "backup", "crawl", "daily", "export", "import", "index", "mail
          "sync", "billing", "cleanup")  # fmt: skip
 STATUSES = ("running",) * 4 + ("finish",) * 3 + ("new",) * 2 + ("failed",)
 TARGET_P95_MS = 100.0
+#: the applications measured after the ceiling in each round: (child kind, name in the output)
+APPS = (("taskdash", "taskdash"), ("unshared", "unshared"))
 #: the listing whose later pages the ``next_page`` requests ask for (with a real cursor)
 PAGED = "/api/v1/tasks?status=running&sort=name&order=desc"
 
@@ -158,13 +165,15 @@ class Commands(monitoring.CommandListener):
 
 
 class SentSoFar(tornado.web.RequestHandler):
-    """``/bench/commands`` (the bench's child only): the commands sent so far."""
+    """``/bench/commands`` (the bench's child only): the commands sent so far, and the reads
+    requests shared (store/flights.py: ``flown`` sent, ``joined`` answered by one on its way)."""
 
-    def initialize(self, commands: Commands) -> None:
-        self.commands = commands
+    def initialize(self, commands: Commands, store: Store) -> None:
+        self.commands, self.store = commands, store
 
     def get(self) -> None:
-        self.finish(self.commands.sent)
+        flights = {"flown": self.store.flights.flown, "joined": self.store.flights.joined}
+        self.finish({"commands": self.commands.sent, "flights": flights})
 
 
 class Constant(tornado.web.RequestHandler):
@@ -185,13 +194,15 @@ async def _serve(kind: str, uri: str, page: bytes, ports: Any) -> None:
     else:
         commands = Commands()
         monitoring.register(commands)  # for the client made next
-        store = Store(uri, DATABASE)
+        settings = load(env={"TASKDASH_WEB__SHARE_READS": "false"} if kind == "unshared" else {})
+        store = Store(uri, DATABASE, share_reads=settings.web.share_reads)
         monitor = StoreMonitor(store, interval=5, retry_initial=0.5, retry_max=2)
         await monitor.probe()
         gate = StoreGate(request_timeout=10)
         gate.attach(store, monitor)
-        app = make_app(WebContext(settings=load(env={}), health=Health(), gate=gate))
-        app.add_handlers(r".*", [("/bench/commands", SentSoFar, {"commands": commands})])
+        app = make_app(WebContext(settings=settings, health=Health(), gate=gate))
+        bench = {"commands": commands, "store": store}
+        app.add_handlers(r".*", [("/bench/commands", SentSoFar, bench)])
     server = tornado.httpserver.HTTPServer(app)
     server.add_sockets(sockets)
     ports.put(sockets[0].getsockname()[1])
@@ -317,7 +328,8 @@ def summary(samples: list[float], seconds: float) -> dict[str, float]:
 
 
 async def sent_so_far(port: int) -> dict[str, int]:
-    """The store commands the TaskDash child has sent so far, by ``name collection``."""
+    """The store commands the TaskDash child has sent so far, by ``name collection``, and
+    its shared reads (``flights flown`` / ``flights joined``)."""
     conn = await Connection.open(port)
     try:
         status, body = await conn.get("/bench/commands", "")
@@ -325,7 +337,9 @@ async def sent_so_far(port: int) -> dict[str, int]:
         conn.close()
     if status != 200:
         raise SystemExit(f"/bench/commands: {status} {body[:300]!r}")
-    return {k: int(v) for k, v in json.loads(body).items()}
+    sent = json.loads(body)
+    flights = {f"flights {k}": int(v) for k, v in sent["flights"].items()}
+    return {**{k: int(v) for k, v in sent["commands"].items()}, **flights}
 
 
 async def measure(
@@ -364,8 +378,10 @@ async def measure(
     result["cpu_ms_per_request"] = {name: round(t * 1000 / requests, 2) for name, t in used.items()}
     if counted:
         after = await sent_so_far(port)
-        by_command = {k: round((n - before.get(k, 0)) / requests, 3) for k, n in after.items()}
-        by_command = {k: v for k, v in sorted(by_command.items()) if v}
+        delta = {k: n - before.get(k, 0) for k, n in after.items()}
+        flown, joined = delta.pop("flights flown"), delta.pop("flights joined")
+        result["shared_reads"] = round(joined / max(1, flown + joined), 3)
+        by_command = {k: round(n / requests, 3) for k, n in sorted(delta.items()) if n}
         result["store_commands_per_request"] = round(sum(by_command.values()), 3)
         result["store_commands_by_kind"] = by_command
     result["by_kind"] = {kind: summary(s, elapsed) for kind, s in sorted(latencies.items())}
@@ -404,34 +420,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await store.close()
             print(f"stored {args.tasks} tasks over {args.services} services: {filled}", flush=True)
             work = queries(rng, args.services)
-            app_child = Child("taskdash", mongo.uri)
-            with app_child as taskdash:
-                cursors = await cursors_of(taskdash, token, 20)
-                page = (await (await Connection.open(taskdash)).get(work[0][1], token))[1]
-                bare_child = Child("bare", page=page)
-                with bare_child as bare:
-                    rounds = []
-                    assert mongo.proc is not None
-                    pids = {
-                        "nx_27017": mongo.proc.pid,
-                        "taskdash": app_child.pid,
-                        "bench": os.getpid(),
-                    }
-                    for number in range(1, args.rounds + 1):
-                        ceiling = await measure(
-                            bare, token, work, cursors, args, {"bare": bare_child.pid}
+            with contextlib.ExitStack() as running:
+                children = {kind: Child(kind, mongo.uri) for kind in ("taskdash", "unshared")}
+                ports = {kind: running.enter_context(child) for kind, child in children.items()}
+                cursors = await cursors_of(ports["taskdash"], token, 20)
+                conn = await Connection.open(ports["taskdash"])
+                page = (await conn.get(work[0][1], token))[1]
+                conn.close()
+                children["bare"] = Child("bare", page=page)
+                ports["bare"] = running.enter_context(children["bare"])
+                assert mongo.proc is not None
+                nx, rounds = mongo.proc.pid, []
+                for number in range(1, args.rounds + 1):
+                    measured = {}
+                    for kind, name in (("bare", "ceiling"), *APPS):
+                        pid = children[kind].pid
+                        app = {"nx_27017": nx, "taskdash": pid}
+                        pids = {"bare": pid} if kind == "bare" else app
+                        pids["bench"] = os.getpid()
+                        got = await measure(
+                            ports[kind], token, work, cursors, args, pids, counted=kind != "bare"
                         )
-                        app = await measure(
-                            taskdash, token, work, cursors, args, pids, counted=True
-                        )
-                        for name, got in (("ceiling", ceiling), ("TaskDash", app)):
-                            flat = {k: v for k, v in got.items() if k not in ("by_kind", "rounds")}
-                            print(f"round {number}: {name} {flat}", flush=True)
-                        rounds.append({"ceiling": ceiling, "taskdash": app})
+                        flat = {k: v for k, v in got.items() if k not in ("by_kind", "rounds")}
+                        print(f"round {number}: {name} {flat}", flush=True)
+                        measured[name] = got
+                    rounds.append(measured)
         finally:
             await mongo.stop()
     best = min(rounds, key=lambda r: r["taskdash"]["p95_ms"])  # the least disturbed round
-    app, ceiling = best["taskdash"], best["ceiling"]
+    app, ceiling, unshared = best["taskdash"], best["ceiling"], best["unshared"]
     for kind, got in app["by_kind"].items():
         print(f"  {kind:20s} p50 {got['p50_ms']:7.2f} ms  p95 {got['p95_ms']:7.2f} ms")
     print(
@@ -442,7 +459,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     print(
         f"per request: {app['store_commands_per_request']} store commands "
+        f"({app['shared_reads']:.1%} of page reads shared) "
         f"{app['store_commands_by_kind']}; CPU ms {app['cpu_ms_per_request']}"
+    )
+    print(
+        f"same round, share_reads = false: {unshared['per_second']}/s p50 {unshared['p50_ms']} ms "
+        f"p95 {unshared['p95_ms']} ms, {unshared['store_commands_per_request']} store commands "
+        f"per request; CPU ms {unshared['cpu_ms_per_request']}"
     )
     return {
         "tasks": args.tasks,
@@ -460,12 +483,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "over_ceiling": round(app["per_second"] / ceiling["per_second"], 3),
         "cpu_cores": app["cpu_cores"],
         "store_commands_per_request": app["store_commands_per_request"],
+        "shared_reads": app["shared_reads"],
         "store_commands_by_kind": app["store_commands_by_kind"],
         "cpu_ms_per_request": app["cpu_ms_per_request"],
         "nx_27017_cpu_ms_per_request": app["cpu_ms_per_request"]["nx_27017"],
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "target_p95_ms": TARGET_P95_MS,
         "by_kind": app["by_kind"],
+        "unshared": {k: v for k, v in unshared.items() if k != "shared_reads"},
         "rounds": rounds,
     }
 

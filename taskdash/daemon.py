@@ -151,6 +151,7 @@ class Daemon:
             server_selection_timeout=cfg.server_selection_timeout,
             history_ttl_days=self.settings.checker.history_ttl_days,
             window_rules=self.settings.tasks.window_rules(),
+            share_reads=self.settings.web.share_reads,
         )
 
         async def close() -> None:

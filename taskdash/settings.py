@@ -225,6 +225,9 @@ class WebSettings(_Section):
     # a session or token found live is not read again for this long (store/credcache.py):
     # a revocation made on this daemon counts at once, one made on another within this. 0 = off
     credential_cache_ttl: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
+    # a task page asked while the same page's read is on its way shares that read
+    # (store/flights.py); false = every request reads on its own
+    share_reads: bool = True
 
     def __post_init__(self) -> None:
         self._require_host("host")

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from taskdash.errors import ConfigError
+from taskdash.settings import load
 from taskdash.store.flights import Flights, client_write
 
 
@@ -130,3 +132,19 @@ async def test_a_client_write_ends_the_sharing_done_or_failed() -> None:
     with pytest.raises(RuntimeError):
         await write(owner, True)
     assert owner.flights.generation == 2
+
+
+async def test_switched_off_every_request_reads_on_its_own() -> None:
+    flights, held = Flights(enabled=False), Held()
+    waiting = [asyncio.ensure_future(flights.share("page", held.read(n))) for n in range(3)]
+    await asyncio.sleep(0)
+    held.release.set()
+    assert await asyncio.gather(*waiting) == [0, 1, 2]
+    assert held.started == 3
+
+
+def test_share_reads_is_on_unless_the_config_says_otherwise() -> None:
+    assert load(env={}).web.share_reads is True
+    assert load(env={"TASKDASH_WEB__SHARE_READS": "false"}).web.share_reads is False
+    with pytest.raises(ConfigError, match="share_reads"):
+        load(env={"TASKDASH_WEB__SHARE_READS": "sometimes"})

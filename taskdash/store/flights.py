@@ -39,7 +39,9 @@ P = ParamSpec("P")
 class Flights:
     """Reads in flight by key; one per :class:`~taskdash.store.mongo.Store`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
+        #: False (``[web] share_reads = false``): every request reads on its own
+        self.enabled = enabled
         self._flying: dict[tuple[int, Hashable], asyncio.Future[Any]] = {}
         #: bumped by :meth:`wrote`: a read begun before it is never joined after it
         self.generation = 0
@@ -58,6 +60,8 @@ class Flights:
         """``read()``'s answer, from the read of ``key`` on its way if one began since the
         last :meth:`wrote`, else from a new one (``key`` must be hashable and name everything
         the answer depends on)."""
+        if not self.enabled:
+            return await read()
         slot = (self.generation, key)
         flight = self._flying.get(slot)
         if flight is None:

@@ -221,6 +221,7 @@ class Store:
         server_selection_timeout: float = 5.0,
         history_ttl_days: float = 30.0,
         window_rules: Rules | None = None,
+        share_reads: bool = True,
     ) -> None:
         timeout_ms = int(server_selection_timeout * 1000)
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
@@ -238,7 +239,7 @@ class Store:
         #: sessions and tokens verified lately (store/credcache.py), emptied by their changes
         self.credentials = CredentialCache()
         #: listing reads on their way, shared by identical requests (store/flights.py)
-        self.flights = Flights()
+        self.flights = Flights(enabled=share_reads)
         #: how every write of a status or window judges it (``[tasks]``; store/task_windows.py)
         self.window_rules = window_rules or Rules(machine_zone())
 
