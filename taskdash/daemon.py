@@ -325,6 +325,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.watch_readers(ingestion.consumers)
             self.metrics.watch_services(store)
+            self.metrics.watch_reads(store)
         await self.pipeline.start()
         self._started("pipeline_rates", self.pipeline.stop)
 

@@ -4,6 +4,7 @@ and mode."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from support import free_port
@@ -17,6 +18,7 @@ from taskdash.models import TaskService
 from taskdash.settings import CheckerSettings, MetricsSettings
 from taskdash.store import Store
 from taskdash.store.services import register_services
+from taskdash.store.tasklist import TaskQuery, find_tasks
 
 
 async def page(metrics: Metrics) -> Scrape:
@@ -104,3 +106,13 @@ async def test_the_checker_passes_and_mode(store: Store) -> None:
     found = await page(metrics)
     assert found.value("taskdash_checker_mode", mode="normal") == 0
     assert found.value("taskdash_checker_mode", mode="self_preservation") == 1
+
+
+async def test_task_page_reads_sent_and_joined_are_counted(store: Store) -> None:
+    metrics = Metrics(MetricsSettings(store_counts_ttl=0))
+    metrics.watch_reads(store)
+    query = TaskQuery(sort="id")
+    await asyncio.gather(find_tasks(store, query), find_tasks(store, query))
+    found = await page(metrics)
+    assert found.value("taskdash_task_reads_total", how="sent") == 1
+    assert found.value("taskdash_task_reads_total", how="joined") == 1

@@ -13,7 +13,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from taskdash import __version__
-from taskdash.metrics import fetch, nsq, periodic, services, tcp
+from taskdash.metrics import fetch, nsq, periodic, reads, services, tcp
 from taskdash.metrics.cached import Rows, StoreGauge, StoreValue
 from taskdash.metrics.grpc import GrpcMetrics
 from taskdash.metrics.http import HttpMetrics
@@ -107,6 +107,10 @@ class Metrics:
     def watch_services(self, store: Store) -> None:
         """Services by state (counted in MongoDB)."""
         services.watch_services(self, store)
+
+    def watch_reads(self, store: Store) -> None:
+        """Task-page reads sent to MongoDB or shared (store/flights.py)."""
+        reads.watch_reads(self, store.flights)
 
     def watch_checker(self, checker: Checker) -> None:
         """Checker passes: duration, mode, state changes."""
