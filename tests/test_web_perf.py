@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+import structlog.testing
 from pymongo import monitoring
 from test_web_round_trips import Commands
 from web_client import Served, make_token, make_user, serve
@@ -266,3 +268,68 @@ async def test_a_fetch_storing_listings_does_not_end_the_sharing(store: Store) -
     page = await find_tasks(store, TaskQuery(sort="id"))
     assert [t["name"] for t in page.tasks] == ["renamed", "new"]  # t1 left the listing
     assert store.flights.generation == generation
+
+
+# -- a filter's size, counted again in the background -----------------------------------------
+
+
+async def landed(store: Store) -> None:
+    """Until every read launched on ``store`` (a background recount) has landed."""
+    for _ in range(500):
+        if not len(store.flights):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a background recount never landed")
+
+
+def remember(store: Store, service_id: str, expires: float, n: int) -> tuple[str, str, int]:
+    key = (store.db.name, repr({"service_id": {"$eq": service_id}}), tasklist.SMALL)
+    tasklist._sizes[key] = (expires, n)
+    return key
+
+
+SERVICE = tasklist._equal("service_id", "svc")
+
+
+async def test_an_old_size_is_used_at_once_and_counted_again_behind(store: Store) -> None:
+    await _two_tasks(store)
+    key = remember(store, "svc", 0.0, 10**6)  # long expired, and wrong
+    assert await tasklist._small(store, SERVICE) is None, "the old size, as it was"
+    await landed(store)
+    expires, n = tasklist._sizes[key]
+    assert n == 2 and expires > time.monotonic(), "counted again, remembered afresh"
+    assert await tasklist._small(store, SERVICE) == 2
+
+
+async def test_a_recount_that_fails_keeps_the_old_size_and_the_request_never_waits(
+    dead: Store,
+) -> None:
+    """The store is gone: the request still gets the remembered size at once (it would wait
+    for the count and fail otherwise), the failed recount is logged, the size stays."""
+    key = remember(dead, "svc", 0.0, 7)
+    with structlog.testing.capture_logs() as logs:
+        assert await tasklist._small(dead, SERVICE) == 7
+        await landed(dead)
+    assert tasklist._sizes[key] == (0.0, 7)
+    failed = [e for e in logs if e["event"] == "task_filter_recount_failed"]
+    assert failed and failed[0]["error_type"] == "StoreUnavailable"
+    tasklist._sizes.pop(key)
+    with pytest.raises(StoreUnavailable):  # never counted: the request waits for its count
+        await find_tasks(dead, TaskQuery(service_id="svc", sort="name"))
+
+
+async def test_a_recount_failing_any_other_way_is_logged_and_changes_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(_store: Store, _condition: dict[str, object]) -> int:
+        raise KeyError("n")  # e.g. a server answering a count without its figure
+
+    monkeypatch.setattr(tasklist, "_count", broken)
+    key = remember(store, "svc", 0.0, 3)
+    with structlog.testing.capture_logs() as logs:
+        assert await tasklist._small(store, SERVICE) == 3
+        await landed(store)
+    assert tasklist._sizes[key] == (0.0, 3)
+    assert [e["error_type"] for e in logs if e["event"] == "task_filter_recount_failed"] == [
+        "KeyError"
+    ]

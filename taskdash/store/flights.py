@@ -62,22 +62,37 @@ class Flights:
         the answer depends on)."""
         if not self.enabled:
             return await read()
-        slot = (self.generation, key)
-        flight = self._flying.get(slot)
-        if flight is None:
-            flight = asyncio.ensure_future(read())
-            self._flying[slot] = flight
-            flight.add_done_callback(functools.partial(self._landed, slot))
-            self.flown += 1
-        else:
-            self.joined += 1
+        flight, joined = self._flight(key, read)
+        self.joined += joined
         # shield: a waiter cancelled (its client gone) must not cancel the others' read; a
         # read every waiter left has its failure retrieved by the shield (nobody to raise it to)
         return await asyncio.shield(flight)
 
+    def launch(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """The read of ``key`` on its way (begun since the last :meth:`wrote`), or a new one;
+        not awaited: :meth:`share` waits for it, a background refresh need not. The read is
+        referenced here until it lands."""
+        return self._flight(key, read)[0]
+
+    def _flight(
+        self, key: Hashable, read: Callable[[], Awaitable[T]]
+    ) -> tuple[asyncio.Future[T], bool]:
+        """(the read of ``key``, whether it was already on its way)."""
+        slot = (self.generation, key)
+        flight = self._flying.get(slot)
+        if flight is not None:
+            return flight, True
+        flight = asyncio.ensure_future(read())
+        self._flying[slot] = flight
+        flight.add_done_callback(functools.partial(self._landed, slot))
+        self.flown += 1
+        return flight, False
+
     def _landed(self, slot: tuple[int, Hashable], flight: asyncio.Future[Any]) -> None:
         if self._flying.get(slot) is flight:
             del self._flying[slot]
+        if not flight.cancelled():
+            flight.exception()  # a launched read nobody awaited: its failure ends here
 
 
 class _HasFlights(Protocol):

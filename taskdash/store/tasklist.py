@@ -45,12 +45,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import structlog
 
 from taskdash.store.assignments import Assignment
 from taskdash.store.mongo import Doc, Store, eq, translated
 from taskdash.store.times import iso
 
 T = TypeVar("T")
+log = structlog.get_logger("taskdash.store.tasklist")
 Gone = Literal["hide", "show", "only"]
 GONE: tuple[Gone, ...] = ("hide", "show", "only")
 #: the API's sort names -> the stored field, ordered with ``key`` on ties
@@ -285,8 +287,8 @@ def _plan(query: TaskQuery) -> _Plan:
     return plan
 
 
-#: how long a filter's count steers the plan; a count only picks an index, so an old one can
-#: cost time, never a wrong answer
+#: how long a filter's count steers the plan before it is counted again; a count only picks an
+#: index, so an old one can cost time, never a wrong answer
 SIZES_TTL = 30.0
 _SIZES_MAX = 4096
 _sizes: dict[tuple[str, str, int], tuple[float, int]] = {}
@@ -294,23 +296,46 @@ _sizes: dict[tuple[str, str, int], tuple[float, int]] = {}
 
 async def _small(store: Store, cond: _Cond) -> int | None:
     """How many tasks ``cond`` matches if at most :data:`SMALL` (None: more), counted, or
-    remembered from the last :data:`SIZES_TTL` seconds.
+    remembered.
 
     Counted with the ``count`` command on the seek form: both servers count the entries of
     the filter's index range without reading a task (nx-27017: ~0.6 ms for a service's 100
     tasks, ~4 ms for 40,000). A ``limit`` would bound it on MongoDB, but nx-27017 then reads
     every task it counts (~100 ms for 2,000), and an aggregation's ``$limit`` + ``$count``
     costs ~5 ms there whatever it matches (it counts the whole collection first).
+
+    Only a filter never counted in this process waits for its count. One counted more than
+    :data:`SIZES_TTL` ago is used as it was while it is counted again in the background: the
+    count was the second wait of such a request (a service's page, a search), and the slowest
+    requests of the benchmark were those (docs/web-performance.md).
     """
     key = (store.db.name, repr(cond.seek), SMALL)
-    now = time.monotonic()
-    expires, n = _sizes.get(key, (0.0, 0))
-    if expires <= now:
-        n = await store.flights.share(key, lambda: _count(store, cond.seek))
-        if len(_sizes) >= _SIZES_MAX:
-            _sizes.clear()
-        _sizes[key] = (now + SIZES_TTL, n)
+    remembered = _sizes.get(key)
+    if remembered is None:
+        n = await _remember_size(store, key, cond)
+    else:
+        expires, n = remembered
+        if expires <= time.monotonic():  # one recount at a time: a flight of its own
+            store.flights.launch(("recount", key), lambda: _recount(store, key, cond))
     return n if n <= SMALL else None
+
+
+async def _remember_size(store: Store, key: tuple[str, str, int], cond: _Cond) -> int:
+    n = await store.flights.share(key, lambda: _count(store, cond.seek))
+    if len(_sizes) >= _SIZES_MAX:
+        _sizes.clear()
+    _sizes[key] = (time.monotonic() + SIZES_TTL, n)
+    return n
+
+
+async def _recount(store: Store, key: tuple[str, str, int], cond: _Cond) -> None:
+    """A remembered size counted again; if that fails (the store is down, or anything else),
+    the old size stays and the next request after it tries again."""
+    try:
+        async with translated("count_tasks"):
+            await _remember_size(store, key, cond)
+    except Exception as exc:  # a size only steers the plan: never fatal
+        log.info("task_filter_recount_failed", error=str(exc), error_type=type(exc).__name__)
 
 
 async def _count(store: Store, condition: Doc) -> int:
