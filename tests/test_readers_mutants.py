@@ -27,7 +27,9 @@ from ingest_helpers import (
     mpub_binary,
     running_ingestion,
 )
+from pymongo import monitoring
 from support import async_wait_for
+from test_web_round_trips import Commands
 
 from taskdash.models import HeartBeat, TaskService
 from taskdash.nsq.broker import Broker
@@ -117,6 +119,27 @@ async def test_beats_absorbed_in_a_batch_join_the_write_later_in_that_batch(stor
     assert ingest.absorbed_heartbeats == 0, "nothing left waiting for a later write"
     await ingest._write_absorbed()
     assert await stored(store) == (3, 3, T + 1200)
+
+
+async def test_a_service_whose_beat_was_stored_is_not_looked_up_again(
+    store: Store, mongo_uri: str
+) -> None:
+    """A heartbeat is not a registration, so a batch's services are looked up before the
+    write, but only once: those already written to are known (one write per batch, no read)."""
+    listener = Commands()
+    monitoring.register(listener)  # for the client made next
+    own = Store(mongo_uri, store.db.name)
+    try:
+        ingest = await reader(own, "s")
+        with listener.count() as first:
+            await ingest._beat(beats(("s", T)))
+        assert first == ["find services", "update services"]
+        with listener.count() as second:
+            await ingest._beat(beats(("s", T + 2000)))
+        assert second == ["update services"]
+        assert await stored(own) == (2, 2, T + 2000)
+    finally:
+        await own.close()
 
 
 async def test_unknown_heartbeats_are_counted_across_batches_and_logged_with_a_few_ids(
