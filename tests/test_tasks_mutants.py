@@ -28,11 +28,13 @@ from taskdash.store.tasks import (
     claim_due,
     content_hash,
     get_fetch_result,
+    list_conflicts,
     load_known,
     record_conflicts,
     release,
     write_registered,
 )
+from taskdash.store.times import iso
 
 
 async def test_a_first_fetch_that_failed_reads_with_empty_counts_and_no_validators(
@@ -108,6 +110,32 @@ async def test_a_conflict_record_keeps_when_it_was_first_and_last_seen(store: St
     assert (doc["first_at"], doc["last_at"], doc["count"]) == (1000, 2000, 2)
     await record_conflicts(store, [], ["second"], 3000, "sweep-3")  # no longer listed
     assert await store["task_conflicts"].count_documents({}) == 0
+
+
+async def test_conflicts_are_listed_by_task_id_per_service_with_their_times(store: Store) -> None:
+    """``list_conflicts``, as the API and the service page show it."""
+    await record_conflicts(store, [Conflict("t-c", "third", "first")], ["third"], 2_000, "s-0")
+    first = [Conflict("t-b", "second", "first"), Conflict("t-a", "second", "first")]
+    await record_conflicts(store, first, ["second"], 1_000, "sweep-1")  # stored after t-c
+    await record_conflicts(store, first[:1], ["second"], 3_000, "sweep-3")  # t-a: gone
+    await record_conflicts(store, first[:1], ["second"], 4_000, "sweep-4")
+    listed = await list_conflicts(store)
+    assert [(c["task_id"], c["service_id"], c["count"]) for c in listed] == [
+        ("t-b", "second", 3),
+        ("t-c", "third", 1),
+    ]
+    (b, c) = listed
+    assert (b["owner_service_id"], b["first_at"], b["last_at"]) == (
+        "first",
+        iso(1_000),
+        iso(4_000),
+    )
+    assert (c["first_at"], c["last_at"]) == (iso(2_000), iso(2_000))
+    assert [c["task_id"] for c in await list_conflicts(store, service_id="third")] == ["t-c"]
+    assert [c["task_id"] for c in await list_conflicts(store, limit=1)] == ["t-b"], "sorted"
+    many = [Conflict(f"t-{i:03d}", "fourth", "first") for i in range(101)]
+    await record_conflicts(store, many, ["fourth"], 5_000, "sweep-5")
+    assert len(await list_conflicts(store, service_id="fourth")) == 100, "100 by default"
 
 
 async def test_a_claim_holds_a_service_until_its_end_and_a_release_gives_it_back(
