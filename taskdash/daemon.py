@@ -351,6 +351,7 @@ class Daemon:
         cfg = self.settings.tasks
         judge = WindowJudge(store, interval=cfg.window_check_interval, node_id=self.node_id)
         await judge.start()
+        self.health.add("window_judge", judge.check)
         self._started("window_judge", judge.stop)
 
     async def _start_alerts(self, store: Store) -> None:

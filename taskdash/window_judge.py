@@ -18,12 +18,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
-from taskdash.background import Background
-from taskdash.errors import StoreError
-from taskdash.logs import RateLimitedLog
+from taskdash.background import Background, store_round
 from taskdash.store import Store
 from taskdash.store.task_windows import (
     FULL_PASS,
@@ -33,6 +32,7 @@ from taskdash.store.task_windows import (
     judge_where,
     record_window_events,
 )
+from taskdash.store.times import iso
 from taskdash.windows import MINUTE_MS, minutes_crossed
 
 log = structlog.get_logger("taskdash.windows")
@@ -64,8 +64,8 @@ class WindowJudge:
         self.last_ms: int | None = None  # the end of the last pass that succeeded
         self.last_full_ms: int | None = None
         self.passes = 0
+        self.last_error = ""  # the store error of the last pass, "" once one succeeds
         self._task = Background("window_judge", self._loop)
-        self._failed_log = RateLimitedLog(log, "window_judge_failed", every=60.0)
 
     async def start(self) -> None:
         await self._task.start()
@@ -101,10 +101,30 @@ class WindowJudge:
         into_minute = self.clock() % MINUTE_MS / 1000
         return min(self.interval, 60.0 - into_minute + AFTER_MINUTE)
 
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness details (never "not ready": verdicts are late, nothing is lost, while the
+        store is down; the next pass covers the minutes a failed one missed)."""
+        details: dict[str, Any] = {
+            "passes": self.passes,
+            "last_pass_at": iso(self.last_ms),
+            "last_full_pass_at": iso(self.last_full_ms),
+        }
+        if self.last_error:
+            details["error"] = self.last_error
+        return True, details
+
+    async def _pass(self) -> None:
+        await self.run_once()
+
     async def _loop(self) -> None:
         while True:
-            try:
-                await self.run_once()
-            except StoreError as exc:  # the next pass covers the minutes this one missed
-                self._failed_log(error=str(exc))
+            # a store error is logged once per outage; anything else with its traceback, and
+            # the loop goes on: an unforeseen exception must not end the verdicts for good
+            self.last_error = await store_round(
+                self._pass,
+                self.last_error,
+                logger=log,
+                failed="window_judge_failed",
+                crashed="window_judge_crashed",
+            )
             await asyncio.sleep(self._sleep_for())

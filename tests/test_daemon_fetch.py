@@ -55,7 +55,9 @@ def test_registered_service_tasks_are_harvested(tmp_path: Path) -> None:
         TASKDASH_FETCHER__NODE_TIMEOUT=1,
     )
     with task_service() as url, running_daemon(tmp_path, env) as daemon:
-        assert "fetcher" in daemon.wait_ready()["components"]
+        components = daemon.wait_ready()["components"]
+        assert "fetcher" in components
+        assert {"passes", "last_pass_at"} <= components["window_judge"].keys()
         out = subprocess.run(
             [str(VENV_BIN / "taskdash"), "publish", "service", "--id", "svc-f", "--url", url],
             env=env, capture_output=True, text=True, timeout=60,

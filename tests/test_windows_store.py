@@ -11,8 +11,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import structlog.testing
 from fetcher_site import Clock as AlertsClock
-from support import free_port
+from support import async_wait_for, free_port
 from test_alerts import alerts, dispatcher, hook, started_receivers
 
 from taskdash.alerts.windows import window_changes
@@ -34,7 +35,7 @@ from taskdash.store.task_windows import (
 )
 from taskdash.store.tasklist import TaskQuery, every_task, get_task
 from taskdash.store.tasks import ServiceListing, apply_listings, load_known, write_registered
-from taskdash.store.times import to_ms
+from taskdash.store.times import iso, to_ms
 from taskdash.window_judge import WindowJudge
 from taskdash.windows import IDLE_INSIDE, OK, RUNNING_OUTSIDE, Rules, minute_of_day
 
@@ -411,3 +412,45 @@ async def test_a_window_alert_reaches_a_webhook(paris: Store) -> None:
     assert (body["kind"], body["subject"]) == ("task.out_of_window", "wh")
     assert body["title"] == "Task wh is out of its daily window: running outside it"
     assert body["details"]["stop_time"] == window["stop_time"]
+
+
+class Breaking(WindowJudge):
+    """The real loop, whose first passes fail: a bug of a kind nobody foresaw, then the store."""
+
+    def __init__(self, store: Store, failures: list[BaseException]) -> None:
+        super().__init__(store, interval=0.01)
+        self.failures = failures
+        self.after_failures: tuple[bool, dict[str, Any]] | None = None  # check() then
+
+    async def run_once(self) -> Any:
+        if self.failures:
+            raise self.failures.pop(0)
+        if self.after_failures is None:
+            self.after_failures = self.check()
+        return await super().run_once()
+
+
+async def test_the_loop_outlives_any_failed_pass_and_shows_it_in_readiness(paris: Store) -> None:
+    judge = Breaking(paris, [KeyError("window_start"), StoreUnavailable("MongoDB is down")])
+    with structlog.testing.capture_logs() as logs:
+        await judge.start()
+        try:
+            await async_wait_for(lambda: judge.passes >= 1, timeout=10)
+        finally:
+            await judge.stop()
+    assert judge.after_failures is not None
+    ready, details = judge.after_failures
+    assert ready and details["error"] == "MongoDB is down", "not ready would help nobody"
+    ready, details = judge.check()
+    assert ready and "error" not in details, "a pass that succeeds clears it"
+    assert details["last_pass_at"] == iso(judge.last_ms) and details["last_full_pass_at"]
+    crashed = [e for e in logs if e["event"] == "window_judge_crashed"]
+    assert len(crashed) == 1 and crashed[0]["log_level"] == "error"
+    assert [e["error"] for e in logs if e["event"] == "window_judge_failed"] == ["MongoDB is down"]
+
+
+async def test_readiness_before_any_pass(paris: Store) -> None:
+    assert WindowJudge(paris).check() == (
+        True,
+        {"passes": 0, "last_pass_at": None, "last_full_pass_at": None},
+    )
