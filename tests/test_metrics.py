@@ -3,7 +3,10 @@ route-pattern labels, one registry per application; the label tables."""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import os
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -117,6 +120,25 @@ async def test_prometheus_text_by_default_openmetrics_when_asked(
     om = await app.fetch("/metrics", Accept="application/openmetrics-text; version=1.0.0")
     assert om.headers["Content-Type"].startswith("application/openmetrics-text")
     assert om.body.endswith(b"# EOF\n")
+
+
+def raw_get(url: str, **headers: str) -> tuple[dict[str, str], bytes]:
+    """A GET through urllib, which neither asks for nor undoes a compression by itself."""
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+        return dict(r.headers), r.read()
+
+
+async def test_the_page_is_gzipped_when_the_scraper_accepts_it(
+    serve: Callable[..., Served],
+) -> None:
+    app = serve()
+    url = f"{app.base}/metrics"
+    headers, body = await asyncio.to_thread(raw_get, url, **{"Accept-Encoding": "gzip"})
+    assert headers["Content-Encoding"] == "gzip"
+    assert b"# HELP taskdash_build_info " in gzip.decompress(body)
+    assert "Accept-Encoding" in headers["Vary"]
+    headers, body = await asyncio.to_thread(raw_get, url, **{"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in headers and b"# HELP taskdash_build_info " in body
 
 
 async def test_the_token_guards_the_page_when_configured(serve: Callable[..., Served]) -> None:
