@@ -201,3 +201,21 @@ async def test_a_dead_letter_records_the_node_and_the_right_time_in_any_time_zon
     assert letter["node"] == "node-7"
     assert before - timedelta(seconds=1) <= letter["received_at"] <= after + timedelta(seconds=1)
     assert letter["expires_at"] - letter["received_at"] == timedelta(days=2)
+
+
+@pytest.mark.parametrize(
+    ("compression", "negotiated"),
+    [("snappy", "snappy"), ("deflate", "deflate (level 6)"), ("none", "none")],
+)
+async def test_the_readers_ask_for_the_configured_compression(
+    store: Store, broker: Broker, compression: str, negotiated: str
+) -> None:
+    """``[nsq] compression`` reaches pynsq (through the real broker, which grants each): the
+    connection is compressed as configured and messages still arrive."""
+    settings = NsqSettings(compression=compression, heartbeat_flush_interval=0.02)  # type: ignore[arg-type]
+    body = json.dumps({"id": "svc-z", "url": "http://127.0.0.1:9000/tasks"}).encode()
+    async with running_ingestion(store, broker, settings) as ingest:
+        await mpub_binary(broker, NSQ.service_topic, [body])
+        await async_wait_for(lambda: ingest.services.counters.stored == 1)
+        connections = ingest.services.check()[1]["negotiated"]
+    assert [c["compression"] for c in connections.values()] == [negotiated]
