@@ -138,6 +138,14 @@ async def test_conflicts_are_listed_by_task_id_per_service_with_their_times(stor
     assert len(await list_conflicts(store, service_id="fourth")) == 100, "100 by default"
 
 
+async def test_list_tasks_keeps_to_the_service_asked_and_to_100_by_default(store: Store) -> None:
+    await harvest(store, "a", *[TaskMetaData(id=f"a-{i:03d}") for i in range(101)], now_ms=1)
+    await harvest(store, "b", TaskMetaData(id="b-1"), now_ms=1)
+    assert [t["id"] for t in await ts.list_tasks(store, service_id="b")] == ["b-1"]
+    listed = await ts.list_tasks(store, service_id="a")
+    assert len(listed) == 100 and {t["service_id"] for t in listed} == {"a"}
+
+
 async def test_a_claim_holds_a_service_until_its_end_and_a_release_gives_it_back(
     store: Store,
 ) -> None:
