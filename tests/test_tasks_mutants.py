@@ -146,6 +146,26 @@ async def test_list_tasks_keeps_to_the_service_asked_and_to_100_by_default(store
     assert len(listed) == 100 and {t["service_id"] for t in listed} == {"a"}
 
 
+async def test_the_fetch_results_of_a_page_of_services_are_those_asked(store: Store) -> None:
+    await ts.write_fetch_results(
+        store, {sid: {"at": 1, "url": f"http://{sid}.example/"} for sid in ("a", "b", "c")}
+    )
+    found = await ts.get_fetch_results(store, ["a", "c", "never-fetched"])
+    assert sorted(found) == ["a", "c"]
+    assert found["c"]["url"] == "http://c.example/"
+
+
+async def test_an_update_of_a_services_task_names_only_the_fields_it_could_not_change(
+    store: Store,
+) -> None:
+    """A TCP Update of a task a service owns: what it sent like the stored values is not
+    "ignored", only what differs (the service's listing wins)."""
+    await harvest(store, "svc", TaskMetaData(id="t1", name="Alpha", status="running"), now_ms=1)
+    fields = {"name": "Alpha", "status": "failed"}
+    written = await write_registered(store, "t1", fields, {}, create=False, now_ms=2)
+    assert (written.outcome, written.owner, written.ignored) == ("owned", "svc", ("status",))
+
+
 async def test_a_claim_holds_a_service_until_its_end_and_a_release_gives_it_back(
     store: Store,
 ) -> None:
@@ -173,6 +193,8 @@ OPERATIONS: dict[str, Callable[[Store], Awaitable[Any]]] = {
     "release_claims": lambda s: ts.release(s, ["s"], "tok"),
     "write_fetch_results": lambda s: ts.write_fetch_results(s, {"s": {"at": 1}}),
     "get_fetch_result": lambda s: ts.get_fetch_result(s, "s"),
+    "get_fetch_results": lambda s: ts.get_fetch_results(s, ["s"]),
+    "list_conflicts": lambda s: ts.list_conflicts(s),
 }
 
 
