@@ -303,6 +303,9 @@ class NsqSettings(_Section):
     # a reader with messages in flight that settles none, or without a connection, this long
     # is not ready
     stall_after: Seconds = 30.0
+    # with lookupd_http_addresses: how often the readers ask nsqlookupd for the topic's
+    # producers (a new nsqd is found within this, plus pynsq's jitter of up to 30 %)
+    lookupd_poll_interval: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 15  # whole seconds
     embedded_host: str = "127.0.0.1"
     embedded_tcp_port: Port = 4150
     embedded_http_port: Port = 4151

@@ -38,12 +38,12 @@ from ingest_helpers import (
 from nsq import event as nsq_event
 from support import async_wait_for, free_port
 
-from taskdash.errors import StoreUnavailable
+from taskdash.errors import ConfigError, StoreUnavailable
 from taskdash.models import HeartBeat
 from taskdash.nsq.broker import Broker
 from taskdash.nsq.consumer import Consumer, Received
 from taskdash.nsq.readers import Ingestion
-from taskdash.settings import NsqSettings
+from taskdash.settings import NsqSettings, load
 from taskdash.store import Store
 
 pytestmark = pytest.mark.timeout(90)
@@ -662,6 +662,28 @@ async def test_a_reader_finds_nsqd_through_lookupd_alone(broker: Broker) -> None
         await consumer.stop()
 
 
+async def test_a_reader_polls_lookupd_at_its_configured_interval(broker: Broker) -> None:
+    """The topic appears after the reader started: the next poll of nsqlookupd finds its
+    nsqd within ``lookupd_poll_interval`` (1 s here, plus pynsq's jitter of up to 30 %), not
+    the 15 s default."""
+    applied, apply = recorder()
+    consumer: Consumer[HeartBeat] = Consumer(
+        topic=TOPIC, channel=CHANNEL, model=HeartBeat, apply=apply,
+        dead_letter=never_dead_letter, nsqd_tcp_addresses=[],
+        lookupd_http_addresses=[f"http://127.0.0.1:{broker.lookupd_http_port}"],
+        max_in_flight=10, batch_size=10, flush_interval=0.02, max_message_size=4096,
+        requeue_delay=0.05, requeue_delay_max=0.2, lookupd_poll_interval=1,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        await asyncio.sleep(0.3)  # its first poll found no producer: the topic is not there
+        assert consumer.check()[1]["connections"] == 0
+        await mpub_binary(broker, TOPIC, bodies("svc-1"))
+        await async_wait_for(lambda: applied == ["svc-1"], timeout=8)
+    finally:
+        await consumer.stop()
+
+
 async def test_a_reader_without_several_nsqds_names_each() -> None:
     first, second = sorted(f"127.0.0.1:{free_port()}" for _ in range(2))
     _, apply = recorder()
@@ -754,3 +776,19 @@ async def test_a_store_outage_longer_than_pynsqs_own_try_limit_loses_nothing(
     assert tries == 9 and consumer.counters.dead_lettered == 0
     assert received_at[0].tzinfo is not None, "receipt times are aware (UTC), never local"
     assert all(wait >= 0 for wait in settled), "each answer reports its message's wait"
+
+
+async def test_the_lookupd_poll_interval_reaches_both_readers(store: Store) -> None:
+    settings = load(env={"TASKDASH_NSQ__LOOKUPD_POLL_INTERVAL": "40"}).nsq
+    ingestion = Ingestion(
+        store,
+        settings,
+        node_id="n1",
+        nsqd_tcp_addresses=[],
+        lookupd_http_addresses=["http://127.0.0.1:4161"],
+    )
+    assert [c.lookupd_poll_interval for c in ingestion.consumers] == [40, 40]
+    assert load(env={}).nsq.lookupd_poll_interval == 15
+    for bad in ("0", "3601", "1.5"):
+        with pytest.raises(ConfigError, match="lookupd_poll_interval"):
+            load(env={"TASKDASH_NSQ__LOOKUPD_POLL_INTERVAL": bad})

@@ -93,6 +93,7 @@ class Consumer(Generic[M]):
         requeue_delay_max: float,
         max_attempts: int = 5,
         stall_after: float = 30.0,
+        lookupd_poll_interval: int = 15,  # whole seconds: pynsq takes nothing else
         decode: Decode[M] = decode,
         drain: Drain | None = None,
         connection: dict[str, Any] | None = None,
@@ -111,6 +112,7 @@ class Consumer(Generic[M]):
         self.requeue_delay_max = requeue_delay_max
         self.max_attempts = max_attempts
         self.stall_after = stall_after
+        self.lookupd_poll_interval = lookupd_poll_interval
         self.counters = Counters()
         self.progress = Progress()
         #: told each settled delivery's seconds from receipt to FIN/REQ (the metrics' histogram)
@@ -147,7 +149,7 @@ class Consumer(Generic[M]):
             lookupd_http_addresses=lookupd or None,
             max_in_flight=self._max_in_flight,
             max_tries=0,
-            lookupd_poll_interval=15,
+            lookupd_poll_interval=self.lookupd_poll_interval,
             max_backoff_duration=max(1.0, self.requeue_delay_max),
             **self._connection,
         )

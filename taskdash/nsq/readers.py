@@ -87,6 +87,7 @@ class Ingestion:
             "batch_size": settings.heartbeat_batch_size,
             "max_attempts": settings.max_attempts,
             "stall_after": settings.stall_after,
+            "lookupd_poll_interval": settings.lookupd_poll_interval,
             "connection": connection_options(settings),
         }
         self.services: Consumer[TaskService] = Consumer(
