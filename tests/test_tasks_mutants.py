@@ -195,6 +195,7 @@ OPERATIONS: dict[str, Callable[[Store], Awaitable[Any]]] = {
     "get_fetch_result": lambda s: ts.get_fetch_result(s, "s"),
     "get_fetch_results": lambda s: ts.get_fetch_results(s, ["s"]),
     "list_conflicts": lambda s: ts.list_conflicts(s),
+    "changed_since": lambda s: ts.changed_since(s, 0, ["status"], 10),
 }
 
 
