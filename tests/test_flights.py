@@ -12,7 +12,7 @@ import pytest
 
 from taskdash.errors import ConfigError
 from taskdash.settings import load
-from taskdash.store.flights import Flights, client_write
+from taskdash.store.flights import Flights
 
 
 class Held:
@@ -113,25 +113,14 @@ async def test_a_read_every_requester_left_ends_quietly() -> None:
         loop.set_exception_handler(None)
 
 
-class Owner:
-    def __init__(self) -> None:
-        self.flights = Flights()
-
-
-@client_write
-async def write(owner: Owner, fail: bool) -> str:
-    if fail:
+def test_a_client_write_ends_the_sharing_done_or_failed() -> None:
+    flights = Flights()
+    with flights.writing():
+        pass
+    assert flights.generation == 1
+    with pytest.raises(RuntimeError), flights.writing():
         raise RuntimeError("timed out (the write may have landed)")
-    return "written"
-
-
-async def test_a_client_write_ends_the_sharing_done_or_failed() -> None:
-    owner = Owner()
-    assert await write(owner, False) == "written"
-    assert owner.flights.generation == 1
-    with pytest.raises(RuntimeError):
-        await write(owner, True)
-    assert owner.flights.generation == 2
+    assert flights.generation == 2
 
 
 async def test_switched_off_every_request_reads_on_its_own() -> None:

@@ -36,7 +36,6 @@ from typing import Any, Literal
 from pymongo import ReturnDocument
 
 from taskdash.errors import StoreError
-from taskdash.store.flights import client_write
 from taskdash.store.mongo import CHANGED_AT, Doc, Store, eq, translated
 from taskdash.store.times import iso
 
@@ -154,7 +153,6 @@ async def get_assignments(store: Store, task_ids: Sequence[str]) -> dict[str, As
         return {doc["_id"]: Assignment.from_doc(doc) async for doc in cursor}
 
 
-@client_write
 async def set_assignment(
     store: Store,
     task_id: str,
@@ -173,44 +171,45 @@ async def set_assignment(
     that change is in the history, never silently erased). Setting what is already stored
     writes nothing, history included. NoSuchTask if the task is not stored.
     """
-    async with translated("set_assignment"):
-        for _ in range(_ATTEMPTS):
-            doc = await store.tasks.find_one({"_id": task_id}, _PROJECTION)
-            if doc is None:
-                raise NoSuchTask(f"no task {task_id!r}")
-            current = Assignment.from_doc(doc)
-            wanted = Assignment(
-                task_id,
-                user=current.user if user is None else user,
-                group_id=current.group_id if group_id is None else group_id,
-                reserved=current.reserved if reserved is None else reserved,
-            )
-            if (wanted.user, wanted.group_id, wanted.reserved) == (
-                current.user,
-                current.group_id,
-                current.reserved,
-            ):
-                return current, False
-            new = Assignment(
-                task_id,
-                user=wanted.user,
-                group_id=wanted.group_id,
-                reserved=wanted.reserved,
-                source=source,
-                by=by,
-                at_ms=now_ms,
-                version=current.version + 1,
-            )
-            done = await store.tasks.update_one(
-                {"_id": task_id, "assignment.version": eq(current.version)},
-                {"$set": _changes(new)},
-            )
-            if done.matched_count == 1:
-                await _record(store, new, current.user)
-                return new, True
-    raise AssignmentConflict(
-        f"task {task_id}: assignment kept changing under {_ATTEMPTS} attempts", holder=""
-    )
+    with store.flights.writing():  # a client waits on it (store/flights.py)
+        async with translated("set_assignment"):
+            for _ in range(_ATTEMPTS):
+                doc = await store.tasks.find_one({"_id": task_id}, _PROJECTION)
+                if doc is None:
+                    raise NoSuchTask(f"no task {task_id!r}")
+                current = Assignment.from_doc(doc)
+                wanted = Assignment(
+                    task_id,
+                    user=current.user if user is None else user,
+                    group_id=current.group_id if group_id is None else group_id,
+                    reserved=current.reserved if reserved is None else reserved,
+                )
+                if (wanted.user, wanted.group_id, wanted.reserved) == (
+                    current.user,
+                    current.group_id,
+                    current.reserved,
+                ):
+                    return current, False
+                new = Assignment(
+                    task_id,
+                    user=wanted.user,
+                    group_id=wanted.group_id,
+                    reserved=wanted.reserved,
+                    source=source,
+                    by=by,
+                    at_ms=now_ms,
+                    version=current.version + 1,
+                )
+                done = await store.tasks.update_one(
+                    {"_id": task_id, "assignment.version": eq(current.version)},
+                    {"$set": _changes(new)},
+                )
+                if done.matched_count == 1:
+                    await _record(store, new, current.user)
+                    return new, True
+        raise AssignmentConflict(
+            f"task {task_id}: assignment kept changing under {_ATTEMPTS} attempts", holder=""
+        )
 
 
 async def claim(
@@ -261,7 +260,6 @@ async def release(store: Store, task_id: str, user: str, *, now_ms: int) -> tupl
     raise NotHolder(f"task {task_id} is held by {current.user}, not by {user}", current.user)
 
 
-@client_write
 async def _hand_over(
     store: Store, condition: Doc, holder: str, *, by: str, now_ms: int, previous: str
 ) -> Assignment | None:
@@ -277,15 +275,16 @@ async def _hand_over(
         },
         "$inc": {"assignment.version": 1},
     }
-    async with translated("hand_over"):
-        doc = await store.tasks.find_one_and_update(
-            condition, update, projection=_PROJECTION, return_document=ReturnDocument.AFTER
-        )
-        if doc is None:
-            return None
-        changed = Assignment.from_doc(doc)
-        await _record(store, changed, previous)
-    return changed
+    with store.flights.writing():  # a client waits on it (store/flights.py)
+        async with translated("hand_over"):
+            doc = await store.tasks.find_one_and_update(
+                condition, update, projection=_PROJECTION, return_document=ReturnDocument.AFTER
+            )
+            if doc is None:
+                return None
+            changed = Assignment.from_doc(doc)
+            await _record(store, changed, previous)
+        return changed
 
 
 async def _record(store: Store, new: Assignment, previous_user: str) -> None:

@@ -28,12 +28,12 @@ without sharing; a read already on its way there when the write landed may still
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
-P = ParamSpec("P")
 
 
 class Flights:
@@ -55,6 +55,15 @@ class Flights:
     def wrote(self) -> None:
         """A write a client will be answered about is done: later requests read again."""
         self.generation += 1
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a store function's writes made on a client's behalf: when the block ends
+        (written, not written, or failed part-way: a write may have landed), :meth:`wrote`."""
+        try:
+            yield
+        finally:
+            self.wrote()
 
     async def share(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
         """``read()``'s answer, from the read of ``key`` on its way if one began since the
@@ -93,26 +102,3 @@ class Flights:
             del self._flying[slot]
         if not flight.cancelled():
             flight.exception()  # a launched read nobody awaited: its failure ends here
-
-
-class _HasFlights(Protocol):
-    flights: Flights
-
-
-S = TypeVar("S", bound=_HasFlights)
-
-
-def client_write(
-    func: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
-) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
-    """Mark a store function that writes on a client's behalf: when it ends (written, not
-    written, or failed part-way: a write may have landed), later reads start afresh."""
-
-    @functools.wraps(func)
-    async def wrapper(store: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await func(store, *args, **kwargs)
-        finally:
-            store.flights.wrote()
-
-    return wrapper

@@ -36,7 +36,6 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from taskdash.models import TaskMetaData
 from taskdash.store.assignments import empty_binding
-from taskdash.store.flights import client_write
 from taskdash.store.mongo import CHANGED_AT, Doc, Store, duplicates_only, eq, translated
 from taskdash.store.task_windows import (
     JUDGED,
@@ -380,7 +379,6 @@ def _tcp_update(
     return update
 
 
-@client_write
 async def write_registered(
     store: Store,
     task_id: str,
@@ -402,32 +400,34 @@ async def write_registered(
     "no owner". So the same conditional update is tried once more without upsert: the id
     exists now, a match means updated, and only no match means owned.
     """
-    unowned = {"_id": task_id, "service_id": eq(None)}
-    given = {**fields, **window}
-    state = {"_id": task_id, **{k: given.get(k, "") for k in STATE}}
-    on_insert = verdict_on_insert(store, state, now_ms) if create else {}
-    update = _tcp_update(task_id, fields, window, now_ms, create, on_insert)
-    async with translated("write_registered"):
-        try:
-            if create:  # nx-27017's find_one_and_update ignores $setOnInsert: update_one
-                done = await store.tasks.update_one(unowned, update, upsert=True)
-                inserted, before = done.upserted_id is not None, None
-                if done.matched_count:  # registered again: what it is now, to judge
-                    before = await store.tasks.find_one({"_id": task_id}, JUDGED)
-            else:  # the state it had, returned by the write itself
-                before = await store.tasks.find_one_and_update(unowned, update, JUDGED)
+    with store.flights.writing():  # a client waits on it (store/flights.py)
+        unowned = {"_id": task_id, "service_id": eq(None)}
+        given = {**fields, **window}
+        state = {"_id": task_id, **{k: given.get(k, "") for k in STATE}}
+        on_insert = verdict_on_insert(store, state, now_ms) if create else {}
+        update = _tcp_update(task_id, fields, window, now_ms, create, on_insert)
+        async with translated("write_registered"):
+            try:
+                if create:  # nx-27017's find_one_and_update ignores $setOnInsert: update_one
+                    done = await store.tasks.update_one(unowned, update, upsert=True)
+                    inserted, before = done.upserted_id is not None, None
+                    if done.matched_count:  # registered again: what it is now, to judge
+                        before = await store.tasks.find_one({"_id": task_id}, JUDGED)
+                else:  # the state it had, returned by the write itself
+                    before = await store.tasks.find_one_and_update(unowned, update, JUDGED)
+                    inserted = False
+            except DuplicateKeyError:  # owned, or inserted meanwhile: see the docstring
+                retry = _tcp_update(task_id, fields, window, now_ms, create=False)
+                before = await store.tasks.find_one_and_update(unowned, retry, JUDGED)
                 inserted = False
-        except DuplicateKeyError:  # owned, or inserted meanwhile: see the docstring
-            retry = _tcp_update(task_id, fields, window, now_ms, create=False)
-            before, inserted = await store.tasks.find_one_and_update(unowned, retry, JUDGED), False
-        if inserted:
-            written = TcpWrite("created")
-        elif before is not None:
-            written = TcpWrite("updated")
-        else:
-            written = await _owned(store, task_id, fields, window, now_ms)
-    await _judge_tcp_write(store, task_id, written, before, given, on_insert, now_ms)
-    return written
+            if inserted:
+                written = TcpWrite("created")
+            elif before is not None:
+                written = TcpWrite("updated")
+            else:
+                written = await _owned(store, task_id, fields, window, now_ms)
+        await _judge_tcp_write(store, task_id, written, before, given, on_insert, now_ms)
+        return written
 
 
 async def _judge_tcp_write(
