@@ -166,6 +166,16 @@ async def test_an_update_of_a_services_task_names_only_the_fields_it_could_not_c
     assert (written.outcome, written.owner, written.ignored) == ("owned", "svc", ("status",))
 
 
+async def test_get_tasks_reads_the_ids_asked_with_the_fields_asked(store: Store) -> None:
+    """What a batch of TCP Finds reads: the ids asked, only the fields asked."""
+    tasks = [TaskMetaData(id="t1", name="a", status="running"), TaskMetaData(id="t2", name="b")]
+    await harvest(store, "s", *tasks, now_ms=1)
+    found = await ts.get_tasks(store, ["t1", "missing"], ["name"])
+    assert found == {"t1": {"_id": "t1", "name": "a"}}
+    whole = (await ts.get_tasks(store, ["t2"]))["t2"]
+    assert (whole["name"], whole["service_id"]) == ("b", "s")
+
+
 async def test_a_claim_holds_a_service_until_its_end_and_a_release_gives_it_back(
     store: Store,
 ) -> None:
