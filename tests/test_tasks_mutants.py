@@ -176,6 +176,58 @@ async def test_get_tasks_reads_the_ids_asked_with_the_fields_asked(store: Store)
     assert (whole["name"], whole["service_id"]) == ("b", "s")
 
 
+async def again(
+    store: Store, before: ts.ApplyResult, *tasks: TaskMetaData, now_ms: int
+) -> ts.ApplyResult:
+    """The service's next fetch, with what the last one left in the fetcher's cache."""
+    listing = ServiceListing("s", list(tasks), before.known["s"])
+    return await ts.apply_listings(store, [listing], now_ms)
+
+
+async def test_each_changed_task_is_counted_and_a_new_one_is_seen_when_first_seen(
+    store: Store,
+) -> None:
+    first = await harvest(store, "s", TaskMetaData(id="t1"), TaskMetaData(id="t2"), now_ms=1000)
+    doc = await store.tasks.find_one({"_id": "t1"})
+    assert (doc["first_seen_at"], doc["last_seen_at"], doc["gone_at"]) == (1000, 1000, None)
+    changed = [TaskMetaData(id="t1", name="x"), TaskMetaData(id="t2", name="y")]
+    second = await again(store, first, *changed, now_ms=2000)
+    assert (second.inserted, second.changed, second.unchanged, second.stale) == (0, 2, 0, set())
+
+
+async def test_a_vanished_task_keeps_the_moment_it_vanished_over_later_fetches(
+    store: Store,
+) -> None:
+    t1, t2 = TaskMetaData(id="t1"), TaskMetaData(id="t2")
+    first = await harvest(store, "s", t1, t2, now_ms=1000)
+    second = await again(store, first, t1, now_ms=2000)
+    third = await again(store, second, t1, now_ms=3000)
+    assert (second.gone, third.gone) == (1, 0), "marked gone once"
+    doc = await store.tasks.find_one({"_id": "t2"})
+    assert (doc["gone"], doc["gone_at"]) == (True, 2000)
+
+
+async def test_a_task_deleted_behind_the_fetchers_back_makes_its_service_reloaded(
+    store: Store,
+) -> None:
+    first = await harvest(store, "s", TaskMetaData(id="t1"), now_ms=1000)
+    await store.tasks.delete_one({"_id": "t1"})  # by someone else: the cache is wrong now
+    assert (await again(store, first, TaskMetaData(id="t1"), now_ms=2000)).stale == {"s"}
+
+
+async def test_an_update_beside_a_conflict_in_one_bulk_write_is_counted_as_done(
+    store: Store,
+) -> None:
+    """The bulk write fails for the id another service owns; the update beside it landed,
+    so nothing is reloaded and the conflict is reported."""
+    await harvest(store, "other", TaskMetaData(id="theirs"), now_ms=500)
+    first = await harvest(store, "s", TaskMetaData(id="t1"), now_ms=1000)
+    tasks = [TaskMetaData(id="t1", name="changed"), TaskMetaData(id="theirs")]
+    second = await again(store, first, *tasks, now_ms=2000)
+    assert second.conflicts == [Conflict("theirs", "s", "other")]
+    assert (second.changed, second.stale) == (1, set())
+
+
 async def test_a_claim_holds_a_service_until_its_end_and_a_release_gives_it_back(
     store: Store,
 ) -> None:
