@@ -203,6 +203,7 @@ async def test_a_vanished_task_keeps_the_moment_it_vanished_over_later_fetches(
     second = await again(store, first, t1, now_ms=2000)
     third = await again(store, second, t1, now_ms=3000)
     assert (second.gone, third.gone) == (1, 0), "marked gone once"
+    assert (third.unchanged, third.stale) == (1, set()), "t1 stamped seen: nothing to reload"
     doc = await store.tasks.find_one({"_id": "t2"})
     assert (doc["gone"], doc["gone_at"]) == (True, 2000)
 
@@ -213,6 +214,8 @@ async def test_a_task_deleted_behind_the_fetchers_back_makes_its_service_reloade
     first = await harvest(store, "s", TaskMetaData(id="t1"), now_ms=1000)
     await store.tasks.delete_one({"_id": "t1"})  # by someone else: the cache is wrong now
     assert (await again(store, first, TaskMetaData(id="t1"), now_ms=2000)).stale == {"s"}
+    changed = TaskMetaData(id="t1", name="changed")  # an update that finds nothing either
+    assert (await again(store, first, changed, now_ms=3000)).stale == {"s"}
 
 
 async def test_an_update_beside_a_conflict_in_one_bulk_write_is_counted_as_done(
