@@ -644,16 +644,21 @@ async def test_the_reader_introduces_itself_to_nsqd_as_taskdash(broker: Broker) 
         await consumer.stop()
 
 
-async def test_a_reader_finds_nsqd_through_lookupd_alone(broker: Broker) -> None:
-    await mpub_binary(broker, TOPIC, bodies("svc-1"))  # the topic exists: lookupd knows it
-    applied, apply = recorder()
-    consumer: Consumer[HeartBeat] = Consumer(
+def lookupd_consumer(broker: Broker, apply: Any, **options: Any) -> Consumer[HeartBeat]:
+    """A heartbeat reader that finds nsqd through the broker's lookupd alone."""
+    return Consumer(
         topic=TOPIC, channel=CHANNEL, model=HeartBeat, apply=apply,
         dead_letter=never_dead_letter, nsqd_tcp_addresses=[],
         lookupd_http_addresses=[f"http://127.0.0.1:{broker.lookupd_http_port}"],
         max_in_flight=10, batch_size=10, flush_interval=0.02, max_message_size=4096,
-        requeue_delay=0.05, requeue_delay_max=0.2,
+        requeue_delay=0.05, requeue_delay_max=0.2, **options,
     )  # fmt: skip
+
+
+async def test_a_reader_finds_nsqd_through_lookupd_alone(broker: Broker) -> None:
+    await mpub_binary(broker, TOPIC, bodies("svc-1"))  # the topic exists: lookupd knows it
+    applied, apply = recorder()
+    consumer = lookupd_consumer(broker, apply)
     await consumer.start()
     try:
         await async_wait_for(lambda: applied == ["svc-1"], timeout=WAIT)
@@ -667,13 +672,7 @@ async def test_a_reader_polls_lookupd_at_its_configured_interval(broker: Broker)
     nsqd within ``lookupd_poll_interval`` (1 s here, plus pynsq's jitter of up to 30 %), not
     the 15 s default."""
     applied, apply = recorder()
-    consumer: Consumer[HeartBeat] = Consumer(
-        topic=TOPIC, channel=CHANNEL, model=HeartBeat, apply=apply,
-        dead_letter=never_dead_letter, nsqd_tcp_addresses=[],
-        lookupd_http_addresses=[f"http://127.0.0.1:{broker.lookupd_http_port}"],
-        max_in_flight=10, batch_size=10, flush_interval=0.02, max_message_size=4096,
-        requeue_delay=0.05, requeue_delay_max=0.2, lookupd_poll_interval=1,
-    )  # fmt: skip
+    consumer = lookupd_consumer(broker, apply, lookupd_poll_interval=1)
     await consumer.start()
     try:
         await asyncio.sleep(0.3)  # its first poll found no producer: the topic is not there
