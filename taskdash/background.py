@@ -49,7 +49,7 @@ class Background:
 
 
 async def store_round(
-    step: Callable[[], Awaitable[None]],
+    step: Callable[[], Awaitable[object]],
     last_error: str,
     *,
     logger: Any,

@@ -113,15 +113,12 @@ class WindowJudge:
             details["error"] = self.last_error
         return True, details
 
-    async def _pass(self) -> None:
-        await self.run_once()
-
     async def _loop(self) -> None:
         while True:
             # a store error is logged once per outage; anything else with its traceback, and
             # the loop goes on: an unforeseen exception must not end the verdicts for good
             self.last_error = await store_round(
-                self._pass,
+                self.run_once,
                 self.last_error,
                 logger=log,
                 failed="window_judge_failed",

@@ -12,7 +12,8 @@ earlier than if it had asked alone. Two rules keep that invisible to the people 
 
 * **A client sees its own writes.** Every write made on a client's behalf (a claim, a
   release, an assignment, a TCP Register or Update: ``store/assignments.py``,
-  ``store/tasks.py``) calls :meth:`Flights.wrote` when it is done. A request joins only a
+  ``store/tasks.py``) runs inside :meth:`Flights.writing`, which calls :meth:`Flights.wrote`
+  when it ends. A request joins only a
   read begun since the last such write on this daemon, so a page asked after the answer to
   a claim always reads again. Writes no client waits on (a fetch storing a listing, the
   window judge) do not end the sharing: they were never ordered before the request anyway.
@@ -98,7 +99,6 @@ class Flights:
         return flight, False
 
     def _landed(self, slot: tuple[int, Hashable], flight: asyncio.Future[Any]) -> None:
-        if self._flying.get(slot) is flight:
-            del self._flying[slot]
+        del self._flying[slot]  # a slot holds one read until it lands: this one
         if not flight.cancelled():
             flight.exception()  # a launched read nobody awaited: its failure ends here
