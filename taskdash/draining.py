@@ -5,6 +5,9 @@ is still awaiting (MongoDB, say) loses its answer. Here a connection counts as b
 moment a request's headers are read until the server is asked for the next request on it
 (Tornado does that right after the response is written) or the connection ends; :meth:`drain`
 stops listening, waits for the busy ones within a deadline, then closes them all.
+
+It also answers a request whose announced body is over ``max_body_size`` with a JSON 413
+before reading the body (:mod:`taskdash.oversized`), where Tornado alone writes a bare 400.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import structlog
 import tornado.httpserver
 import tornado.httputil
 
+from taskdash.oversized import Refusals
+
 log = structlog.get_logger("taskdash.http")
 
 
@@ -23,12 +28,19 @@ class _Watched(tornado.httputil.HTTPMessageDelegate):
     """Passes every call on; marks the connection busy once the headers are in."""
 
     def __init__(
-        self, inner: tornado.httputil.HTTPMessageDelegate, server: DrainingHTTPServer, conn: object
+        self,
+        inner: tornado.httputil.HTTPMessageDelegate,
+        server: DrainingHTTPServer,
+        conn: object,
+        request_conn: tornado.httputil.HTTPConnection,
     ) -> None:
         self.inner, self.server, self.conn = inner, server, conn
+        self.request_conn = request_conn
 
     def headers_received(self, start_line: Any, headers: tornado.httputil.HTTPHeaders) -> Any:
         self.server._busy.add(self.conn)
+        if self.server.refusals.refuse(self.request_conn, start_line, headers):
+            return None  # answered 413 on a connection taken from Tornado: nothing more here
         return self.inner.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Any:
@@ -42,21 +54,28 @@ class _Watched(tornado.httputil.HTTPMessageDelegate):
 
 
 class DrainingHTTPServer(tornado.httpserver.HTTPServer):
-    """``HTTPServer`` + :meth:`drain`."""
+    """``HTTPServer`` + :meth:`drain` + a JSON 413 for a body over ``max_body_size``.
+
+    ``limit_setting`` names the setting behind ``max_body_size`` in that 413's message.
+    """
 
     _busy: set[object]
     _idle: asyncio.Event
+    refusals: Refusals
 
-    def initialize(self, *args: Any, **kwargs: Any) -> None:
+    def initialize(self, *args: Any, limit_setting: str = "", **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self._busy = set()
         self._idle = asyncio.Event()
+        limit = self.conn_params.max_body_size
+        self.refusals = Refusals(limit if limit is not None else 100 * 1024 * 1024, limit_setting)
 
     def start_request(
         self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
     ) -> tornado.httputil.HTTPMessageDelegate:
         self._done(server_conn)  # the previous request on this connection was answered
-        return _Watched(super().start_request(server_conn, request_conn), self, server_conn)
+        inner = super().start_request(server_conn, request_conn)
+        return _Watched(inner, self, server_conn, request_conn)
 
     def on_close(self, server_conn: object) -> None:
         self._done(server_conn)
@@ -82,3 +101,4 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
             except TimeoutError:
                 log.warning("http_drain_timed_out", unanswered=len(self._busy), timeout=timeout)
         await self.close_all_connections()
+        await self.refusals.close()

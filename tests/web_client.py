@@ -24,12 +24,12 @@ from typing import Any
 
 import tornado.escape
 import tornado.httpclient
-import tornado.httpserver
 import tornado.httputil
 import tornado.netutil
 import tornado.web
 from argon2 import PasswordHasher
 
+from taskdash.draining import DrainingHTTPServer
 from taskdash.health import Health
 from taskdash.passwords import Passwords
 from taskdash.settings import Settings, load
@@ -240,7 +240,7 @@ async def serve(
     app = make_app(ctx)
     app.add_handlers(r".*", [(pattern, handler, {"ctx": ctx}) for pattern, handler in routes or []])
     options = server_options(ctx.settings.web)
-    server = tornado.httpserver.HTTPServer(app, ssl_options=ssl_options, **options)
+    server = DrainingHTTPServer(app, ssl_options=ssl_options, **options)
     server.add_sockets(sockets)
     scheme = "https" if ssl_options else "http"
     try:
@@ -248,3 +248,4 @@ async def serve(
     finally:
         server.stop()
         await server.close_all_connections()
+        await server.refusals.close()

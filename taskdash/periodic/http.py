@@ -66,14 +66,6 @@ class Handler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
 
-    def prepare(self) -> None:
-        if len(self.request.body) > self.settings_.max_body_size:
-            self.fail(
-                413,
-                "payload_too_large",
-                f"the body is over {self.settings_.max_body_size} bytes ([periodic] max_body_size)",
-            )
-
     def reply(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(encode(body))

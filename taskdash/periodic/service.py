@@ -93,11 +93,10 @@ class PeriodicService(Daemon):
     async def _start_http(
         self, leasing: Leasing, cfg: PeriodicSettings, schedules: Schedules
     ) -> None:
-        # twice the limit: a body up to that gets a JSON 413, a larger one is cut off by Tornado
         app = make_app(leasing, cfg, self.health, routes(schedules), metrics=self.metrics)
         self.web_port = self._serve_http(
             "http", app, "periodic.http_port", cfg.http_host, cfg.http_port,
-            max_body_size=cfg.max_body_size * 2,
+            max_body_size=cfg.max_body_size, limit_setting="[periodic] max_body_size",
         )  # fmt: skip
 
     async def _start_firer(self, leasing: Leasing, firer: Firer) -> None:

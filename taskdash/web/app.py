@@ -38,7 +38,7 @@ class StaticFiles(tornado.web.StaticFileHandler):
 
 
 #: the largest request body read (the account API takes 16 KiB, forms far less): a larger one
-#: is refused by the HTTP server before any handler runs (400, connection closed)
+#: is refused by the HTTP server before any handler runs (JSON 413, see taskdash.oversized)
 MAX_BODY_SIZE = 64 * 1024
 
 

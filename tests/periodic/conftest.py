@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 import pytest
 import tornado.httpclient
-import tornado.httpserver
 import tornado.netutil
 
+from taskdash.draining import DrainingHTTPServer
 from taskdash.health import Health
 from taskdash.periodic.firing import Firer
 from taskdash.periodic.grpc import GrpcServer
@@ -194,11 +194,12 @@ class Api:
         return secret
 
 
-async def _serve(node: Node) -> tuple[tornado.httpserver.HTTPServer, int]:
+async def _serve(node: Node) -> tuple[DrainingHTTPServer, int]:
     settings = node.leasing.settings
-    server = tornado.httpserver.HTTPServer(
+    server = DrainingHTTPServer(
         make_app(node.leasing, settings, Health(), routes(node.schedules)),
-        max_body_size=settings.max_body_size * 2,
+        max_body_size=settings.max_body_size,
+        limit_setting="[periodic] max_body_size",
     )
     [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
     server.add_sockets([sock])
@@ -220,3 +221,4 @@ async def make_api(make_node: NodeFactory) -> AsyncIterator[Any]:
     for server in servers:
         server.stop()
         await server.close_all_connections()
+        await server.refusals.close()

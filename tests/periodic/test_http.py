@@ -158,6 +158,11 @@ async def test_wrong_secret_and_bad_bodies(make_api: Any) -> None:
     assert status == 400 and "not valid JSON" in body["message"]
     status, body = await api.call("POST", "/v1/services", raw=b"x" * 3000)
     assert status == 413 and body["error"] == "payload_too_large"
+    assert body["message"] == (
+        "the request body (3000 bytes) is over the limit of 2048 bytes ([periodic] max_body_size)"
+    )
+    status, body = await api.call("POST", "/v1/services", raw=b"x" * 2048)  # the limit: read
+    assert status == 400 and "not valid JSON" in body["message"]
 
 
 async def test_admin_lists_services(make_api: Any) -> None:
