@@ -363,6 +363,8 @@ class Daemon:
 
         rules = Rules.from_settings(self.settings.fetcher)
         dispatcher = Dispatcher(store, self.settings.alerts, rules, node_id=self.node_id)
+        if self.metrics is not None:
+            self.metrics.watch_alerts(dispatcher, store)
         await dispatcher.start()
         self.health.add("alerts", dispatcher.check)
         self._started("alerts", dispatcher.stop)

@@ -325,9 +325,11 @@ class DaemonProcess:
 
 
 @contextmanager
-def running_daemon(tmp: Path, env: dict[str, str], ready: bool = True) -> Iterator[DaemonProcess]:
+def running_daemon(
+    tmp: Path, env: dict[str, str], ready: bool = True, config: Path | None = None
+) -> Iterator[DaemonProcess]:
     """A started daemon (ready unless told otherwise), always stopped afterwards."""
-    daemon = DaemonProcess(tmp, env).start()
+    daemon = DaemonProcess(tmp, env, config=config).start()
     try:
         if ready:
             daemon.wait_ready()

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import daemon_env, daemon_token, http_get, running_daemon, wait_for
+from support import daemon_env, daemon_token, free_ports, http_get, running_daemon, wait_for
 from test_daemon_fetch import task_service
 
 from taskdash.metrics.reading import Scrape, scrape
@@ -53,11 +53,20 @@ def test_daemon_metrics_move_with_real_traffic(tmp_path: Path) -> None:
         TASKDASH_FETCHER__NODE_HEARTBEAT_INTERVAL=0.2,
         TASKDASH_FETCHER__NODE_TIMEOUT=1,
     )
-    with task_service() as url, running_daemon(tmp_path, env) as daemon:
+    # a webhook (on a loopback port nobody listens on): its metrics are there from the start
+    config = tmp_path / "alerts.toml"
+    hook = f"http://127.0.0.1:{free_ports(1)[0]}/hook"
+    config.write_text(f'[[alerts.webhooks]]\nname = "ops"\nurl = "{hook}"\n')
+    with task_service() as url, running_daemon(tmp_path, env, config=config) as daemon:
         page = f"{daemon.web}/metrics"
         assert http_get(page)[0] == 401
         assert http_get(page, token="wrong-token-0123456789")[0] == 401
         before = scrape(page, TOKEN)
+        alerts = "taskdash_alert_attempts_total"
+        assert before.value(alerts, webhook="ops", outcome="delivered") == 0
+        assert [dict(x) for x in before.labelled("taskdash_alert_deliveries_pending")] == [
+            {"webhook": "ops"}
+        ]
         assert before.value("taskdash_services", state="unknown") == 0
         assert before.value("taskdash_nsq_messages_received_total", topic=SERVICE) == 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -61,6 +62,8 @@ class Dispatcher:
         self.fan_out = FanOut(store, settings)
         self.counts = {DELIVERED: 0, RETRY: 0, FAILED: 0, REFUSED: 0}
         self.last_error = ""
+        #: hears every attempt's webhook and result (the metrics)
+        self.on_attempt: Callable[[str, Result], None] | None = None
         self._indexes = False
         self._limit = asyncio.Semaphore(settings.concurrency)
         self._loop_task = Background("alerts", self._loop)
@@ -119,6 +122,8 @@ class Dispatcher:
         else:
             state = FINAL.get(result.outcome, outbox.FAILED)
         self.counts[result.outcome] += 1
+        if self.on_attempt is not None:
+            self.on_attempt(hook.name, result)
         await outbox.record_attempt(
             self.store,
             {

@@ -13,13 +13,14 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from taskdash import __version__
-from taskdash.metrics import fetch, nsq, periodic, reads, services, tcp
+from taskdash.metrics import alerts, fetch, nsq, periodic, reads, services, tcp
 from taskdash.metrics.cached import Rows, StoreGauge, StoreValue
 from taskdash.metrics.grpc import GrpcMetrics
 from taskdash.metrics.http import HttpMetrics
 from taskdash.settings import MetricsSettings
 
 if TYPE_CHECKING:
+    from taskdash.alerts.dispatcher import Dispatcher
     from taskdash.checker import Checker
     from taskdash.fetcher import Fetcher
     from taskdash.nsq.consumer import Consumer
@@ -123,6 +124,10 @@ class Metrics:
     def watch_tcp(self, server: TcpServer) -> None:
         """tcpx connections and requests by type and errid."""
         tcp.watch_tcp(self, server)
+
+    def watch_alerts(self, dispatcher: Dispatcher, store: Store) -> None:
+        """Webhook attempts by outcome and duration; pending deliveries (counted in MongoDB)."""
+        alerts.watch_alerts(self, dispatcher, store)
 
     # -- the periodic service's ------------------------------------------------------------
 

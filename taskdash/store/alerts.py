@@ -217,6 +217,18 @@ async def settle_delivery(
     return result.modified_count == 1
 
 
+async def pending_deliveries(store: Store, webhook: str) -> int:
+    """Deliveries to ``webhook`` not settled yet (waiting, backing off or being attempted).
+
+    The ``count`` command (nx-27017 answers ``count_documents`` by reading every document);
+    the collection holds ``keep_days`` of deliveries, so no index of its own.
+    """
+    query = {"webhook": eq(webhook), "state": eq(PENDING)}
+    async with translated("count_alert_deliveries"):
+        reply = await store.db.command("count", DELIVERIES, query=query)
+    return int(reply["n"])
+
+
 async def record_attempt(store: Store, attempt: Doc, keep_days: float) -> None:
     """One HTTP attempt, kept for the service page and the API."""
     attempt["expires_at"] = _expires(attempt["at"], keep_days)

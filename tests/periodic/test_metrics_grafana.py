@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import daemon_env, http_get, running_daemon
+from support import daemon_env, free_ports, http_get, running_daemon
 from test_process import PeriodicProcess, periodic_env, register_and_start
 
 from taskdash.metrics.reading import Scrape
@@ -53,7 +53,11 @@ def test_the_dashboard_is_well_formed() -> None:
 def test_the_dashboard_uses_exactly_the_metrics_exposed(mongo_uri: str, tmp_path: Path) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     used = {name for query in queries(dashboard) for name in METRIC.findall(query)}
-    with running_daemon(tmp_path, daemon_env(tmp_path)) as daemon:
+    # a webhook (a loopback port nobody listens on), so the alerts' metrics are there too
+    config = tmp_path / "alerts.toml"
+    hook = f"http://127.0.0.1:{free_ports(1)[0]}/hook"
+    config.write_text(f'[[alerts.webhooks]]\nname = "ops"\nurl = "{hook}"\n')
+    with running_daemon(tmp_path, daemon_env(tmp_path), config=config) as daemon:
         daemon_metrics = scraped(daemon.web)
     periodic = PeriodicProcess(tmp_path, periodic_env(mongo_uri))
     try:
@@ -71,6 +75,7 @@ def test_the_dashboard_uses_exactly_the_metrics_exposed(mongo_uri: str, tmp_path
     assert ours - shown == set(), "metrics without a panel"
     # the daemon's own parts and the periodic service's, each where it belongs
     assert "taskdash_nsq_messages" in daemon_metrics.families
+    assert "taskdash_alert_attempts" in daemon_metrics.families
     assert "taskdash_periodic_queue_tasks" in periodic_metrics.families
     assert "taskdash_grpc_requests" in periodic_metrics.families
     assert "taskdash_nsq_messages" not in periodic_metrics.families
