@@ -9,6 +9,7 @@ background loop (which only the daemon subprocess tests ran, out of mutmut's rea
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 
 import pytest
@@ -16,9 +17,10 @@ import structlog
 from support import async_wait_for, free_port
 from test_checker import T0, Clock, beat, settings, setup, status
 
-from taskdash.checker import Checker
+from taskdash.checker import Checker, Plan
 from taskdash.store import Store
 from taskdash.store.status import history
+from taskdash.store.times import ms_before
 
 STALE_CUT, OFFLINE_CUT = 100_000, 55_000  # ms: 15 s and 60 s before a "now" of 115 s
 
@@ -307,3 +309,88 @@ async def test_the_loop_runs_every_check_interval_through_store_errors_and_crash
         await checker.stop()
         await down.close()
     assert "checker" not in {t.get_name() for t in asyncio.all_tasks()}
+
+
+async def test_a_pass_with_nothing_to_flag_judges_no_silence_and_times_itself(
+    store: Store,
+) -> None:
+    clock = Clock()
+    await setup(store, clock, 2)
+    await beat(store, clock, "s0", "s1")
+    checker = Checker(store, settings(), node_id="n1", clock=clock)
+    before = time.perf_counter()
+    result = await checker.check_once()
+    took = time.perf_counter() - before
+    # no online service to flag: mass silence not judged, reported as 0 of 0 ("not judged")
+    assert (result.silent, result.online, result.quiet) == (0, 0, 0)
+    assert 0 <= result.seconds <= took
+    assert checker.last_pass_ms == round(result.seconds * 1000, 3)
+    assert result.grace == (
+        "watching for 0.0 s of stale_after (15 s) since a start or a store outage; "
+        "heartbeats queued meanwhile may still arrive"
+    )
+
+
+async def test_a_recovery_is_made_even_when_a_held_move_comes_first(store: Store) -> None:
+    """In grace (a new checker), an online service gone quiet is held; a first heartbeat
+    found later in the same pass still brings its service online."""
+    clock = Clock()
+    await setup(store, clock, 2)
+    await beat(store, clock, "s0")
+    await Checker(store, settings(), node_id="n1", clock=clock).check_once()  # s0 online
+    clock.advance(16)
+    await beat(store, clock, "s1")
+    restarted = Checker(store, settings(), node_id="n2", clock=clock)
+    result = await restarted.check_once()
+    assert result.grace and result.quiet == 1
+    assert (await status(store, "s0"), await status(store, "s1")) == ("online", "online")
+    assert [(c["service_id"], c["to"], c["node"]) for c in result.changes] == [
+        ("s1", "online", "n2")
+    ]
+
+
+async def test_the_offline_bound_is_checked_again_in_the_store(store: Store) -> None:
+    """A plan read before a beat (a stale service not yet past offline_after, planned offline
+    by a pass that read it earlier) is not applied: the update re-checks ``offline_after``."""
+    clock = Clock()
+    await setup(store, clock, 1)
+    await beat(store, clock, "s0")
+    checker = Checker(store, settings(), node_id="n1", clock=clock)
+    await checker.check_once()  # online
+    clock.advance(16)
+    watching = Checker(store, settings(), node_id="n1", clock=clock)
+    watching.watching_since = T0  # no grace: the move to stale is made
+    await watching.check_once()
+    assert await status(store, "s0") == "stale"
+    clock.advance(10)  # 26 s quiet: past stale_after, 34 s short of offline_after
+    now = clock()
+    plan = Plan(moves={("stale", "offline"): ["s0"]})
+    await watching._apply(plan, now, ms_before(now, 15), ms_before(now, 60), held=False)
+    assert await status(store, "s0") == "stale"
+
+
+async def test_each_change_is_logged_with_its_states_and_reason(store: Store) -> None:
+    clock = Clock()
+    await setup(store, clock, 1)
+    await beat(store, clock, "s0")
+    with structlog.testing.capture_logs() as logs:
+        await Checker(store, settings(), node_id="n1", clock=clock).check_once()
+    [line] = [e for e in logs if e["event"] == "service_status_changed"]
+    assert {k: line[k] for k in ("service_id", "old", "new", "reason")} == {
+        "service_id": "s0",
+        "old": "unknown",
+        "new": "online",
+        "reason": "first heartbeat",
+    }
+
+
+async def test_leaving_self_preservation_is_logged_with_the_reason_it_had(store: Store) -> None:
+    checker = Checker(store, settings(), node_id="n1", clock=Clock())
+    with structlog.testing.capture_logs() as logs:
+        checker._set_mode("9 of 10 went quiet", T0)
+        checker._set_mode("", T0)
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("self_preservation_entered", "warning"),
+        ("self_preservation_left", "info"),
+    ]
+    assert logs[1]["was"] == "9 of 10 went quiet"
