@@ -33,10 +33,14 @@ check-config: $(VENV)/.installed-run
 
 # Coverage of the tests and of every Python subprocess they start (config: pyproject.toml,
 # [tool.coverage.*]); the report fails under its fail_under floor.
+# TEST_WORKERS pytest processes (pytest-xdist; each starts its own nx-27017), measured like any
+# other subprocess; TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check taskdash tests scripts
 	$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/coverage run -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=15 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory coverage-report
 
 coverage-report: $(VENV)/.installed-test
