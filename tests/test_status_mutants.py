@@ -84,6 +84,46 @@ async def test_events_are_claimed_for_publishing_in_the_order_they_happened(
     assert [e["service_id"] for e in claimed] == [early, late]
 
 
+async def test_a_claim_takes_only_free_events_oldest_first_and_holds_for_its_lease(
+    store: Store,
+) -> None:
+    """Published events are never claimed (not even crowding out free ones at the limit), a
+    claim returns only what it won, and it holds for exactly its lease."""
+    clock = Clock()
+    ids = await setup(store, clock, 4)
+    await beat(store, clock, *ids)
+    for sid in ids:
+        await moved(store, clock, sid, "unknown", "online", 1)
+    events = await st.record_events(store)
+    await st.mark_published(store, [e["_id"] for e in events[:2]])
+    at = clock.advance(1)
+    claimed = await st.claim_unpublished(store, at, lease=10, limit=2)
+    assert [e["service_id"] for e in claimed] == ids[2:]
+    for later in (0, 5, 10):  # within the lease, to its last millisecond: nobody else
+        assert await st.claim_unpublished(store, at + timedelta(seconds=later), 10, 10) == []
+    again = await st.claim_unpublished(store, at + timedelta(seconds=10.002), lease=10, limit=10)
+    assert [e["service_id"] for e in again] == ids[2:]
+    assert {e["claim"] for e in again}.isdisjoint({e["claim"] for e in claimed})
+
+
+async def test_an_event_recorded_already_does_not_stop_the_rest_of_its_batch(
+    store: Store,
+) -> None:
+    """Another daemon recorded the first of an outbox's two events: the second is still
+    recorded (an ordered insert would stop at the duplicate, then the outbox is cleared)."""
+    clock = Clock()
+    (sid,) = await setup(store, clock, 1)
+    await beat(store, clock, sid)
+    await moved(store, clock, sid, "unknown", "online", 1)
+    await moved(store, clock, sid, "online", "stale", 20)
+    first, _ = (await store.services.find_one({"_id": sid}))["outbox"]
+    await store.service_events.insert_one(st._event(store, sid, first))
+    (recorded,) = await st.record_events(store)
+    assert (recorded["from"], recorded["to"]) == ("online", "stale")
+    stored = [e async for e in store.service_events.find({"service_id": sid}).sort("at", 1)]
+    assert [(e["from"], e["to"]) for e in stored] == [("unknown", "online"), ("online", "stale")]
+
+
 OPERATIONS: dict[str, Callable[[Store], Awaitable[Any]]] = {
     "candidates": lambda s: st.candidates(s, 0, 0),
     "count_services": lambda s: st.count(s, "online", alive_from=0, alive_before=1),
