@@ -366,6 +366,16 @@ async def test_registering_again_judges_the_task_as_it_is_now(paris: Store) -> N
     assert [e["kind"] for e in await events(paris)] == [FLAGGED_EVENT, "window_cleared"]
 
 
+async def test_registering_again_judges_that_task_and_no_other(paris: Store) -> None:
+    """The state a Register found is read by its id: another task stored before it is
+    neither judged in its place nor changed."""
+    assert await tcp(paris, "first", at("2026-01-15 13:00"), DAY, status="running") == "created"
+    assert await tcp(paris, "again", at("2026-01-15 13:00"), DAY, status="finish") == "created"
+    assert await tcp(paris, "again", at("2026-01-15 13:01"), status="running") == "updated"
+    assert (await window_of(paris, "again"))["verdict"] == OK  # type: ignore[index]
+    assert (await window_of(paris, "first"))["verdict"] == OK  # type: ignore[index]
+
+
 async def test_flag_changes_become_alert_events_once(paris: Store) -> None:
     await tcp(paris, "al", at("2026-01-15 19:00"), DAY, status="running")  # flagged
     await tcp(paris, "al", at("2026-01-15 19:01"), create=False, status="finish")  # cleared
