@@ -67,8 +67,9 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         super().initialize(*args, **kwargs)
         self._busy = set()
         self._idle = asyncio.Event()
-        limit = self.conn_params.max_body_size
-        self.refusals = Refusals(limit if limit is not None else 100 * 1024 * 1024, limit_setting)
+        # no max_body_size: Tornado's own limit is the stream's buffer size, 100 MiB by default
+        limit = self.conn_params.max_body_size or self.max_buffer_size or 100 << 20
+        self.refusals = Refusals(limit, limit_setting)
 
     def start_request(
         self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
