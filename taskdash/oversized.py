@@ -97,6 +97,11 @@ class Refusals:
         task.add_done_callback(self._answering.discard)
         return True
 
+    @property
+    def answering(self) -> int:
+        """Refused requests whose answer is still being written or lingering."""
+        return len(self._answering)
+
     async def close(self) -> None:
         """End the answers still lingering (a stop does not wait :data:`LINGER` for them)."""
         for task in list(self._answering):
