@@ -321,10 +321,10 @@ async def test_a_recount_that_fails_keeps_the_old_size_and_the_request_never_wai
 async def test_a_recount_failing_any_other_way_is_logged_and_changes_nothing(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(_store: Store, _condition: dict[str, object]) -> int:
+    async def broken(_collection: object, _condition: dict[str, object]) -> int:
         raise KeyError("n")  # e.g. a server answering a count without its figure
 
-    monkeypatch.setattr(tasklist, "_count", broken)
+    monkeypatch.setattr(tasklist, "count_matching", broken)
     key = remember(store, "svc", 0.0, 3)
     with structlog.testing.capture_logs() as logs:
         assert await tasklist._small(store, SERVICE) == 3

@@ -24,7 +24,15 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import BulkWriteError
 
-from taskdash.store.mongo import Doc, Store, duplicates_only, eq, insert_new, translated
+from taskdash.store.mongo import (
+    Doc,
+    Store,
+    count_matching,
+    duplicates_only,
+    eq,
+    insert_new,
+    translated,
+)
 from taskdash.store.times import from_ms, iso
 
 EVENTS, DELIVERIES, ATTEMPTS, LIMITS = (
@@ -220,13 +228,11 @@ async def settle_delivery(
 async def pending_deliveries(store: Store, webhook: str) -> int:
     """Deliveries to ``webhook`` not settled yet (waiting, backing off or being attempted).
 
-    The ``count`` command (nx-27017 answers ``count_documents`` by reading every document);
-    the collection holds ``keep_days`` of deliveries, so no index of its own.
+    The collection holds ``keep_days`` of deliveries, so the count has no index of its own.
     """
     query = {"webhook": eq(webhook), "state": eq(PENDING)}
     async with translated("count_alert_deliveries"):
-        reply = await store.db.command("count", DELIVERIES, query=query)
-    return int(reply["n"])
+        return await count_matching(store[DELIVERIES], query)
 
 
 async def record_attempt(store: Store, attempt: Doc, keep_days: float) -> None:

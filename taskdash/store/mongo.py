@@ -181,6 +181,16 @@ async def insert_new(collection: AsyncCollection[Doc], doc: Doc) -> bool:
     return True
 
 
+async def count_matching(collection: AsyncCollection[Doc], query: Doc) -> int:
+    """How many documents of ``collection`` match ``query``: the server's ``count`` command.
+
+    Not ``count_documents``: that is an aggregation, which nx-27017 answers by reading every
+    document (2.4 s at 90,000 services, against 15 ms for ``count`` on an index range).
+    """
+    reply = await collection.database.command("count", collection.name, query=query)
+    return int(reply["n"])
+
+
 @contextlib.asynccontextmanager
 async def translated(operation: str) -> AsyncIterator[None]:
     """Re-raise driver errors as ours: unreachable/timed out -> StoreUnavailable, else StoreError.

@@ -32,7 +32,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from taskdash.store.mongo import Doc, Store, eq, insert_new, translated
+from taskdash.store.mongo import Doc, Store, count_matching, eq, insert_new, translated
 
 PENDING, LEASED, FAILED, DONE, DEAD = "pending", "leased", "failed", "done", "dead"
 STATES = (PENDING, LEASED, FAILED, DONE, DEAD)
@@ -189,8 +189,7 @@ class PeriodicStore:
         """A queue's tasks in ``state``: the ``count`` command on an index range (metrics)."""
         query = {**_in_queue(queue_inc), "state": eq(state)}
         async with translated("periodic_depth"):
-            reply = await self.store.db.command("count", self.tasks.name, query=query)
-        return int(reply["n"])
+            return await count_matching(self.tasks, query)
 
     async def delete_queue(self, service: str, service_inc: str, queue: str, inc: str) -> bool:
         """Delete a queue, its schedules and its tasks (the queue last: a cut-short call can

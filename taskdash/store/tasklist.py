@@ -48,7 +48,7 @@ import msgspec
 import structlog
 
 from taskdash.store.assignments import Assignment
-from taskdash.store.mongo import Doc, Store, eq, translated
+from taskdash.store.mongo import Doc, Store, count_matching, eq, translated
 from taskdash.store.times import iso
 
 T = TypeVar("T")
@@ -321,7 +321,7 @@ async def _small(store: Store, cond: _Cond) -> int | None:
 
 
 async def _remember_size(store: Store, key: tuple[str, str, int], cond: _Cond) -> int:
-    n = await store.flights.share(key, lambda: _count(store, cond.seek))
+    n = await store.flights.share(key, lambda: count_matching(store.tasks, cond.seek))
     if len(_sizes) >= _SIZES_MAX:
         _sizes.clear()
     _sizes[key] = (time.monotonic() + SIZES_TTL, n)
@@ -336,11 +336,6 @@ async def _recount(store: Store, key: tuple[str, str, int], cond: _Cond) -> None
             await _remember_size(store, key, cond)
     except Exception as exc:  # a size only steers the plan: never fatal
         log.info("task_filter_recount_failed", error=str(exc), error_type=type(exc).__name__)
-
-
-async def _count(store: Store, condition: Doc) -> int:
-    answer = await store.db.command("count", store.tasks.name, query=condition)
-    return int(answer["n"])
 
 
 def _aligned(cond: _Cond, sort_field: str) -> bool:
