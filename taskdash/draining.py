@@ -87,6 +87,12 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         if not self._busy:
             self._idle.set()
 
+    async def close_all_connections(self) -> None:
+        """Tornado's, and the refused requests' connections too (taken from Tornado, it no
+        longer knows them): a stop does not wait for their lingering answers."""
+        await super().close_all_connections()
+        await self.refusals.close()
+
     @property
     def in_flight(self) -> int:
         """Connections with a request read and not yet answered."""
@@ -102,4 +108,3 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
             except TimeoutError:
                 log.warning("http_drain_timed_out", unanswered=len(self._busy), timeout=timeout)
         await self.close_all_connections()
-        await self.refusals.close()

@@ -248,4 +248,3 @@ async def serve(
     finally:
         server.stop()
         await server.close_all_connections()
-        await server.refusals.close()

@@ -221,4 +221,3 @@ async def make_api(make_node: NodeFactory) -> AsyncIterator[Any]:
     for server in servers:
         server.stop()
         await server.close_all_connections()
-        await server.refusals.close()
