@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from fetcher_site import T0
 from test_alerts import Clock, alerts, dispatcher, hook, started_receivers
+from test_metrics_store import page
 
 from taskdash.alerts import enqueue
 from taskdash.metrics import Metrics
-from taskdash.metrics.reading import Scrape
 from taskdash.settings import MetricsSettings, WebhookSettings
 from taskdash.store import Store
 from taskdash.store.times import to_ms
@@ -23,11 +23,6 @@ OUTCOMES = ("delivered", "retry", "failed", "refused")
 async def receivers() -> AsyncIterator[Any]:
     async with started_receivers() as start:
         yield start
-
-
-async def page(metrics: Metrics) -> Scrape:
-    await metrics.refresh()
-    return Scrape(metrics.expose("")[0].decode())
 
 
 async def test_attempts_durations_and_pending_deliveries(store: Store, receivers: Any) -> None:
